@@ -1,0 +1,19 @@
+"""memlens: what recurrent sequence models remember of their past input, and for how long."""
+
+__version__ = "0.1.0"
+
+from memlens.data import Corpus, Vocab, load_corpus, make_synthetic  # noqa: E402
+from memlens.errors import MemlensError  # noqa: E402
+from memlens.models import (  # noqa: E402
+    LanguageModel,
+    RecurrentEncoder,
+    as_encoder,
+    load_checkpoint,
+    save_checkpoint,
+    wrap,
+)
+from memlens.train import TrainConfig, evaluate, train  # noqa: E402
+
+__all__ = ["Corpus", "LanguageModel", "MemlensError", "RecurrentEncoder", "TrainConfig",
+           "Vocab", "as_encoder", "evaluate", "load_checkpoint", "load_corpus",
+           "make_synthetic", "save_checkpoint", "train", "wrap"]

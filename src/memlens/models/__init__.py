@@ -1,0 +1,15 @@
+"""Recurrent models: layers, the analysis interface (encoder), language models, wrap()."""
+
+from memlens.models.checkpoint import load_checkpoint, save_checkpoint
+from memlens.models.encoder import RecurrentEncoder, as_encoder, wrap
+from memlens.models.layers import (
+    FactorizedLSTMLayer,
+    GroupedLSTMLayer,
+    RecurrentLayer,
+    TorchLayer,
+)
+from memlens.models.lm import ARCHITECTURES, LanguageModel
+
+__all__ = ["ARCHITECTURES", "FactorizedLSTMLayer", "GroupedLSTMLayer", "LanguageModel",
+           "RecurrentEncoder", "RecurrentLayer", "TorchLayer", "as_encoder", "load_checkpoint",
+           "save_checkpoint", "wrap"]

@@ -1,0 +1,109 @@
+"""Recurrent language models (word or character level) built from a small config dict.
+
+Architectures: ``lstm``, ``gru``, ``rnn`` (Elman, tanh), ``flstm`` (factorised recurrent
+kernel of rank ``rank``) and ``glstm`` (``groups`` independent groups), any number of layers,
+embedding size independent of hidden size, dropout (on embeddings, between layers and before
+the decoder), optional tied input/output embeddings and optional fixed pretrained embeddings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from memlens.errors import MemlensError
+from memlens.models.encoder import RecurrentEncoder
+from memlens.models.layers import (
+    FactorizedLSTMLayer,
+    GroupedLSTMLayer,
+    RecurrentLayer,
+    State,
+    TorchLayer,
+)
+
+ARCHITECTURES = ("lstm", "gru", "rnn", "flstm", "glstm")
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "arch": "lstm", "layers": 1, "emb": 64, "hidden": 256, "dropout": 0.0,
+    "tied": False, "rank": None, "groups": 2, "unit": "word", "vocab_size": None,
+    "fixed_embeddings": False,
+}
+
+
+def make_layer(arch: str, input_size: int, hidden: int, config: dict[str, Any]
+               ) -> RecurrentLayer:
+    if arch == "lstm":
+        return TorchLayer.create("lstm", input_size, hidden)
+    if arch == "gru":
+        return TorchLayer.create("gru", input_size, hidden)
+    if arch == "rnn":
+        return TorchLayer.create("rnn_tanh", input_size, hidden)
+    if arch == "flstm":
+        return FactorizedLSTMLayer(input_size, hidden, config.get("rank") or max(1, hidden // 4))
+    if arch == "glstm":
+        return GroupedLSTMLayer(input_size, hidden, int(config.get("groups") or 2))
+    raise MemlensError(f"unknown architecture {arch!r}: choose from {', '.join(ARCHITECTURES)}")
+
+
+def check_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Fill defaults and refuse impossible combinations with a clear message."""
+    cfg = {**DEFAULT_CONFIG, **config}
+    if cfg["arch"] not in ARCHITECTURES:
+        raise MemlensError(f"unknown architecture {cfg['arch']!r}: choose from "
+                           f"{', '.join(ARCHITECTURES)}")
+    for key in ("layers", "emb", "hidden"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise MemlensError(f"--{key} must be a positive integer, got {cfg[key]!r}")
+    if not 0.0 <= float(cfg["dropout"]) < 1.0:
+        raise MemlensError(f"--dropout must be in [0, 1), got {cfg['dropout']}")
+    if cfg["tied"] and cfg["emb"] != cfg["hidden"]:
+        raise MemlensError(f"tied weights need --emb equal to --hidden "
+                           f"(got emb={cfg['emb']}, hidden={cfg['hidden']})")
+    if cfg["arch"] == "glstm":
+        g = int(cfg["groups"] or 0)
+        if g < 1 or cfg["emb"] % g or cfg["hidden"] % g:
+            raise MemlensError(f"grouped LSTM needs --emb ({cfg['emb']}) and --hidden "
+                               f"({cfg['hidden']}) divisible by --groups ({g})")
+    if cfg["arch"] == "flstm" and cfg["rank"] is not None and not 1 <= cfg["rank"] <= cfg[
+            "hidden"]:
+        raise MemlensError(f"--rank must be in 1..{cfg['hidden']}, got {cfg['rank']}")
+    return cfg
+
+
+class LanguageModel(nn.Module):
+    """Embedding -> recurrent layers -> linear decoder over the vocabulary.
+
+    ``forward(tokens T x B, state)`` returns logits T x B x V and the final state. The
+    analyses use ``self.encoder`` (a :class:`RecurrentEncoder`). ``config`` holds everything
+    needed to rebuild the model; ``vocab`` is attached by training or checkpoint loading.
+    """
+
+    def __init__(self, config: dict[str, Any], vocab_size: int):
+        super().__init__()
+        cfg = check_config({**config, "vocab_size": vocab_size})
+        self.config = cfg
+        self.vocab = None
+        embedding = nn.Embedding(vocab_size, cfg["emb"])
+        nn.init.uniform_(embedding.weight, -0.1, 0.1)
+        layers, size = [], cfg["emb"]
+        for _ in range(cfg["layers"]):
+            layers.append(make_layer(cfg["arch"], size, cfg["hidden"], cfg))
+            size = cfg["hidden"]
+        self.encoder = RecurrentEncoder(embedding, layers, cfg["dropout"])
+        self.drop = nn.Dropout(cfg["dropout"])
+        self.decoder = nn.Linear(cfg["hidden"], vocab_size)
+        nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        if cfg["tied"]:
+            self.decoder.weight = self.encoder.embedding.weight
+        if cfg["fixed_embeddings"]:
+            self.encoder.embedding.weight.requires_grad_(False)
+
+    def forward(self, tokens: Tensor, state: list[State] | None = None
+                ) -> tuple[Tensor, list[State]]:
+        hidden, state = self.encoder(tokens, state)
+        return self.decoder(self.drop(hidden)), state
+
+    def init_state(self, batch: int = 1, device=None) -> list[State]:
+        return self.encoder.init_state(batch, device)

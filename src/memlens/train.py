@@ -1,0 +1,200 @@
+"""Training and evaluation of recurrent language models (truncated BPTT, carried state).
+
+The reference recipe (Verwimp et al., after the TensorFlow PTB "medium" setup): SGD with
+lr 1, gradient-norm clip 5, lr x 0.8 per epoch after epoch 6, dropout 0.5; the loss of an
+SGD step is summed over the BPTT window and averaged over the batch, as in that setup.
+Adam uses the mean token loss. Deterministic on CPU for a given seed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from memlens.data import Corpus, Vocab, batchify, bptt_windows, load_corpus
+from memlens.errors import MemlensError
+from memlens.models.checkpoint import load_checkpoint, save_checkpoint
+from memlens.models.embeddings import load_word2vec
+from memlens.models.lm import LanguageModel, check_config
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``memlens train`` accepts (see ``memlens train --help``)."""
+
+    train: str
+    valid: str | None = None
+    out: str = "model.pt"
+    format: str = "text"
+    unit: str = "word"
+    arch: str = "lstm"
+    layers: int = 1
+    emb: int = 64
+    hidden: int = 256
+    vocab_size: int | None = 10000
+    min_freq: int = 1
+    epochs: int = 2
+    bptt: int = 35
+    batch: int = 20
+    optimizer: str = "sgd"
+    lr: float | None = None
+    clip: float = 5.0
+    decay: float = 0.8
+    decay_after: int = 6
+    dropout: float = 0.5
+    tied: bool = False
+    rank: int | None = None
+    groups: int = 2
+    pretrained: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    max_tokens: int | None = None
+    progress: bool | None = None
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise MemlensError(f"unknown device {device!r}: choose auto, cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MemlensError("--device cuda requested but no CUDA device is available")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def evaluate(model: LanguageModel, ids: torch.Tensor, batch: int = 10, bptt: int = 70,
+             device: torch.device | str = "cpu") -> float:
+    """Mean negative log-likelihood in nats per token of ``ids`` (contiguous streams)."""
+    model.eval()
+    batch = max(1, min(batch, ids.numel() // 2))
+    data = batchify(ids, batch).to(device)
+    state = model.init_state(batch, device)
+    total, count = 0.0, 0
+    for inputs, targets in bptt_windows(data, bptt):
+        logits, state = model(inputs, state)
+        total += F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1),
+                                 reduction="sum").item()
+        count += targets.numel()
+    return total / max(count, 1)
+
+
+def _check(cfg: TrainConfig) -> None:
+    if cfg.optimizer not in ("sgd", "adam"):
+        raise MemlensError(f"unknown optimizer {cfg.optimizer!r}: choose sgd or adam")
+    for key in ("epochs", "bptt", "batch"):
+        if getattr(cfg, key) < 1:
+            raise MemlensError(f"--{key} must be a positive integer, got {getattr(cfg, key)}")
+    if cfg.lr is not None and not cfg.lr > 0:
+        raise MemlensError(f"--lr must be positive, got {cfg.lr}")
+    if cfg.vocab_size is not None and cfg.vocab_size < 3:
+        raise MemlensError(f"--vocab-size must be at least 3, got {cfg.vocab_size}")
+
+
+def train(cfg: TrainConfig | None = None, *, train_corpus: Corpus | None = None,
+          valid_corpus: Corpus | None = None, log=print, **kwargs: Any) -> LanguageModel:
+    """Train a language model and write the best checkpoint (by validation loss) to ``cfg.out``.
+
+    Either give paths in ``cfg`` (or as keyword arguments) or ready corpora. Returns the best
+    model (eval mode) with ``.vocab``, ``.config`` and ``.history`` (per-epoch records).
+    """
+    if cfg is None:
+        cfg = TrainConfig(**{"train": "", **kwargs})
+    _check(cfg)
+    model_cfg = check_config({"arch": cfg.arch, "layers": cfg.layers, "emb": cfg.emb,
+                              "hidden": cfg.hidden, "dropout": cfg.dropout, "tied": cfg.tied,
+                              "rank": cfg.rank, "groups": cfg.groups, "unit": cfg.unit,
+                              "fixed_embeddings": cfg.pretrained is not None})
+    device = resolve_device(cfg.device)
+    train_c = train_corpus or load_corpus(cfg.train, cfg.format, cfg.unit)
+    valid_c = valid_corpus or (load_corpus(cfg.valid, cfg.format, cfg.unit) if cfg.valid
+                               else None)
+    train_tokens = train_c.tokens[: cfg.max_tokens] if cfg.max_tokens else train_c.tokens
+    vocab = Vocab.build(train_tokens, None if cfg.unit == "char" else cfg.vocab_size,
+                        cfg.min_freq)
+    train_ids = vocab.encode(train_tokens)
+    if train_ids.numel() < 2 * cfg.batch:
+        raise MemlensError(f"training corpus has {train_ids.numel()} tokens: too short for "
+                           f"batch size {cfg.batch}")
+    valid_ids = None
+    if valid_c is not None:
+        valid_ids = vocab.encode(valid_c.tokens)
+        log(f"validation OOV rate: {100 * vocab.oov_rate(valid_c.tokens):.2f}%")
+
+    torch.manual_seed(cfg.seed)
+    model = LanguageModel(model_cfg, len(vocab))
+    model.vocab = vocab
+    if cfg.pretrained:
+        table, found = load_word2vec(cfg.pretrained, vocab, cfg.emb, cfg.seed)
+        model.encoder.embedding.weight.data.copy_(table)
+        log(f"pretrained embeddings (fixed): {found}/{len(vocab)} vocabulary words found")
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    lr = cfg.lr if cfg.lr is not None else (1.0 if cfg.optimizer == "sgd" else 2e-3)
+    opt = (torch.optim.SGD(params, lr=lr) if cfg.optimizer == "sgd"
+           else torch.optim.Adam(params, lr=lr))
+    data = batchify(train_ids, cfg.batch).to(device)
+    n_windows = math.ceil((data.shape[0] - 1) / cfg.bptt)
+    best, history = math.inf, []
+    for epoch in range(1, cfg.epochs + 1):
+        if cfg.optimizer == "sgd" and epoch > cfg.decay_after:
+            for group in opt.param_groups:
+                group["lr"] = lr * cfg.decay ** (epoch - cfg.decay_after)
+        model.train()
+        state = model.init_state(cfg.batch, device)
+        total, count, start = 0.0, 0, time.time()
+        bar = tqdm(bptt_windows(data, cfg.bptt), total=n_windows, desc=f"epoch {epoch}",
+                   disable=None if cfg.progress is None else not cfg.progress, unit="win",
+                   leave=False)
+        for inputs, targets in bar:
+            state = model.encoder.detach_state(state)
+            logits, state = model(inputs, state)
+            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            (loss * inputs.shape[0] if cfg.optimizer == "sgd" else loss).backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+            opt.step()
+            total += loss.item() * targets.numel()
+            count += targets.numel()
+            bar.set_postfix(loss=f"{total / count:.3f}", ppl=f"{math.exp(total / count):.1f}")
+        record = {"epoch": epoch, "train_loss": total / count,
+                  "lr": opt.param_groups[0]["lr"], "seconds": time.time() - start}
+        if valid_ids is not None:
+            record["valid_loss"] = evaluate(model, valid_ids, device=device)
+        key = record.get("valid_loss", record["train_loss"])
+        record["valid_ppl"] = math.exp(key)
+        history.append(record)
+        log(f"epoch {epoch}: train ppl {math.exp(record['train_loss']):.2f}, "
+            + (f"valid ppl {math.exp(record['valid_loss']):.2f}, " if valid_ids is not None
+               else "") + f"{record['seconds']:.0f}s")
+        if key < best:
+            best = key
+            save_checkpoint(cfg.out, model, {"train": asdict(cfg), "history": history})
+    best_model = load_checkpoint(cfg.out, device)
+    best_model.history = history
+    return best_model
+
+
+def corpus_ids(model: LanguageModel, corpus: Corpus, log=None) -> torch.Tensor:
+    """Encode a corpus with the model's vocabulary, reporting the OOV rate through ``log``."""
+    if model.vocab is None:
+        raise MemlensError("the model has no vocabulary")
+    rate = model.vocab.oov_rate(corpus.tokens)
+    if log is not None:
+        log(f"OOV rate: {100 * rate:.2f}% of {len(corpus.tokens)} tokens map to <unk>")
+    return model.vocab.encode(corpus.tokens)
+
+
+def perplexity_report(model: LanguageModel, corpus: Corpus, device="cpu",
+                      log=print) -> dict[str, float]:
+    """Evaluate ``model`` on ``corpus``: nats/token, perplexity and bits per token."""
+    ids = corpus_ids(model, corpus, log)
+    nll = evaluate(model, ids, device=device)
+    return {"tokens": ids.numel(), "nll": nll, "perplexity": math.exp(nll),
+            "bits": nll / math.log(2)}
