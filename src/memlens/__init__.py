@@ -16,4 +16,18 @@ from memlens.train import TrainConfig, evaluate, train  # noqa: E402
 
 __all__ = ["Corpus", "LanguageModel", "MemlensError", "RecurrentEncoder", "TrainConfig",
            "Vocab", "as_encoder", "evaluate", "load_checkpoint", "load_corpus",
-           "make_synthetic", "save_checkpoint", "train", "wrap"]
+           "make_synthetic", "memory_signature", "save_checkpoint", "state_gradients", "train",
+           "wrap"]
+
+
+def __getattr__(name: str):
+    # The analyses are imported lazily so that `import memlens` stays light.
+    if name == "state_gradients":
+        from memlens.gradients import state_gradients
+
+        return state_gradients
+    if name == "memory_signature":
+        from memlens.signatures import memory_signature
+
+        return memory_signature
+    raise AttributeError(f"module 'memlens' has no attribute {name!r}")
