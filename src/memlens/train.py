@@ -197,4 +197,15 @@ def perplexity_report(model: LanguageModel, corpus: Corpus, device="cpu",
     ids = corpus_ids(model, corpus, log)
     nll = evaluate(model, ids, device=device)
     return {"tokens": ids.numel(), "nll": nll, "perplexity": math.exp(nll),
-            "bits": nll / math.log(2)}
+            "bits": nll / math.log(2), "unigram_perplexity": unigram_perplexity(model.vocab, ids)}
+
+
+def unigram_perplexity(vocab: Vocab, ids: torch.Tensor) -> float:
+    """Perplexity of the add-one-smoothed unigram model of the vocabulary's training counts.
+
+    exp(-mean_t log p(w_t)) with p(w) = (count(w) + 1) / (sum of counts + V): the baseline a
+    language model must beat on the same vocabulary.
+    """
+    counts = torch.tensor(vocab.counts, dtype=torch.float64) + 1.0
+    logp = torch.log(counts / counts.sum())
+    return math.exp(-logp[ids].mean().item())

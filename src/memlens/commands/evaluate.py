@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
     report = perplexity_report(model, corpus, device)
     unit = "character" if model.config["unit"] == "char" else "word"
     print(f"tokens: {report['tokens']}")
+    print(f"unigram perplexity (same vocabulary): {report['unigram_perplexity']:.4f}")
     print(f"bits per {unit}: {report['bits']:.4f}")
     print(f"perplexity: {report['perplexity']:.4f}")
     return 0
