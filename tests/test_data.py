@@ -124,7 +124,7 @@ def test_synthetic_corpus_known_answer_and_determinism():
     b = make_synthetic(50, distance=4, seed=3)
     c = make_synthetic(50, distance=4, seed=4)
     assert a.tokens == b.tokens and a.tokens != c.tokens
-    for i, tok in enumerate(a.tokens):
+    for i in range(len(a.tokens)):
         if a.tags["role"][i] == "noun":
             verb = a.tokens[i + 4]
             assert verb == ("is" if a.tags["number"][i] == "sg" else "are")
