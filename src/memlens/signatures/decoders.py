@@ -1,0 +1,230 @@
+"""Joint multi-lag decoders: one model, one output head per lag k = 0..K.
+
+Inputs are states X (N x D, dense, standardised with the training mean and standard deviation)
+or :class:`IndexStates` (N x m indices into a D-dimensional one-hot space, e.g. the context
+window of an n-gram model; a linear map of a sum of one-hots is a sum of table rows, so it is
+computed with ``nn.EmbeddingBag`` instead of a dense product).
+
+Targets Y (N x (K+1), int64): Y[t, k] is the class of token t-k, -1 where excluded
+(t-k < 0, or an untagged / unseen symbol). The loss is the sum over heads of each head's mean
+cross-entropy over its valid positions:
+
+    L = sum_k  mean_{t: Y[t,k] >= 0}  -log softmax(W_k z_t + b_k)[Y[t,k]]
+
+with z_t = x_t (linear) or z_t = relu(U x_t + c) (MLP, one hidden layer shared by all heads).
+Training: Adam on minibatches, one pass over the states per epoch; early stopping per head on
+the last ``val_fraction`` of the training positions (contiguous, to avoid leaking neighbouring
+states); each head keeps the weights of its best validation epoch. Seeded and deterministic
+on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memlens.errors import MemlensError
+
+DECODERS = ("linear", "mlp")
+
+
+@dataclass
+class IndexStates:
+    """One-hot states stored as indices: ``idx`` (N x m int64) into ``dim`` features."""
+
+    idx: np.ndarray
+    dim: int
+
+    def __len__(self) -> int:
+        return self.idx.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.idx.shape[0], self.dim)
+
+
+def lag_targets(classes: np.ndarray, max_lag: int) -> np.ndarray:
+    """Y (N x (K+1)): Y[t, k] = classes[t-k], or -1 where t-k < 0."""
+    n = len(classes)
+    y = np.full((n, max_lag + 1), -1, dtype=np.int64)
+    for k in range(max_lag + 1):
+        if k < n:
+            y[k:, k] = classes[: n - k]
+    return y
+
+
+class _Net(nn.Module):
+    def __init__(self, dim: int, heads: int, classes: int, kind: str, hidden: int,
+                 sparse: bool):
+        super().__init__()
+        self.heads, self.classes, self.kind, self.sparse = heads, classes, kind, sparse
+        first = hidden if kind == "mlp" else heads * classes
+        if sparse:
+            self.inp = nn.EmbeddingBag(dim, first, mode="sum")
+            nn.init.normal_(self.inp.weight, 0.0, 0.01)
+            self.inp_bias = nn.Parameter(torch.zeros(first))
+        else:
+            self.inp = nn.Linear(dim, first)
+        self.out = nn.Linear(hidden, heads * classes) if kind == "mlp" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.inp(x) + self.inp_bias if self.sparse else self.inp(x)
+        if self.out is not None:
+            z = self.out(torch.relu(z))
+        return z.view(-1, self.heads, self.classes)
+
+
+@dataclass
+class JointDecoder:
+    """Trains all K+1 lag heads together; see the module docstring for the objective."""
+
+    kind: str = "linear"
+    hidden: int = 256
+    lr: float = 3e-3
+    batch: int = 512
+    max_epochs: int = 30
+    patience: int = 3
+    val_fraction: float = 0.1
+    weight_decay: float = 0.0
+    seed: int = 0
+    block: int = 65536
+    history: list[dict] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.kind not in DECODERS:
+            raise MemlensError(f"unknown decoder {self.kind!r}: choose linear or mlp")
+
+    # -- input handling -------------------------------------------------------------------
+    def _rows(self, x, lo: int, hi: int) -> torch.Tensor:
+        if isinstance(x, IndexStates):
+            return torch.from_numpy(np.ascontiguousarray(x.idx[lo:hi], dtype=np.int64))
+        rows = torch.from_numpy(np.asarray(x[lo:hi], dtype=np.float32))
+        return (rows - self._mean) / self._std
+
+    def _standardise(self, x, n: int) -> None:
+        if isinstance(x, IndexStates):
+            return
+        s = np.zeros(x.shape[1])
+        ss = np.zeros(x.shape[1])
+        for lo in range(0, n, self.block):
+            b = np.asarray(x[lo:min(n, lo + self.block)], dtype=np.float64)
+            s += b.sum(0)
+            ss += (b * b).sum(0)
+        mean = s / n
+        std = np.sqrt(np.maximum(ss / n - mean * mean, 0.0))
+        self._mean = torch.from_numpy(mean.astype(np.float32))
+        self._std = torch.from_numpy(np.where(std > 1e-6, std, 1.0).astype(np.float32))
+
+    # -- training ---------------------------------------------------------------------------
+    def fit(self, x, y: np.ndarray, classes: int) -> JointDecoder:
+        """Fit on states ``x`` (N x D or IndexStates) and lag targets ``y`` (N x (K+1))."""
+        n, heads = y.shape
+        if len(x) != n:
+            raise MemlensError(f"{len(x)} states but {n} target rows")
+        n_val = max(1, int(round(n * self.val_fraction)))
+        n_tr = n - n_val
+        if n_tr < 1:
+            raise MemlensError(f"too few training states ({n}) for the decoders")
+        torch.manual_seed(self.seed)
+        rng = np.random.default_rng(self.seed)
+        self._standardise(x, n_tr)
+        sparse = isinstance(x, IndexStates)
+        dim = x.dim if sparse else x.shape[1]
+        self.net = _Net(dim, heads, classes, self.kind, self.hidden, sparse)
+        opt = torch.optim.Adam(self.net.parameters(), lr=self.lr,
+                               weight_decay=self.weight_decay)
+        best = np.full(heads, math.inf)
+        best_epoch = np.zeros(heads, dtype=np.int64)
+        since = np.zeros(heads, dtype=np.int64)
+        self._snapshots: dict[int, dict] = {}
+        self.history = []
+        for epoch in range(1, self.max_epochs + 1):
+            self.net.train()
+            starts = np.arange(0, n_tr, self.block)
+            rng.shuffle(starts)
+            total, count = 0.0, 0
+            for lo in starts:
+                hi = min(n_tr, lo + self.block)
+                xb_all, yb_all = self._rows(x, lo, hi), torch.from_numpy(y[lo:hi])
+                perm = torch.from_numpy(rng.permutation(hi - lo))
+                for b in range(0, hi - lo, self.batch):
+                    sel = perm[b:b + self.batch]
+                    yb = yb_all[sel]
+                    logits = self.net(xb_all[sel])
+                    valid = (yb >= 0).sum(0).clamp(min=1)
+                    ce = F.cross_entropy(logits.reshape(-1, classes), yb.reshape(-1),
+                                         ignore_index=-1, reduction="none").view(yb.shape)
+                    loss = (ce.sum(0) / valid).sum()
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    total += loss.item() * len(sel)
+                    count += len(sel)
+            val = self._head_loss(x, y, n_tr, n)
+            improved = val < best - 1e-4
+            best = np.where(improved, val, best)
+            best_epoch = np.where(improved, epoch, best_epoch)
+            since = np.where(improved, 0, since + 1)
+            if improved.any():
+                self._snapshots[epoch] = copy.deepcopy(self.net.state_dict())
+            self.history.append({"epoch": epoch, "train_loss": total / max(count, 1),
+                                 "val_loss": float(np.mean(val))})
+            if (since >= self.patience).all():
+                break
+        used = set(best_epoch.tolist())
+        self._snapshots = {e: s for e, s in self._snapshots.items() if e in used}
+        self.best_epoch = best_epoch
+        self.epochs = len(self.history)
+        return self
+
+    @torch.no_grad()
+    def _head_loss(self, x, y: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """Mean cross-entropy (nats) per head on rows lo..hi (no targets -> +inf)."""
+        self.net.eval()
+        heads = y.shape[1]
+        tot, cnt = np.zeros(heads), np.zeros(heads)
+        for a in range(lo, hi, self.block):
+            b = min(hi, a + self.block)
+            logits = self.net(self._rows(x, a, b))
+            yb = torch.from_numpy(y[a:b])
+            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1),
+                                 ignore_index=-1, reduction="none").view(yb.shape)
+            tot += ce.sum(0).double().numpy()
+            cnt += (yb >= 0).sum(0).numpy()
+        return np.where(cnt > 0, tot / np.maximum(cnt, 1), math.inf)
+
+    # -- prediction -------------------------------------------------------------------------
+    @torch.no_grad()
+    def log_proba(self, x, lo: int = 0, hi: int | None = None) -> torch.Tensor:
+        """Log-probabilities (rows x (K+1) x C), each head with its best-epoch weights."""
+        hi = len(x) if hi is None else hi
+        xb = self._rows(x, lo, hi)
+        out = None
+        for epoch, state in self._snapshots.items():
+            self.net.load_state_dict(state)
+            self.net.eval()
+            lp = torch.log_softmax(self.net(xb), dim=-1)
+            mask = torch.from_numpy(self.best_epoch == epoch)
+            out = lp if out is None else torch.where(mask[None, :, None], lp, out)
+        return out
+
+    def evaluate(self, x, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per position and head: predicted class (N x (K+1)) and -log2 p(target) (NaN if
+        excluded)."""
+        n, heads = y.shape
+        pred = np.zeros((n, heads), dtype=np.int64)
+        nll = np.full((n, heads), np.nan)
+        for a in range(0, n, self.block):
+            b = min(n, a + self.block)
+            lp = self.log_proba(x, a, b)
+            pred[a:b] = lp.argmax(-1).numpy()
+            yb = torch.from_numpy(y[a:b])
+            got = lp.gather(-1, yb.clamp(min=0).unsqueeze(-1)).squeeze(-1).double().numpy()
+            nll[a:b] = np.where(y[a:b] >= 0, -got / math.log(2), np.nan)
+        return pred, nll

@@ -1,0 +1,256 @@
+"""The memory signature of a state sequence: what each lag k of the input can be decoded.
+
+For lags k = 0..K, with decoder D_k trained on training states and evaluated on states of
+separate held-out text:
+
+* accuracy_k     = mean over held-out t of [argmax D_k(s_t) == x_{t-k}]
+* CE_k           = mean over held-out t of -log2 D_k(s_t)[x_{t-k}]            (bits)
+* H(X)           = entropy (bits) of the symbol prior on the training states (per lag)
+* bits_k         = max(0, H(X) - CE_k), a lower bound on I(s_t; x_{t-k});  fraction = bits/H
+* majority_k     = held-out accuracy of always answering the most frequent training class
+* prior_k        = sum_c p_train(c) p_heldout(c): accuracy of guessing from the prior
+* recall[k, c]   = fraction of held-out positions with x_{t-k} = c decoded as c
+* 95% intervals  = percentiles over ``resamples`` bootstrap resamples of ``blocks``
+  contiguous held-out blocks (accuracy and bits).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from memlens.data.corpus import Corpus
+from memlens.data.vocab import EOS
+from memlens.errors import MemlensError
+from memlens.models.encoder import as_encoder
+from memlens.signatures.decoders import JointDecoder, lag_targets
+from memlens.signatures.states import check_view, extract_states
+from memlens.signatures.symbols import SymbolSet, build_symbols
+
+
+@dataclass
+class Signature:
+    """Per-lag results (arrays of length K+1) plus the lag x symbol recall matrix (K+1 x C)."""
+
+    accuracy: np.ndarray
+    acc_low: np.ndarray
+    acc_high: np.ndarray
+    bits: np.ndarray
+    bits_low: np.ndarray
+    bits_high: np.ndarray
+    bits_fraction: np.ndarray
+    cross_entropy: np.ndarray
+    entropy: np.ndarray
+    majority: np.ndarray
+    prior: np.ndarray
+    recall: np.ndarray
+    support: np.ndarray
+    symbols: list[str]
+    n_train: int
+    n_heldout: int
+    decoder: str
+    epochs: int
+    info: dict = field(default_factory=dict)
+
+    @property
+    def max_lag(self) -> int:
+        return len(self.accuracy) - 1
+
+    def memory_span(self, margin: float = 0.05) -> int:
+        """Last lag whose accuracy exceeds majority + margin (-1 if none)."""
+        above = np.nonzero(self.accuracy > self.majority + margin)[0]
+        return int(above.max()) if above.size else -1
+
+
+def _entropy_bits(counts: np.ndarray) -> float:
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def bootstrap(correct: np.ndarray, nll: np.ndarray, valid: np.ndarray, entropy: np.ndarray,
+              blocks: int = 20, resamples: int = 1000, seed: int = 0
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """95% percentile intervals of accuracy and bits per lag, resampling contiguous blocks.
+
+    ``correct``, ``nll``, ``valid``: N x (K+1). Returns acc_low, acc_high, bits_low, bits_high.
+    """
+    n = correct.shape[0]
+    blocks = max(1, min(blocks, n))
+    edges = np.linspace(0, n, blocks + 1).astype(int)
+    c = np.add.reduceat(np.where(valid, correct, 0).astype(np.float64), edges[:-1], axis=0)
+    e = np.add.reduceat(np.where(valid, nll, 0.0), edges[:-1], axis=0)
+    m = np.add.reduceat(valid.astype(np.float64), edges[:-1], axis=0)
+    rng = np.random.default_rng(seed)
+    w = rng.multinomial(blocks, np.full(blocks, 1.0 / blocks), size=resamples).astype(float)
+    cnt = np.maximum(w @ m, 1.0)
+    acc = (w @ c) / cnt
+    bits = np.maximum(0.0, entropy[None, :] - (w @ e) / cnt)
+    lo, hi = np.percentile(acc, [2.5, 97.5], axis=0)
+    blo, bhi = np.percentile(bits, [2.5, 97.5], axis=0)
+    return lo, hi, blo, bhi
+
+
+def signature_from_states(train_x, train_cls: np.ndarray, held_x, held_cls: np.ndarray,
+                          max_lag: int, symbols: SymbolSet, decoder: str = "linear",
+                          seed: int = 0, blocks: int = 20, resamples: int = 1000,
+                          **decoder_options) -> Signature:
+    """Train the joint decoder on (train_x, classes) and score it on (held_x, classes)."""
+    check_lag(max_lag, len(train_cls), len(held_cls))
+    if not (held_cls >= 0).any():
+        raise MemlensError("the held-out text has no symbol known to the decoders (only "
+                           "unknown or untagged tokens)")
+    n_cls = symbols.size
+    y_tr = lag_targets(train_cls, max_lag)
+    y_he = lag_targets(held_cls, max_lag)
+    dec = JointDecoder(kind=decoder, seed=seed, **decoder_options).fit(train_x, y_tr, n_cls)
+    pred, nll = dec.evaluate(held_x, y_he)
+    valid = y_he >= 0
+    correct = (pred == y_he) & valid
+    heads = max_lag + 1
+    nv = np.maximum(valid.sum(0), 1)
+    accuracy = correct.sum(0) / nv
+    ce = np.where(valid, nll, 0.0).sum(0) / nv
+    entropy, majority, prior = np.zeros(heads), np.zeros(heads), np.zeros(heads)
+    recall = np.full((heads, n_cls), np.nan)
+    support = np.zeros((heads, n_cls), dtype=np.int64)
+    for k in range(heads):
+        tr = y_tr[:, k][y_tr[:, k] >= 0]
+        he = y_he[:, k][valid[:, k]]
+        ctr = np.bincount(tr, minlength=n_cls).astype(float)
+        che = np.bincount(he, minlength=n_cls).astype(float)
+        entropy[k] = _entropy_bits(ctr)
+        majority[k] = che[int(ctr.argmax())] / max(che.sum(), 1)
+        prior[k] = float((ctr / ctr.sum()) @ (che / max(che.sum(), 1)))
+        hits = np.bincount(he[pred[valid[:, k], k] == he], minlength=n_cls)
+        support[k] = che.astype(np.int64)
+        recall[k] = np.where(che > 0, hits / np.maximum(che, 1), np.nan)
+    bits = np.maximum(0.0, entropy - ce)
+    lo, hi, blo, bhi = bootstrap(correct, nll, valid, entropy, blocks, resamples, seed)
+    return Signature(accuracy=accuracy, acc_low=lo, acc_high=hi, bits=bits, bits_low=blo,
+                     bits_high=bhi, bits_fraction=np.where(entropy > 0, bits / entropy, 0.0),
+                     cross_entropy=ce, entropy=entropy, majority=majority, prior=prior,
+                     recall=recall, support=support, symbols=list(symbols.names),
+                     n_train=len(train_cls), n_heldout=len(held_cls), decoder=decoder,
+                     epochs=dec.epochs)
+
+
+def check_lag(max_lag: int, n_train: int, n_heldout: int) -> None:
+    """Refuse lags that the streams cannot support."""
+    if not isinstance(max_lag, (int, np.integer)) or max_lag < 0:
+        raise MemlensError(f"max lag must be a non-negative integer, got {max_lag!r}")
+    if max_lag >= n_train - 1:
+        raise MemlensError(f"max lag K={max_lag} is too large for the training stream of "
+                           f"{n_train} tokens (need K < {n_train - 1})")
+    if max_lag >= n_heldout:
+        raise MemlensError(f"max lag K={max_lag} is too large for the held-out stream of "
+                           f"{n_heldout} tokens")
+
+
+# -- token handling ---------------------------------------------------------------------------
+def to_ids(model: nn.Module, tokens, what: str = "tokens"
+           ) -> tuple[np.ndarray, list[str | None] | None, list[str] | None]:
+    """Token ids (int64), UPOS tags (or None) and the vocabulary (or None) for ``tokens``.
+
+    ``tokens``: a Corpus, a list of symbols (needs ``model.vocab``) or a sequence of ids.
+    """
+    vocab = getattr(model, "vocab", None)
+    tags = None
+    if isinstance(tokens, Corpus):
+        tags = tokens.tags.get("upos")
+        tokens = tokens.tokens
+    if isinstance(tokens, (torch.Tensor, np.ndarray)):
+        ids = np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens,
+                         dtype=np.int64).reshape(-1)
+    elif len(tokens) and isinstance(tokens[0], str):
+        if vocab is None:
+            raise MemlensError(f"{what} are symbols but the model has no vocabulary: pass "
+                               "token ids")
+        ids = vocab.encode(tokens).numpy()
+        words = [t for t in tokens if t != EOS]
+        if words and all(vocab.stoi.get(t, 0) == 0 for t in words):
+            raise MemlensError(f"{what}: every symbol is unknown to the model's vocabulary")
+    else:
+        ids = np.asarray(list(tokens), dtype=np.int64).reshape(-1)
+    if ids.size == 0:
+        raise MemlensError(f"{what}: empty token stream")
+    return ids, tags, (vocab.itos if vocab is not None else None)
+
+
+def random_init_copy(model: nn.Module, seed: int = 0) -> nn.Module:
+    """An untrained copy (same architecture, seeded) of a memlens model or wrapped encoder."""
+    from memlens.models.lm import LanguageModel
+
+    if isinstance(model, LanguageModel):
+        torch.manual_seed(seed)
+        ctrl = LanguageModel(model.config, model.encoder.vocab_size)
+        ctrl.vocab = model.vocab
+        return ctrl.eval()
+    enc = copy.deepcopy(as_encoder(model))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for module in enc.modules():
+            if module is not enc and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return enc.eval()
+
+
+def memory_signature(model: nn.Module, train_tokens, heldout_tokens, max_lag: int,
+                     layer: int = -1, readout: str = "hidden", decoder: str = "linear",
+                     symbols: str | None = None, units: str = "all", seed: int = 0,
+                     blocks: int = 20, resamples: int = 1000,
+                     **decoder_options) -> Signature:
+    """Memory signature of one layer/readout/unit set of ``model`` (see module docstring).
+
+    ``model``: a memlens model or ``memlens.wrap(embedding, rnn)``. ``train_tokens`` /
+    ``heldout_tokens``: Corpus, symbol lists or id sequences. ``symbols``: None (every symbol;
+    top:1000 for word models), ``"chars"``, ``"top:N"`` or ``"upos"``. Returns a
+    :class:`Signature` with ``.accuracy``, ``.bits``, ``.majority`` etc. (length K+1).
+    """
+    encoder = as_encoder(model)
+    view = check_view(encoder, layer, readout, units)
+    tr_ids, tr_tags, itos = to_ids(model, train_tokens, "training tokens")
+    he_ids, he_tags, _ = to_ids(model, heldout_tokens, "held-out tokens")
+    check_lag(max_lag, len(tr_ids), len(he_ids))
+    unit = (getattr(model, "config", None) or {}).get("unit", "char")
+    sym = build_symbols(symbols, unit, tr_ids, tr_tags, itos)
+    tr_cls, he_cls = sym.classes(tr_ids, tr_tags), sym.classes(he_ids, he_tags)
+    tr_x = extract_states(encoder, tr_ids, [view])[view]
+    he_x = extract_states(encoder, he_ids, [view])[view]
+    sig = signature_from_states(tr_x, tr_cls, he_x, he_cls, max_lag, sym, decoder, seed,
+                                blocks, resamples, **decoder_options)
+    sig.info = {"layer": view.layer, "readout": view.readout, "units": view.units}
+    return sig
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon divergence (bits, in [0, 1]) between two non-negative profiles."""
+    p = np.nan_to_num(np.asarray(p, dtype=float)).ravel()
+    q = np.nan_to_num(np.asarray(q, dtype=float)).ravel()
+    if p.sum() <= 0 or q.sum() <= 0:
+        return float("nan")
+    p, q = p / p.sum(), q / q.sum()
+    m = (p + q) / 2
+
+    def kl(a: np.ndarray, b: np.ndarray) -> float:
+        nz = a > 0
+        return float((a[nz] * np.log2(a[nz] / b[nz])).sum())
+
+    return 0.5 * kl(p, m) + 0.5 * kl(q, m)
+
+
+def group_divergence(recalls: Sequence[np.ndarray]) -> np.ndarray:
+    """Pairwise Jensen-Shannon divergence (G x G) between groups' lag x symbol recall
+    profiles (each flattened and normalised to sum 1)."""
+    g = len(recalls)
+    out = np.zeros((g, g))
+    for i in range(g):
+        for j in range(i + 1, g):
+            out[i, j] = out[j, i] = js_divergence(recalls[i], recalls[j])
+    return out
+
+
