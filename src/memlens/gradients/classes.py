@@ -1,0 +1,176 @@
+"""Word classes for class-conditional state gradients: one list of class names per token.
+
+Spec strings (the CLI's ``--classes``):
+
+* ``upos`` / ``xpos``: the CoNLL-U tag of each token (``<eos>`` and untagged tokens: no class).
+* ``groups:FILE``: tag groups (``nouns NN NNS NNP NNPS`` per line); a token belongs to every
+  group that lists its tag. The tag column (UPOS or XPOS) is the one the groups match best.
+* ``lexicon:FILE``: the reference's word -> possible tags file; a word counts for every class
+  among its tags (as in the original).
+* ``freq:N``: N frequency bins of equal training-token mass from the model's training counts
+  (bin 1 = most frequent words); ``freq:E1,E2,...``: bins by training count [E_i, E_i+1).
+* ``words:FILE[,FILE...]``: one class per word-list file (named after the file).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from memlens.data import read_groups, read_lexicon, read_word_list
+from memlens.data.vocab import EOS, UNK
+from memlens.errors import MemlensError
+
+KINDS = ("upos", "xpos", "groups", "lexicon", "freq", "words")
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """Split ``kind[:arg]`` and check it; returns (kind, arg)."""
+    kind, _, arg = spec.partition(":")
+    if kind not in KINDS:
+        raise MemlensError(f"unknown class specification {spec!r}: choose upos, xpos, "
+                           "groups:FILE, lexicon:FILE, freq:N or freq:E1,E2,..., words:FILE")
+    if kind in ("groups", "lexicon", "words", "freq") and not arg:
+        raise MemlensError(f"--classes {kind} needs an argument ({kind}:...)")
+    return kind, arg
+
+
+def _warn(msg: str, log: Callable[[str], None] | None) -> None:
+    if log is not None:
+        log(f"memlens: warning: {msg}")
+    else:
+        warnings.warn(msg, stacklevel=3)
+
+
+def token_classes(spec: str, tokens: Sequence[str], tags: dict[str, list] | None = None,
+                  vocab=None, log: Callable[[str], None] | None = None
+                  ) -> tuple[list[str], list[list[str]]]:
+    """Return (class names in order, classes of each token) for a spec string.
+
+    ``tags`` are the corpus annotations (``Corpus.tags``); ``vocab`` (a memlens Vocab) is needed
+    for ``freq``. Classes named by a file that never occur are kept (count zero) with a warning.
+    """
+    kind, arg = parse_spec(spec)
+    tags = tags or {}
+    if kind in ("upos", "xpos"):
+        column = tags.get(kind)
+        if column is None:
+            raise MemlensError(f"--classes {kind} needs a CoNLL-U corpus (--format conllu)")
+        names = sorted({t for t in column if t is not None})
+        return names, [[t] if t is not None else [] for t in column]
+    if kind == "groups":
+        groups = read_groups(arg)
+        if not tags:
+            raise MemlensError("--classes groups needs a tagged corpus (--format conllu)")
+        all_tags = {k: {t for t in col if t is not None} for k, col in tags.items()}
+        wanted = {t for g in groups.values() for t in g}
+        column_name = max(all_tags, key=lambda k: len(wanted & all_tags[k]))
+        present = all_tags[column_name]
+        for name, members in groups.items():
+            missing = [t for t in members if t not in present]
+            if missing:
+                _warn(f"group {name!r}: tag(s) {' '.join(missing)} never occur in the corpus",
+                      log)
+        by_tag: dict[str, list[str]] = {}
+        for name, members in groups.items():
+            for t in members:
+                by_tag.setdefault(t, []).append(name)
+        column = tags[column_name]
+        return list(groups), [list(by_tag.get(t, [])) if t is not None else [] for t in column]
+    if kind == "lexicon":
+        lexicon = read_lexicon(arg)
+        names = sorted({t for ts in lexicon.values() for t in ts})
+        per_token = [list(lexicon.get(w, [])) for w in tokens]
+        seen = {c for cs in per_token for c in cs}
+        unused = [n for n in names if n not in seen]
+        if unused:
+            _warn(f"lexicon tag(s) {' '.join(unused[:10])} never occur in the corpus "
+                  "(count zero)", log)
+        return names, per_token
+    if kind == "words":
+        names, per_word = [], {}
+        for f in arg.split(","):
+            name = Path(f).stem
+            if name in names:
+                raise MemlensError(f"two word lists are named {name!r}")
+            names.append(name)
+            for w in read_word_list(f):
+                per_word.setdefault(w, [])
+                if name not in per_word[w]:
+                    per_word[w].append(name)
+        per_token = [list(per_word.get(w, [])) for w in tokens]
+        seen = {c for cs in per_token for c in cs}
+        for n in names:
+            if n not in seen:
+                _warn(f"no word of word list {n!r} occurs in the corpus (count zero)", log)
+        return names, per_token
+    return _frequency_classes(arg, tokens, vocab)
+
+
+def _frequency_classes(arg: str, tokens: Sequence[str], vocab) -> tuple[list[str],
+                                                                       list[list[str]]]:
+    if vocab is None:
+        raise MemlensError("--classes freq needs the model's vocabulary (training counts)")
+    counts = np.asarray(vocab.counts, dtype=np.float64)
+    special = {UNK, EOS}
+    if "," in arg or "." in arg:
+        try:
+            edges = sorted(float(e) for e in arg.split(","))
+        except ValueError:
+            raise MemlensError(f"bad frequency edges {arg!r}: give numbers like 1,10,100"
+                               ) from None
+        if len(edges) < 2:
+            raise MemlensError("frequency edges need at least two numbers")
+        names = [f"freq[{edges[i]:g},{edges[i + 1]:g})" for i in range(len(edges) - 1)]
+
+        def bin_of(c: float) -> int | None:
+            k = int(np.searchsorted(edges, c, side="right")) - 1
+            return k if 0 <= k < len(names) else None
+    else:
+        try:
+            n = int(arg)
+        except ValueError:
+            raise MemlensError(f"bad number of frequency bins {arg!r}") from None
+        if n < 1:
+            raise MemlensError(f"number of frequency bins must be positive, got {n}")
+        # word ids 2.. are sorted by descending training count: equal training-token mass
+        mass = np.cumsum(counts[2:]) / max(counts[2:].sum(), 1)
+        word_bin = np.minimum((mass * n - 1e-12).astype(int), n - 1)
+        names = [f"freq{k + 1}of{n}" for k in range(n)]
+
+        def bin_of(c: float) -> int | None:  # unused for quantile bins
+            return None
+
+    per_token: list[list[str]] = []
+    for w in tokens:
+        i = vocab.stoi.get(w)
+        if i is None or w in special:
+            per_token.append([])
+            continue
+        k = bin_of(counts[i]) if ("," in arg or "." in arg) else int(word_bin[i - 2])
+        per_token.append([names[k]] if k is not None else [])
+    return names, per_token
+
+
+def encode_memberships(names: Sequence[str], per_token: Sequence[Sequence[str] | str | None]
+                       ) -> list[list[int]]:
+    """Class names per token -> class indices per token (unknown names are an error)."""
+    index = {n: i for i, n in enumerate(names)}
+    out: list[list[int]] = []
+    for labels in per_token:
+        if labels is None:
+            out.append([])
+            continue
+        if isinstance(labels, str):
+            labels = [labels]
+        row = []
+        for lab in labels:
+            if lab not in index:
+                raise MemlensError(f"class {lab!r} is not among the declared classes")
+            if index[lab] not in row:
+                row.append(index[lab])
+        out.append(row)
+    return out

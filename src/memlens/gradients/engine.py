@@ -1,0 +1,292 @@
+"""The streaming engine: exact sums of state gradients per delay and class, in one forward pass.
+
+The corpus is one continuous stream x_0 .. x_{T-1} from a zero initial state (batch 1). For every
+target position t and delay tau = 0..K with t - tau >= 0 the engine adds the H x E block
+G_t(tau) = d s_t / d x_{t-tau} to
+
+* a class accumulator, chosen by the class(es) of the *source* token t - tau
+  (pass 0: the first class of the source, or a "no class" bucket; further passes add the
+  second, third, ... class of multi-class sources, e.g. lexicon words with several tags);
+* a per-block accumulator of the overall sum (blocks of targets, for the bootstrap).
+
+The overall sum is the sum over the pass-0 buckets, so it costs nothing extra.
+
+Layout: accumulators are H x (buckets * S) x E with S = K + 1, so the readout tangent matrix
+(H x S*E, viewed H x S x E) is added with one ``index_add_`` per step (index = bucket * S +
+delay of each ring slot). Short-term accumulators in the compute dtype are flushed into float64
+master sums every ``flush_every`` steps and at block boundaries; flush points are absolute
+stream positions, so the result is bit-identical however the work is split into chunks or
+interrupted and resumed. Memory is O(K * buckets * H * E), independent of the corpus length.
+
+Checkpoints (``checkpoint=path``) hold primal states, live tangents, all accumulators and the
+position; SIGINT / SIGTERM during a run save one and raise :class:`GradientsInterrupted`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from memlens.errors import MemlensError
+from memlens.gradients.tangents import LayerPropagator
+from memlens.io import atomic_path
+from memlens.models.encoder import RecurrentEncoder
+
+CHECKPOINT_FORMAT = "memlens-gradients-partial"
+
+
+class GradientsInterrupted(KeyboardInterrupt):
+    """Raised after an interrupt (or ``stop_after``) once the checkpoint has been saved."""
+
+    def __init__(self, checkpoint: str, position: int, total: int):
+        super().__init__(f"interrupted at token {position}/{total}; progress saved to "
+                         f"{checkpoint}; rerun with --resume to continue")
+        self.checkpoint, self.position, self.total = checkpoint, position, total
+
+
+@dataclass
+class Sums:
+    """Raw sums from the engine (float64 numpy arrays; S = K + 1 delays, C classes).
+
+    sums: S x H x E (overall); counts: S. class_sums: C x S x H x E; class_counts: C x S.
+    block_sums: B x S x H x E and block_counts: B x S (overall sums per block of targets).
+    """
+
+    sums: np.ndarray
+    counts: np.ndarray
+    class_sums: np.ndarray
+    class_counts: np.ndarray
+    block_sums: np.ndarray
+    block_counts: np.ndarray
+    stats: dict = field(default_factory=dict)
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM while a checkpointed run is active (main thread only)."""
+
+    def __init__(self, enabled: bool):
+        self.flag = False
+        self.old: dict[int, object] = {}
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+
+    def _handler(self, signum, frame):  # noqa: ARG002
+        self.flag = True
+
+    def __enter__(self):
+        if self.enabled:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
+        return False
+
+
+def _fingerprint(encoder: RecurrentEncoder, ids: Tensor, arrays: Sequence[Tensor],
+                 settings: dict) -> str:
+    h = hashlib.sha256()
+    h.update(repr(sorted(settings.items())).encode())
+    for t in (ids, *arrays):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    for name, p in sorted(encoder.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().double().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: int, readout: str,
+               memberships: Sequence[Sequence[int]] | None = None, n_classes: int = 0, *,
+               dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+               method: str = "auto", blocks: int = 20, flush_every: int = 256,
+               chunk_size: int = 256, checkpoint: str | Path | None = None,
+               checkpoint_every: float = 300.0, resume: bool = False,
+               stop_after: int | None = None, progress: bool = False,
+               target_mask: Tensor | None = None,
+               on_chunk: Callable[[int], None] | None = None) -> Sums:
+    """Exact sums of d s_t / d x_{t-tau} over the stream ``ids`` (see module docstring).
+
+    ``memberships[j]`` lists the class indices (0..n_classes-1) of token j (may be empty).
+    ``target_mask`` (bool, length T) restricts the targets t that are accumulated (used by the
+    benchmark to compare against a per-position algorithm). ``stop_after`` processes at most
+    that many tokens in this call, then saves the checkpoint and raises GradientsInterrupted.
+    ``on_chunk(position)`` is called after every chunk. Arguments are assumed validated.
+    """
+    device = torch.device(device)
+    ids = ids.to("cpu", torch.long).reshape(-1)
+    T, K = ids.numel(), max_delay
+    S, C = K + 1, n_classes
+    L = layer
+    E = encoder.emb_size
+    H = encoder.layers[L].hidden_size
+    nb = max(1, min(blocks, T))
+    # class buckets: pass 0 = first class or C ("none"); extra passes r >= 1 -> class or dump C
+    bucket = torch.full((T,), C, dtype=torch.long)
+    extras: list[Tensor] = []
+    if memberships is not None and C > 0:
+        depth = max((len(m) for m in memberships), default=0)
+        extras = [torch.full((T,), C, dtype=torch.long) for _ in range(max(0, depth - 1))]
+        for j, m in enumerate(memberships):
+            for r, c in enumerate(m):
+                (bucket if r == 0 else extras[r - 1])[j] = c
+    mask = None if target_mask is None else target_mask.to("cpu", torch.bool).reshape(-1)
+
+    props = [LayerPropagator(encoder.layers[k], S, E, k == 0, dtype, device, method)
+             for k in range(L + 1)]
+    emb = encoder.embedding.weight.detach().to(device=device, dtype=dtype)
+    nbk = C + 1
+    st = torch.zeros(H, nbk * S, E, dtype=dtype, device=device)
+    master = torch.zeros(H, nbk * S, E, dtype=torch.float64, device=device)
+    st_x = torch.zeros_like(st) if extras else None
+    master_x = torch.zeros_like(master) if extras else None
+    block_sums = torch.zeros(nb, H, S, E, dtype=torch.float64, device=device)
+    counts = torch.zeros(nbk * S, dtype=torch.long)
+    counts_x = torch.zeros(nbk * S, dtype=torch.long)
+    block_counts = torch.zeros(nb, S, dtype=torch.long)
+    settings = {"K": K, "layer": L, "readout": readout, "dtype": str(dtype), "method": method,
+                "blocks": nb, "flush_every": flush_every, "classes": C}
+    fp = _fingerprint(encoder, ids, [bucket, *extras] + ([mask] if mask is not None else []),
+                      settings) if checkpoint is not None else ""
+    pos = 0
+    if resume:
+        if checkpoint is None or not Path(checkpoint).exists():
+            raise MemlensError(f"nothing to resume: no checkpoint at {checkpoint}")
+        try:
+            ck = torch.load(checkpoint, map_location=device, weights_only=True)
+        except Exception as exc:  # a corrupt file is a user-facing problem
+            raise MemlensError(f"cannot read checkpoint {checkpoint}: {exc}") from None
+        if ck.get("format") != CHECKPOINT_FORMAT or ck.get("fingerprint") != fp:
+            raise MemlensError(f"checkpoint {checkpoint} was made with a different model, "
+                               "corpus or settings: delete it or run without --resume")
+        pos = int(ck["position"])
+        for p, state, tans in zip(props, ck["states"], ck["tangents"]):
+            p.state = tuple(state)
+            p.tangents = list(tans)
+        st.copy_(ck["st"])
+        master.copy_(ck["master"])
+        if extras:
+            st_x.copy_(ck["st_x"])
+            master_x.copy_(ck["master_x"])
+        block_sums.copy_(ck["block_sums"])
+        counts.copy_(ck["counts"])
+        counts_x.copy_(ck["counts_x"])
+        block_counts.copy_(ck["block_counts"])
+
+    def save() -> None:
+        payload = {"format": CHECKPOINT_FORMAT, "fingerprint": fp, "position": pos,
+                   "states": [list(p.state) for p in props],
+                   "tangents": [list(p.tangents) for p in props],
+                   "st": st, "master": master, "st_x": st_x if extras else None,
+                   "master_x": master_x if extras else None, "block_sums": block_sums,
+                   "counts": counts, "counts_x": counts_x, "block_counts": block_counts}
+        with atomic_path(checkpoint) as tmp:
+            torch.save(payload, tmp)
+
+    def block_of(t: int) -> int:
+        return t * nb // T
+
+    def flush(t: int) -> None:
+        """Move the short-term sums of targets up to t into the float64 masters."""
+        master.add_(st)
+        block_sums[block_of(t)].add_(st.view(H, nbk, S, E).to(torch.float64).sum(1))
+        st.zero_()
+        if extras:
+            master_x.add_(st_x)
+            st_x.zero_()
+
+    macs = sum(p.macs_per_step() for p in props)
+    start_pos, started, last_save = pos, time.perf_counter(), time.perf_counter()
+    end = T if stop_after is None else min(T, pos + max(0, stop_after))
+    arange_s = torch.arange(S)
+    bar = tqdm(total=T, initial=pos, unit="tok", desc="state gradients", disable=not progress,
+               dynamic_ncols=True, smoothing=0.1)
+    stopped = False
+    with _StopFlag(checkpoint is not None) as stop, torch.no_grad():
+        while pos < end and not stopped:
+            a, b = pos, min(end, (pos // chunk_size + 1) * chunk_size)
+            tvec = torch.arange(a, b)
+            delays = (tvec.unsqueeze(1) - arange_s) % S          # n x S: delay of each slot
+            src = tvec.unsqueeze(1) - delays                      # source position of each slot
+            live = src >= 0
+            if mask is not None:
+                live &= mask[a:b].unsqueeze(1)
+            srcc = src.clamp(min=0)
+            idx0 = bucket[srcc] * S + delays
+            idx_x = [e[srcc] * S + delays for e in extras]
+            xs = emb[ids[a:b].to(device)]
+            sel = live.any(1).tolist()
+            idx0_d = idx0.to(device)
+            idx_x_d = [i.to(device) for i in idx_x]
+            done = a
+            for k in range(b - a):
+                t = a + k
+                slot = t % S
+                x, dx = xs[k], None
+                for p in props:
+                    p.step(x, dx, slot)
+                    x, dx = p.h, p.readout("hidden")
+                if sel[k]:
+                    R = props[L].readout(readout).view(H, S, E)
+                    st.index_add_(1, idx0_d[k], R)
+                    for ix in idx_x_d:
+                        st_x.index_add_(1, ix[k], R)
+                    lv = live[k]
+                    ones = torch.ones(int(lv.sum()), dtype=torch.long)
+                    counts.index_add_(0, idx0[k][lv], ones)
+                    for ix in idx_x:
+                        counts_x.index_add_(0, ix[k][lv], ones)
+                    block_counts[block_of(t)].index_add_(0, delays[k][lv], ones)
+                if (t + 1) % flush_every == 0 or t + 1 == T or block_of(t + 1) != block_of(t):
+                    flush(t)
+                done = t + 1
+                if stop.flag:
+                    stopped = True
+                    break
+            bar.update(done - pos)
+            pos = done
+            if on_chunk is not None:
+                on_chunk(pos)
+            if checkpoint is not None and pos < T and not stopped and \
+                    time.perf_counter() - last_save > checkpoint_every:
+                save()
+                last_save = time.perf_counter()
+    bar.close()
+    elapsed = time.perf_counter() - started
+    if pos < T:
+        if checkpoint is None:
+            raise KeyboardInterrupt
+        save()
+        raise GradientsInterrupted(str(checkpoint), pos, T)
+    if checkpoint is not None:
+        Path(checkpoint).unlink(missing_ok=True)
+
+    m = master.view(H, nbk, S, E)
+    sums = m.sum(1).permute(1, 0, 2).cpu().numpy()
+    cls = m[:, :C]
+    if extras:
+        cls = cls + master_x.view(H, nbk, S, E)[:, :C]
+    class_sums = cls.permute(1, 2, 0, 3).cpu().numpy()
+    cnt = counts.view(nbk, S)
+    class_counts = (cnt[:C] + counts_x.view(nbk, S)[:C]).numpy()
+    processed = pos - start_pos
+    stats = {"tokens_processed": processed, "seconds": elapsed,
+             "tokens_per_second": processed / elapsed if elapsed > 0 else float("nan"),
+             "macs_per_token": macs, "macs_per_second": macs * processed / elapsed
+             if elapsed > 0 else float("nan"),
+             "nominal_flops_per_token": 2 * 4 * H * H * K * E,
+             "dtype": str(dtype).replace("torch.", ""),
+             "method": "generic" if props[0].generic else "hand"}
+    return Sums(sums=sums, counts=cnt.sum(0).numpy(), class_sums=class_sums,
+                class_counts=class_counts, block_sums=block_sums.permute(0, 2, 1, 3).cpu().numpy(),
+                block_counts=block_counts.numpy(), stats=stats)

@@ -1,0 +1,123 @@
+"""Memory metrics on normalised average state gradients (DESIGN.md section 1).
+
+* SVD: Gn(tau) = Gbar(tau) D = U diag(sigma) V^T; all singular values, sigma_1..5, their sum.
+* Relative memory of a property direction d (embedding space): dn = Z d / |Z d|,
+  relmem(tau) = |Gn(tau) dn| / sigma_1(tau).
+* Subspace alignment: |V_k^T dn| (norm of dn's projection on the top-k right singular vectors)
+  and share_k = (sigma_1 + .. + sigma_k) / sum(sigma).
+* Block bootstrap of sum(sigma) per delay: resample the B contiguous target blocks with
+  replacement, recompute the pooled mean, normalise, SVD; report the standard error and a
+  percentile interval.
+* Probe: multinomial logistic regression predicting a token's class from its embedding
+  (held-out accuracy vs the majority baseline) and class-mean embeddings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def singular_values(mats: np.ndarray) -> np.ndarray:
+    """Singular values (descending) of each matrix in a stack (... x H x E)."""
+    mats = np.nan_to_num(np.asarray(mats, dtype=np.float64))
+    return torch.linalg.svdvals(torch.from_numpy(mats)).numpy()
+
+
+def right_singular_vectors(mat: np.ndarray) -> np.ndarray:
+    """Rows of V^T (directions of normalised embedding space), strongest first: E x E."""
+    _, _, vt = np.linalg.svd(np.nan_to_num(mat), full_matrices=True)
+    return vt
+
+
+def unit_direction(direction: np.ndarray, Z: np.ndarray) -> np.ndarray:
+    """dn = Z d / |Z d| for a direction d in raw embedding space."""
+    dn = Z @ np.asarray(direction, dtype=np.float64)
+    norm = np.linalg.norm(dn)
+    if not norm > 0:
+        raise ValueError("property direction is zero")
+    return dn / norm
+
+
+def relative_memory(gn: np.ndarray, dn: np.ndarray) -> float:
+    """|Gn dn| / sigma_1 for one normalised gradient Gn (H x E) and unit direction dn."""
+    s1 = np.linalg.norm(gn, 2)
+    return float(np.linalg.norm(gn @ dn) / s1) if s1 > 0 else float("nan")
+
+
+def alignment(gn: np.ndarray, dn: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """(|V_j^T dn| for j = 1..k, share of the singular-value sum carried by the top j)."""
+    _, s, vt = np.linalg.svd(np.nan_to_num(gn), full_matrices=True)
+    k = min(k, vt.shape[0])
+    proj = np.array([np.linalg.norm(vt[:j] @ dn) for j in range(1, k + 1)])
+    total = s.sum()
+    share = np.cumsum(s)[:k] / total if total > 0 else np.full(k, np.nan)
+    return proj, share
+
+
+def block_bootstrap(block_sums: np.ndarray, block_counts: np.ndarray, D: np.ndarray,
+                    n_boot: int = 200, level: float = 0.95, seed: int = 0
+                    ) -> dict[str, np.ndarray]:
+    """Bootstrap over contiguous blocks of sum(sigma(Gbar(tau) D)) for every delay.
+
+    block_sums: B x S x H x E, block_counts: B x S. Returns {"se", "low", "high"} (each S).
+    """
+    B, S = block_counts.shape
+    rng = np.random.default_rng(seed)
+    weights = np.stack([np.bincount(rng.integers(0, B, B), minlength=B) for _ in range(n_boot)]
+                       ).astype(np.float64)                                      # n x B
+    se, low, high = (np.full(S, np.nan) for _ in range(3))
+    if B < 2:
+        return {"se": se, "low": low, "high": high}
+    Dt = torch.from_numpy(np.asarray(D, dtype=np.float64))
+    for tau in range(S):
+        flat = block_sums[:, tau].reshape(B, -1)
+        tot = weights @ block_counts[:, tau].astype(np.float64)
+        ok = tot > 0
+        if not ok.any():
+            continue
+        means = (weights[ok] @ flat) / tot[ok, None]
+        gn = torch.from_numpy(means.reshape(ok.sum(), *block_sums.shape[2:])) @ Dt
+        sums = torch.linalg.svdvals(gn).sum(-1).numpy()
+        se[tau] = sums.std(ddof=1) if sums.size > 1 else np.nan
+        low[tau], high[tau] = np.quantile(sums, [(1 - level) / 2, (1 + level) / 2])
+    return {"se": se, "low": low, "high": high}
+
+
+def class_mean_embeddings(table: np.ndarray, ids: np.ndarray,
+                          memberships: list[list[int]], n_classes: int) -> np.ndarray:
+    """Mean embedding of the token occurrences of each class (C x E; NaN rows if empty)."""
+    E = table.shape[1]
+    sums = np.zeros((n_classes, E))
+    counts = np.zeros(n_classes)
+    for i, m in zip(ids, memberships):
+        for c in m:
+            sums[c] += table[i]
+            counts[c] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / counts[:, None]
+
+
+def probe_accuracy(table: np.ndarray, ids: np.ndarray, memberships: list[list[int]],
+                   max_samples: int = 20000, seed: int = 0) -> dict[str, float] | None:
+    """Held-out accuracy of logistic regression predicting a token's (first) class from its
+    embedding, with the majority-class baseline; None when there are fewer than two classes."""
+    from sklearn.linear_model import LogisticRegression
+
+    rows = [(i, m[0]) for i, m in zip(ids, memberships) if m]
+    if len(rows) < 20:
+        return None
+    rng = np.random.default_rng(seed)
+    rows = [rows[k] for k in rng.permutation(len(rows))[:max_samples]]
+    X = table[[r[0] for r in rows]]
+    y = np.array([r[1] for r in rows])
+    if len(set(y.tolist())) < 2:
+        return None
+    cut = int(0.8 * len(rows))
+    clf = LogisticRegression(max_iter=500)
+    clf.fit(X[:cut], y[:cut])
+    acc = float((clf.predict(X[cut:]) == y[cut:]).mean())
+    values, freq = np.unique(y[:cut], return_counts=True)
+    majority = float((y[cut:] == values[freq.argmax()]).mean())
+    return {"accuracy": acc, "majority_baseline": majority, "train": cut,
+            "test": len(rows) - cut}

@@ -1,0 +1,187 @@
+"""The result object of :func:`memlens.state_gradients`: averages, counts and metrics.
+
+Shapes: S = K + 1 delays, H state units, E embedding dimensions, C classes, B bootstrap blocks.
+``mean(tau, cls)`` is the unnormalised average Gbar(tau) (H x E); every metric uses the
+normalised Gn(tau) = Gbar(tau) D unless ``normalized=False``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from memlens.errors import MemlensError
+from memlens.gradients import metrics
+from memlens.gradients.engine import Sums
+from memlens.gradients.normalize import Normalization
+
+
+@dataclass
+class GradientResult:
+    """Exact average state gradients per delay (and class) with their metrics."""
+
+    max_delay: int
+    layer: int
+    state: str
+    class_names: list[str]
+    raw: Sums
+    normalization: Normalization
+    settings: dict = field(default_factory=dict)
+    class_embeddings: np.ndarray | None = None
+    probe: dict | None = None
+    _boot: dict | None = field(default=None, repr=False)
+
+    # -- access ----------------------------------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        return self.raw.sums.shape[1]
+
+    @property
+    def emb_size(self) -> int:
+        return self.raw.sums.shape[2]
+
+    @property
+    def stats(self) -> dict:
+        return self.raw.stats
+
+    def _cls(self, cls: str | int | None) -> int | None:
+        if cls is None:
+            return None
+        if isinstance(cls, (int, np.integer)):
+            if not 0 <= cls < len(self.class_names):
+                raise MemlensError(f"class index {cls} out of range")
+            return int(cls)
+        if cls not in self.class_names:
+            raise MemlensError(f"unknown class {cls!r}: choose from "
+                               f"{', '.join(self.class_names) or '(no classes)'}")
+        return self.class_names.index(cls)
+
+    def _tau(self, tau: int) -> int:
+        if not 0 <= tau <= self.max_delay:
+            raise MemlensError(f"delay {tau} out of range 0..{self.max_delay}")
+        return int(tau)
+
+    def count(self, tau: int, cls: str | int | None = None) -> int:
+        """Number of (t, tau) pairs averaged (source word of class ``cls`` if given)."""
+        c, tau = self._cls(cls), self._tau(tau)
+        return int(self.raw.counts[tau] if c is None else self.raw.class_counts[c, tau])
+
+    def sum(self, tau: int, cls: str | int | None = None) -> np.ndarray:
+        c, tau = self._cls(cls), self._tau(tau)
+        return self.raw.sums[tau] if c is None else self.raw.class_sums[c, tau]
+
+    def mean(self, tau: int, cls: str | int | None = None) -> np.ndarray:
+        """Unnormalised average d s_t / d x_{t-tau}: H x E (NaN when the count is zero)."""
+        n = self.count(tau, cls)
+        s = self.sum(tau, cls)
+        return s / n if n else np.full_like(s, np.nan)
+
+    def means(self, cls: str | int | None = None) -> np.ndarray:
+        """All delays at once: S x H x E."""
+        return np.stack([self.mean(t, cls) for t in range(self.max_delay + 1)])
+
+    def normalized_mean(self, tau: int, cls: str | int | None = None) -> np.ndarray:
+        """Gn(tau) = Gbar(tau) D: H x E."""
+        return self.normalization.apply(self.mean(tau, cls))
+
+    def singular_values(self, tau: int, cls: str | int | None = None,
+                        normalized: bool = True) -> np.ndarray:
+        """All singular values (descending) of Gn(tau) (or of Gbar(tau))."""
+        m = self.normalized_mean(tau, cls) if normalized else self.mean(tau, cls)
+        if np.isnan(m).any():
+            return np.full(min(m.shape), np.nan)
+        return metrics.singular_values(m)
+
+    def spectrum(self, cls: str | int | None = None, normalized: bool = True) -> np.ndarray:
+        """Singular values for every delay: S x min(H, E)."""
+        m = self.means(cls)
+        if normalized:
+            m = self.normalization.apply(m)
+        out = metrics.singular_values(m)
+        out[np.isnan(m).any(axis=(1, 2))] = np.nan
+        return out
+
+    def right_singular_vectors(self, tau: int, cls: str | int | None = None) -> np.ndarray:
+        """Rows of V^T of Gn(tau) (directions of normalised embedding space): E x E."""
+        return metrics.right_singular_vectors(self.normalized_mean(tau, cls))
+
+    # -- properties of directions ----------------------------------------------------------
+    def direction(self, a: str | int, b: str | int) -> np.ndarray:
+        """Difference of class-mean embeddings a - b (raw embedding space, E)."""
+        if self.class_embeddings is None:
+            raise MemlensError("class-mean embeddings are not available (no classes)")
+        d = self.class_embeddings[self._cls(a)] - self.class_embeddings[self._cls(b)]
+        if not np.isfinite(d).all():
+            raise MemlensError(f"class {a!r} or {b!r} never occurs: no property direction")
+        return d
+
+    def relative_memory(self, direction: np.ndarray, cls: str | int | None = None
+                        ) -> np.ndarray:
+        """|Gn(tau) dn| / sigma_1(tau) for every delay (S,)."""
+        dn = metrics.unit_direction(direction, self.normalization.Z)
+        return np.array([metrics.relative_memory(self.normalized_mean(t, cls), dn)
+                         for t in range(self.max_delay + 1)])
+
+    def alignment(self, direction: np.ndarray, k: int = 5, cls: str | int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """(|V_k^T dn|, share of the sigma sum in the top k) for every delay: S x k each."""
+        dn = metrics.unit_direction(direction, self.normalization.Z)
+        rows = [metrics.alignment(self.normalized_mean(t, cls), dn, k)
+                for t in range(self.max_delay + 1)]
+        return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
+
+    # -- uncertainty -----------------------------------------------------------------------
+    def bootstrap(self, n_boot: int = 200, level: float = 0.95, seed: int = 0
+                  ) -> dict[str, np.ndarray]:
+        """Block-bootstrap standard error and interval of the overall sum(sigma) per delay."""
+        key = (n_boot, level, seed)
+        if self._boot is None or self._boot.get("key") != key:
+            out = metrics.block_bootstrap(self.raw.block_sums, self.raw.block_counts,
+                                          self.normalization.D, n_boot, level, seed)
+            self._boot = {"key": key, **out}
+        return {k: v for k, v in self._boot.items() if k != "key"}
+
+    # -- tables ----------------------------------------------------------------------------
+    def table(self, n_boot: int = 200, directions: dict[str, np.ndarray] | None = None
+              ) -> list[dict]:
+        """One flat dict per (delay, class) row (class "all" is the overall average)."""
+        boot = self.bootstrap(n_boot) if n_boot else None
+        rows = []
+        groups: list[str | None] = [None, *self.class_names]
+        dn = {name: metrics.unit_direction(d, self.normalization.Z)
+              for name, d in (directions or {}).items()}
+        for cls in groups:
+            spec = self.spectrum(cls)
+            for tau in range(self.max_delay + 1):
+                sv = spec[tau]
+                n = self.count(tau, cls)
+                row = {"delay": tau, "class": "all" if cls is None else cls, "count": n,
+                       "sum_sv": _num(sv.sum()) if n else None}
+                for k in range(5):
+                    row[f"sv_{k + 1}"] = _num(sv[k]) if n and k < sv.size else None
+                if cls is None and boot is not None:
+                    row["se"] = _num(boot["se"][tau])
+                    row["ci_low"] = _num(boot["low"][tau])
+                    row["ci_high"] = _num(boot["high"][tau])
+                else:
+                    row["se"] = row["ci_low"] = row["ci_high"] = None
+                for name, d in dn.items():
+                    if n:
+                        gn = self.normalized_mean(tau, cls)
+                        proj, share = metrics.alignment(gn, d, 5)
+                        row[f"relmem_{name}"] = _num(metrics.relative_memory(gn, d))
+                        row[f"align1_{name}"] = _num(proj[0])
+                        row[f"align5_{name}"] = _num(proj[-1])
+                        row["share5"] = _num(share[-1])
+                    else:
+                        row[f"relmem_{name}"] = row[f"align1_{name}"] = None
+                        row[f"align5_{name}"] = None
+                rows.append(row)
+        return rows
+
+
+def _num(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None

@@ -1,0 +1,252 @@
+"""Forward-mode tangent propagation through one recurrent layer, for many source blocks at once.
+
+A propagator holds the primal state of one layer (vectors of size H) and, for every component of
+the state, a tangent matrix of shape H x (S*E): S = K+1 ring-buffer slots, each a block of E
+columns d(state)/d(x_source) for one live source position. Slot ``t mod S`` belongs to the source
+at position t. At step t the slot of source t-S (dead: its delay K was accumulated at step t-1)
+is reused for the new source t.
+
+The tangent update of one step is linear in [dx; ds]. Hand-derived paths fold the per-row gate
+derivatives into the weight matrices once per step (cost rows x (I+H), negligible) so that the
+big product is small:
+
+* LSTM (i f g o):  dc' = f * dc + A [dx; dh];   dh' = (o (1 - tanh(c')^2)) * dc' + B [dx; dh]
+  A = diag(g i(1-i)) W_i + diag(c f(1-f)) W_f + diag(i (1-g^2)) W_g,  B = diag(tanh(c') o(1-o)) W_o
+  -> one (2H x H) @ (H x S*E) product per step (plus (2H x I) @ (I x S*E) above layer 0).
+* GRU (r z n):     dh' = z * dh + M [dx; dh] with
+  M_x = a2 W_ir + a3 W_iz + a1 W_in,  M_h = a2 W_hr + a3 W_hz + (a1 r) W_hn,
+  a1 = (1-z)(1-n^2),  a2 = a1 (W_hn h + b_hn) r(1-r),  a3 = (h-n) z(1-z)   -> one H-row product.
+* Elman RNN:       dh' = diag(act'(pre)) [W_ih W_hh] [dx; dh].
+
+On layer 0 the input tangent of every live source is zero except for the new one, whose dx is
+the identity: layer 0 needs only the recurrent product, and the new block is the folded input
+matrix itself. Above layer 0, dx is the hidden-state tangent of the layer below (all slots).
+
+The generic path uses ``torch.func.jvp`` (vmapped over the tangent columns) on ``layer.step``;
+it works for any :class:`~memlens.models.layers.RecurrentLayer` and serves as a cross-check.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor
+
+from memlens.errors import MemlensError
+from memlens.models.layers import RecurrentLayer
+
+HAND_KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+
+
+class LayerPropagator:
+    """Primal state and tangents of one layer (see module docstring for shapes and formulas)."""
+
+    def __init__(self, layer: RecurrentLayer, slots: int, block: int, first: bool,
+                 dtype: torch.dtype, device: torch.device, method: str = "auto"):
+        self.kind = layer.kind
+        self.first = first
+        self.H = layer.hidden_size
+        self.I = layer.input_size
+        self.S, self.E = slots, block
+        self.N = slots * block
+        if method not in ("auto", "hand", "generic"):
+            raise MemlensError(f"unknown tangent method {method!r}: choose auto, hand or generic")
+        if method == "hand" and self.kind not in HAND_KINDS:
+            raise MemlensError(f"no hand-derived tangents for layer kind {self.kind!r}")
+        self.generic = method == "generic" or self.kind not in HAND_KINDS
+        self.state_names = layer.state_names
+        H, N = self.H, self.N
+
+        def zeros(*shape: int) -> Tensor:
+            return torch.zeros(*shape, dtype=dtype, device=device)
+
+        self.state = tuple(zeros(H) for _ in self.state_names)
+        self.tangents = [zeros(H, N) for _ in self.state_names]
+        if self.generic:
+            self.layer = copy.deepcopy(layer).to(device=device, dtype=dtype).eval()
+            for p in self.layer.parameters():
+                p.requires_grad_(False)
+            self.eye = torch.eye(block, self.I, dtype=dtype, device=device)
+            return
+        ref = next(layer.parameters())
+        if ref.dtype != dtype:  # dense equivalents (e.g. B A of a factorised kernel) in dtype
+            layer = copy.deepcopy(layer).to(dtype)
+        with torch.no_grad():
+            w_ih, w_hh, b_ih, b_hh = (w.detach().to(device=device, dtype=dtype).contiguous()
+                                      for w in layer.dense_weights())
+        self.w_ih, self.w_hh = w_ih, w_hh
+        self.b_ih, self.b_hh = b_ih, b_hh
+        self.b = b_ih + b_hh
+        if self.kind == "lstm":
+            self.Mx = w_ih.view(4, H, self.I)
+            self.Mh = w_hh.view(4, H, H)
+            self.ABx = zeros(2 * H, self.I)
+            self.ABh = zeros(2 * H, H)
+            self.P = zeros(2 * H, N)
+        elif self.kind == "gru":
+            self.Mx = w_ih.view(3, H, self.I)
+            self.Mh = w_hh.view(3, H, H)
+            self.Fx = zeros(H, self.I)
+            self.Fh = zeros(H, H)
+            self.P = zeros(H, N)
+        else:
+            self.Fx = zeros(H, self.I)
+            self.Fh = zeros(H, H)
+            self.P = zeros(H, N)
+
+    # -- bookkeeping ------------------------------------------------------------------------
+    @property
+    def h(self) -> Tensor:
+        return self.state[0]
+
+    def readout(self, name: str) -> Tensor:
+        """Tangent matrix (H x S*E) of the named readout ("hidden" or "cell")."""
+        return self.tangents[self.state_names.index(name)]
+
+    def macs_per_step(self) -> int:
+        """Multiply-adds of the tangent products this propagator executes per step."""
+        rows = {"lstm": 2 * self.H}.get(self.kind, self.H)
+        inner = self.H if self.first else self.H + self.I
+        if self.generic:
+            rows = {"lstm": 4 * self.H, "gru": 3 * self.H}.get(self.kind, self.H)
+        return rows * inner * self.N
+
+    def flops_fold_per_step(self) -> int:
+        return 4 * self.H * (self.I + self.H)
+
+    def _slot(self, t: Tensor, slot: int) -> Tensor:
+        return t.view(t.shape[0], self.S, self.E)[:, slot]
+
+    # -- one step -------------------------------------------------------------------------
+    def step(self, x: Tensor, dx: Tensor | None, slot: int) -> None:
+        """Advance primal state and all tangents by one step.
+
+        x: input vector (I,); dx: input tangents (I x S*E) from the layer below (None on
+        layer 0); slot: ring slot of the new source (its tangents start here).
+        """
+        if self.generic:
+            self._step_generic(x, dx, slot)
+        elif self.kind == "lstm":
+            self._step_lstm(x, dx, slot)
+        elif self.kind == "gru":
+            self._step_gru(x, dx, slot)
+        else:
+            self._step_rnn(x, dx, slot)
+
+    def _step_lstm(self, x: Tensor, dx: Tensor | None, slot: int) -> None:
+        H = self.H
+        h, c = self.state
+        pre = torch.addmv(self.b, self.w_ih, x)
+        pre.addmv_(self.w_hh, h)
+        i, f, o = (torch.sigmoid(pre[k * H:(k + 1) * H]) for k in (0, 1, 3))
+        g = torch.tanh(pre[2 * H:3 * H])
+        c2 = torch.addcmul(i * g, f, c)
+        tc = torch.tanh(c2)
+        h2 = o * tc
+        ki = (g * i * (1 - i)).unsqueeze(1)
+        kf = (c * f * (1 - f)).unsqueeze(1)
+        kg = (i * (1 - g * g)).unsqueeze(1)
+        ko = (tc * o * (1 - o)).unsqueeze(1)
+        kc = (o * (1 - tc * tc)).unsqueeze(1)
+        for M, AB in ((self.Mx, self.ABx), (self.Mh, self.ABh)):
+            A = AB[:H]
+            torch.mul(M[0], ki, out=A)
+            A.addcmul_(M[1], kf)
+            A.addcmul_(M[2], kg)
+            torch.mul(M[3], ko, out=AB[H:])
+        dh, dc = self.tangents
+        P = self.P
+        if self.first:
+            torch.mm(self.ABh, dh, out=P)
+            self._slot(P, slot).copy_(self.ABx)
+            self._slot(dc, slot).zero_()
+        else:
+            self._slot(dc, slot).zero_()
+            self._slot(dh, slot).zero_()
+            torch.mm(self.ABx, dx, out=P)
+            P.addmm_(self.ABh, dh)
+        torch.addcmul(P[:H], f.unsqueeze(1), dc, out=dc)
+        torch.addcmul(P[H:], kc, dc, out=dh)
+        self.state = (h2, c2)
+
+    def _step_gru(self, x: Tensor, dx: Tensor | None, slot: int) -> None:
+        H = self.H
+        (h,) = self.state
+        gi = torch.addmv(self.b_ih, self.w_ih, x)
+        gh = torch.addmv(self.b_hh, self.w_hh, h)
+        r = torch.sigmoid(gi[:H] + gh[:H])
+        z = torch.sigmoid(gi[H:2 * H] + gh[H:2 * H])
+        hn = gh[2 * H:]
+        n = torch.tanh(gi[2 * H:] + r * hn)
+        h2 = (1 - z) * n + z * h
+        a1 = (1 - z) * (1 - n * n)
+        a2 = (a1 * hn * r * (1 - r)).unsqueeze(1)
+        a3 = ((h - n) * z * (1 - z)).unsqueeze(1)
+        for M, F, a_n in ((self.Mx, self.Fx, a1), (self.Mh, self.Fh, a1 * r)):
+            torch.mul(M[0], a2, out=F)
+            F.addcmul_(M[1], a3)
+            F.addcmul_(M[2], a_n.unsqueeze(1))
+        (dh,) = self.tangents
+        P = self.P
+        if self.first:
+            torch.mm(self.Fh, dh, out=P)
+            self._slot(P, slot).copy_(self.Fx)
+            self._slot(dh, slot).zero_()
+        else:
+            self._slot(dh, slot).zero_()
+            torch.mm(self.Fx, dx, out=P)
+            P.addmm_(self.Fh, dh)
+        torch.addcmul(P, z.unsqueeze(1), dh, out=dh)
+        self.state = (h2,)
+
+    def _step_rnn(self, x: Tensor, dx: Tensor | None, slot: int) -> None:
+        (h,) = self.state
+        pre = torch.addmv(self.b, self.w_ih, x)
+        pre.addmv_(self.w_hh, h)
+        if self.kind == "rnn_tanh":
+            h2 = torch.tanh(pre)
+            d = 1 - h2 * h2
+        else:
+            h2 = torch.relu(pre)
+            d = (pre > 0).to(pre.dtype)
+        d = d.unsqueeze(1)
+        torch.mul(self.w_ih, d, out=self.Fx)
+        torch.mul(self.w_hh, d, out=self.Fh)
+        (dh,) = self.tangents
+        P = self.P
+        if self.first:
+            torch.mm(self.Fh, dh, out=P)
+            self._slot(P, slot).copy_(self.Fx)
+        else:
+            self._slot(dh, slot).zero_()
+            torch.mm(self.Fx, dx, out=P)
+            P.addmm_(self.Fh, dh)
+        self.P, self.tangents = dh, [P]
+        self.state = (h2,)
+
+    def _step_generic(self, x: Tensor, dx: Tensor | None, slot: int) -> None:
+        layer = self.layer
+        x1 = x.unsqueeze(0)
+        s1 = tuple(s.unsqueeze(0) for s in self.state)
+        for tan in self.tangents:
+            self._slot(tan, slot).zero_()
+        if self.first:
+            tx = torch.zeros(self.S, self.E, self.I, dtype=x.dtype, device=x.device)
+            tx[slot] = self.eye
+            tx = tx.view(self.N, 1, self.I)
+        else:
+            tx = dx.T.unsqueeze(1)
+        ts = tuple(t.T.unsqueeze(1) for t in self.tangents)
+
+        def fn(xx: Tensor, *ss: Tensor) -> tuple[Tensor, ...]:
+            return tuple(layer.step(xx, tuple(ss)))
+
+        def push(txx: Tensor, *tss: Tensor) -> tuple[Tensor, ...]:
+            return torch.func.jvp(fn, (x1, *s1), (txx, *tss))[1]
+
+        out = torch.func.vmap(push)(tx, *ts)
+        with torch.no_grad():
+            new = layer.step(x1, s1)
+        self.tangents = [o[:, 0].T.contiguous() for o in out]
+        self.state = tuple(s[0].detach() for s in new)
