@@ -1,0 +1,154 @@
+"""``memlens gradients``: exact average state gradients per delay and word class.
+
+Writes OUT/result.json, OUT/table.csv, OUT/gradients.npz and PNG plots. Long runs save a
+checkpoint next to OUT every --checkpoint-every seconds and on Ctrl-C / SIGTERM; --resume
+continues to a result identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from memlens.data import load_corpus
+from memlens.data.vocab import EOS
+from memlens.errors import MemlensError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("gradients", help="exact average state gradients per delay and class",
+                       description=__doc__)
+    p.add_argument("--model", required=True, help="memlens checkpoint")
+    p.add_argument("--corpus", required=True, help="corpus (one continuous stream)")
+    p.add_argument("--format", choices=["text", "conllu"], default="text")
+    p.add_argument("--layer", type=int, default=-1, help="readout layer (default: top)")
+    p.add_argument("--state", default=None,
+                   help="readout: cell or hidden (default: cell for LSTMs, else hidden)")
+    p.add_argument("--max-delay", type=int, default=50, help="maximum delay K")
+    p.add_argument("--classes", help="upos | xpos | groups:FILE | lexicon:FILE | freq:N | "
+                   "freq:E1,E2,... | words:FILE[,FILE]")
+    p.add_argument("--direction", help="property direction: two classes A,B (mean embedding "
+                   "of A minus that of B) or a saved .npy vector")
+    p.add_argument("--max-tokens", type=int, help="analyse only the first N tokens")
+    p.add_argument("--out", required=True, help="result directory")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--checkpoint-every", type=float, default=300.0,
+                   help="seconds between checkpoints (default 300)")
+    p.add_argument("--blocks", type=int, default=20, help="corpus blocks for the bootstrap")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--method", choices=["auto", "hand", "generic"], default="auto",
+                   help="tangent propagation: hand-derived or torch.func.jvp")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def checkpoint_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.parent / f".{out.name}.partial.pt"
+
+
+def run(args: argparse.Namespace) -> int:
+    from memlens.gradients import GradientsInterrupted, state_gradients
+    from memlens.gradients.classes import token_classes
+    from memlens.gradients.output import write_result
+    from memlens.models.checkpoint import load_checkpoint
+    from memlens.train import resolve_device
+
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise MemlensError(f"--max-tokens must be positive, got {args.max_tokens}")
+    if args.max_delay < 0:
+        raise MemlensError(f"--max-delay must be >= 0, got {args.max_delay}")
+    if args.blocks < 1 or args.bootstrap < 0:
+        raise MemlensError("--blocks must be positive and --bootstrap non-negative")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise MemlensError(f"--out exists and is not a directory: {out}")
+    device = resolve_device(args.device)
+    model = load_checkpoint(args.model, device)
+    cfg = model.config
+    state = args.state or ("cell" if cfg["arch"] in ("lstm", "flstm", "glstm") else "hidden")
+    if state not in ("cell", "hidden"):
+        raise MemlensError(f"unknown readout {state!r}: choose cell or hidden")
+    model.encoder.check_readout(args.layer, state)
+    corpus = load_corpus(args.corpus, args.format, cfg["unit"])
+    tokens = corpus.tokens[: args.max_tokens] if args.max_tokens else corpus.tokens
+    tags = {k: v[: len(tokens)] for k, v in corpus.tags.items()}
+    vocab = model.vocab
+    oov = vocab.oov_rate(tokens)
+    words = [t for t in tokens if t != EOS]
+    if words and oov >= 1.0:
+        raise MemlensError(f"the corpus has only unknown words for this model's vocabulary "
+                           f"({len(words)} tokens, 100% OOV): model and corpus do not match")
+    if oov > 0.5:
+        _log(f"memlens: warning: vocabulary mismatch? {100 * oov:.1f}% of the corpus tokens "
+             "are unknown to the model")
+    ids = vocab.encode(tokens)
+    if args.max_delay >= len(ids):
+        raise MemlensError(f"--max-delay {args.max_delay} is not shorter than the stream "
+                           f"({len(ids)} tokens)")
+    classes, names = None, None
+    if args.classes:
+        names, classes = token_classes(args.classes, tokens, tags, vocab, log=_log)
+    ck = checkpoint_path(out)
+    if args.resume and not ck.exists():
+        raise MemlensError(f"nothing to resume: no checkpoint {ck} (run without --resume)")
+    if not args.resume and ck.exists():
+        _log(f"memlens: warning: starting afresh; removing the old checkpoint {ck}")
+        ck.unlink()
+    directions = _directions(args.direction, names)
+    try:
+        result = state_gradients(model, ids, args.max_delay, state=state, layer=args.layer,
+                                 classes=classes, class_names=names, dtype=args.dtype,
+                                 device=device, method=args.method, blocks=args.blocks,
+                                 checkpoint=ck, checkpoint_every=args.checkpoint_every,
+                                 resume=args.resume, progress=not args.no_progress)
+    except GradientsInterrupted as exc:
+        _log(f"memlens: {exc}")
+        return 130
+    if directions:
+        directions = {k: (result.direction(*v) if isinstance(v, tuple) else v)
+                      for k, v in directions.items()}
+    model_info = {"path": str(args.model), "arch": cfg["arch"], "layers": cfg["layers"],
+                  "emb": cfg["emb"], "hidden": cfg["hidden"], "unit": cfg["unit"]}
+    corpus_info = {"path": str(args.corpus), "tokens": len(ids), "oov_rate": oov,
+                   "format": args.format}
+    settings = {"classes_spec": args.classes, "class_names": names or [],
+                "bootstrap": args.bootstrap, "direction": args.direction}
+    write_result(result, out, model_info, corpus_info, settings, args.bootstrap, directions)
+    s = result.stats
+    print(f"tokens: {len(ids)} ({s['tokens_per_second']:.1f} tokens/s); condition number "
+          f"of Z: {result.normalization.condition:.2f}")
+    spec = result.spectrum(None)
+    for tau in sorted({0, 1, 5, 10, args.max_delay}):
+        if tau <= args.max_delay:
+            print(f"sum of singular values at delay {tau}: {spec[tau].sum():.4g}")
+    print(f"wrote {out}")
+    return 0
+
+
+def _directions(spec: str | None, names: list[str] | None) -> dict:
+    """{"A-B": (A, B)} for two classes, or {"vector": array} for a saved .npy direction."""
+    if spec is None:
+        if names and "NOUN" in names and "VERB" in names:
+            return {"NOUN-VERB": ("NOUN", "VERB")}
+        return {}
+    if spec.endswith(".npy"):
+        try:
+            vec = np.load(spec)
+        except (OSError, ValueError) as exc:
+            raise MemlensError(f"cannot read direction vector {spec}: {exc}") from None
+        return {Path(spec).stem: np.asarray(vec, dtype=np.float64).reshape(-1)}
+    parts = spec.split(",")
+    if len(parts) != 2 or not names or any(p not in names for p in parts):
+        raise MemlensError(f"--direction {spec!r}: give two classes A,B among the --classes "
+                           "names, or a .npy file")
+    return {f"{parts[0]}-{parts[1]}": (parts[0], parts[1])}
