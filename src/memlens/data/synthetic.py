@@ -4,7 +4,9 @@ steps later, with random distractor words between.
 Each line is ``<noun> <filler> x (distance - 1) <verb> <eos>``: a singular noun (``cat3``)
 is followed by ``is`` and a plural noun (``cats3``) by ``are``. To predict the verb the model
 must keep the noun's number for exactly ``distance`` steps; the fillers are uniform and
-carry no information. Deterministic under ``seed``.
+carry no information. Deterministic under ``seed``. With ``eos=False`` the sentences follow each
+other without ``<eos>`` (the next noun comes right after the verb), so that nothing but the
+planted dependency separates one noun from the next.
 
 Annotations (``Corpus.tags``): ``"number"`` is ``sg``/``pl`` on nouns and ``None`` elsewhere;
 ``"role"`` is ``noun``, ``filler``, ``verb`` or ``None`` (``<eos>``).
@@ -27,7 +29,7 @@ def noun_words(n_nouns: int) -> dict[str, list[str]]:
 
 
 def make_synthetic(n_sentences: int = 2000, distance: int = 5, n_nouns: int = 10,
-                   n_fillers: int = 40, seed: int = 0) -> Corpus:
+                   n_fillers: int = 40, seed: int = 0, eos: bool = True) -> Corpus:
     """Generate the agreement corpus (see module docstring)."""
     if distance < 1:
         raise MemlensError(f"synthetic distance must be at least 1, got {distance}")
@@ -48,8 +50,12 @@ def make_synthetic(n_sentences: int = 2000, distance: int = 5, n_nouns: int = 10
             tokens.append(rng.choice(fillers))
             number.append(None)
             role.append("filler")
-        tokens += [VERBS[feat], EOS]
-        number += [None, None]
-        role += ["verb", None]
+        tokens.append(VERBS[feat])
+        number.append(None)
+        role.append("verb")
+        if eos:
+            tokens.append(EOS)
+            number.append(None)
+            role.append(None)
     return Corpus(tokens, {"number": number, "role": role}, f"synthetic(distance={distance})",
                   "word", "synthetic")

@@ -1,0 +1,25 @@
+"""``memlens report``: one self-contained HTML page from gradient/signature result directories."""
+
+from __future__ import annotations
+
+import argparse
+
+from memlens.report import build_report
+
+
+def register(sub) -> None:
+    """Add the ``report`` sub-command."""
+    p = sub.add_parser("report", help="HTML report from result directories",
+                       description=__doc__)
+    p.add_argument("dirs", nargs="+", metavar="DIR",
+                   help="result directories written by memlens gradients / signatures")
+    p.add_argument("--out", default="report.html", help="HTML file to write (report.html)")
+    p.add_argument("--title", default="memlens report", help="page title")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the report; errors in the inputs surface as MemlensError (exit 2)."""
+    out = build_report(args.dirs, args.out, title=args.title)
+    print(f"wrote {out}")
+    return 0
