@@ -86,10 +86,11 @@ class JointDecoder:
 
     kind: str = "linear"
     hidden: int = 256
-    lr: float = 3e-3
+    lr: float = 1e-2
     batch: int = 512
-    max_epochs: int = 30
-    patience: int = 3
+    max_epochs: int = 20
+    patience: int = 2
+    min_delta: float = 1e-3
     val_fraction: float = 0.1
     weight_decay: float = 0.0
     seed: int = 0
@@ -123,7 +124,21 @@ class JointDecoder:
 
     # -- training ---------------------------------------------------------------------------
     def fit(self, x, y: np.ndarray, classes: int) -> JointDecoder:
-        """Fit on states ``x`` (N x D or IndexStates) and lag targets ``y`` (N x (K+1))."""
+        """Fit on states ``x`` (N x D or IndexStates) and lag targets ``y`` (N x (K+1)).
+
+        Small problems run single-threaded (thread synchronisation costs more than it saves
+        on tiny matrices); the previous thread count is restored afterwards.
+        """
+        threads = torch.get_num_threads()
+        width = (self.hidden if self.kind == "mlp" else y.shape[1] * classes)
+        if (x.shape[1] if not isinstance(x, IndexStates) else 1) * width < 2**16:
+            torch.set_num_threads(1)
+        try:
+            return self._fit(x, y, classes)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(self, x, y: np.ndarray, classes: int) -> JointDecoder:
         n, heads = y.shape
         if len(x) != n:
             raise MemlensError(f"{len(x)} states but {n} target rows")
@@ -167,7 +182,7 @@ class JointDecoder:
                     total += loss.item() * len(sel)
                     count += len(sel)
             val = self._head_loss(x, y, n_tr, n)
-            improved = val < best - 1e-4
+            improved = val < best - self.min_delta
             best = np.where(improved, val, best)
             best_epoch = np.where(improved, epoch, best_epoch)
             since = np.where(improved, 0, since + 1)

@@ -1,0 +1,65 @@
+"""``memlens signatures``: memory signatures of a model's states, with baselines and controls.
+
+For every lag k = 0..K a decoder predicts the symbol x[t-k] from the state s[t]; all lags are
+trained jointly on states of the training text and scored on states of held-out text. The
+result directory holds result.json, table.csv, recall.npz and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from memlens.signatures.decoders import DECODERS
+
+
+def register(sub) -> None:
+    p = sub.add_parser("signatures", help="memory signatures (what states remember, per lag)",
+                       description=__doc__)
+    p.add_argument("--model", required=True, help="memlens checkpoint")
+    p.add_argument("--corpus", required=True, help="text whose states train the decoders")
+    p.add_argument("--heldout", help="held-out text for the reported numbers (default: the "
+                   "part of --corpus after the training part)")
+    p.add_argument("--format", choices=["text", "conllu"], default="text")
+    p.add_argument("--layers", default="all", help="all or comma-separated layer indices")
+    p.add_argument("--readout", default="hidden", help="hidden or cell (LSTM)")
+    p.add_argument("--units", default="all", help="all, unit indices (0,5,10-19), group:G, "
+                   "groups (one signature per group) or factor (rank-r factor space)")
+    p.add_argument("--max-lag", type=int, default=20, help="largest lag K")
+    p.add_argument("--decoder", choices=DECODERS, default="linear")
+    p.add_argument("--symbols", help="chars, top:N or upos (default: chars for character "
+                   "models, top:1000 for word models)")
+    p.add_argument("--control", choices=["random-init", "none"], default="random-init")
+    p.add_argument("--ngram", type=int, default=0, help="add the state of an N-gram model "
+                   "(its window) as a comparison, and its KN perplexity (0 = off)")
+    p.add_argument("--window-lm", type=int, default=0, help="add a feed-forward window LM of "
+                   "order N as a comparison (0 = off)")
+    p.add_argument("--lm-train", help="text for the comparison LMs (default: the model's "
+                   "training text if recorded in the checkpoint)")
+    p.add_argument("--lm-max-tokens", type=int, default=300000)
+    p.add_argument("--lm-epochs", type=int, default=2)
+    p.add_argument("--train-tokens", type=int, help="use only the first N training tokens")
+    p.add_argument("--heldout-tokens", type=int, help="use only N held-out tokens")
+    p.add_argument("--blocks", type=int, default=20, help="bootstrap blocks")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="result directory")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from memlens import __version__
+    from memlens.signatures.result import write_result
+    from memlens.signatures.study import StudyConfig, run_study
+
+    cfg = StudyConfig(model=args.model, corpus=args.corpus, out=args.out, heldout=args.heldout,
+                      format=args.format, layers=args.layers, readout=args.readout,
+                      units=args.units, max_lag=args.max_lag, decoder=args.decoder,
+                      symbols=args.symbols, control=args.control, ngram=args.ngram,
+                      window_lm=args.window_lm, lm_train=args.lm_train,
+                      lm_max_tokens=args.lm_max_tokens, lm_epochs=args.lm_epochs,
+                      train_tokens=args.train_tokens, heldout_tokens=args.heldout_tokens,
+                      blocks=args.blocks, resamples=args.resamples, seed=args.seed)
+    result = run_study(cfg)
+    path = write_result(result, args.out, __version__)
+    print(f"wrote {path}/result.json ({len(result.entries)} signatures)")
+    return 0

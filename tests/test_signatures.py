@@ -1,0 +1,204 @@
+"""Memory signatures: oracles (delay line, n-gram window, constant state), decoders, units."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import memlens
+from memlens.data import Vocab
+from memlens.errors import MemlensError
+from memlens.models import LanguageModel
+from memlens.signatures import (
+    IndexStates,
+    JointDecoder,
+    build_symbols,
+    extract_states,
+    group_divergence,
+    js_divergence,
+    lag_targets,
+    signature_from_states,
+)
+from memlens.signatures.ngram import KneserNeyLM, window_states
+from memlens.signatures.states import View, allocate
+from memlens.signatures.window_lm import WindowLM
+
+FAST = {"max_epochs": 20, "resamples": 200}
+
+
+def delay_line(v: int, m: int) -> memlens.RecurrentEncoder:
+    """ReLU RNN whose state is m slots of one-hots: slot 0 = x_t, slot j = x_{t-j}."""
+    rnn = nn.RNN(v, m * v, nonlinearity="relu")
+    with torch.no_grad():
+        for p in rnn.parameters():
+            p.zero_()
+        rnn.weight_ih_l0[:v, :v] = torch.eye(v)
+        for j in range(m - 1):
+            rnn.weight_hh_l0[(j + 1) * v:(j + 2) * v, j * v:(j + 1) * v] = torch.eye(v)
+    emb = nn.Embedding(v, v)
+    emb.weight.data = torch.eye(v)
+    return memlens.wrap(emb, rnn)
+
+
+def iid(n: int, v: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, v, n)
+
+
+def test_delay_line_oracle():
+    v, m = 4, 3
+    sig = memlens.memory_signature(delay_line(v, m), iid(3000, v, 0), iid(1500, v, 1),
+                                   max_lag=6, **FAST)
+    assert sig.accuracy.shape == (7,) and sig.bits.shape == (7,) and sig.majority.shape == (7,)
+    assert (sig.accuracy[:m] > 0.99).all()
+    assert (sig.accuracy[m:] <= sig.majority[m:] + 0.05).all()
+    assert (sig.bits[:m] > 1.5).all() and (sig.bits[m:] < 0.05).all()
+    assert sig.memory_span() == m - 1
+    assert (sig.acc_low <= sig.accuracy + 1e-9).all() and (sig.accuracy <= sig.acc_high + 1e-9
+                                                            ).all()
+
+
+def test_ngram_window_oracle_steps_at_n_minus_1():
+    v, n = 5, 4
+    tr, he = iid(3000, v, 2), iid(1500, v, 3)
+    sym = build_symbols("chars", "char", tr)
+    sig = signature_from_states(window_states(tr, n, v), sym.classes(tr),
+                                window_states(he, n, v), sym.classes(he), 6, sym, **FAST)
+    assert (sig.accuracy[:n - 1] > 0.99).all()
+    assert (sig.accuracy[n - 1:] <= sig.majority[n - 1:] + 0.05).all()
+
+
+def test_constant_state_learns_nothing():
+    rng = np.random.default_rng(4)
+    p = [0.5, 0.2, 0.2, 0.1]
+    tr, he = rng.choice(4, 2000, p=p), rng.choice(4, 1000, p=p)
+    sym = build_symbols("chars", "char", tr)
+    x_tr, x_he = np.ones((2000, 8), np.float32), np.ones((1000, 8), np.float32)
+    sig = signature_from_states(x_tr, sym.classes(tr), x_he, sym.classes(he), 3, sym, **FAST)
+    np.testing.assert_allclose(sig.accuracy, sig.majority, atol=0.01)
+    assert (sig.bits < 0.03).all()  # H(train prior) - CE(held-out) is only sampling noise
+
+
+def test_joint_decoder_agrees_with_per_lag_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    v, k_max = 4, 3
+    ids = iid(4000, v, 5)
+    y = lag_targets(ids, k_max)
+    rng = np.random.default_rng(6)
+    onehots = np.concatenate([np.eye(v + 1)[np.where(y[:, k] >= 0, y[:, k], v)]
+                              for k in range(k_max + 1)], 1)
+    x = (onehots @ rng.standard_normal((onehots.shape[1], 12))
+         + 1.5 * rng.standard_normal((len(ids), 12))).astype(np.float32)
+    tr, he = slice(0, 3000), slice(3000, None)
+    dec = JointDecoder(max_epochs=30).fit(x[tr], y[tr], v)
+    pred, _ = dec.evaluate(x[he], y[he])
+    mu, sd = x[tr].mean(0), x[tr].std(0)
+    for k in range(k_max + 1):
+        m_tr, m_he = y[tr, k] >= 0, y[he, k] >= 0
+        clf = LogisticRegression(max_iter=1000).fit(((x[tr] - mu) / sd)[m_tr], y[tr][m_tr, k])
+        acc_sk = (clf.predict(((x[he] - mu) / sd)[m_he]) == y[he][m_he, k]).mean()
+        acc_joint = (pred[m_he, k] == y[he][m_he, k]).mean()
+        assert abs(acc_joint - acc_sk) < 0.02, (k, acc_joint, acc_sk)
+
+
+def test_mlp_decoder_and_index_states():
+    v, n = 3, 3
+    tr, he = iid(1500, v, 7), iid(600, v, 8)
+    sym = build_symbols("chars", "char", tr)
+    sig = signature_from_states(window_states(tr, n, v), sym.classes(tr),
+                                window_states(he, n, v), sym.classes(he), 3, sym,
+                                decoder="mlp", **FAST)
+    assert (sig.accuracy[:2] > 0.99).all() and sig.accuracy[3] < sig.majority[3] + 0.05
+    assert isinstance(window_states(tr, n, v), IndexStates)
+
+
+def _model(arch: str, **cfg) -> LanguageModel:
+    torch.manual_seed(0)
+    vocab = Vocab.build(list("abcdefgh abcdefgh hgfedcba"))
+    model = LanguageModel({"arch": arch, "emb": 8, "hidden": 8, "unit": "char", **cfg},
+                          len(vocab))
+    model.vocab = vocab
+    return model.eval()
+
+
+def _text(n: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return list(rng.choice(list("abcdefgh "), n))
+
+
+def test_groups_of_a_grouped_lstm_and_divergence():
+    model = _model("glstm", groups=2)
+    sigs = [memlens.memory_signature(model, _text(800, 0), _text(400, 1), max_lag=3,
+                                     units=f"group:{g}", readout="cell", **FAST)
+            for g in range(2)]
+    for s in sigs:
+        assert s.accuracy.shape == (4,) and s.info["units"].startswith("group:")
+    div = group_divergence([s.recall for s in sigs])
+    assert div.shape == (2, 2) and div[0, 0] == 0 and 0 <= div[0, 1] <= 1
+    assert js_divergence(np.ones(4), np.ones(4)) == pytest.approx(0.0)
+    assert js_divergence([1, 0], [0, 1]) == pytest.approx(1.0)
+    with pytest.raises(MemlensError, match="group 2 out of range"):
+        memlens.memory_signature(model, _text(100, 0), _text(50, 1), 2, units="group:2")
+
+
+def test_factor_space_of_a_factorised_lstm():
+    model = _model("flstm", rank=3)
+    view = View(0, "hidden", "factor")
+    states = extract_states(model.encoder, model.vocab.encode(_text(50, 2)), [view])[view]
+    assert states.shape == (50, 3)
+    full = extract_states(model.encoder, model.vocab.encode(_text(50, 2)), [View(0)])[View(0)]
+    lay = model.encoder.layers[0]
+    np.testing.assert_allclose(states, lay.factor_space(torch.from_numpy(full)).detach()
+                               .numpy(), atol=1e-5)
+    sig = memlens.memory_signature(model, _text(600, 0), _text(300, 1), 2, units="factor",
+                                   **FAST)
+    assert sig.accuracy.shape == (3,)
+    with pytest.raises(MemlensError, match="not a factorised LSTM"):
+        memlens.memory_signature(_model("lstm"), _text(100, 0), _text(50, 1), 2,
+                                 units="factor")
+
+
+def test_explicit_units_and_streaming_with_memmap():
+    model = _model("lstm")
+    ids = model.vocab.encode(_text(300, 3))
+    ram = extract_states(model.encoder, ids, [View(0, "cell", "0,2-4")], chunk=64)
+    mm = extract_states(model.encoder, ids, [View(0, "cell", "0,2-4")], chunk=1000,
+                        memmap_bytes=0)
+    a, b = ram[View(0, "cell", "0,2-4")], mm[View(0, "cell", "0,2-4")]
+    assert isinstance(b, np.memmap) and a.shape == (300, 4)
+    np.testing.assert_allclose(a, b, atol=1e-5)  # chunked streaming carries the state
+    assert isinstance(allocate(10, 10, memmap_bytes=0), np.memmap)
+    with pytest.raises(MemlensError, match="out of range"):
+        memlens.memory_signature(model, _text(100, 0), _text(50, 1), 2, units="0,99")
+
+
+def test_symbols_top_n_and_upos(ewt_dev):
+    ids = np.array([5, 5, 5, 6, 6, 7, 8, 9])
+    sym = build_symbols("top:2", "word", ids, itos=[str(i) for i in range(10)])
+    assert sym.names == ["5", "6", "<other>"]
+    assert sym.classes(np.array([5, 6, 7, 3])).tolist() == [0, 1, 2, 2]
+    with pytest.raises(MemlensError, match="top:N"):
+        build_symbols("top:x", "word", ids)
+    corpus = memlens.load_corpus(ewt_dev, "conllu", "word")
+    train = memlens.Corpus(corpus.tokens[:3000], {"upos": corpus.tags["upos"][:3000]})
+    held = memlens.Corpus(corpus.tokens[3000:4500], {"upos": corpus.tags["upos"][3000:4500]})
+    torch.manual_seed(0)
+    vocab = Vocab.build(train.tokens)
+    model = LanguageModel({"emb": 16, "hidden": 16}, len(vocab))
+    model.vocab = vocab
+    sig = memlens.memory_signature(model, train, held, 2, symbols="upos", **FAST)
+    assert "NOUN" in sig.symbols and "<eos>" not in sig.symbols
+    assert sig.accuracy[0] > sig.majority[0]  # the current word's tag is decodable
+
+
+def test_kneser_ney_normalises_and_window_lm_runs():
+    text = list("the cat sat on the mat. the dog sat on the log. " * 20)
+    lm = KneserNeyLM(3).fit(text)
+    for hist in [(), tuple(lm.encode(list("th"))), tuple(lm.encode(list("zq")))]:
+        assert sum(lm.prob(hist, w) for w in range(lm.vocab_size)) == pytest.approx(1.0)
+    assert lm.evaluate(text)["perplexity"] < 3.0
+    ids = np.array(lm.encode(text))
+    wlm = WindowLM(lm.vocab_size, 3, emb=4, hidden=16).fit(ids, epochs=1)
+    assert wlm.states(ids[:50]).shape == (50, 16) and wlm.bits(ids[:200]) > 0
