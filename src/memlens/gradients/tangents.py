@@ -22,7 +22,7 @@ On layer 0 the input tangent of every live source is zero except for the new one
 the identity: layer 0 needs only the recurrent product, and the new block is the folded input
 matrix itself. Above layer 0, dx is the hidden-state tangent of the layer below (all slots).
 
-The generic path uses ``torch.func.jvp`` (vmapped over the tangent columns) on ``layer.step``;
+The generic path uses ``torch.func.jvp`` on ``layer.step`` with the tangent columns as a batch;
 it works for any :class:`~memlens.models.layers.RecurrentLayer` and serves as a cross-check.
 """
 
@@ -239,14 +239,17 @@ class LayerPropagator:
             tx = dx.T.unsqueeze(1)
         ts = tuple(t.T.unsqueeze(1) for t in self.tangents)
 
+        # step() is row-wise independent over the batch, so the N tangent columns ride as a
+        # batch of N copies of the primal point: one forward-mode call instead of a vmap.
+        n = self.N
+        xb = x1.expand(n, -1).contiguous()
+        sb = tuple(s.expand(n, -1).contiguous() for s in s1)
+
         def fn(xx: Tensor, *ss: Tensor) -> tuple[Tensor, ...]:
             return tuple(layer.step(xx, tuple(ss)))
 
-        def push(txx: Tensor, *tss: Tensor) -> tuple[Tensor, ...]:
-            return torch.func.jvp(fn, (x1, *s1), (txx, *tss))[1]
-
-        out = torch.func.vmap(push)(tx, *ts)
+        _, out = torch.func.jvp(fn, (xb, *sb), (tx[:, 0], *(t[:, 0] for t in ts)))
         with torch.no_grad():
             new = layer.step(x1, s1)
-        self.tangents = [o[:, 0].T.contiguous() for o in out]
+        self.tangents = [o.T.contiguous() for o in out]
         self.state = tuple(s[0].detach() for s in new)
