@@ -1,0 +1,124 @@
+"""``memlens signatures`` and ``memlens ngram`` end to end: result directory and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from memlens.cli import main
+from memlens.data import Vocab
+from memlens.models import LanguageModel, save_checkpoint
+
+TEXT = ("the cat sat on the mat and the dog sat on the log\n"
+        "a bird flew over the house while the fish swam in the pond\n") * 40
+
+
+@pytest.fixture
+def files(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT)
+    unknown = tmp_path / "unknown.txt"
+    unknown.write_text("日本語のテキスト\n漢字だけ\n" * 5)
+    models = {}
+    for arch, extra in [("lstm", {"layers": 2}), ("glstm", {"groups": 2})]:
+        torch.manual_seed(0)
+        vocab = Vocab.build(list(TEXT.replace("\n", " ")))
+        model = LanguageModel({"arch": arch, "emb": 8, "hidden": 8, "unit": "char",
+                               **extra}, len(vocab))
+        model.vocab = vocab
+        models[arch] = tmp_path / f"{arch}.pt"
+        save_checkpoint(models[arch], model)
+    return {"text": str(text), "unknown": str(unknown), "tmp": tmp_path,
+            **{k: str(v) for k, v in models.items()}}
+
+
+def run(args, capsys):
+    rc = main(args)
+    return rc, capsys.readouterr()
+
+
+def test_full_run_writes_result_directory(files, capsys):
+    out = files["tmp"] / "sig"
+    rc, cap = run(["signatures", "--model", files["lstm"], "--corpus", files["text"],
+                   "--max-lag", "5", "--train-tokens", "2500", "--heldout-tokens", "1500",
+                   "--ngram", "3", "--window-lm", "3", "--lm-epochs", "1", "--resamples",
+                   "100", "--out", str(out)], capsys)
+    assert rc == 0, cap.err
+    res = json.loads((out / "result.json").read_text())
+    assert res["kind"] == "signatures"
+    assert set(res) >= {"memlens_version", "model", "corpus", "settings", "summary", "table",
+                        "plots"}
+    assert set(res["model"]) >= {"path", "arch", "layers", "emb", "hidden", "unit"}
+    assert set(res["corpus"]) >= {"path", "tokens", "heldout_path", "heldout_tokens",
+                                  "oov_rate"}
+    roles = {r["role"] for r in res["table"]}
+    assert roles == {"model", "control", "ngram", "window-lm"}
+    row = next(r for r in res["table"] if r["role"] == "model" and r["lag"] == 0)
+    for key in ("model", "layer", "readout", "units", "lag", "accuracy", "ci_low", "ci_high",
+                "bits", "bits_fraction", "majority", "prior", "control_accuracy"):
+        assert key in row
+    assert {r["layer"] for r in res["table"] if r["role"] == "model"} == {0, 1}
+    assert res["summary"]["ngram"]["heldout_perplexity"] > 1
+    for plot in res["plots"]:
+        assert (out / plot["file"]).exists() and plot["caption"]
+    assert {"signature.png", "recall_heatmap.png", "beyond_window.png", "layers.png"} <= {
+        p["file"] for p in res["plots"]}
+    npz = np.load(out / "recall.npz")
+    assert npz["recall_0"].shape[0] == 6 and "symbols" in npz
+    assert (out / "table.csv").read_text().startswith("model,")
+
+
+def test_groups_run_reports_divergence(files, capsys):
+    out = files["tmp"] / "groups"
+    rc, cap = run(["signatures", "--model", files["glstm"], "--corpus", files["text"],
+                   "--max-lag", "3", "--units", "groups", "--readout", "cell",
+                   "--train-tokens", "2000", "--heldout-tokens", "1000", "--resamples", "50",
+                   "--control", "none", "--decoder", "mlp", "--out", str(out)], capsys)
+    assert rc == 0, cap.err
+    res = json.loads((out / "result.json").read_text())
+    div = res["summary"]["group_divergence"]["model/layer0"]
+    assert div["groups"] == ["group:0", "group:1"]
+    assert np.array(div["js_divergence"]).shape == (2, 2)
+    assert (out / "groups.png").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max-lag", "100000"], "too large for the training stream"),
+    (["--layers", "5"], "layer 5 does not exist"),
+    (["--readout", "gate"], "unknown readout 'gate'"),
+    (["--units", "0-99"], "out of range"),
+    (["--units", "bogus"], "bad unit spec"),
+    (["--units", "group:1"], "not a grouped LSTM"),
+    (["--symbols", "words"], "unknown symbols"),
+    (["--heldout", "UNKNOWN"], "every symbol is unknown"),
+])
+def test_bad_input_fails_cleanly(files, capsys, extra, message):
+    out = files["tmp"] / "bad"
+    extra = [files["unknown"] if a == "UNKNOWN" else a for a in extra]
+    rc, cap = run(["signatures", "--model", files["lstm"], "--corpus", files["text"],
+                   "--out", str(out), *extra], capsys)
+    assert rc == 2
+    assert message in cap.err and cap.err.count("\n") == 1
+    assert not out.exists()
+    assert not [p for p in files["tmp"].iterdir() if p.name.startswith(".bad")]
+
+
+def test_group_index_beyond_the_model(files, capsys):
+    out = files["tmp"] / "bad"
+    rc, cap = run(["signatures", "--model", files["glstm"], "--corpus", files["text"],
+                   "--units", "group:2", "--out", str(out)], capsys)
+    assert rc == 2 and "group 2 out of range" in cap.err and not out.exists()
+
+
+def test_ngram_command(files, capsys, tmp_path):
+    rc, cap = run(["ngram", "--train", files["text"], "--order", "4", "--out",
+                   str(tmp_path / "ng.json")], capsys)
+    assert rc == 0
+    ppl = float(cap.out.strip().splitlines()[-1].split()[-1])
+    assert 1 < ppl < 5
+    assert json.loads((tmp_path / "ng.json").read_text())["order"] == 4
+    rc, cap = run(["ngram", "--train", files["text"], "--order", "0"], capsys)
+    assert rc == 2 and "--order" in cap.err
