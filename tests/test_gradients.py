@@ -274,3 +274,34 @@ def test_cli_real_data(ewt_dev, tmp_path):
     doc = json.loads((tmp_path / "r" / "result.json").read_text())
     assert {r["class"] for r in doc["table"]} >= {"all", "NOUN", "VERB"}
     assert doc["summary"]["condition_number_Z"] >= 1
+
+
+def test_cli_direction_vector(tiny, capsys):
+    np.save(tiny / "d.npy", np.array([1.0, 0.0, -1.0]))
+    assert cli(tiny, "--max-delay", "2", "--direction", str(tiny / "d.npy")) == 0
+    row = json.loads((tiny / "out" / "result.json").read_text())["table"][0]
+    assert 0 <= row["relmem_d"] <= 1
+    np.save(tiny / "bad.npy", np.ones(5))
+    assert cli(tiny, "--direction", str(tiny / "bad.npy"), out="o2") == 2
+    assert "has 5 entries" in capsys.readouterr().err and not (tiny / "o2").exists()
+
+
+def test_class_specs(tmp_path):
+    from memlens.gradients.classes import token_classes
+
+    vocab = Vocab(["<unk>", "<eos>", "a", "b", "c", "d"], [0, 5, 50, 30, 15, 5])
+    tokens = ["a", "b", "c", "d", "zz", "<eos>"]
+    names, per = token_classes("freq:2", tokens, vocab=vocab)
+    assert names == ["freq1of2", "freq2of2"]
+    assert per == [["freq1of2"], ["freq2of2"], ["freq2of2"], ["freq2of2"], [], []]
+    names, per = token_classes("freq:1,10,40,100", tokens, vocab=vocab)
+    assert per[0] == ["freq[40,100)"] and per[3] == ["freq[1,10)"] and per[2] == ["freq[10,40)"]
+    (tmp_path / "lex.txt").write_text("a\tNN VB\nb\tNN\nq\tJJ\n")
+    (tmp_path / "w1.txt").write_text("a c\n")
+    with pytest.warns(UserWarning, match="JJ"):
+        names, per = token_classes(f"lexicon:{tmp_path / 'lex.txt'}", tokens)
+    assert names == ["JJ", "NN", "VB"] and per[:3] == [["NN", "VB"], ["NN"], []]
+    names, per = token_classes(f"words:{tmp_path / 'w1.txt'}", tokens)
+    assert names == ["w1"] and per[:3] == [["w1"], [], ["w1"]]
+    with pytest.raises(MemlensError, match="CoNLL-U"):
+        token_classes("upos", tokens)

@@ -105,6 +105,10 @@ def run(args: argparse.Namespace) -> int:
         _log(f"memlens: warning: starting afresh; removing the old checkpoint {ck}")
         ck.unlink()
     directions = _directions(args.direction, names)
+    for name, vec in directions.items():
+        if not isinstance(vec, tuple) and vec.size != cfg["emb"]:
+            raise MemlensError(f"direction vector {name!r} has {vec.size} entries; the model's "
+                               f"embeddings have {cfg['emb']}")
     try:
         result = state_gradients(model, ids, args.max_delay, state=state, layer=args.layer,
                                  classes=classes, class_names=names, dtype=args.dtype,
