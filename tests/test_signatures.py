@@ -170,6 +170,12 @@ def test_explicit_units_and_streaming_with_memmap():
     assert isinstance(b, np.memmap) and a.shape == (300, 4)
     np.testing.assert_allclose(a, b, atol=1e-5)  # chunked streaming carries the state
     assert isinstance(allocate(10, 10, memmap_bytes=0), np.memmap)
+    # parallel segments with a warm-up reproduce the single-stream states
+    long_ids = model.vocab.encode(_text(3000, 4))
+    one = extract_states(model.encoder, long_ids, [View(0)], streams=1)[View(0)]
+    par = extract_states(model.encoder, long_ids, [View(0)], streams=4, warmup=150,
+                         chunk=97)[View(0)]
+    np.testing.assert_allclose(one, par, atol=1e-4)
     with pytest.raises(MemlensError, match="out of range"):
         memlens.memory_signature(model, _text(100, 0), _text(50, 1), 2, units="0,99")
 

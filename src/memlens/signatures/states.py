@@ -7,8 +7,14 @@ A *view* names which numbers of the state are analysed: (layer, readout, units).
 * ``"group:G"``      the units of group G of a grouped LSTM layer (H/G values),
 * ``"factor"``       the rank-r factor space A h of a factorised LSTM layer (r values; hidden only).
 
-The corpus is streamed as one sequence (batch 1) in chunks of ``chunk`` steps; the final state
-of a chunk is the initial state of the next, so s_t depends on the whole prefix x_0..x_t.
+The corpus is streamed in chunks of ``chunk`` steps; the final state of a chunk is the initial
+state of the next, so s_t depends on the prefix before t. Long corpora are cut into B parallel
+contiguous segments (one batch column each, B = ``streams``, so recurrent steps cost N/B
+sequential steps instead of N); segment b > 0 starts reading ``warmup`` tokens before its
+first position and those warm-up states are discarded, so every kept state has seen at least
+``warmup`` tokens of true history (or the whole prefix). With streams=1 the result is the
+exact single-stream state sequence. Only the readouts asked for are computed (the LSTM cell
+sequence needs an extra scan).
 Collected states (N x D float32 per view) live in RAM, or in a memory-mapped temporary file
 when N * D * 4 bytes exceed ``memmap_bytes`` (the file is deleted when the array is freed).
 """
@@ -129,13 +135,37 @@ def allocate(n: int, d: int, memmap_bytes: int = MEMMAP_BYTES) -> np.ndarray:
     return arr
 
 
+def _layer_readouts(encoder: RecurrentEncoder, x: torch.Tensor, state, needed: set
+                    ) -> tuple[dict, list]:
+    """Run embedded input through the layers, computing only the readouts in ``needed``."""
+    out, final = {}, []
+    last = max(layer for layer, _ in needed)
+    for i, (layer, s) in enumerate(zip(encoder.layers, state)):
+        if i > last:
+            final.append(s)
+            continue
+        if (i, "cell") in needed:
+            seqs, s = layer.sequence_states(x, s)
+        else:
+            hidden, s = layer(x, s)
+            seqs = {"hidden": hidden}
+        for name, seq in seqs.items():
+            out[(i, name)] = seq
+        x = seqs["hidden"]
+        final.append(s)
+    return out, final
+
+
 @torch.no_grad()
 def extract_states(encoder: RecurrentEncoder, ids: torch.Tensor | np.ndarray,
-                   views: Sequence[View], chunk: int = 2048,
-                   memmap_bytes: int = MEMMAP_BYTES) -> dict[View, np.ndarray]:
+                   views: Sequence[View], chunk: int = 2048, streams: int = 32,
+                   warmup: int = 256, memmap_bytes: int = MEMMAP_BYTES
+                   ) -> dict[View, np.ndarray]:
     """States of every view at every position of the id stream ``ids`` (length N).
 
-    Returns {view: N x D float32 array}; row t is the state after reading token t.
+    Returns {view: N x D float32 array}; row t is the state after reading token t. The
+    number of parallel segments is reduced so that each is at least 4 x ``warmup`` long
+    (short streams are processed as one exact sequence).
     """
     ids = torch.as_tensor(np.asarray(ids), dtype=torch.long).reshape(-1)
     n = ids.numel()
@@ -146,17 +176,30 @@ def extract_states(encoder: RecurrentEncoder, ids: torch.Tensor | np.ndarray,
     was_training = encoder.training
     encoder.eval()
     device = next(encoder.parameters()).device
-    layers = sorted({v.layer for v in views})
+    needed = {(v.layer, v.readout) for v in views}
     selectors = {v: _selector(encoder, v) for v in views}
     out = {v: allocate(n, unit_dim(encoder, v), memmap_bytes) for v in views}
-    state = encoder.init_state(1, device)
+    b = max(1, min(streams, n // max(1, 4 * warmup)))
+    seg = -(-n // b)                                   # ceil(n / b)
+    starts = [max(0, j * seg - warmup) for j in range(b)]
+    keep_from = [j * seg - starts[j] for j in range(b)]  # offset of the first kept state
+    length = seg + (warmup if b > 1 else 0)
+    padded = torch.cat([ids, torch.zeros(length + warmup, dtype=torch.long)])
+    grid = torch.stack([padded[s:s + length] for s in starts], dim=1)  # length x B
+    state = encoder.init_state(b, device)
     try:
-        for start in range(0, n, chunk):
-            x = ids[start:start + chunk].view(-1, 1).to(device)
-            seqs, state = encoder.states(x, state, layers=layers)
+        for lo in range(0, length, chunk):
+            x = grid[lo:lo + chunk].to(device)
+            seqs, state = _layer_readouts(encoder, encoder.embedding(x), state, needed)
             for v in views:
-                vals = selectors[v](seqs[(v.layer, v.readout)][:, 0])
-                out[v][start:start + x.shape[0]] = vals.float().cpu().numpy()
+                vals = selectors[v](seqs[(v.layer, v.readout)]).float().cpu().numpy()
+                for j in range(b):
+                    a = max(lo, keep_from[j])                  # first kept step in this chunk
+                    e = min(lo + x.shape[0], keep_from[j] + seg)
+                    first = j * seg + (a - keep_from[j])
+                    e = min(e, a + (n - first))
+                    if e > a:
+                        out[v][first:first + e - a] = vals[a - lo:e - lo, j]
     finally:
         encoder.train(was_training)
     return out
