@@ -15,11 +15,15 @@ What is measured, for a small LSTM and a GRU trained on the corpus:
 * state gradients (class "noun" at the source): for each delay, the rank of the planted
   direction among the right singular vectors of the average gradient, in normalised and in
   unnormalised embedding space. Recovered memory = the first delay at which the planted
-  direction no longer ranks first.
+  direction no longer ranks first; and the first delay at which the state's reaction along the
+  planted direction, |Gn(tau) dn|, falls below half of its maximum.
 * memory signatures of the number of the noun k steps back (decoded from the state), for the
   trained model, a random-init control (same fixed embeddings, untrained recurrent weights)
   and a trigram window (an oracle that sees exactly the last 2 tokens). Recovered memory =
-  the first lag at which accuracy falls to the majority baseline (+ a margin).
+  the first lag at which accuracy falls to the majority baseline (+ a margin), and the first
+  lag >= 1 at which it falls to the accuracy of the random-init control (memory that training
+  added; the verb repeats the number, so past the planted distance every network can read the
+  number off the verb for a while).
 
 Everything is generated in the package; nothing is downloaded.
 """
@@ -49,8 +53,10 @@ from memlens.models.lm import LanguageModel
 from memlens.report import ReportSection, build_report
 
 NGRAM_ORDER = 3
-NUMBER_COORD = 1
 IRRELEVANT_COORD = 0
+NUMBER_COORD = 1
+NOUN_COORD = 2
+STRENGTH_FRACTION = 0.5
 
 
 @dataclass
@@ -59,11 +65,11 @@ class DemoConfig:
 
     out: str = "memlens-demo"
     distance: int = 5
-    sentences: int = 2000          # language-model training sentences
+    sentences: int = 6000          # language-model training sentences
     decoder_sentences: int = 500   # sentences for training the signature decoders
     heldout_sentences: int = 300   # held-out sentences (signature scores, state gradients)
     gradient_sentences: int = 250  # sentences streamed through the state-gradient engine
-    epochs: int = 5
+    epochs: int = 6
     emb: int = 16
     hidden: int = 32
     archs: tuple[str, ...] = ("lstm", "gru")
@@ -118,14 +124,27 @@ def planted_embeddings(words: list[str], emb: int, n_nouns: int, scale: float, s
     """Fixed embedding table (one row per word in ``words``) with the planted geometry.
 
     Coordinate 0: irrelevant, spread ``scale`` (random per word). Coordinate 1: number
-    (+1 plural nouns, -1 singular nouns, 0 otherwise, plus a little noise). Others: N(0, 1).
+    (+1 plural nouns, -1 singular nouns, 0 otherwise, plus a little noise). Coordinate 2:
+    "is a noun" (+1 for every noun; the same for both numbers, so it is not part of the
+    planted direction). Others: N(0, 1). The singular and plural forms of a noun (``cat3``,
+    ``cats3``) differ only in the number coordinate.
     """
     rng = np.random.default_rng(seed)
     nouns = noun_words(n_nouns)
     table = rng.normal(0.0, 1.0, (len(words), emb))
     table[:, IRRELEVANT_COORD] = rng.normal(0.0, scale, len(words))
     table[:, NUMBER_COORD] = rng.normal(0.0, 0.1, len(words))
+    if emb > NOUN_COORD:
+        table[:, NOUN_COORD] = rng.normal(0.0, 0.1, len(words))
+    # cat_i and cats_i are one lemma in two numbers: they share every other coordinate
+    row = {w: i for i, w in enumerate(words)}
+    for sg, pl in zip(nouns["sg"], nouns["pl"]):
+        if sg in row and pl in row:
+            keep = [c for c in range(emb) if c != NUMBER_COORD]
+            table[row[pl], keep] = table[row[sg], keep]
     for i, w in enumerate(words):
+        if emb > NOUN_COORD and (w in nouns["pl"] or w in nouns["sg"]):
+            table[i, NOUN_COORD] += 1.0
         if w in nouns["pl"]:
             table[i, NUMBER_COORD] += 1.0
         elif w in nouns["sg"]:
@@ -155,14 +174,16 @@ def planted_ranks(result, direction: np.ndarray, cls: str = "noun") -> dict[str,
     """Rank (1 = first) of ``direction`` among the right singular vectors, per delay.
 
     "normalised": of Gn(tau) = Gbar(tau) D with dn = Z d / |Z d|; "unnormalised": of Gbar(tau)
-    with d / |d|. Also the alignment |v_1 . d| of the first singular vector.
+    with d / |d|. Also the alignment |v_1 . d| of the first singular vector and the
+    "strength" |Gn(tau) dn| of the state's reaction along the planted direction (proportional
+    to |Gbar(tau) d|: the same curve in either space).
     """
     from memlens.gradients import metrics
 
     d_raw = direction / np.linalg.norm(direction)
     d_norm = metrics.unit_direction(direction, result.normalization.Z)
     out: dict[str, list] = {"normalised": [], "unnormalised": [], "align_normalised": [],
-                            "align_unnormalised": []}
+                            "align_unnormalised": [], "strength": []}
     for tau in range(result.max_delay + 1):
         for key, mat, d in (("normalised", result.normalized_mean(tau, cls), d_norm),
                             ("unnormalised", result.mean(tau, cls), d_raw)):
@@ -170,6 +191,8 @@ def planted_ranks(result, direction: np.ndarray, cls: str = "noun") -> dict[str,
             proj = np.abs(vt @ d)
             out[key].append(int(np.argmax(proj)) + 1)
             out[f"align_{key}"].append(float(proj[0]))
+        gn = result.normalized_mean(tau, cls)
+        out["strength"].append(float(np.linalg.norm(gn @ d_norm)))
     return {k: np.array(v) for k, v in out.items()}
 
 
@@ -177,6 +200,14 @@ def first_delay_not_first(ranks: np.ndarray) -> int:
     """First delay at which the rank is not 1 (len(ranks) if it ranks first throughout)."""
     bad = np.nonzero(ranks != 1)[0]
     return int(bad[0]) if bad.size else len(ranks)
+
+
+def first_delay_weak(strength: np.ndarray, fraction: float = STRENGTH_FRACTION) -> int:
+    """First delay at which ``strength`` falls below ``fraction`` of its maximum (len if never).
+    """
+    peak = float(np.nanmax(strength)) if strength.size else 0.0
+    weak = np.nonzero(strength < fraction * peak)[0]
+    return int(weak[0]) if weak.size else len(strength)
 
 
 def first_lag_at_baseline(accuracy: np.ndarray, baseline: np.ndarray, margin: float) -> int:
@@ -236,8 +267,10 @@ def _gradients_dir(out: Path, model: LanguageModel, ckpt: str, corpus: Corpus,
             tau = row["delay"]
             row["rank_number_normalised"] = int(ranks["normalised"][tau])
             row["rank_number_unnormalised"] = int(ranks["unnormalised"][tau])
+            row["strength_number"] = float(ranks["strength"][tau])
     rec_n = first_delay_not_first(ranks["normalised"])
     rec_u = first_delay_not_first(ranks["unnormalised"])
+    rec_s = first_delay_weak(ranks["strength"])
     arch = model.config["arch"].upper()
     delays = np.arange(cfg.max_delay + 1)
     plt = _plt()
@@ -252,11 +285,15 @@ def _gradients_dir(out: Path, model: LanguageModel, ckpt: str, corpus: Corpus,
                yscale="log", title=f"{arch}: memory strength by delay")
         ax.legend(fontsize=7)
         _save(fig, tmp / "sum_sv.png")
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+        fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(13, 3.8))
         for key, ls in (("normalised", "-"), ("unnormalised", "--")):
             a1.plot(delays, ranks[key], ls, marker="o", ms=4, label=key)
             a2.plot(delays, ranks[f"align_{key}"], ls, marker="o", ms=4, label=key)
-        for ax in (a1, a2):
+        a3.plot(delays, ranks["strength"], marker="o", ms=4, color="C2")
+        a3.axhline(STRENGTH_FRACTION * np.nanmax(ranks["strength"]), color="grey", lw=1,
+                   label=f"{STRENGTH_FRACTION:g} x maximum")
+        a3.set(ylabel="|Gn dn|", title="strength along the number direction")
+        for ax in (a1, a2, a3):
             _planted_line(ax, cfg.distance)
             ax.set_xlabel("delay tau (steps back from the noun)")
             ax.legend(fontsize=7)
@@ -283,7 +320,8 @@ def _gradients_dir(out: Path, model: LanguageModel, ckpt: str, corpus: Corpus,
                         "sum_sv_noun_delay0": float(np.nansum(sv0[0])),
                         f"sum_sv_noun_delay{cfg.distance}": float(np.nansum(sv0[cfg.distance])),
                         "number_ranks_first_until_normalised": rec_n,
-                        "number_ranks_first_until_unnormalised": rec_u},
+                        "number_ranks_first_until_unnormalised": rec_u,
+                        "number_strength_below_half_at": rec_s},
             "table": table,
             "plots": [
                 {"file": "sum_sv.png", "title": f"{arch}: memory strength by delay",
@@ -298,10 +336,13 @@ def _gradients_dir(out: Path, model: LanguageModel, ckpt: str, corpus: Corpus,
                  "planted number direction ranks, when the source word is a noun. While it "
                  "is 1 the network's memory of that noun is mostly its number. Right: how "
                  "closely the strongest direction lines up with the number direction "
-                 "(1 = exactly). Solid: normalised embedding space; dashed: raw space."}],
+                 "(1 = exactly). Solid: normalised embedding space; dashed: raw space. "
+                 "Right: how strongly the state still reacts to the noun's number itself "
+                 "(|Gn dn|); where it drops below the grey line the number is mostly "
+                 "forgotten."}],
         }
         write_json(tmp / "result.json", result)
-    return {"normalised": rec_n, "unnormalised": rec_u}
+    return {"normalised": rec_n, "unnormalised": rec_u, "strength": rec_s}
 
 
 def _sig_rows(label: str, sig, layer, readout: str, control=None) -> list[dict[str, Any]]:
@@ -343,6 +384,10 @@ def _signatures_dir(out: Path, model: LanguageModel, ckpt: str, dec_c: Corpus, h
     arch = model.config["arch"].upper()
     rec = {name: first_lag_at_baseline(s.accuracy, s.majority, cfg.margin)
            for name, s in (("trained", sig), ("random-init", ctrl), ("trigram", ngram))}
+    # memory that training added: lags >= 1 where the trained model beats its untrained copy
+    # (at lag 0 every network reads its current input)
+    rec["trained_vs_control"] = 1 + first_lag_at_baseline(sig.accuracy[1:], ctrl.accuracy[1:],
+                                                          cfg.margin)
     lags = np.arange(K + 1)
     plt = _plt()
     with atomic_dir(out) as tmp:
@@ -378,7 +423,8 @@ def _signatures_dir(out: Path, model: LanguageModel, ckpt: str, dec_c: Corpus, h
                         "majority": float(sig.majority[0]),
                         "first_lag_at_baseline_trained": rec["trained"],
                         "first_lag_at_baseline_control": rec["random-init"],
-                        "first_lag_at_baseline_ngram": rec["trigram"]},
+                        "first_lag_at_baseline_ngram": rec["trigram"],
+                        "first_lag_at_control_trained": rec["trained_vs_control"]},
             "table": table,
             "plots": [{"file": "signature.png",
                        "title": f"{arch}: memory signature of noun number",
@@ -388,7 +434,10 @@ def _signatures_dir(out: Path, model: LanguageModel, ckpt: str, dec_c: Corpus, h
                        "model against an untrained copy (random networks also retain some "
                        "input) and a trigram window, which by construction sees only the "
                        "last two tokens. Where a line meets the grey majority line, that "
-                       "memory has run out; the dotted line is the planted distance."}],
+                       "memory has run out; the dotted line is the planted distance. From "
+                       "that lag on the verb (is/are), which repeats the number, is in view, "
+                       "so every model, even the untrained one and the trigram, reads the "
+                       "number again for a few steps."}],
         }
         write_json(tmp / "result.json", result)
     return rec
@@ -472,8 +521,14 @@ def run_demo(cfg: DemoConfig | None = None, log: Callable[[str], None] = print) 
                      "first delay at which the number direction no longer ranks first"),
                     ("state gradients, unnormalised", g["unnormalised"],
                      "first delay at which the number direction no longer ranks first"),
-                    ("memory signature", r["trained"],
-                     "first lag at which decoding accuracy falls to the majority baseline")):
+                    ("state gradients, strength along the number direction", g["strength"],
+                     f"first delay at which |Gn dn| falls below {STRENGTH_FRACTION:g} of its "
+                     "maximum"),
+                    ("memory signature vs majority", r["trained"],
+                     "first lag at which decoding accuracy falls to the majority baseline"),
+                    ("memory signature vs random-init control", r["trained_vs_control"],
+                     "first lag >= 1 at which decoding accuracy falls to that of the "
+                     "untrained copy")):
                 recovered.append({"model": A, "method": method, "planted": cfg.distance,
                                   "recovered": value, "difference": value - cfg.distance,
                                   "within_one_step": abs(value - cfg.distance) <= 1,
@@ -481,7 +536,8 @@ def run_demo(cfg: DemoConfig | None = None, log: Callable[[str], None] = print) 
             for name in ("random-init", "trigram"):
                 recovered.append({"model": f"{A} {name} control" if name != "trigram"
                                   else f"{NGRAM_ORDER}-gram window (oracle: memory 2)",
-                                  "method": "memory signature", "planted": cfg.distance,
+                                  "method": "memory signature vs majority",
+                                  "planted": cfg.distance,
                                   "recovered": r[name], "difference": r[name] - cfg.distance,
                                   "within_one_step": abs(r[name] - cfg.distance) <= 1,
                                   "definition": "first lag at which decoding accuracy falls "
@@ -525,9 +581,17 @@ def _planted_section(cfg: DemoConfig, recovered: list[dict[str, Any]],
         f"Models trained on {cfg.sentences} sentences: {models}.",
         "State gradients recover a memory length as the first delay at which the planted "
         "direction stops ranking first among the right singular vectors of the noun-source "
-        "gradient (normalised and raw embedding space); memory signatures as the first lag "
+        "gradient (normalised and raw embedding space), and as the first delay at which the "
+        f"state's reaction along the planted direction falls below {STRENGTH_FRACTION:g} of "
+        "its maximum; memory signatures as the first lag "
         f"at which the decoding accuracy of the noun's number falls to the majority baseline "
-        f"(within {cfg.margin:g}). A memory that holds through the last needed step "
+        f"(within {cfg.margin:g}), or to the accuracy of the untrained copy of the same "
+        "network (the memory that training added). The verb repeats the noun's number, so "
+        f"from lag {cfg.distance} on the number can also be read off the verb, which any "
+        "network (even an untrained one) keeps for a few steps: against the majority "
+        "baseline the signature therefore runs on past the planted distance, while against "
+        "the untrained copy it ends where the model stops needing the noun. "
+        "A memory that holds through the last needed step "
         f"(delay {cfg.distance - 1}) and is dropped when the next noun arrives gives "
         f"{cfg.distance} to {cfg.distance + 1}.",
         verdict,

@@ -1,0 +1,47 @@
+"""``memlens demo``: the synthetic experiment with a known answer, from nothing to report.html.
+
+Generates a corpus where a noun's number decides the verb ``--distance`` steps later, trains a
+small LSTM and GRU on it, measures their memory with state gradients (normalised and raw) and
+memory signatures (with a random-init control and a trigram window) and writes
+DIR/report.html, which states what was planted and what each method recovered. No download;
+about 2-3 minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from memlens.demo import DemoConfig, run_demo
+
+
+def register(sub) -> None:
+    """Add the ``demo`` sub-command."""
+    p = sub.add_parser("demo", help="synthetic known-answer experiment -> report.html",
+                       description=__doc__)
+    p.add_argument("--out", default="memlens-demo",
+                   help="output directory (report.html, result directories, checkpoints)")
+    p.add_argument("--distance", type=int, default=5, help="planted memory length (steps)")
+    p.add_argument("--quick", action="store_true",
+                   help="smaller corpus and fewer epochs (a smoke test; weaker models)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo and print where the report is and what was recovered."""
+    cfg = DemoConfig(out=args.out, distance=args.distance, seed=args.seed,
+                     progress=False if args.no_progress else True)
+    if args.quick:
+        cfg = DemoConfig(**{**cfg.__dict__, **QUICK})
+    result = run_demo(cfg)
+    for row in result.recovered:
+        mark = "match" if row["within_one_step"] else "     "
+        print(f"{mark}  {row['model']:<36} {row['method']:<52} recovered {row['recovered']:>2}"
+              f"  (planted {row['planted']})")
+    print(f"report: {result.report}")
+    return 0
+
+
+QUICK = {"sentences": 4000, "decoder_sentences": 300, "heldout_sentences": 200,
+         "gradient_sentences": 120}
