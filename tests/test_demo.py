@@ -36,6 +36,7 @@ def test_recovery_rules():
     assert first_lag_at_baseline(np.ones(4), np.full(4, 0.5), 0.05) == 4
     assert first_delay_weak(np.array([1.0, 2.0, 1.5, 0.9, 0.1])) == 3
     assert first_delay_weak(np.array([1.0, 0.9])) == 2
+    assert first_delay_weak(np.array([0.2, 0.3, 1.0, 0.6, 0.4])) == 4  # search from the peak
 
 
 def test_planted_geometry():

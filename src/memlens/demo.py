@@ -16,7 +16,7 @@ What is measured, for a small LSTM and a GRU trained on the corpus:
   direction among the right singular vectors of the average gradient, in normalised and in
   unnormalised embedding space. Recovered memory = the first delay at which the planted
   direction no longer ranks first; and the first delay at which the state's reaction along the
-  planted direction, |Gn(tau) dn|, falls below half of its maximum.
+  planted direction, |Gn(tau) dn|, falls (after its peak) below half of the peak.
 * memory signatures of the number of the noun k steps back (decoded from the state), for the
   trained model, a random-init control (same fixed embeddings, untrained recurrent weights)
   and a trigram window (an oracle that sees exactly the last 2 tokens). Recovered memory =
@@ -203,11 +203,14 @@ def first_delay_not_first(ranks: np.ndarray) -> int:
 
 
 def first_delay_weak(strength: np.ndarray, fraction: float = STRENGTH_FRACTION) -> int:
-    """First delay at which ``strength`` falls below ``fraction`` of its maximum (len if never).
-    """
-    peak = float(np.nanmax(strength)) if strength.size else 0.0
-    weak = np.nonzero(strength < fraction * peak)[0]
-    return int(weak[0]) if weak.size else len(strength)
+    """First delay after the peak of ``strength`` at which it falls below ``fraction`` of the
+    peak (len if never). An LSTM's cell can build a memory up over a few steps before it
+    decays, so the search starts at the peak, not at delay 0."""
+    if not strength.size or not np.isfinite(strength).any():
+        return len(strength)
+    top = int(np.nanargmax(strength))
+    weak = np.nonzero(strength[top:] < fraction * strength[top])[0]
+    return top + int(weak[0]) if weak.size else len(strength)
 
 
 def first_lag_at_baseline(accuracy: np.ndarray, baseline: np.ndarray, margin: float) -> int:
@@ -291,7 +294,7 @@ def _gradients_dir(out: Path, model: LanguageModel, ckpt: str, corpus: Corpus,
             a2.plot(delays, ranks[f"align_{key}"], ls, marker="o", ms=4, label=key)
         a3.plot(delays, ranks["strength"], marker="o", ms=4, color="C2")
         a3.axhline(STRENGTH_FRACTION * np.nanmax(ranks["strength"]), color="grey", lw=1,
-                   label=f"{STRENGTH_FRACTION:g} x maximum")
+                   label=f"{STRENGTH_FRACTION:g} x peak")
         a3.set(ylabel="|Gn dn|", title="strength along the number direction")
         for ax in (a1, a2, a3):
             _planted_line(ax, cfg.distance)
@@ -522,8 +525,8 @@ def run_demo(cfg: DemoConfig | None = None, log: Callable[[str], None] = print) 
                     ("state gradients, unnormalised", g["unnormalised"],
                      "first delay at which the number direction no longer ranks first"),
                     ("state gradients, strength along the number direction", g["strength"],
-                     f"first delay at which |Gn dn| falls below {STRENGTH_FRACTION:g} of its "
-                     "maximum"),
+                     f"first delay after its peak at which |Gn dn| falls below "
+                     f"{STRENGTH_FRACTION:g} of the peak"),
                     ("memory signature vs majority", r["trained"],
                      "first lag at which decoding accuracy falls to the majority baseline"),
                     ("memory signature vs random-init control", r["trained_vs_control"],
@@ -583,7 +586,7 @@ def _planted_section(cfg: DemoConfig, recovered: list[dict[str, Any]],
         "direction stops ranking first among the right singular vectors of the noun-source "
         "gradient (normalised and raw embedding space), and as the first delay at which the "
         f"state's reaction along the planted direction falls below {STRENGTH_FRACTION:g} of "
-        "its maximum; memory signatures as the first lag "
+        "its peak (searching from the peak on); memory signatures as the first lag "
         f"at which the decoding accuracy of the noun's number falls to the majority baseline "
         f"(within {cfg.margin:g}), or to the accuracy of the untrained copy of the same "
         "network (the memory that training added). The verb repeats the noun's number, so "
