@@ -17,7 +17,14 @@ from memlens.cli import main
 from memlens.data import Vocab
 from memlens.errors import MemlensError
 from memlens.gradients import GradientsInterrupted, embedding_normalization
-from memlens.models import LanguageModel, as_encoder, save_checkpoint, wrap
+from memlens.models import (
+    LanguageModel,
+    RecurrentEncoder,
+    RecurrentLayer,
+    as_encoder,
+    save_checkpoint,
+    wrap,
+)
 
 V, E, H, T, K = 11, 3, 5, 30, 4
 
@@ -305,3 +312,34 @@ def test_class_specs(tmp_path):
     assert names == ["w1"] and per[:3] == [["w1"], [], ["w1"]]
     with pytest.raises(MemlensError, match="CoNLL-U"):
         token_classes("upos", tokens)
+
+
+class MinimalGatedLayer(RecurrentLayer):
+    """A custom cell the engine has no hand-derived tangents for (generic jvp path)."""
+
+    kind = "mgu"
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.lin = nn.Linear(input_size + hidden_size, 2 * hidden_size)
+
+    def step(self, x, state):
+        h = state[0]
+        f, n = self.lin(torch.cat([x, h], -1)).chunk(2, -1)
+        f = torch.sigmoid(f)
+        return ((1 - f) * h + f * torch.tanh(n),)
+
+
+def test_custom_cell_uses_generic_path():
+    torch.manual_seed(6)
+    enc = RecurrentEncoder(nn.Embedding(V, E), [MinimalGatedLayer(E, H),
+                                                MinimalGatedLayer(H, H)]).eval()
+    ids = torch.randint(0, V, (20,))
+    for layer in (0, 1):
+        ref, _, _ = brute_force(enc, ids, K, layer, "hidden")
+        r = memlens.state_gradients(enc, ids, K, state="hidden", layer=layer, dtype="float64")
+        assert r.stats["method"] == "generic"
+        assert rel_err(r.means(), ref) < 1e-5
+    with pytest.raises(MemlensError, match="no hand-derived"):
+        memlens.state_gradients(enc, ids, K, state="hidden", method="hand")
