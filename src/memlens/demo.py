@@ -596,28 +596,33 @@ def _planted_section(cfg: DemoConfig, recovered: list[dict[str, Any]],
         "the untrained copy it ends where the model stops needing the noun. "
         "A memory that holds through the last needed step "
         f"(delay {cfg.distance - 1}) and is dropped when the next noun arrives gives "
-        f"{cfg.distance} to {cfg.distance + 1}.",
+        f"{cfg.distance} to {cfg.distance + 1}. Delays and lags 0..{cfg.max_delay} are "
+        f"analysed; a recovered value of {cfg.max_delay + 1} means the memory had not ended "
+        "by then.",
         verdict,
     ]
     return ReportSection("What was planted, and what each method recovered", paras, recovered)
 
 
 def _findings(cfg: DemoConfig, recovered: list[dict[str, Any]]) -> list[str]:
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for r in recovered:
+        by_model.setdefault(r["model"], []).append(r)
     out = []
-    for r in recovered:
-        word = "matches" if r["within_one_step"] else "does not match"
-        out.append(f"{r['model']}, {r['method']}: recovered {r['recovered']} steps against "
-                   f"{r['planted']} planted ({word} within one step).")
-    by_model: dict[str, dict[str, int]] = {}
-    for r in recovered:
-        by_model.setdefault(r["model"], {})[r["method"]] = r["recovered"]
-    for model, m in by_model.items():
+    for model, rows in by_model.items():
+        parts = ", ".join(f"{r['method']} {_steps(r['recovered'], cfg)}"
+                          + (" (match)" if r["within_one_step"] else "") for r in rows)
+        out.append(f"{model}: {parts}; planted {cfg.distance}.")
+        m = {r["method"]: r["recovered"] for r in rows}
         n, u = m.get("state gradients, normalised"), m.get("state gradients, unnormalised")
-        if n is not None and u is not None:
-            same = "the same" if n == u else "different"
-            out.append(f"{model}: normalisation gives {same} recovered lengths "
-                       f"(normalised {n}, unnormalised {u}).")
+        if n is not None and u is not None and n != u:
+            out.append(f"{model}: normalisation changes where the number direction ranks "
+                       f"(it stops ranking first at delay {n} normalised, {u} unnormalised).")
     return out
+
+
+def _steps(value: int, cfg: DemoConfig) -> str:
+    return f"beyond {cfg.max_delay}" if value > cfg.max_delay else str(value)
 
 
 def demo_summary_json(result: DemoResult) -> str:

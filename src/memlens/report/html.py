@@ -83,7 +83,7 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "&ndash;"
     if isinstance(value, bool):
-        return _esc(value)
+        return "yes" if value else "no"
     if isinstance(value, int):
         return _esc(value)
     if isinstance(value, float):
@@ -155,10 +155,10 @@ def _assign_labels(results: Sequence[ResultDir]) -> None:
     seen: dict[str, int] = {}
     for res in results:
         base = _label(res)
-        if sum(1 for r in results if _label(r) == base) > 1:
+        if sum(1 for r in results if r.kind == res.kind and _label(r) == base) > 1:
             base = f"{base} [{res.path.name}]"
-        n = seen.get(base, 0)
-        seen[base] = n + 1
+        n = seen.get(f"{res.kind}:{base}", 0)
+        seen[f"{res.kind}:{base}"] = n + 1
         res.label = base if n == 0 else f"{base} #{n + 1}"
 
 
@@ -390,4 +390,5 @@ def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike = "re
     text = render_report(results, title, findings, sections)
     out = Path(out)
     write_atomic(out, lambda p: p.write_text(text, encoding="utf-8"))
+    out.chmod(0o644)  # a page to open and share (the atomic temp file is created 0600)
     return out
