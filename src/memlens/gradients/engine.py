@@ -241,18 +241,20 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
                     st.index_add_(1, idx0_d[k], R)
                     for ix in idx_x_d:
                         st_x.index_add_(1, ix[k], R)
-                    lv = live[k]
-                    ones = torch.ones(int(lv.sum()), dtype=torch.long)
-                    counts.index_add_(0, idx0[k][lv], ones)
-                    for ix in idx_x:
-                        counts_x.index_add_(0, ix[k][lv], ones)
-                    block_counts[block_of(t)].index_add_(0, delays[k][lv], ones)
                 if (t + 1) % flush_every == 0 or t + 1 == T or block_of(t + 1) != block_of(t):
                     flush(t)
                 done = t + 1
                 if stop.flag:
                     stopped = True
                     break
+            n = done - a  # count the pairs of the steps actually done, one op per chunk
+            lv = live[:n]
+            ones = torch.ones(int(lv.sum()), dtype=torch.long)
+            counts.index_add_(0, idx0[:n][lv], ones)
+            for ix in idx_x:
+                counts_x.index_add_(0, ix[:n][lv], ones)
+            blk = (tvec[:n] * nb) // T
+            block_counts.view(-1).index_add_(0, (blk.unsqueeze(1) * S + delays[:n])[lv], ones)
             bar.update(done - pos)
             pos = done
             if on_chunk is not None:

@@ -79,10 +79,13 @@ class LayerPropagator:
         self.b_ih, self.b_hh = b_ih, b_hh
         self.b = b_ih + b_hh
         if self.kind == "lstm":
-            self.Mx = w_ih.view(4, H, self.I)
-            self.Mh = w_hh.view(4, H, H)
-            self.ABx = zeros(2 * H, self.I)
-            self.ABh = zeros(2 * H, H)
+            # M = [W_ih | W_hh] per gate (4 x H x (I+H)); AB = [A; B] (2H x (I+H)) holds
+            # both input and recurrent columns, so folding is 3 tensor ops per step.
+            self.M = torch.cat([w_ih, w_hh], 1).view(4, H, self.I + H).contiguous()
+            self.tmp3 = zeros(3, H, self.I + H)
+            self.AB = zeros(2 * H, self.I + H)
+            self.ABx, self.ABh = self.AB[:, :self.I], self.AB[:, self.I:]
+            self.coef_in = zeros(4 * H)
             self.P = zeros(2 * H, N)
         elif self.kind == "gru":
             self.Mx = w_ih.view(3, H, self.I)
@@ -139,22 +142,23 @@ class LayerPropagator:
         h, c = self.state
         pre = torch.addmv(self.b, self.w_ih, x)
         pre.addmv_(self.w_hh, h)
-        i, f, o = (torch.sigmoid(pre[k * H:(k + 1) * H]) for k in (0, 1, 3))
+        act = torch.sigmoid(pre)
         g = torch.tanh(pre[2 * H:3 * H])
+        act[2 * H:3 * H] = g
+        i, f, _, o = act.chunk(4)
         c2 = torch.addcmul(i * g, f, c)
         tc = torch.tanh(c2)
         h2 = o * tc
-        ki = (g * i * (1 - i)).unsqueeze(1)
-        kf = (c * f * (1 - f)).unsqueeze(1)
-        kg = (i * (1 - g * g)).unsqueeze(1)
-        ko = (tc * o * (1 - o)).unsqueeze(1)
+        # d(act)/d(pre): sigmoid' = a (1 - a) for i, f, o; tanh' = 1 - g^2 for g
+        deriv = act * (1 - act)
+        deriv[2 * H:3 * H] = 1 - g * g
+        mult = self.coef_in
+        mult[:H], mult[H:2 * H], mult[2 * H:3 * H], mult[3 * H:] = g, c, i, tc
+        coef = (deriv * mult).view(4, H, 1)  # [g i', c f', i g', tanh(c') o']
         kc = (o * (1 - tc * tc)).unsqueeze(1)
-        for M, AB in ((self.Mx, self.ABx), (self.Mh, self.ABh)):
-            A = AB[:H]
-            torch.mul(M[0], ki, out=A)
-            A.addcmul_(M[1], kf)
-            A.addcmul_(M[2], kg)
-            torch.mul(M[3], ko, out=AB[H:])
+        torch.mul(self.M[:3], coef[:3], out=self.tmp3)
+        torch.sum(self.tmp3, 0, out=self.AB[:H])
+        torch.mul(self.M[3], coef[3], out=self.AB[H:])
         dh, dc = self.tangents
         P = self.P
         if self.first:
