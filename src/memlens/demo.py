@@ -302,6 +302,7 @@ def _gradients_dir(out: Path, model: LanguageModel, ckpt: str, corpus: Corpus,
             ax.legend(fontsize=7)
         a1.set(ylabel="rank of the number direction", title="1 = strongest direction")
         a1.invert_yaxis()
+        a1.yaxis.get_major_locator().set_params(integer=True)
         a2.set(ylabel="|v_1 . number direction|", ylim=(0, 1.02),
                title="alignment of the first singular vector")
         fig.suptitle(f"{arch}: where the planted number direction ranks", fontsize=10)
@@ -477,7 +478,13 @@ def run_demo(cfg: DemoConfig | None = None, log: Callable[[str], None] = print) 
     bar = tqdm(total=len(stages), desc="memlens demo", unit="stage",
                disable=None if cfg.progress is None else not cfg.progress)
 
+    timings: dict[str, float] = {}
+    clock = [time.time()]
+
     def stage(i: int) -> None:
+        if i > 0:
+            timings[stages[i - 1]] = round(time.time() - clock[0], 2)
+        clock[0] = time.time()
         bar.set_description(f"demo: {stages[i]}")
 
     def quiet(msg: str) -> None:
@@ -551,7 +558,8 @@ def run_demo(cfg: DemoConfig | None = None, log: Callable[[str], None] = print) 
     seconds = time.time() - start
     write_json(out / "demo.json", {"config": {k: v for k, v in asdict(cfg).items()},
                                    "planted": cfg.distance, "recovered": recovered,
-                                   "training": stats, "seconds_before_report": seconds})
+                                   "training": stats, "stage_seconds": timings,
+                                   "seconds_before_report": seconds})
     report = build_report(dirs, out / "report.html", title="memlens demo: a planted memory",
                           findings=findings, sections=[section])
     bar.update(1)

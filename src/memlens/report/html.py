@@ -24,6 +24,8 @@ from memlens.errors import MemlensError
 from memlens.io import write_atomic
 
 KINDS = ("gradients", "signatures")
+STANDARD_KEYS = ("kind", "memlens_version", "model", "corpus", "settings", "summary", "table",
+                 "plots")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
@@ -277,6 +279,10 @@ def _result_section(res: ResultDir, index: int) -> str:
                      f"{_table(table)}</details>")
     parts.append("<details><summary>Settings</summary>" + _kv_table(d.get("settings") or {})
                  + "</details>")
+    for key, value in d.items():  # anything else the analysis recorded (probe, timing, ...)
+        if key not in STANDARD_KEYS and isinstance(value, dict) and value:
+            parts.append(f"<details><summary>{_esc(key.capitalize())}</summary>"
+                         f"{_kv_table(value)}</details>")
     return "\n".join(parts)
 
 
