@@ -1,9 +1,12 @@
 """Joint multi-lag decoders: one model, one output head per lag k = 0..K.
 
-Inputs are states X (N x D, dense, standardised with the training mean and standard deviation)
-or :class:`IndexStates` (N x m indices into a D-dimensional one-hot space, e.g. the context
-window of an n-gram model; a linear map of a sum of one-hots is a sum of table rows, so it is
-computed with ``nn.EmbeddingBag`` instead of a dense product).
+Inputs are states X (N x D, dense) or :class:`IndexStates` (N x m indices into a
+D-dimensional one-hot space, e.g. the context window of an n-gram model; a linear map of a sum of one-hots is a sum of table rows, so it is
+computed with ``nn.EmbeddingBag`` instead of a dense product). Dense states are whitened
+with the training covariance, z = (x - mean) U diag(1/sqrt(lambda)) over the eigen-directions
+with lambda > 1e-6 lambda_max: a softmax regression is invariant to an invertible linear map
+of its input, so the optimum is unchanged, but recurrent units are strongly correlated and
+whitening removes the ill-conditioning that otherwise makes gradient training slow.
 
 Targets Y (N x (K+1), int64): Y[t, k] is the class of token t-k, -1 where excluded
 (t-k < 0, or an untagged / unseen symbol). The loss is the sum over heads of each head's mean
@@ -106,21 +109,29 @@ class JointDecoder:
         if isinstance(x, IndexStates):
             return torch.from_numpy(np.ascontiguousarray(x.idx[lo:hi], dtype=np.int64))
         rows = torch.from_numpy(np.asarray(x[lo:hi], dtype=np.float32))
-        return (rows - self._mean) / self._std
+        return (rows - self._mean) @ self._proj
 
-    def _standardise(self, x, n: int) -> None:
+    def _whiten(self, x, n: int) -> int:
+        """Fit mean and whitening projection on rows 0..n; return the whitened width."""
         if isinstance(x, IndexStates):
-            return
-        s = np.zeros(x.shape[1])
-        ss = np.zeros(x.shape[1])
+            return x.dim
+        d = x.shape[1]
+        s = np.zeros(d)
+        gram = np.zeros((d, d))
         for lo in range(0, n, self.block):
             b = np.asarray(x[lo:min(n, lo + self.block)], dtype=np.float64)
             s += b.sum(0)
-            ss += (b * b).sum(0)
+            gram += b.T @ b
         mean = s / n
-        std = np.sqrt(np.maximum(ss / n - mean * mean, 0.0))
+        cov = gram / n - np.outer(mean, mean)
+        lam, vec = np.linalg.eigh((cov + cov.T) / 2)
+        keep = lam > max(lam.max(), 0.0) * 1e-6 + 1e-12
+        proj = vec[:, keep] / np.sqrt(lam[keep])
+        if proj.shape[1] == 0:  # constant state: nothing to decode from
+            proj = np.zeros((d, 1))
         self._mean = torch.from_numpy(mean.astype(np.float32))
-        self._std = torch.from_numpy(np.where(std > 1e-6, std, 1.0).astype(np.float32))
+        self._proj = torch.from_numpy(proj.astype(np.float32))
+        return proj.shape[1]
 
     # -- training ---------------------------------------------------------------------------
     def fit(self, x, y: np.ndarray, classes: int) -> JointDecoder:
@@ -148,9 +159,8 @@ class JointDecoder:
             raise MemlensError(f"too few training states ({n}) for the decoders")
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
-        self._standardise(x, n_tr)
+        dim = self._whiten(x, n_tr)
         sparse = isinstance(x, IndexStates)
-        dim = x.dim if sparse else x.shape[1]
         self.net = _Net(dim, heads, classes, self.kind, self.hidden, sparse)
         opt = torch.optim.Adam(self.net.parameters(), lr=self.lr,
                                weight_decay=self.weight_decay)
