@@ -1,12 +1,13 @@
 """Joint multi-lag decoders: one model, one output head per lag k = 0..K.
 
-Inputs are states X (N x D, dense) or :class:`IndexStates` (N x m indices into a
-D-dimensional one-hot space, e.g. the context window of an n-gram model; a linear map of a sum of one-hots is a sum of table rows, so it is
-computed with ``nn.EmbeddingBag`` instead of a dense product). Dense states are whitened
-with the training covariance, z = (x - mean) U diag(1/sqrt(lambda)) over the eigen-directions
-with lambda > 1e-6 lambda_max: a softmax regression is invariant to an invertible linear map
-of its input, so the optimum is unchanged, but recurrent units are strongly correlated and
-whitening removes the ill-conditioning that otherwise makes gradient training slow.
+Inputs are states X (N x D, dense) or :class:`IndexStates` (N x m indices into a D-dimensional
+one-hot space, e.g. the context window of an n-gram model; a linear map of a sum of one-hots
+is a sum of table rows, so it is computed with ``nn.EmbeddingBag`` instead of a dense
+product). Dense states are whitened with the training covariance, z = (x - mean) U
+diag(1/sqrt(lambda)) over the eigen-directions with lambda > 1e-6 lambda_max: a softmax
+regression is invariant to an invertible linear map of its input, so the optimum is unchanged,
+but recurrent units are strongly correlated and whitening removes the ill-conditioning that
+otherwise makes gradient training slow.
 
 Targets Y (N x (K+1), int64): Y[t, k] is the class of token t-k, -1 where excluded
 (t-k < 0, or an untagged / unseen symbol). The loss is the sum over heads of each head's mean
