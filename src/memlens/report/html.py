@@ -39,7 +39,8 @@ th{background:#eef2f6}td.k,th.k{text-align:left}
 figure{margin:1em 0;padding:.5em;border:1px solid #ddd;background:#fafafa}
 figure img{max-width:100%;height:auto}figcaption{font-size:.92em;color:#333}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:1em}
-.scroll{overflow-x:auto}details{margin:.5em 0}summary{cursor:pointer;color:#245}
+.grid figure.wide{grid-column:1/-1}.scroll{overflow-x:auto}
+details{margin:.5em 0}summary{cursor:pointer;color:#245}
 .findings li{margin:.3em 0}.note{color:#555;font-size:.9em}code{background:#f2f2f2}
 """
 
@@ -245,9 +246,18 @@ def _img(blob: bytes, alt: str) -> str:
     return f"<img src=\"data:image/png;base64,{data}\" alt=\"{_esc(alt)}\">"
 
 
+def _is_wide(blob: bytes) -> bool:
+    """A PNG more than twice as wide as high (read from its IHDR header)."""
+    if len(blob) < 24:
+        return False
+    width, height = int.from_bytes(blob[16:20], "big"), int.from_bytes(blob[20:24], "big")
+    return height > 0 and width > 2 * height
+
+
 def _figure(blob: bytes, title: str, caption: str) -> str:
     cap = f"<b>{_esc(title)}</b>" + (f"<br>{_esc(caption)}" if caption else "")
-    return f"<figure>{_img(blob, title)}<figcaption>{cap}</figcaption></figure>"
+    wide = " class='wide'" if _is_wide(blob) else ""
+    return f"<figure{wide}>{_img(blob, title)}<figcaption>{cap}</figcaption></figure>"
 
 
 def _result_section(res: ResultDir, index: int) -> str:
@@ -330,13 +340,16 @@ def _comparison(results: Sequence[ResultDir]) -> str:
             continue
         png = _overlay_png(curves, xlabel, ylabel, f"{kind}: side by side", logy)
         parts.append(_figure(png, f"{kind.capitalize()} side by side", caption))
-    if len(results) > 1:
+    for kind in KINDS:
+        group = [r for r in results if r.kind == kind]
+        if len(group) < 2:
+            continue
         keys: list[str] = []
-        for res in results:
+        for res in group:
             keys += [k for k in (res.data.get("summary") or {}) if k not in keys]
         rows = [{"headline": k, **{res.label: (res.data.get("summary") or {}).get(k)
-                                   for res in results}} for k in keys]
-        parts.append("<h3>Headline numbers side by side</h3>" + _table(rows))
+                                   for res in group}} for k in keys]
+        parts.append(f"<h3>Headline numbers side by side: {_esc(kind)}</h3>" + _table(rows))
     if not parts:
         return ""
     return "<h2 id='compare'>Side-by-side comparison</h2>" + "".join(parts)
