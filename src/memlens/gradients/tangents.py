@@ -86,7 +86,7 @@ class LayerPropagator:
             self.AB = zeros(2 * H, self.I + H)
             self.ABx, self.ABh = self.AB[:, :self.I], self.AB[:, self.I:]
             self.coef_in = zeros(4 * H)
-            self.spare = zeros(H, N)
+            self.P = zeros(2 * H, N)
         elif self.kind == "gru":
             self.Mx = w_ih.view(3, H, self.I)
             self.Mh = w_hh.view(3, H, H)
@@ -160,27 +160,18 @@ class LayerPropagator:
         torch.sum(self.tmp3, 0, out=self.AB[:H])
         torch.mul(self.M[3], coef[3], out=self.AB[H:])
         dh, dc = self.tangents
-        Q = self.spare  # becomes the new dh; the old dh buffer is the spare of the next step
-        A_x, A_h = self.ABx[:H], self.ABh[:H]
-        B_x, B_h = self.ABx[H:], self.ABh[H:]
-        self._slot(dc, slot).zero_()  # the new source starts from ds = 0
-        self._slot(dh, slot).zero_()
-        # dc' = f * dc + A [dx; dh]: scale in place, then accumulate the products (beta = 1)
-        dc.mul_(f.unsqueeze(1))
-        dc.addmm_(A_h, dh)
+        P = self.P
         if self.first:
-            self._slot(dc, slot).copy_(A_x)
+            torch.mm(self.ABh, dh, out=P)
+            self._slot(P, slot).copy_(self.ABx)
+            self._slot(dc, slot).zero_()
         else:
-            dc.addmm_(A_x, dx)
-        # dh' = (o (1 - tanh^2 c')) * dc' + B [dx; dh]
-        torch.mul(dc, kc, out=Q)
-        Q.addmm_(B_h, dh)
-        if self.first:
-            self._slot(Q, slot).add_(B_x)
-        else:
-            Q.addmm_(B_x, dx)
-        self.tangents = [Q, dc]
-        self.spare = dh
+            self._slot(dc, slot).zero_()
+            self._slot(dh, slot).zero_()
+            torch.mm(self.ABx, dx, out=P)
+            P.addmm_(self.ABh, dh)
+        torch.addcmul(P[:H], f.unsqueeze(1), dc, out=dc)
+        torch.addcmul(P[H:], kc, dc, out=dh)
         self.state = (h2, c2)
 
     def _step_gru(self, x: Tensor, dx: Tensor | None, slot: int) -> None:
