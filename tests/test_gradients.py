@@ -343,3 +343,12 @@ def test_custom_cell_uses_generic_path():
         assert rel_err(r.means(), ref) < 1e-5
     with pytest.raises(MemlensError, match="no hand-derived"):
         memlens.state_gradients(enc, ids, K, state="hidden", method="hand")
+
+
+def test_cli_vocabulary_mismatch_warns(tiny, capsys):
+    text = CONLLU.replace("\tthe\t", "\tzz\t").replace("\tcat\t", "\tqq\t") \
+        .replace("\tsees\t", "\tww\t")
+    (tiny / "c.conllu").write_text(text)
+    assert cli(tiny, "--max-delay", "2") == 0
+    err = capsys.readouterr().err
+    assert "vocabulary mismatch" in err and "75.0%" in err
