@@ -140,7 +140,7 @@ def test_resume_after_stop_and_sigterm_is_identical(tmp_path):
     resumed = memlens.state_gradients(model, ids, K, checkpoint=ck, resume=True, **kw)
     assert not ck.exists()
     for name in ("sums", "counts", "class_sums", "class_counts", "block_sums",
-                 "block_counts"):
+                 "block_counts", "class_block_sums", "class_block_counts"):
         assert np.array_equal(getattr(straight.raw, name), getattr(resumed.raw, name)), name
     other = lm("lstm", layers=1, seed=5)
     with pytest.raises(GradientsInterrupted):
@@ -177,6 +177,14 @@ def test_direction_metrics_and_bootstrap():
     assert rel.shape == (K + 1,) and np.all((rel >= 0) & (rel <= 1 + 1e-9))
     assert proj.shape == (K + 1, 3) and np.all(np.diff(proj, axis=1) >= -1e-12)
     assert np.all(share[:, -1] <= 1 + 1e-12)
+    raw = r.raw  # per-block class sums (bootstrap) add up to the class sums
+    assert raw.ci_delays == [0, 1, 2, K]
+    for c in range(2):
+        for k, d in enumerate(raw.ci_delays):
+            assert np.allclose(raw.class_block_sums[:, c, k].sum(0), raw.class_sums[c, d])
+            assert raw.class_block_counts[:, c, d].sum() == raw.class_counts[c, d]
+    row = next(x for x in r.table(30) if x["class"] == "x" and x["delay"] == 1)
+    assert row["ci_low"] <= row["sum_sv"] * 1.5 and row["se"] > 0
     boot = r.bootstrap(50)
     total = r.spectrum().sum(1)
     assert np.all(boot["se"] > 0) and np.all(boot["low"] <= boot["high"])

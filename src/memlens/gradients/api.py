@@ -43,7 +43,8 @@ def state_gradients(model: nn.Module, tokens, max_delay: int, state: str = "cell
                     blocks: int = 20, chunk_size: int = 256, flush_every: int = 256,
                     checkpoint: str | Path | None = None, checkpoint_every: float = 300.0,
                     resume: bool = False, stop_after: int | None = None,
-                    progress: bool = False, target_mask=None, on_chunk=None) -> GradientResult:
+                    progress: bool = False, target_mask=None, on_chunk=None,
+                    class_ci_delays: Sequence[int] | None = None) -> GradientResult:
     """Exact average state gradients d s_t / d x_{t-tau}, tau = 0..max_delay, of one stream.
 
     model: a memlens model or ``memlens.wrap(embedding, rnn)``; tokens: 1-D ids (one
@@ -53,7 +54,9 @@ def state_gradients(model: nn.Module, tokens, max_delay: int, state: str = "cell
     token then counts for each); ``class_names`` fixes their order (default: sorted).
     dtype: "float32" or "float64"; method: "auto" (hand-derived tangents where known),
     "hand" or "generic" (torch.func.jvp on the layer's step). See ``engine.accumulate`` for
-    checkpoint / resume / stop_after. Returns a :class:`GradientResult`.
+    checkpoint / resume / stop_after. ``class_ci_delays``: delays at which per-class block sums
+    are kept for class-wise bootstrap intervals (default 0, 1, 2, 5, 10, 20 and K; skipped
+    when they would need more than 1 GB). Returns a :class:`GradientResult`.
     """
     enc = as_encoder(model)
     if isinstance(dtype, str):
@@ -106,11 +109,21 @@ def state_gradients(model: nn.Module, tokens, max_delay: int, state: str = "cell
         if mask.numel() != T:
             raise MemlensError(f"target_mask has {mask.numel()} entries for {T} tokens")
 
+    ci_delays: list[int] = []
+    if names:
+        wanted = class_ci_delays if class_ci_delays is not None else (0, 1, 2, 5, 10, 20,
+                                                                      int(max_delay))
+        ci_delays = sorted({int(d) for d in wanted if 0 <= d <= max_delay})
+        H = enc.layers[L].hidden_size
+        need = min(blocks, T) * H * (len(names) + 1) * len(ci_delays) * enc.emb_size * 8
+        if need > 1e9:
+            ci_delays = []
     sums = accumulate(enc, ids, int(max_delay), L, state, memberships, len(names), dtype=dtype,
                       device=device, method=method, blocks=blocks, flush_every=flush_every,
                       chunk_size=chunk_size, checkpoint=checkpoint,
                       checkpoint_every=checkpoint_every, resume=resume, stop_after=stop_after,
-                      progress=progress, target_mask=mask, on_chunk=on_chunk)
+                      progress=progress, target_mask=mask, on_chunk=on_chunk,
+                      ci_delays=ci_delays)
     class_emb = probe = None
     if names:
         np_ids = ids.numpy()

@@ -60,6 +60,8 @@ class Sums:
 
     sums: S x H x E (overall); counts: S. class_sums: C x S x H x E; class_counts: C x S.
     block_sums: B x S x H x E and block_counts: B x S (overall sums per block of targets).
+    class_block_sums: B x C x D x H x E at the delays ``ci_delays`` (D of them) and
+    class_block_counts: B x C x S, for class-wise bootstrap intervals (empty when disabled).
     """
 
     sums: np.ndarray
@@ -69,6 +71,9 @@ class Sums:
     block_sums: np.ndarray
     block_counts: np.ndarray
     stats: dict = field(default_factory=dict)
+    ci_delays: list[int] = field(default_factory=list)
+    class_block_sums: np.ndarray | None = None
+    class_block_counts: np.ndarray | None = None
 
 
 class _StopFlag:
@@ -113,7 +118,7 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
                chunk_size: int = 256, checkpoint: str | Path | None = None,
                checkpoint_every: float = 300.0, resume: bool = False,
                stop_after: int | None = None, progress: bool = False,
-               target_mask: Tensor | None = None,
+               target_mask: Tensor | None = None, ci_delays: Sequence[int] = (),
                on_chunk: Callable[[int], None] | None = None) -> Sums:
     """Exact sums of d s_t / d x_{t-tau} over the stream ``ids`` (see module docstring).
 
@@ -154,8 +159,14 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
     counts = torch.zeros(nbk * S, dtype=torch.long)
     counts_x = torch.zeros(nbk * S, dtype=torch.long)
     block_counts = torch.zeros(nb, S, dtype=torch.long)
+    ci_delays = sorted({int(d) for d in ci_delays if 0 <= d <= K}) if C else []
+    nd = len(ci_delays)
+    sel_d = torch.tensor(ci_delays, dtype=torch.long, device=device)
+    cblock_sums = torch.zeros(nb, H, nbk, nd, E, dtype=torch.float64, device=device)
+    cblock_counts = torch.zeros(nb, nbk, S, dtype=torch.long)
     settings = {"K": K, "layer": L, "readout": readout, "dtype": str(dtype), "method": method,
-                "blocks": nb, "flush_every": flush_every, "classes": C}
+                "blocks": nb, "flush_every": flush_every, "classes": C,
+                "ci_delays": tuple(ci_delays)}
     fp = _fingerprint(encoder, ids, [bucket, *extras] + ([mask] if mask is not None else []),
                       settings) if checkpoint is not None else ""
     pos = 0
@@ -182,6 +193,8 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
         counts.copy_(ck["counts"])
         counts_x.copy_(ck["counts_x"])
         block_counts.copy_(ck["block_counts"])
+        cblock_sums.copy_(ck["cblock_sums"])
+        cblock_counts.copy_(ck["cblock_counts"])
 
     def save() -> None:
         payload = {"format": CHECKPOINT_FORMAT, "fingerprint": fp, "position": pos,
@@ -189,7 +202,8 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
                    "tangents": [list(p.tangents) for p in props],
                    "st": st, "master": master, "st_x": st_x if extras else None,
                    "master_x": master_x if extras else None, "block_sums": block_sums,
-                   "counts": counts, "counts_x": counts_x, "block_counts": block_counts}
+                   "counts": counts, "counts_x": counts_x, "block_counts": block_counts,
+                   "cblock_sums": cblock_sums, "cblock_counts": cblock_counts}
         with atomic_path(checkpoint) as tmp:
             torch.save(payload, tmp)
 
@@ -199,10 +213,15 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
     def flush(t: int) -> None:
         """Move the short-term sums of targets up to t into the float64 masters."""
         master.add_(st)
-        block_sums[block_of(t)].add_(st.view(H, nbk, S, E).to(torch.float64).sum(1))
+        b = block_of(t)
+        block_sums[b].add_(st.view(H, nbk, S, E).to(torch.float64).sum(1))
+        if nd:
+            cblock_sums[b].add_(st.view(H, nbk, S, E).index_select(2, sel_d))
         st.zero_()
         if extras:
             master_x.add_(st_x)
+            if nd:
+                cblock_sums[b].add_(st_x.view(H, nbk, S, E).index_select(2, sel_d))
             st_x.zero_()
 
     macs = sum(p.macs_per_step() for p in props)
@@ -255,6 +274,10 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
                 counts_x.index_add_(0, ix[:n][lv], ones)
             blk = (tvec[:n] * nb) // T
             block_counts.view(-1).index_add_(0, (blk.unsqueeze(1) * S + delays[:n])[lv], ones)
+            if nd:
+                for ix in (idx0, *idx_x):
+                    cblock_counts.view(-1).index_add_(
+                        0, (blk.unsqueeze(1) * (nbk * S) + ix[:n])[lv], ones)
             bar.update(done - pos)
             pos = done
             if on_chunk is not None:
@@ -291,4 +314,7 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
              "method": "generic" if props[0].generic else "hand"}
     return Sums(sums=sums, counts=cnt.sum(0).numpy(), class_sums=class_sums,
                 class_counts=class_counts, block_sums=block_sums.permute(0, 2, 1, 3).cpu().numpy(),
-                block_counts=block_counts.numpy(), stats=stats)
+                block_counts=block_counts.numpy(), stats=stats, ci_delays=ci_delays,
+                class_block_sums=cblock_sums[:, :, :C].permute(0, 2, 3, 1, 4).cpu().numpy()
+                if nd else None,
+                class_block_counts=cblock_counts[:, :C].numpy() if nd else None)

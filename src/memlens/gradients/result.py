@@ -143,6 +143,19 @@ class GradientResult:
             self._boot = {"key": key, **out}
         return {k: v for k, v in self._boot.items() if k != "key"}
 
+    def class_bootstrap(self, cls: str | int, n_boot: int = 200, level: float = 0.95,
+                        seed: int = 0) -> dict[int, tuple[float, float, float]]:
+        """{delay: (se, low, high)} of sum(sigma) for one class at the delays that kept
+        per-block class sums (``raw.ci_delays``); empty when none were kept."""
+        c = self._cls(cls)
+        if self.raw.class_block_sums is None or not self.raw.ci_delays:
+            return {}
+        delays = self.raw.ci_delays
+        counts = self.raw.class_block_counts[:, c][:, delays]
+        out = metrics.block_bootstrap(self.raw.class_block_sums[:, c], counts,
+                                      self.normalization.D, n_boot, level, seed)
+        return {d: (out["se"][k], out["low"][k], out["high"][k]) for k, d in enumerate(delays)}
+
     # -- tables ----------------------------------------------------------------------------
     def table(self, n_boot: int = 200, directions: dict[str, np.ndarray] | None = None
               ) -> list[dict]:
@@ -154,6 +167,7 @@ class GradientResult:
               for name, d in (directions or {}).items()}
         for cls in groups:
             spec = self.spectrum(cls)
+            cboot = self.class_bootstrap(cls, n_boot) if cls is not None and n_boot else {}
             for tau in range(self.max_delay + 1):
                 sv = spec[tau]
                 n = self.count(tau, cls)
@@ -165,6 +179,8 @@ class GradientResult:
                     row["se"] = _num(boot["se"][tau])
                     row["ci_low"] = _num(boot["low"][tau])
                     row["ci_high"] = _num(boot["high"][tau])
+                elif tau in cboot and n:
+                    row["se"], row["ci_low"], row["ci_high"] = (_num(v) for v in cboot[tau])
                 else:
                     row["se"] = row["ci_low"] = row["ci_high"] = None
                 for name, d in dn.items():
