@@ -97,8 +97,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert "Planted memory: the number (singular or plural) of a noun decides the verb " \
            "exactly 5 steps later" in text
     summary = json.loads((out / "demo.json").read_text())
-    trained = [r for r in summary["recovered"]
-               if "control" not in r["model"] and "window" not in r["model"]]
+    trained = [r for r in summary["recovered"] if r["role"] == "trained"]
     assert {r["model"] for r in trained} == {"LSTM", "GRU"}
     matches = [r for r in trained if abs(r["recovered"] - r["planted"]) <= 1]
     assert matches, summary["recovered"]
@@ -106,7 +105,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     for r in matches:
         assert f"{r['model']} {r['method']} ({r['recovered']})" in text
     # the trigram oracle's memory is its window: 2 tokens
-    window = [r for r in summary["recovered"] if "window" in r["model"]]
+    window = [r for r in summary["recovered"] if r["role"] == "oracle"]
     assert window and all(r["recovered"] == 2 for r in window)
     if CHROMIUM is not None:
         dom = subprocess.run(

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = DemoConfig(**{**cfg.__dict__, **QUICK})
     result = run_demo(cfg)
     for row in result.recovered:
-        mark = "match" if row["within_one_step"] else "     "
+        mark = "match" if row["within_one_step"] and row["role"] == "trained" else "     "
         print(f"{mark}  {row['model']:<36} {row['method']:<52} recovered {row['recovered']:>2}"
               f"  (planted {row['planted']})")
     print(f"report: {result.report}")
