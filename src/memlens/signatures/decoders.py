@@ -16,7 +16,8 @@ cross-entropy over its valid positions:
     L = sum_k  mean_{t: Y[t,k] >= 0}  -log softmax(W_k z_t + b_k)[Y[t,k]]
 
 with z_t = x_t (linear) or z_t = relu(U x_t + c) (MLP, one hidden layer shared by all heads).
-Training: Adam on minibatches, one pass over the states per epoch; early stopping per head on
+Training: Adam on minibatches (learning rate x ``decay`` per epoch), one pass over the
+states per epoch; early stopping per head on
 the last ``val_fraction`` of the training positions (contiguous, to avoid leaking neighbouring
 states); each head keeps the weights of its best validation epoch. Seeded and deterministic
 on CPU.
@@ -90,11 +91,12 @@ class JointDecoder:
 
     kind: str = "linear"
     hidden: int = 256
-    lr: float = 1e-2
+    lr: float = 0.1
     batch: int = 512
-    max_epochs: int = 20
+    max_epochs: int = 40
     patience: int = 2
     min_delta: float = 1e-3
+    decay: float = 0.9
     val_fraction: float = 0.1
     weight_decay: float = 0.0
     seed: int = 0
@@ -170,6 +172,7 @@ class JointDecoder:
         since = np.zeros(heads, dtype=np.int64)
         self._snapshots: dict[int, dict] = {}
         self.history = []
+        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=self.decay)
         for epoch in range(1, self.max_epochs + 1):
             self.net.train()
             starts = np.arange(0, n_tr, self.block)
@@ -192,6 +195,7 @@ class JointDecoder:
                     opt.step()
                     total += loss.item() * len(sel)
                     count += len(sel)
+            sched.step()
             val = self._head_loss(x, y, n_tr, n)
             improved = val < best - self.min_delta
             best = np.where(improved, val, best)
