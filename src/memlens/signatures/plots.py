@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -73,7 +74,9 @@ def beyond_window(path: Path, model: Signature, window: Signature, first_lag: in
 
     Returns the difference for every symbol (NaN where unsupported)."""
     lags = slice(first_lag, None)
-    diff = np.nanmean(model.recall[lags], axis=0) - np.nanmean(window.recall[lags], axis=0)
+    with warnings.catch_warnings():  # symbols absent from the held-out text give NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        diff = np.nanmean(model.recall[lags], axis=0) - np.nanmean(window.recall[lags], axis=0)
     support = model.support[0]
     order = np.argsort(-support)[:top]
     order = order[support[order] > 0]
