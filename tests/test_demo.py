@@ -34,6 +34,9 @@ def test_recovery_rules():
     acc = np.array([0.99, 0.98, 0.9, 0.53, 0.51, 0.6])
     assert first_lag_at_baseline(acc, np.full(6, 0.5), 0.05) == 3
     assert first_lag_at_baseline(np.ones(4), np.full(4, 0.5), 0.05) == 4
+    # a lag whose interval reaches the baseline is no longer memory, even above the margin
+    low = np.array([0.97, 0.95, 0.49, 0.45, 0.4, 0.5])
+    assert first_lag_at_baseline(acc, np.full(6, 0.5), 0.05, low) == 2
     assert first_delay_weak(np.array([1.0, 2.0, 1.5, 0.9, 0.1])) == 3
     assert first_delay_weak(np.array([1.0, 0.9])) == 2
     assert first_delay_weak(np.array([0.2, 0.3, 1.0, 0.6, 0.4])) == 4  # search from the peak
@@ -77,7 +80,7 @@ CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--no-progress", "--quick"]) == 0
+    assert main(["demo", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "report:" in printed
     report = out / "report.html"

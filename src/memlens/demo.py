@@ -212,9 +212,15 @@ def first_delay_weak(strength: np.ndarray, fraction: float = STRENGTH_FRACTION) 
     return top + int(weak[0]) if weak.size else len(strength)
 
 
-def first_lag_at_baseline(accuracy: np.ndarray, baseline: np.ndarray, margin: float) -> int:
-    """First lag whose accuracy is within ``margin`` of the baseline (len if never)."""
-    low = np.nonzero(accuracy <= baseline + margin)[0]
+def first_lag_at_baseline(accuracy: np.ndarray, baseline: np.ndarray, margin: float,
+                          accuracy_low: np.ndarray | None = None) -> int:
+    """First lag whose accuracy is within ``margin`` of the baseline, or whose bootstrap
+    interval (lower end ``accuracy_low``) reaches the baseline, i.e. no longer significantly
+    above it (len if never)."""
+    at_base = accuracy <= baseline + margin
+    if accuracy_low is not None:
+        at_base |= accuracy_low <= baseline
+    low = np.nonzero(at_base)[0]
     return int(low[0]) if low.size else len(accuracy)
 
 
@@ -385,12 +391,12 @@ def _signatures_dir(out: Path, model: LanguageModel, ckpt: str, dec_c: Corpus, h
                                   sym.classes(he_ids, held_c.tags["upos"]), K, sym,
                                   seed=cfg.seed, resamples=resamples)
     arch = model.config["arch"].upper()
-    rec = {name: first_lag_at_baseline(s.accuracy, s.majority, cfg.margin)
+    rec = {name: first_lag_at_baseline(s.accuracy, s.majority, cfg.margin, s.acc_low)
            for name, s in (("trained", sig), ("random-init", ctrl), ("trigram", ngram))}
     # memory that training added: lags >= 1 where the trained model beats its untrained copy
     # (at lag 0 every network reads its current input)
     rec["trained_vs_control"] = 1 + first_lag_at_baseline(sig.accuracy[1:], ctrl.accuracy[1:],
-                                                          cfg.margin)
+                                                          cfg.margin, sig.acc_low[1:])
     lags = np.arange(K + 1)
     plt = _plt()
     with atomic_dir(out) as tmp:
@@ -597,7 +603,8 @@ def _planted_section(cfg: DemoConfig, recovered: list[dict[str, Any]],
         f"state's reaction along the planted direction falls below {STRENGTH_FRACTION:g} of "
         "its peak (searching from the peak on); memory signatures as the first lag "
         f"at which the decoding accuracy of the noun's number falls to the majority baseline "
-        f"(within {cfg.margin:g}), or to the accuracy of the untrained copy of the same "
+        f"(within {cfg.margin:g}, or no longer significantly above it by the 95% bootstrap "
+        "interval), or to the accuracy of the untrained copy of the same "
         "network (the memory that training added). The verb repeats the noun's number, so "
         f"from lag {cfg.distance} on the number can also be read off the verb, which any "
         "network (even an untrained one) keeps for a few steps: against the majority "
