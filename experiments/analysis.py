@@ -1,29 +1,89 @@
-"""Helpers shared by the experiment scripts: reading result tables and fitting decay laws."""
+"""Helpers shared by the experiment scripts: running memlens, reading result tables, fitting
+decay laws and writing each experiment's summary (experiments/results/expN.json)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from memlens.decay import fit_decay  # noqa: F401  (re-exported for the scripts)
+from memlens.io import write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("MEMLENS_DATA", ROOT.parent / "shared" / "data"))
+RUNS = Path(os.environ.get("MEMLENS_RUNS", ROOT / "runs"))
+RESULTS = ROOT / "experiments" / "results"
+IMG = ROOT / "docs" / "img"
+EWT_DEV = DATA / "ud-english-ewt" / "en_ewt-ud-dev.conllu"
+WT2 = DATA / "wikitext-2"
+HEADLINE_DELAYS = (0, 1, 2, 5, 10, 20, 50)  # delays with bootstrap intervals
+
+
+def run_memlens(out: Path, *args: str, force: bool = False) -> Path:
+    """``memlens ARGS --out OUT`` unless OUT already holds a result (``force`` reruns)."""
+    if force or not (out / "result.json").exists():
+        cmd = [sys.executable, "-m", "memlens", *args, "--out", str(out)]
+        print("+ memlens", " ".join(args), "--out", out, flush=True)
+        subprocess.run(cmd, check=True)
+    return out
+
+
+def need_model(path: Path) -> Path:
+    """The checkpoint, or exit with the command that trains it."""
+    if not path.exists():
+        sys.exit(f"missing {path}: train it with experiments/train_models.sh")
+    return path
+
+
+def load_result(result_dir: str | Path) -> dict:
+    """A memlens result directory's result.json."""
+    return json.loads((Path(result_dir) / "result.json").read_text())
 
 
 def load_table(result_dir: str | Path) -> list[dict]:
     """The "table" rows of a memlens result directory's result.json."""
-    return json.loads((Path(result_dir) / "result.json").read_text())["table"]
+    return load_result(result_dir)["table"]
 
 
 def curve(rows: list[dict], cls: str | None = None, key: str = "sum_sv"
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(delays, values, ci_low, ci_high) of one class (None/"all" = the overall average)."""
+    """(delays, values, ci_low, ci_high) of one class (None = the overall average); NaN where a
+    delay has no interval."""
     wanted = [r for r in rows if r.get("class") in ((cls,) if cls else (None, "all", "ALL"))]
     wanted.sort(key=lambda r: r["delay"])
-    delays = np.array([r["delay"] for r in wanted], dtype=float)
-    values = np.array([r[key] for r in wanted], dtype=float)
-    low = np.array([r.get("ci_low", np.nan) if r.get("ci_low") is not None else np.nan
-                    for r in wanted], dtype=float)
-    high = np.array([r.get("ci_high", np.nan) if r.get("ci_high") is not None else np.nan
-                     for r in wanted], dtype=float)
-    return delays, values, low, high
+
+    def col(name: str) -> np.ndarray:
+        return np.array([np.nan if r.get(name) is None else r[name] for r in wanted], dtype=float)
+
+    return col("delay"), col(key), col("ci_low"), col("ci_high")
+
+
+def save_summary(name: str, summary: dict) -> Path:
+    """Write experiments/results/NAME.json (atomically) and say where."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    write_json(path, summary)
+    print(f"summary: {path.relative_to(ROOT)}")
+    return path
+
+
+def plt():
+    """matplotlib.pyplot with a file backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as pyplot
+
+    return pyplot
+
+
+def fmt_ci(value: float, low: float, high: float, digits: int = 3) -> str:
+    """'v [lo, hi]' (interval omitted where NaN)."""
+    if np.isnan(low):
+        return f"{value:.{digits}g}"
+    return f"{value:.{digits}g} [{low:.{digits}g}, {high:.{digits}g}]"

@@ -208,3 +208,28 @@ def test_kneser_ney_normalises_and_window_lm_runs():
     ids = np.array(lm.encode(text))
     wlm = WindowLM(lm.vocab_size, 3, emb=4, hidden=16).fit(ids, epochs=1)
     assert wlm.states(ids[:50]).shape == (50, 16) and wlm.bits(ids[:200]) > 0
+
+
+def test_temperature_calibration_known_posterior():
+    """States show the symbol with probability 0.7 (else a random one) plus 300 noise
+    dimensions: a decoder fitted on 3,000 states is over-confident; the temperature fitted on
+    the early-stopping rows brings the held-out cross-entropy towards the Bayes value
+    (1.126 bits) without changing a single prediction."""
+    rng = np.random.default_rng(0)
+
+    def make(n):
+        x = rng.integers(0, 4, n)
+        shown = np.where(rng.random(n) < 0.7, x, rng.integers(0, 4, n))
+        s = np.concatenate([np.eye(4)[shown] * 3, rng.normal(size=(n, 300))], 1)
+        return s.astype(np.float32), lag_targets(x, 0)
+
+    (x_tr, y_tr), (x_he, y_he) = make(3000), make(20000)
+    out = {}
+    for calibrate in (False, True):
+        dec = JointDecoder(kind="linear", seed=0, calibrate=calibrate).fit(x_tr, y_tr, 4)
+        out[calibrate] = dec.evaluate(x_he, y_he) + (dec.temperature,)
+    bayes = -(0.775 * np.log2(0.775) + 3 * 0.075 * np.log2(0.075))
+    (pred0, nll0, t0), (pred1, nll1, t1) = out[False], out[True]
+    assert (pred0 == pred1).all() and t0[0] == 1.0 and t1[0] > 1.5
+    assert nll1.mean() < nll0.mean() - 0.3
+    assert bayes < nll1.mean() < bayes + 0.4

@@ -50,6 +50,7 @@ def table_rows(result: StudyResult) -> list[dict]:
                 "bits_ci_low": _num(s.bits_low[k]), "bits_ci_high": _num(s.bits_high[k]),
                 "bits_fraction": _num(s.bits_fraction[k]),
                 "cross_entropy_bits": _num(s.cross_entropy[k]),
+                "temperature": None if s.temperature is None else _num(s.temperature[k]),
                 "entropy_bits": _num(s.entropy[k]), "majority": _num(s.majority[k]),
                 "prior": _num(s.prior[k]),
                 "control_accuracy": _num(ctrl.accuracy[k]) if ctrl else None,

@@ -56,6 +56,7 @@ class Signature:
     decoder: str
     epochs: int
     info: dict = field(default_factory=dict)
+    temperature: np.ndarray | None = None  # per lag: the decoder's calibration temperature
 
     @property
     def max_lag(self) -> int:
@@ -136,7 +137,7 @@ def signature_from_states(train_x, train_cls: np.ndarray, held_x, held_cls: np.n
                      cross_entropy=ce, entropy=entropy, majority=majority, prior=prior,
                      recall=recall, support=support, symbols=list(symbols.names),
                      n_train=len(train_cls), n_heldout=len(held_cls), decoder=decoder,
-                     epochs=dec.epochs)
+                     epochs=dec.epochs, temperature=dec.temperature)
 
 
 def check_lag(max_lag: int, n_train: int, n_heldout: int) -> None:
