@@ -172,3 +172,15 @@ def test_fixed_pretrained_embeddings(corpus, tmp_path):
     bad.write_text("w1 0.1 0.2\n")
     with pytest.raises(Exception, match="expected 8"):
         tiny(corpus, tmp_path / "q.pt", pretrained=str(bad), epochs=1)
+
+
+def test_atomic_outputs_get_normal_permissions(tmp_path):
+    """Temporary files start private (0600); the finished file and directory get the mode a
+    plain open()/mkdir() would give them under the process umask."""
+    from memlens import io
+
+    io.write_json(tmp_path / "r.json", {"a": 1})
+    with io.atomic_dir(tmp_path / "d") as d:
+        (d / "x").write_text("x")
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o666 & ~io._UMASK
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~io._UMASK

@@ -12,6 +12,21 @@ from pathlib import Path
 from typing import Any
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it; restored at once (import time)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def _public_mode(tmp: Path, mode: int) -> None:
+    """mkstemp/mkdtemp create 0600/0700 entries; give the result the mode a plain ``open``
+    or ``mkdir`` would (``mode`` & ~umask)."""
+    os.chmod(tmp, mode & ~_UMASK)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``.
@@ -27,6 +42,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
+        _public_mode(tmp_path, 0o666)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -56,6 +72,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        _public_mode(tmp, 0o777)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
