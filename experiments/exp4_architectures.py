@@ -1,7 +1,7 @@
 """Experiment 4: memory of LSTM vs GRU vs Elman RNN (H=256), and LSTM hidden size 128 / 256 /
 512. All word LMs with E=64, trained 10 epochs on WikiText-2 valid (experiments/
-train_models.sh); state gradients of the readout the paper uses (LSTM cell, GRU/RNN hidden)
-on the first 5,000 tokens of UD EWT dev, K = 50, overall average.
+train_models.sh); state gradients of the LSTM cell (the paper's readout) and hidden state and
+of the GRU/RNN hidden state on the first 5,000 tokens of UD EWT dev, K = 50, overall average.
 
     python experiments/exp4_architectures.py   # needs runs/wt2-{lstm,gru,rnn}-h*-e10.pt
 
@@ -26,8 +26,11 @@ from analysis import (
     save_summary,
 )
 
-MODELS = {"LSTM H128": "lstm-h128", "LSTM H256": "lstm-h256", "LSTM H512": "lstm-h512",
-          "GRU H256": "gru-h256", "RNN H256": "rnn-h256"}
+# label -> (checkpoint stem, readout; None = the default: cell for LSTMs, hidden otherwise).
+# "LSTM H256 hidden" compares like with like against the GRU/RNN hidden state.
+MODELS = {"LSTM H128": ("lstm-h128", None), "LSTM H256": ("lstm-h256", None),
+          "LSTM H512": ("lstm-h512", None), "GRU H256": ("gru-h256", None),
+          "RNN H256": ("rnn-h256", None), "LSTM H256 hidden": ("lstm-h256", "hidden")}
 TOKENS = 5000
 
 
@@ -38,11 +41,12 @@ def separated(a: list[float], b: list[float]) -> str:
 
 def main() -> None:
     per_model = {}
-    for label, stem in MODELS.items():
-        out = run_memlens(RUNS / f"exp-arch-{stem}", "gradients", "--model",
-                          str(need_model(RUNS / f"wt2-{stem}-e10.pt")), "--corpus",
-                          str(EWT_DEV), "--format", "conllu", "--max-delay", "50",
-                          "--max-tokens", str(TOKENS), "--no-progress")
+    for label, (stem, state) in MODELS.items():
+        extra = ("--state", state) if state else ()
+        out = run_memlens(RUNS / (f"exp-arch-{stem}" + (f"-{state}" if state else "")),
+                          "gradients", "--model", str(need_model(RUNS / f"wt2-{stem}-e10.pt")),
+                          "--corpus", str(EWT_DEV), "--format", "conllu", "--max-delay", "50",
+                          "--max-tokens", str(TOKENS), "--no-progress", *extra)
         result = load_result(out)
         tau, m, lo, hi = curve(result["table"])
         fit = fit_decay(tau, m)
@@ -60,6 +64,7 @@ def main() -> None:
             "ci_high": [float(v) for v in hi]}
     comparisons = {}
     for a, b in (("LSTM H256", "GRU H256"), ("LSTM H256", "RNN H256"), ("GRU H256", "RNN H256"),
+                 ("LSTM H256 hidden", "GRU H256"), ("LSTM H256 hidden", "RNN H256"),
                  ("LSTM H512", "LSTM H256"), ("LSTM H256", "LSTM H128")):
         comparisons[f"{a} vs {b}"] = {
             int(t): separated(per_model[a]["sum_sv"][t], per_model[b]["sum_sv"][t])
@@ -69,7 +74,7 @@ def main() -> None:
 
     p = plt()
     fig, axes = p.subplots(1, 2, figsize=(10, 3.8))
-    for ax, group in zip(axes, (("LSTM H256", "GRU H256", "RNN H256"),
+    for ax, group in zip(axes, (("LSTM H256", "LSTM H256 hidden", "GRU H256", "RNN H256"),
                                 ("LSTM H128", "LSTM H256", "LSTM H512"))):
         for k, label in enumerate(group):
             d = per_model[label]

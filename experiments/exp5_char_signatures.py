@@ -7,10 +7,13 @@ lags 0..30, hidden readout, linear decoders.
     python experiments/exp5_char_signatures.py   # needs runs/wt2-char-lstm2.pt
 
 Claim under test: signatures separate n-gram from recurrent memory at the character level
-and differ per layer. Output: experiments/results/exp5.json, docs/img/exp5-char-signatures.png.
+and differ per layer. Output: experiments/results/exp5.json, docs/img/exp5-char-signatures.png and
+exp5-recall-heatmap.png.
 """
 
 from __future__ import annotations
+
+import shutil
 
 import numpy as np
 from analysis import IMG, RUNS, WT2, load_result, need_model, plt, run_memlens, save_summary
@@ -93,6 +96,7 @@ def main() -> None:
                  "5-gram window (dotted: edge of the window)")
     fig.tight_layout()
     fig.savefig(IMG / "exp5-char-signatures.png", dpi=110)
+    shutil.copyfile(OUT / "recall_heatmap.png", IMG / "exp5-recall-heatmap.png")
 
     print("| signature | span | " + " | ".join(f"k={k}" for k in LAGS) + " |")
     print("|---" * (len(LAGS) + 2) + "|")
