@@ -4,7 +4,7 @@ Generates a corpus where a noun's number decides the verb ``--distance`` steps l
 small LSTM and GRU on it, measures their memory with state gradients (normalised and raw) and
 memory signatures (with a random-init control and a trigram window) and writes
 DIR/report.html, which states what was planted and what each method recovered. No download;
-about 2-3 minutes on 2 CPU cores.
+15-35 s on 2 idle CPU cores (at most 3 minutes; longer when other jobs share them).
 """
 
 from __future__ import annotations
