@@ -63,6 +63,33 @@ def curve(rows: list[dict], cls: str | None = None, key: str = "sum_sv"
     return col("delay"), col(key), col("ci_low"), col("ci_high")
 
 
+def values_at(rows: list[dict], cls: str | None = None, delays=HEADLINE_DELAYS
+              ) -> dict[int, list[float]]:
+    """{delay: [value, ci_low, ci_high]} of one class (None = overall) at ``delays``."""
+    _, m, lo, hi = curve(rows, cls)
+    return {int(t): [float(m[t]), float(lo[t]), float(hi[t])] for t in delays}
+
+
+def class_counts(rows: list[dict]) -> dict[str, int]:
+    """Source tokens per class (the count at delay 0), without the overall row."""
+    return {r["class"]: int(r["count"]) for r in rows
+            if r["delay"] == 0 and r["class"] not in (None, "all", "ALL")}
+
+
+def errorbars(ax, tau: np.ndarray, m: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+              color: str) -> None:
+    """Interval bars at the delays that have one (NaN elsewhere)."""
+    ok = ~np.isnan(lo)
+    ax.errorbar(tau[ok], m[ok], yerr=[m[ok] - lo[ok], hi[ok] - m[ok]], fmt="none", color=color,
+                capsize=2)
+
+
+def markdown_header(*columns: str) -> None:
+    """Print the header and separator lines of a markdown table."""
+    print("| " + " | ".join(columns) + " |")
+    print("|---" * len(columns) + "|")
+
+
 def save_summary(name: str, summary: dict) -> Path:
     """Write experiments/results/NAME.json (atomically) and say where."""
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -13,12 +13,14 @@ from __future__ import annotations
 import numpy as np
 from analysis import (
     EWT_DEV,
+    HEADLINE_DELAYS,
     IMG,
     RUNS,
     curve,
     fit_decay,
     fmt_ci,
     load_result,
+    markdown_header,
     need_model,
     plt,
     run_memlens,
@@ -79,10 +81,9 @@ def main() -> None:
     IMG.mkdir(parents=True, exist_ok=True)
     fig.savefig(IMG / "exp1-decay.png", dpi=110)
 
-    print("| delay | " + " | ".join(str(t) for t in (0, 1, 2, 5, 10, 20, 50)) + " |")
-    print("|---" * 8 + "|")
+    markdown_header("delay", *(str(t) for t in HEADLINE_DELAYS))
     print("| sum of sv | " + " | ".join(fmt_ci(memory[t], low[t], high[t])
-                                         for t in (0, 1, 2, 5, 10, 20, 50)) + " |")
+                                         for t in HEADLINE_DELAYS) + " |")
     for name, f in fits.items():
         print(f"fit tau {name}: exponential RSS {f['exponential']['rss']:.3f} "
               f"(R² {f['exponential']['r2']:.4f}, length {f['exponential']['decay_length']:.2f})"

@@ -10,19 +10,22 @@ Output: experiments/results/exp2.json, docs/img/exp2-frequency.png.
 
 from __future__ import annotations
 
-import numpy as np
 from analysis import (
     EWT_DEV,
     HEADLINE_DELAYS,
     IMG,
     RUNS,
+    class_counts,
     curve,
+    errorbars,
     fmt_ci,
     load_result,
+    markdown_header,
     need_model,
     plt,
     run_memlens,
     save_summary,
+    values_at,
 )
 
 MODEL = RUNS / "wt2-lstm-h256-e10.pt"
@@ -37,12 +40,11 @@ def main() -> None:
     result = load_result(OUT)
     rows = result["table"]
     per_bin = {}
+    counts = class_counts(rows)
     for name in BINS:
-        tau, m, lo, hi = curve(rows, name)
-        count0 = next(r["count"] for r in rows if r["class"] == name and r["delay"] == 0)
-        per_bin[name] = {"count_at_delay0": int(count0),
-                         "sum_sv": {int(t): [float(m[t]), float(lo[t]), float(hi[t])]
-                                    for t in HEADLINE_DELAYS},
+        _, m, _, _ = curve(rows, name)
+        per_bin[name] = {"count_at_delay0": counts[name],
+                         "sum_sv": values_at(rows, name),
                          # memory relative to the word's own immediate effect
                          "relative_to_tau0": {int(t): float(m[t] / m[0]) for t in HEADLINE_DELAYS},
                          "curve": [float(v) for v in m]}
@@ -71,9 +73,7 @@ def main() -> None:
         tau, m, lo, hi = curve(rows, name)
         label = f"{name} ({'most frequent' if k == 0 else 'rarest' if k == 4 else ''})"
         axes[0].plot(tau, m, color=f"C{k}", label=label.replace(" ()", ""))
-        ok = ~np.isnan(lo)
-        axes[0].errorbar(tau[ok], m[ok], yerr=[m[ok] - lo[ok], hi[ok] - m[ok]], fmt="none",
-                         color=f"C{k}", capsize=2)
+        errorbars(axes[0], tau, m, lo, hi, f"C{k}")
         axes[1].plot(tau, m / m[0], color=f"C{k}")
     for ax, ylabel in zip(axes, ("sum of singular values (normalised)", "relative to delay 0")):
         ax.set_yscale("log")
@@ -84,8 +84,7 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(IMG / "exp2-frequency.png", dpi=110)
 
-    print("| bin | count | " + " | ".join(f"tau {t}" for t in HEADLINE_DELAYS) + " |")
-    print("|---" * (len(HEADLINE_DELAYS) + 2) + "|")
+    markdown_header("bin", "count", *(f"tau {t}" for t in HEADLINE_DELAYS))
     for name in BINS:
         b = per_bin[name]
         print(f"| {name} | {b['count_at_delay0']} | "

@@ -14,17 +14,20 @@ Output: experiments/results/exp3.json, docs/img/exp3-upos.png.
 
 from __future__ import annotations
 
-import numpy as np
 from analysis import (
     EWT_DEV,
     HEADLINE_DELAYS,
     IMG,
     RUNS,
+    class_counts,
     curve,
+    errorbars,
     fmt_ci,
     load_result,
+    markdown_header,
     plt,
     save_summary,
+    values_at,
 )
 from exp1_decay import MODEL, gradients_upos
 
@@ -94,15 +97,19 @@ def ranking_at(rows: list[dict], classes: list[str], delays=(1, 5, 10, 20, 50)) 
     return out
 
 
+def print_ranking(ranked: dict, noun: str, top: int) -> None:
+    """One line per delay: the ``top`` classes with intervals, and the rank of ``noun``."""
+    for t, vals in ranked.items():
+        print(f"tau {t}: " + ", ".join(f"{c} {fmt_ci(v, lo, hi)}" for c, v, lo, hi in vals[:top])
+              + f"; {noun} rank {[v[0] for v in vals].index(noun) + 1} of {len(vals)}")
+
+
 def main() -> None:
     result = load_result(gradients_upos())
     rows = result["table"]
-    counts = {r["class"]: r["count"] for r in rows if r["delay"] == 0 and r["class"] != "all"}
+    counts = class_counts(rows)
     classes = sorted(c for c, n in counts.items() if n >= MIN_COUNT)
-    table = {}
-    for c in classes:
-        tau, m, lo, hi = curve(rows, c)
-        table[c] = {int(t): [float(m[t]), float(lo[t]), float(hi[t])] for t in HEADLINE_DELAYS}
+    table = {c: values_at(rows, c) for c in classes}
     ranking, best = {}, {}
     for t in HEADLINE_DELAYS:
         order = sorted(classes, key=lambda c: -table[c][t][0])
@@ -120,13 +127,11 @@ def main() -> None:
     else:
         finding = "inconclusive"
     known_rows = load_result(gradients_in_vocabulary())["table"]
-    known_counts = {r["class"]: r["count"] for r in known_rows
-                    if r["delay"] == 0 and r["class"] != "all"}
+    known_counts = class_counts(known_rows)
     known_classes = sorted(c for c, n in known_counts.items() if n >= MIN_COUNT // 2)
     known = ranking_at(known_rows, known_classes)
     group_rows = load_result(gradients_in_vocabulary("groups"))["table"]
-    group_counts = {r["class"]: r["count"] for r in group_rows
-                    if r["delay"] == 0 and r["class"] != "all"}
+    group_counts = class_counts(group_rows)
     groups = ranking_at(group_rows, [g for g, n in group_counts.items() if n >= MIN_COUNT // 2])
     summary = {"model": MODEL.name, "corpus": result["corpus"], "min_count": MIN_COUNT,
                "counts": counts, "sum_sv": table, "ranking": ranking, "best": best,
@@ -143,9 +148,7 @@ def main() -> None:
         tau, m, lo, hi = curve(rows, c)
         style = "-" if k < 10 else "--"
         ax.plot(tau, m, style, color=f"C{k % 10}", lw=2.5 if c == "NOUN" else 1.2, label=c)
-        ok = ~np.isnan(lo)
-        ax.errorbar(tau[ok], m[ok], yerr=[m[ok] - lo[ok], hi[ok] - m[ok]], fmt="none",
-                    color=f"C{k % 10}", capsize=2)
+        errorbars(ax, tau, m, lo, hi, f"C{k % 10}")
     ax.set_yscale("log")
     ax.set_xlabel("delay tau")
     ax.set_ylabel("sum of singular values (normalised)")
@@ -154,8 +157,7 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(IMG / "exp3-upos.png", dpi=110)
 
-    print("| UPOS | count | " + " | ".join(f"tau {t}" for t in HEADLINE_DELAYS) + " |")
-    print("|---" * (len(HEADLINE_DELAYS) + 2) + "|")
+    markdown_header("UPOS", "count", *(f"tau {t}" for t in HEADLINE_DELAYS))
     for c in sorted(classes, key=lambda c: -table[c][10][0]):
         print(f"| {c} | {counts[c]} | "
               + " | ".join(fmt_ci(*table[c][t]) for t in HEADLINE_DELAYS) + " |")
@@ -163,13 +165,9 @@ def main() -> None:
         print(f"tau {t}: best {best[t]['class']} (runner-up {best[t]['runner_up']}, "
               f"separated: {best[t]['separated']}), NOUN rank {best[t]['noun_rank']}")
     print(f"in-vocabulary sources only (first {KNOWN_TOKENS} tokens; counts {known_counts}):")
-    for t, vals in known.items():
-        print(f"tau {t}: " + ", ".join(f"{c} {fmt_ci(v, lo, hi)}" for c, v, lo, hi in vals[:6])
-              + f"; NOUN rank {[v[0] for v in vals].index('NOUN') + 1} of {len(vals)}")
+    print_ranking(known, "NOUN", 6)
     print(f"PTB tag groups, in-vocabulary sources only (counts {group_counts}):")
-    for t, vals in groups.items():
-        print(f"tau {t}: " + ", ".join(f"{c} {fmt_ci(v, lo, hi)}" for c, v, lo, hi in vals[:5])
-              + f"; nouns rank {[v[0] for v in vals].index('nouns') + 1} of {len(vals)}")
+    print_ranking(groups, "nouns", 5)
     print(f"finding: UPOS {finding}; PTB groups (in vocabulary) {verdict(groups)}")
 
 

@@ -20,10 +20,12 @@ from analysis import (
     fit_decay,
     fmt_ci,
     load_result,
+    markdown_header,
     need_model,
     plt,
     run_memlens,
     save_summary,
+    values_at,
 )
 
 # label -> (checkpoint stem, readout; None = the default: cell for LSTMs, hidden otherwise).
@@ -53,7 +55,7 @@ def main() -> None:
         per_model[label] = {
             "readout": result["settings"]["state"],
             "tokens_per_second": result["performance"]["tokens_per_second"],
-            "sum_sv": {int(t): [float(m[t]), float(lo[t]), float(hi[t])] for t in HEADLINE_DELAYS},
+            "sum_sv": values_at(result["table"]),
             "relative_to_tau1": {int(t): float(m[t] / m[1]) for t in HEADLINE_DELAYS},
             "delay_below_1pct_of_tau0": int(np.argmax(m < 0.01 * m[0])) if (m < 0.01 * m[0]).any()
             else None,
@@ -91,9 +93,8 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(IMG / "exp4-architectures.png", dpi=110)
 
-    print("| model | readout | " + " | ".join(f"tau {t}" for t in HEADLINE_DELAYS)
-          + " | fit (better) | power exponent | exp. decay length |")
-    print("|---" * (len(HEADLINE_DELAYS) + 5) + "|")
+    markdown_header("model", "readout", *(f"tau {t}" for t in HEADLINE_DELAYS), "fit (better)",
+                    "power exponent", "exp. decay length")
     for label, d in per_model.items():
         print(f"| {label} | {d['readout']} | "
               + " | ".join(fmt_ci(*d["sum_sv"][t]) for t in HEADLINE_DELAYS)

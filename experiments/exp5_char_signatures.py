@@ -16,7 +16,17 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
-from analysis import IMG, RUNS, WT2, load_result, need_model, plt, run_memlens, save_summary
+from analysis import (
+    IMG,
+    RUNS,
+    WT2,
+    load_result,
+    markdown_header,
+    need_model,
+    plt,
+    run_memlens,
+    save_summary,
+)
 
 MODEL = RUNS / "wt2-char-lstm2.pt"
 OUT = RUNS / "exp-char-signatures"
@@ -98,8 +108,7 @@ def main() -> None:
     fig.savefig(IMG / "exp5-char-signatures.png", dpi=110)
     shutil.copyfile(OUT / "recall_heatmap.png", IMG / "exp5-recall-heatmap.png")
 
-    print("| signature | span | " + " | ".join(f"k={k}" for k in LAGS) + " |")
-    print("|---" * (len(LAGS) + 2) + "|")
+    markdown_header("signature", "span", *(f"k={k}" for k in LAGS))
     for name, c in curves.items():
         print(f"| {name} accuracy | {spans.get(name, '')} | "
               + " | ".join(f"{c['accuracy'][k]:.3f}" for k in LAGS) + " |")

@@ -282,8 +282,7 @@ class JointDecoder:
     def log_proba(self, x, lo: int = 0, hi: int | None = None) -> torch.Tensor:
         """Calibrated log-probabilities (rows x (K+1) x C): log softmax(logits_k / T_k)."""
         hi = len(x) if hi is None else hi
-        temp = torch.from_numpy(np.asarray(getattr(self, "temperature", 1.0) *
-                                           np.ones(len(self.best_epoch)))).float()
+        temp = torch.from_numpy(self.temperature).float()
         return torch.log_softmax(self._logits(x, lo, hi) / temp[None, :, None], dim=-1)
 
     def evaluate(self, x, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
