@@ -29,7 +29,9 @@ def run_memlens(out: Path, *args: str, force: bool = False) -> Path:
     if force or not (out / "result.json").exists():
         cmd = [sys.executable, "-m", "memlens", *args, "--out", str(out)]
         print("+ memlens", " ".join(args), "--out", out, flush=True)
-        subprocess.run(cmd, check=True)
+        done = subprocess.run(cmd)
+        if done.returncode:  # memlens has printed its one-line error
+            sys.exit(done.returncode)
     return out
 
 
