@@ -29,9 +29,16 @@ def register(sub) -> None:
                    help="readout: cell or hidden (default: cell for LSTMs, else hidden)")
     p.add_argument("--max-delay", type=int, default=50, help="maximum delay K")
     p.add_argument("--classes", help="upos | xpos | groups:FILE | lexicon:FILE | freq:N | "
-                   "freq:E1,E2,... | words:FILE[,FILE]")
+                   "freq:E1,E2,... | words:FILE[,FILE]; lexicon:FILE, upos or xpos followed "
+                   "by +groups:FILE applies tag groups to those tags")
     p.add_argument("--direction", help="property direction: two classes A,B (mean embedding "
                    "of A minus that of B) or a saved .npy vector")
+    p.add_argument("--direction-weighting", choices=["type", "token"], default="type",
+                   help="class-mean embeddings for --direction A,B: over vocabulary types, each "
+                   "word once (default, as the original) or over token occurrences")
+    p.add_argument("--segment", type=int, metavar="S",
+                   help="average only pairs with source and target in the same S-token "
+                   "segment (the original's truncated-BPTT pair set); default: every pair")
     p.add_argument("--max-tokens", type=int, help="analyse only the first N tokens")
     p.add_argument("--out", required=True, help="result directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -114,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
                                  classes=classes, class_names=names, dtype=args.dtype,
                                  device=device, method=args.method, blocks=args.blocks,
                                  checkpoint=ck, checkpoint_every=args.checkpoint_every,
-                                 resume=args.resume, progress=not args.no_progress)
+                                 resume=args.resume, progress=not args.no_progress,
+                                 segment=args.segment,
+                                 direction_weighting=args.direction_weighting)
     except GradientsInterrupted as exc:
         _log(f"memlens: {exc}")
         return 130

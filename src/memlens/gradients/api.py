@@ -44,7 +44,8 @@ def state_gradients(model: nn.Module, tokens, max_delay: int, state: str = "cell
                     checkpoint: str | Path | None = None, checkpoint_every: float = 300.0,
                     resume: bool = False, stop_after: int | None = None,
                     progress: bool = False, target_mask=None, on_chunk=None,
-                    class_ci_delays: Sequence[int] | None = None) -> GradientResult:
+                    class_ci_delays: Sequence[int] | None = None, segment: int | None = None,
+                    direction_weighting: str = "type") -> GradientResult:
     """Exact average state gradients d s_t / d x_{t-tau}, tau = 0..max_delay, of one stream.
 
     model: a memlens model or ``memlens.wrap(embedding, rnn)``; tokens: 1-D ids (one
@@ -56,7 +57,15 @@ def state_gradients(model: nn.Module, tokens, max_delay: int, state: str = "cell
     "hand" or "generic" (torch.func.jvp on the layer's step). See ``engine.accumulate`` for
     checkpoint / resume / stop_after. ``class_ci_delays``: delays at which per-class block sums
     are kept for class-wise bootstrap intervals (default 0, 1, 2, 5, 10, 20 and K; skipped
-    when they would need more than 1 GB). Returns a :class:`GradientResult`.
+    when they would need more than 1 GB).
+
+    segment: None (default) averages every pair (t, tau) of the stream with t - tau >= 0;
+    an int S averages only pairs with source and target in the same S-token segment,
+    t // S == (t - tau) // S (the original implementation's pair set with ``num_steps`` = S;
+    needs max_delay < S). direction_weighting: how the class-mean embeddings behind
+    ``result.direction(a, b)`` are averaged: "type" (default, as the original's ``--avg_emb``:
+    each distinct vocabulary id among the class's tokens once) or "token" (every token
+    occurrence). Both are recorded in ``result.settings``. Returns a :class:`GradientResult`.
     """
     enc = as_encoder(model)
     if isinstance(dtype, str):
@@ -84,6 +93,18 @@ def state_gradients(model: nn.Module, tokens, max_delay: int, state: str = "cell
         bad = lo if lo < 0 else hi
         raise MemlensError(f"token id {bad} is outside the model's vocabulary (0..{V - 1}): "
                            "model and corpus vocabularies do not match")
+    if segment is not None:
+        if not isinstance(segment, (int, np.integer)) or isinstance(segment, bool) \
+                or segment < 1:
+            raise MemlensError(f"segment must be a positive integer, got {segment!r}")
+        if max_delay >= segment:
+            raise MemlensError(f"maximum delay {max_delay} is not shorter than the segment "
+                               f"({segment} tokens): no pair inside a segment has a delay of "
+                               f"{max_delay}")
+        segment = int(segment)
+    if direction_weighting not in metrics.WEIGHTINGS:
+        raise MemlensError(f"unknown direction weighting {direction_weighting!r}: choose "
+                           f"{' or '.join(metrics.WEIGHTINGS)}")
     if blocks < 1 or chunk_size < 1 or flush_every < 1:
         raise MemlensError("blocks, chunk_size and flush_every must be positive")
     table = enc.embedding.weight.detach().cpu().double().numpy()
@@ -123,15 +144,17 @@ def state_gradients(model: nn.Module, tokens, max_delay: int, state: str = "cell
                       chunk_size=chunk_size, checkpoint=checkpoint,
                       checkpoint_every=checkpoint_every, resume=resume, stop_after=stop_after,
                       progress=progress, target_mask=mask, on_chunk=on_chunk,
-                      ci_delays=ci_delays)
+                      ci_delays=ci_delays, segment=segment)
     class_emb = probe = None
     if names:
         np_ids = ids.numpy()
-        class_emb = metrics.class_mean_embeddings(table, np_ids, memberships, len(names))
+        class_emb = metrics.class_mean_embeddings(table, np_ids, memberships, len(names),
+                                                  direction_weighting)
         probe = metrics.probe_accuracy(table, np_ids, memberships)
     settings = {"max_delay": int(max_delay), "layer": L, "state": state, "tokens": T,
                 "dtype": str(dtype).replace("torch.", ""), "method": sums.stats["method"],
-                "blocks": int(min(blocks, T)), "classes": len(names)}
+                "blocks": int(min(blocks, T)), "classes": len(names), "segment": segment,
+                "direction_weighting": direction_weighting}
     return GradientResult(max_delay=int(max_delay), layer=L, state=state, class_names=names,
                           raw=sums, normalization=norm, settings=settings,
                           class_embeddings=class_emb, probe=probe)
