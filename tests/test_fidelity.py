@@ -91,8 +91,8 @@ def test_segment_equals_original_pair_set(arch, layer, readout, method):
     n_seg = T // S - 1
     ref, cnt, csum, ccnt = segment_brute_force(model, ids, K, layer, readout, S, memb, 2, n_seg)
     for chunk, flush in ((5, 3), (256, 256)):
-        r = memlens.state_gradients(model, ids[:S * n_seg], K, state=readout, layer=layer,
-                                    classes=labels[:S * n_seg], dtype="float64",
+        r = memlens.state_gradients(model, ids[:S * n_seg], K, readout=readout, layer=layer,
+                                    labels=labels[:S * n_seg], dtype="float64",
                                     method=method, chunk_size=chunk, flush_every=flush, segment=S)
         assert r.settings["segment"] == S
         assert np.array_equal(r.raw.counts, cnt)
@@ -102,7 +102,7 @@ def test_segment_equals_original_pair_set(arch, layer, readout, method):
             assert rel_err(r.raw.class_sums[c], csum[c]) <= 1e-10
     # the whole stream: every segment, the partial last one included
     full = segment_brute_force(model, ids, K, layer, readout, S, memb, 2, -(-T // S))
-    r = memlens.state_gradients(model, ids, K, state=readout, layer=layer, dtype="float64",
+    r = memlens.state_gradients(model, ids, K, readout=readout, layer=layer, dtype="float64",
                                 method=method, segment=S)
     assert np.array_equal(r.raw.counts, full[1])
     assert rel_err(r.means(), full[0] / full[1][:, None, None]) <= 1e-10
@@ -112,26 +112,26 @@ def test_segment_counts_drop_share_and_identity():
     model = tiny_lm("lstm", layers=1)
     S, K, T = 10, 6, 100
     ids = torch.randint(0, V, (T,), generator=torch.Generator().manual_seed(3))
-    r = memlens.state_gradients(model, ids, K, state="hidden", segment=S)
-    full = memlens.state_gradients(model, ids, K, state="hidden")
+    r = memlens.state_gradients(model, ids, K, readout="hidden", segment=S)
+    full = memlens.state_gradients(model, ids, K, readout="hidden")
     # whole segments: a share tau / S of the targets loses its pair at delay tau
     assert np.array_equal(r.raw.counts, [T - T // S * tau for tau in range(K + 1)])
     assert np.allclose(1 - r.raw.counts / full.raw.counts[0], np.arange(K + 1) / S)
     assert full.settings["segment"] is None
     # a segment as long as the stream is the default pair set, bit for bit
-    same = memlens.state_gradients(model, ids, K, state="hidden", segment=T)
+    same = memlens.state_gradients(model, ids, K, readout="hidden", segment=T)
     for name in ("sums", "counts", "block_sums", "block_counts"):
         assert np.array_equal(getattr(same.raw, name), getattr(full.raw, name)), name
     with pytest.raises(MemlensError, match="not shorter than the segment"):
-        memlens.state_gradients(model, ids, S, state="hidden", segment=S)
+        memlens.state_gradients(model, ids, S, readout="hidden", segment=S)
     with pytest.raises(MemlensError, match="segment must be a positive integer"):
-        memlens.state_gradients(model, ids, K, state="hidden", segment=0)
+        memlens.state_gradients(model, ids, K, readout="hidden", segment=0)
 
 
 def test_segment_resume_is_identical_and_fingerprinted(tmp_path):
     model = tiny_lm("gru", layers=1)
     ids = torch.randint(0, V, (60,), generator=torch.Generator().manual_seed(4))
-    kw = {"state": "hidden", "classes": [str(i % 3) for i in ids.tolist()], "blocks": 4,
+    kw = {"readout": "hidden", "labels": [str(i % 3) for i in ids.tolist()], "blocks": 4,
           "flush_every": 8, "segment": 9}
     straight = memlens.state_gradients(model, ids, 4, **kw)
     ck = tmp_path / "partial.pt"
@@ -152,8 +152,8 @@ def test_type_and_token_weighted_directions():
     ids = torch.tensor([3, 3, 3, 3, 5, 7, 7, 2, 4, 4, 6, 9, 9, 9, 8, 1])
     labels = [["N"] if i in (3, 5, 7) else (["V", "N"] if i == 4 else (["V"] if i > 5 else []))
               for i in ids.tolist()]
-    by_type = memlens.state_gradients(model, ids, 2, state="hidden", classes=labels)
-    by_token = memlens.state_gradients(model, ids, 2, state="hidden", classes=labels,
+    by_type = memlens.state_gradients(model, ids, 2, readout="hidden", labels=labels)
+    by_token = memlens.state_gradients(model, ids, 2, readout="hidden", labels=labels,
                                        direction_weighting="token")
     assert by_type.settings["direction_weighting"] == "type"
     assert by_token.settings["direction_weighting"] == "token"
@@ -174,7 +174,7 @@ def test_type_and_token_weighted_directions():
     rel_token = by_token.relative_memory(by_token.direction("N", "V"))
     assert rel_type.shape == rel_token.shape == (3,) and not np.allclose(rel_type, rel_token)
     with pytest.raises(MemlensError, match="unknown direction weighting"):
-        memlens.state_gradients(model, ids, 2, state="hidden", direction_weighting="word")
+        memlens.state_gradients(model, ids, 2, readout="hidden", direction_weighting="word")
     empty = metrics.class_mean_embeddings(table, ids.numpy(), [[]] * 16, 1, "type")
     assert np.isnan(empty).all()
 

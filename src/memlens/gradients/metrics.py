@@ -101,20 +101,15 @@ def class_mean_embeddings(table: np.ndarray, ids: np.ndarray,
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}")
-    E = table.shape[1]
-    sums = np.zeros((n_classes, E))
-    counts = np.zeros(n_classes)
+    pairs = [(c, i) for i, m in zip(ids, memberships) for c in m]  # (class, row) per occurrence
     if weighting == "type":
-        member = np.zeros((n_classes, table.shape[0]), dtype=bool)  # C x V: class has word i
-        for i, m in zip(ids, memberships):
-            member[m, i] = True
-        sums = member.astype(np.float64) @ table
-        counts = member.sum(1).astype(np.float64)
-    else:
-        for i, m in zip(ids, memberships):
-            for c in m:
-                sums[c] += table[i]
-                counts[c] += 1
+        pairs = sorted(set(pairs))
+    sums = np.zeros((n_classes, table.shape[1]))
+    counts = np.zeros(n_classes)
+    if pairs:
+        cls, rows = np.array(pairs, dtype=np.int64).T
+        np.add.at(sums, cls, table[rows])
+        counts = np.bincount(cls, minlength=n_classes).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return sums / counts[:, None]
 
