@@ -27,6 +27,7 @@ from torch import nn
 from memlens.errors import MemlensError
 from memlens.models.encoder import as_encoder
 from memlens.models.inputs import as_stream
+from memlens.results import Result
 from memlens.signatures.decoders import JointDecoder, lag_targets
 from memlens.signatures.states import check_view, extract_states
 from memlens.signatures.symbols import (
@@ -37,9 +38,17 @@ from memlens.signatures.symbols import (
 )
 
 
-@dataclass
-class Signature:
-    """Per-lag results (arrays of length K+1) plus the lag x symbol recall matrix (K+1 x C)."""
+@dataclass(repr=False)
+class Signature(Result):
+    """Per-lag results (arrays of length K+1) plus the lag x symbol recall matrix (K+1 x C).
+
+    As a :class:`~memlens.results.Result`: ``to_frame()`` has one row per lag, ``plot()``
+    draws accuracy (or ``plot(series="bits")``) vs lag, ``save(dir)`` writes the standard
+    result directory (kind "signatures").
+    """
+
+    kind = "signatures"
+    arrays_file = "recall.npz"
 
     accuracy: np.ndarray
     acc_low: np.ndarray
@@ -61,6 +70,8 @@ class Signature:
     epochs: int
     info: dict = field(default_factory=dict)
     temperature: np.ndarray | None = None  # per lag: the decoder's calibration temperature
+    model_meta: dict = field(default_factory=dict)
+    corpus_meta: dict = field(default_factory=dict)
 
     @property
     def max_lag(self) -> int:
@@ -70,6 +81,35 @@ class Signature:
         """Last lag whose accuracy exceeds majority + margin (-1 if none)."""
         above = np.nonzero(self.accuracy > self.majority + margin)[0]
         return int(above.max()) if above.size else -1
+
+    # -- the result format -----------------------------------------------------------------
+    @property
+    def settings(self) -> dict:
+        return {**self.info, "max_delay": self.max_lag, "decoder": self.decoder,
+                "epochs": self.epochs, "train_states": self.n_train,
+                "heldout_states": self.n_heldout}
+
+    def rows(self) -> list[dict]:
+        from memlens.signatures.result import signature_rows
+
+        return signature_rows(self, str(self.info.get("model", "model")), "model",
+                              self.info.get("layer"), str(self.info.get("readout", "")),
+                              str(self.info.get("units", "all")))
+
+    def series(self) -> list[dict]:
+        from memlens.signatures.result import SERIES
+
+        return SERIES
+
+    def summary(self) -> dict:
+        return {"memory_span": self.memory_span(), "accuracy_lag0": float(self.accuracy[0]),
+                "bits_lag0": float(self.bits[0]),
+                "memory_span_definition": "last lag with held-out accuracy above majority + "
+                                          "0.05 (-1: none)"}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"recall_0": self.recall, "support_0": self.support,
+                "symbols": np.array(self.symbols, dtype=str)}
 
 
 def _entropy_bits(counts: np.ndarray) -> float:
@@ -247,7 +287,8 @@ def memory_signature(model: nn.Module, train_inputs, heldout_inputs,
     he_x = extract_states(work, held.values, [view])[view]
     sig = signature_from_states(tr_x, tr_cls, he_x, he_cls, max_delay, sym, decoder, seed,
                                 blocks, bootstrap, **decoder_options)
-    sig.info = {"layer": view.layer, "readout": view.readout, "units": view.units,
+    sig.info = {"model": type(model).__name__, "layer": view.layer, "readout": view.readout,
+                "units": view.units,
                 "input": encoder.input_kind}
     return sig
 
