@@ -17,9 +17,9 @@ import torch
 
 from memlens.data import load_corpus
 from memlens.errors import MemlensError
-from memlens.models.checkpoint import load_checkpoint
 from memlens.models.encoder import as_encoder
 from memlens.models.layers import GroupedLSTMLayer
+from memlens.models.loading import load_model
 from memlens.results import Result
 from memlens.signatures.ngram import KneserNeyLM, window_states
 from memlens.signatures.signature import (
@@ -45,9 +45,9 @@ class StudyConfig:
     heldout: str | None = None
     format: str = "text"
     layers: str = "all"
-    readout: str = "hidden"
+    readout: str | None = None
     units: str = "all"
-    max_lag: int = 20
+    max_delay: int = 20
     decoder: str = "linear"
     symbols: str | None = None
     control: str = "random-init"
@@ -59,8 +59,11 @@ class StudyConfig:
     train_tokens: int | None = None
     heldout_tokens: int | None = None
     blocks: int = 20
-    resamples: int = 1000
+    bootstrap: int = 1000
     seed: int = 0
+    vocab: str | None = None
+    unit: str | None = None
+    device: str = "cpu"
 
 
 @dataclass
@@ -146,9 +149,14 @@ def run_study(cfg: StudyConfig, log=print) -> StudyResult:
         raise MemlensError(f"unknown --control {cfg.control!r}: choose random-init or none")
     if cfg.ngram < 0 or cfg.ngram == 1 or cfg.window_lm < 0 or cfg.window_lm == 1:
         raise MemlensError("--ngram and --window-lm need an order >= 2 (0 = off)")
-    model = load_checkpoint(cfg.model)
-    encoder = as_encoder(model)
-    unit = model.config["unit"]
+    loaded = load_model(cfg.model, cfg.vocab, cfg.device, cfg.unit)
+    model, encoder, unit = loaded.model, loaded.encoder, loaded.unit
+    if encoder.input_kind != "tokens":
+        raise MemlensError("memlens signatures reads text corpora: for a model with continuous "
+                           "inputs use memlens.memory_signature with labels=")
+    if encoder.vocab is None:
+        raise MemlensError(f"the model {cfg.model} has no vocabulary: give --vocab FILE (its "
+                           "symbols, one per line in id order)")
     parse_symbols(cfg.symbols, unit)
     layers = parse_layers(cfg.layers, encoder.num_layers, encoder)
     views = [check_view(encoder, layer, cfg.readout, u)
@@ -175,7 +183,7 @@ def run_study(cfg: StudyConfig, log=print) -> StudyResult:
         tr_tokens, he_tokens = corpus.tokens[:n_tr], corpus.tokens[n_tr:n_tr + n_he]
         tr_tags = tags[:n_tr] if tags else None
         he_tags = tags[n_tr:n_tr + n_he] if tags else None
-    check_lag(cfg.max_lag, len(tr_tokens), len(he_tokens))
+    check_lag(cfg.max_delay, len(tr_tokens), len(he_tokens))
     tr_ids, _, itos = to_ids(model, tr_tokens, "training text")
     he_ids, _, _ = to_ids(model, he_tokens, "held-out text")
     sym = build_symbols(cfg.symbols, unit, tr_ids, tr_tags, itos)
@@ -185,8 +193,7 @@ def run_study(cfg: StudyConfig, log=print) -> StudyResult:
                            "unknown or untagged tokens)")
     lm_tokens = None
     if cfg.ngram or cfg.window_lm:
-        lm_path = cfg.lm_train or (getattr(model, "extra", {}) or {}).get("train", {}).get(
-            "train")
+        lm_path = cfg.lm_train or loaded.extra.get("train", {}).get("train")
         if lm_path and Path(lm_path).exists():
             lm_tokens = load_corpus(lm_path, cfg.format, unit).tokens
         else:
@@ -194,23 +201,21 @@ def run_study(cfg: StudyConfig, log=print) -> StudyResult:
         if cfg.lm_max_tokens:
             lm_tokens = lm_tokens[: cfg.lm_max_tokens]
 
-    arch = model.config["arch"]
-    result = StudyResult(cfg, {"path": cfg.model, "arch": arch,
-                               "layers": model.config["layers"], "emb": model.config["emb"],
-                               "hidden": model.config["hidden"], "unit": unit},
+    arch = loaded.arch
+    result = StudyResult(cfg, loaded.info,
                          {"path": cfg.corpus, "tokens": len(tr_tokens),
                           "heldout_path": cfg.heldout or f"{cfg.corpus} (tokens after the "
                           "training part)", "heldout_tokens": len(he_tokens),
-                          "oov_rate": model.vocab.oov_rate(he_tokens)})
+                          "oov_rate": encoder.vocab.oov_rate(he_tokens)})
     result.extras["symbols"] = {"kind": sym.kind, "classes": sym.size}
-    dec = dict(decoder=cfg.decoder, seed=cfg.seed, blocks=cfg.blocks, resamples=cfg.resamples)
+    dec = dict(decoder=cfg.decoder, seed=cfg.seed, blocks=cfg.blocks, resamples=cfg.bootstrap)
 
     def score(label: str, role: str, view: View, tr_x, he_x) -> None:
         t0 = time.time()
-        sig = signature_from_states(tr_x, tr_cls, he_x, he_cls, cfg.max_lag, sym, **dec)
+        sig = signature_from_states(tr_x, tr_cls, he_x, he_cls, cfg.max_delay, sym, **dec)
         result.entries.append(Entry(label, role, view, sig))
         log(f"{label} {view.label}: lag0 {sig.accuracy[0]:.3f}, lag1 "
-            f"{sig.accuracy[min(1, cfg.max_lag)]:.3f}, memory span {sig.memory_span()} "
+            f"{sig.accuracy[min(1, cfg.max_delay)]:.3f}, memory span {sig.memory_span()} "
             f"({time.time() - t0:.0f}s, {sig.epochs} epochs)")
 
     # ---- the model and its random-init control ----------------------------------------------
@@ -240,9 +245,9 @@ def run_study(cfg: StudyConfig, log=print) -> StudyResult:
         score(f"{cfg.ngram}-gram window", "ngram", win_view,
               window_states(tr_ids, cfg.ngram, v), window_states(he_ids, cfg.ngram, v))
     if cfg.window_lm:
-        wl_ids = model.vocab.encode(lm_tokens).numpy()
+        wl_ids = encoder.vocab.encode(lm_tokens).numpy()
         torch.manual_seed(cfg.seed)
-        wlm = WindowLM(len(model.vocab), cfg.window_lm).fit(wl_ids, epochs=cfg.lm_epochs,
+        wlm = WindowLM(len(encoder.vocab), cfg.window_lm).fit(wl_ids, epochs=cfg.lm_epochs,
                                                             seed=cfg.seed, log=log)
         bits = wlm.bits(he_ids)
         result.extras["window_lm"] = {"order": cfg.window_lm, "train_path": lm_path,
