@@ -23,7 +23,9 @@ def register(sub) -> None:
     p.add_argument("--layers", default="all", help="all or comma-separated layer indices")
     p.add_argument("--readout", default="hidden", help="hidden or cell (LSTM)")
     p.add_argument("--units", default="all", help="all, unit indices (0,5,10-19), group:G, "
-                   "groups (one signature per group) or factor (rank-r factor space)")
+                   "groups (one signature per group) or factor (rank-r factor space), basis:J "
+                   "(coefficient (A h)_J of basis J of a factorised kernel W_hh = B A) or bases "
+                   "(the factor space and every basis, with their divergence)")
     p.add_argument("--max-lag", type=int, default=20, help="largest lag K")
     p.add_argument("--decoder", choices=DECODERS, default="linear")
     p.add_argument("--symbols", help="chars, top:N or upos (default: chars for character "
