@@ -191,7 +191,7 @@ def test_bases_of_a_factorised_lstm_known_answer():
     for j, v in enumerate(views):  # basis j = column j of the factor space A h
         assert states[v].shape == (50, 1)
         np.testing.assert_array_equal(states[v][:, 0], states[View(0, "hidden", "factor")][:, j])
-    sigs = [memlens.memory_signature(model, tr, he, 3, units=f"basis:{j}", resamples=200)
+    sigs = [memlens.memory_signature(model, tr, he, 3, units=f"basis:{j}", bootstrap=200)
             for j in range(3)]
     b0, b1, b2 = sigs
     assert b0.info["units"] == "basis:0" and b0.accuracy.shape == (4,)
@@ -200,7 +200,7 @@ def test_bases_of_a_factorised_lstm_known_answer():
     assert (b0.memory_span(), b1.memory_span(), b2.memory_span()) == (0, 1, 0)
     div = group_divergence([s.recall for s in sigs])
     assert div.shape == (3, 3) and div[0, 1] > 0.1 and div[0, 1] > 10 * div[0, 2] + 0.05
-    whole = memlens.memory_signature(model, tr, he, 3, units="factor", resamples=200)
+    whole = memlens.memory_signature(model, tr, he, 3, units="factor", bootstrap=200)
     assert whole.accuracy[0] > 0.95 and whole.accuracy[1] > 0.7 and whole.memory_span() == 1
     with pytest.raises(MemlensError, match="basis 3 out of range"):
         memlens.memory_signature(model, tr, he, 2, units="basis:3")
