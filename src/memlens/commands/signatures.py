@@ -26,7 +26,9 @@ def register(sub) -> None:
     p.add_argument("--readout", default=None, help="readout name (default: the layer's output, "
                    "hidden; cell for an LSTM's cell state)")
     p.add_argument("--units", default="all", help="all, unit indices (0,5,10-19), group:G, "
-                   "groups (one signature per group) or factor (rank-r factor space)")
+                   "groups (one signature per group) or factor (rank-r factor space), basis:J "
+                   "(coefficient (A h)_J of basis J of a factorised kernel W_hh = B A) or bases "
+                   "(the factor space and every basis, with their divergence)")
     p.add_argument("--max-delay", "--max-lag", dest="max_delay", type=int, default=20,
                    help="largest lag K (--max-lag is the old name)")
     p.add_argument("--decoder", choices=DECODERS, default="linear")

@@ -5,7 +5,9 @@ OUT/result.json   {"kind": "signatures", "memlens_version", "model", "corpus", "
 OUT/table.csv     the same table as CSV
 OUT/recall.npz    per signature i: ``recall_i`` and ``support_i`` (K+1 x C), ``symbols``;
                   ``index`` lists "i: model | layer | readout | units"
-OUT/*.png         signature curves, recall heatmap, comparison plots
+OUT/*.png         signature curves, recall heatmap, comparison plots; with ``--units groups``
+                  or ``bases`` also groups.png / bases.png (one curve per part) and
+                  group_divergence-*.png / basis_divergence-*.png (pairwise JS divergence)
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from memlens.signatures import plots
-from memlens.signatures.study import Entry, StudyResult
+from memlens.signatures.study import SPLITS, Entry, StudyResult
 
 
 def _num(x) -> float | None:
@@ -75,7 +77,7 @@ def make_plots(result: StudyResult, out: Path) -> list[dict]:
     models = [e for e in entries if e.role == "model"]
     others = [e for e in entries if e.role in ("ngram", "window-lm")]
     arch = str(result.model_meta.get("arch", "model")).upper()
-    grouped = result.config.units == "groups"
+    grouped = result.config.units in SPLITS
     for m in (models if not grouped else models[:1]):
         same = [e for e in entries if e.role == "control" and e.view == m.view]
         name = "signature.png" if m is models[0] else f"signature-{_slug(m.view.label)}.png"
@@ -122,20 +124,47 @@ def make_plots(result: StudyResult, out: Path) -> list[dict]:
             "Accuracy and bits per lag for each layer of the model: how memory of the input "
             "changes with depth.")})
     if grouped:
-        title = f"Memory signature per group ({arch})"
-        plots.signature_curves(out / "groups.png", [(e.view.units, "group", e.sig)
-                                                    for e in models], title)
-        made.append({"file": "groups.png", "title": title, "caption": (
-            "Accuracy and bits per lag for the units of each group of the grouped LSTM; "
-            "curves that differ show groups keeping different amounts of history.")})
-        for key, d in result.extras.get("group_divergence", {}).items():
-            fname = f"group_divergence-{_slug(key)}.png"
-            t = f"Group specialisation ({key})"
-            plots.divergence_matrix(out / fname, np.array(d["js_divergence"]), d["groups"], t)
-            made.append({"file": fname, "title": t, "caption": (
-                "Pairwise Jensen-Shannon divergence between the groups' lag x symbol recall "
-                "profiles: 0 means the groups remember the same symbols for the same time, "
-                "larger values mean the groups specialise.")})
+        made += _split_plots(result, out, models, arch)
+    return made
+
+
+# per --units mode that splits a layer: (caption of the per-part curves, caption of the
+# divergence heatmaps)
+_SPLIT_CAPTIONS = {
+    "groups": (
+        ("Accuracy and bits per lag for the units of each group of the grouped LSTM; curves "
+         "that differ show groups keeping different amounts of history."),
+        ("Pairwise Jensen-Shannon divergence between the groups' lag x symbol recall "
+         "profiles: 0 means the groups remember the same symbols for the same time, larger "
+         "values mean the groups specialise.")),
+    "bases": (
+        ("Accuracy and bits per lag decoded from each basis j of the factorised recurrent "
+         "kernel W_hh = B A alone, i.e. from the coefficient (A h)_j with which basis column "
+         "b_j of B enters the gates (one number per step), beside the whole rank-r factor "
+         "space A h; curves that differ show bases carrying different history."),
+        ("Pairwise Jensen-Shannon divergence between the bases' lag x symbol recall "
+         "profiles: 0 means two bases remember the same symbols for the same time, larger "
+         "values mean the bases of the factorised kernel carry different history.")),
+}
+
+
+def _split_plots(result: StudyResult, out: Path, models: list[Entry], arch: str
+                 ) -> list[dict]:
+    """Per-part curves (groups.png / bases.png) and divergence heatmaps of a split layer."""
+    mode = result.config.units
+    part = SPLITS[mode][1]
+    curves_caption, div_caption = _SPLIT_CAPTIONS[mode]
+    many = len({e.view.layer for e in models}) > 1  # label curves by layer too
+    title = f"Memory signature per {part} ({arch})"
+    plots.signature_curves(out / f"{mode}.png", [
+        (e.view.label if many else e.view.units, "model" if e.view.units == "factor" else part,
+         e.sig) for e in models], title)
+    made = [{"file": f"{mode}.png", "title": title, "caption": curves_caption}]
+    for key, d in result.extras.get(f"{part}_divergence", {}).items():
+        fname = f"{part}_divergence-{_slug(key)}.png"
+        t = f"{part.capitalize()} specialisation ({key})"
+        plots.divergence_matrix(out / fname, np.array(d["js_divergence"]), d[mode], t)
+        made.append({"file": fname, "title": t, "caption": div_caption})
     return made
 
 

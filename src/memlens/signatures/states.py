@@ -5,7 +5,17 @@ A *view* names which numbers of the state are analysed: (layer, readout, units).
 * ``"all"``          every unit of the readout (H values),
 * ``"0,5,10-19"``    explicit unit indices (ranges inclusive),
 * ``"group:G"``      the units of group G of a grouped LSTM layer (H/G values),
-* ``"factor"``       the rank-r factor space A h of a factorised LSTM layer (r values; hidden only).
+* ``"factor"``       the rank-r factor space A h of a factorised LSTM layer (r values; hidden only),
+* ``"basis:J"``      basis J of that factor space: the coefficient (A h)_J = a_J . h (1 value;
+                     hidden only; J in 0..r-1).
+
+Bases of a factorised kernel: with W_hh = B A (A = ``factor_in``, r x H; B = ``factor_out``,
+4H x r) the recurrent input to the gates is W_hh h = sum_j (A h)_j b_j, b_j the j-th column of
+B. Basis j reaches the next step only through the scalar (A h)_j (the projection of h on the
+j-th row a_j of A), so that coefficient is the part of the state that basis j carries, and the
+signature of basis j decodes x[t-k] from (A h_t)_j alone. The bases are those of the trained
+parameterisation (B A = (B M^-1)(M A) for any invertible M gives other bases of the same
+kernel; the whole factor space does not depend on M).
 
 The corpus is streamed in chunks of ``chunk`` steps; the final state of a chunk is the initial
 state of the next, so s_t depends on the prefix before t. Long corpora are cut into B parallel
@@ -66,7 +76,7 @@ def parse_unit_indices(spec: str, size: int) -> list[int]:
                 items = [int(part)]
         except ValueError:
             raise MemlensError(f"bad unit spec {spec!r}: use all, indices like 0,5,10-19, "
-                               f"group:G or factor") from None
+                               f"group:G, factor or basis:J") from None
         for i in items:
             if not 0 <= i < size:
                 raise MemlensError(f"unit {i} out of range: the layer has {size} units "
@@ -100,14 +110,37 @@ def unit_dim(encoder: RecurrentEncoder, view: View) -> int:
                                ) from None
         return len(lay.group_units(g))
     if spec == "factor":
-        if not isinstance(lay, FactorizedLSTMLayer):
-            raise MemlensError(f"units 'factor': layer {view.layer} is not a factorised LSTM "
-                               f"({type(lay).__name__})")
-        if view.readout != "hidden":
-            raise MemlensError("units 'factor': the factor space is defined for the hidden "
-                               "readout only")
-        return lay.rank
+        return _factorised(encoder, view).rank
+    if spec.startswith("basis:"):
+        basis_index(encoder, view)
+        return 1
     return len(parse_unit_indices(spec, lay.readout_size(view.readout)))
+
+
+def _factorised(encoder: RecurrentEncoder, view: View) -> FactorizedLSTMLayer:
+    """The factorised LSTM layer of a ``factor`` / ``basis:J`` view (hidden readout only)."""
+    lay = encoder.layers[view.layer]
+    if not isinstance(lay, FactorizedLSTMLayer):
+        raise MemlensError(f"units {view.units!r}: layer {view.layer} is not a factorised LSTM "
+                           f"({type(lay).__name__})")
+    if view.readout != "hidden":
+        raise MemlensError(f"units {view.units!r}: the factor space is defined for the hidden "
+                           "readout only")
+    return lay
+
+
+def basis_index(encoder: RecurrentEncoder, view: View) -> int:
+    """J of a ``basis:J`` view, checked against the rank of its factorised layer."""
+    lay = _factorised(encoder, view)
+    try:
+        j = int(view.units.split(":", 1)[1])
+    except ValueError:
+        raise MemlensError(f"bad unit spec {view.units!r}: expected basis:J with an integer J"
+                           ) from None
+    if not 0 <= j < lay.rank:
+        raise MemlensError(f"basis {j} out of range: layer {view.layer} has rank {lay.rank} "
+                           f"(valid 0..{lay.rank - 1})")
+    return j
 
 
 def _selector(encoder: RecurrentEncoder, view: View):
@@ -118,6 +151,9 @@ def _selector(encoder: RecurrentEncoder, view: View):
         return lambda s: s
     if spec == "factor":
         return lay.factor_space
+    if spec.startswith("basis:"):
+        j = basis_index(encoder, view)
+        return lambda s: lay.factor_space(s)[..., j:j + 1]
     if spec.startswith("group:"):
         idx = torch.tensor(lay.group_units(int(spec.split(":", 1)[1])))
     else:

@@ -18,7 +18,7 @@ import torch
 from memlens.data import load_corpus
 from memlens.errors import MemlensError
 from memlens.models.encoder import as_encoder
-from memlens.models.layers import GroupedLSTMLayer
+from memlens.models.layers import FactorizedLSTMLayer, GroupedLSTMLayer
 from memlens.models.loading import load_model
 from memlens.results import Result
 from memlens.signatures.ngram import KneserNeyLM, window_states
@@ -132,8 +132,22 @@ def parse_layers(spec: str, num_layers: int, encoder) -> list[int]:
     return sorted({encoder.resolve_layer(i) for i in wanted})
 
 
+# unit modes that split a layer into parts compared by a pairwise divergence:
+# mode -> (unit spec prefix of one part, name of the part)
+SPLITS = {"groups": ("group:", "group"), "bases": ("basis:", "basis")}
+
+
 def expand_units(encoder, layer: int, units: str) -> list[str]:
-    """``groups`` -> one ``group:g`` per group of a grouped layer; otherwise [units]."""
+    """``groups`` -> one ``group:g`` per group of a grouped layer; otherwise [units].
+
+    ``bases`` -> the whole factor space of a factorised layer, then one ``basis:j`` per
+    basis j = 0..r-1 (see :mod:`.states` for what a basis carries)."""
+    if units == "bases":
+        lay = encoder.layers[layer]
+        if not isinstance(lay, FactorizedLSTMLayer):
+            raise MemlensError(f"--units bases: layer {layer} is not a factorised LSTM "
+                               f"({type(lay).__name__})")
+        return ["factor"] + [f"basis:{j}" for j in range(lay.rank)]
     if units != "groups":
         return [units]
     lay = encoder.layers[layer]
@@ -257,17 +271,19 @@ def run_study(cfg: StudyConfig, log=print) -> StudyResult:
         score(f"window LM (n={cfg.window_lm})", "window-lm", win_view, wlm.states(tr_ids),
               wlm.states(he_ids))
 
-    # ---- group specialisation ------------------------------------------------------------------
-    if cfg.units == "groups":
+    # ---- group / basis specialisation ----------------------------------------------------------
+    if cfg.units in SPLITS:
+        prefix, part = SPLITS[cfg.units]
         div = {}
         for layer in layers:
             for role in ("model", "control"):
-                es = [e for e in result.entries if e.role == role and e.view.layer == layer]
+                es = [e for e in result.entries if e.role == role and e.view.layer == layer
+                      and e.view.units.startswith(prefix)]
                 if len(es) > 1:
                     div[f"{role}/layer{layer}"] = {
-                        "groups": [e.view.units for e in es],
+                        cfg.units: [e.view.units for e in es],
                         "js_divergence": group_divergence([e.sig.recall for e in es]).tolist()}
-        result.extras["group_divergence"] = div
+        result.extras[f"{part}_divergence"] = div
     return result
 
 
