@@ -53,7 +53,7 @@ def main() -> None:
         tau, m, lo, hi = curve(result["table"])
         fit = fit_decay(tau, m)
         per_model[label] = {
-            "readout": result["settings"]["state"],
+            "readout": result["settings"].get("readout", result["settings"].get("state")),
             "tokens_per_second": result["performance"]["tokens_per_second"],
             "sum_sv": values_at(result["table"]),
             "relative_to_tau1": {int(t): float(m[t] / m[1]) for t in HEADLINE_DELAYS},

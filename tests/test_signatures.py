@@ -160,6 +160,59 @@ def test_factor_space_of_a_factorised_lstm():
                                  units="factor")
 
 
+def factorised_delay_line(v: int = 4) -> LanguageModel:
+    """F-LSTM (H = r = 3, W_hh = B A) whose bases hold known history. Gates i, o open and f
+    shut make each unit h = tanh(tanh(g)). Unit 0 gets g = emb(x_t), a distinct scalar per
+    symbol; A picks unit 0 for basis 0, unit 1 for basis 1 and unit 0 again for basis 2; B
+    feeds basis 0's coefficient into g of unit 1. So (A h_t)_0 = (A h_t)_2 codes x_t and
+    (A h_t)_1 codes x_{t-1}: a two-slot delay line across the bases."""
+    model = LanguageModel({"arch": "flstm", "emb": 1, "hidden": 3, "rank": 3, "unit": "char"}, v)
+    lay, h = model.encoder.layers[0], 3
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.encoder.embedding.weight[:, 0] = torch.linspace(-0.6, 0.6, v)
+        lay.input_proj.bias[:h] = 10            # input gate open
+        lay.input_proj.bias[h:2 * h] = -10      # forget gate shut
+        lay.input_proj.bias[3 * h:] = 10        # output gate open
+        lay.input_proj.weight[2 * h, 0] = 1.0   # g of unit 0 <- x_t
+        lay.factor_in.weight[0, 0] = lay.factor_in.weight[2, 0] = 1.0
+        lay.factor_in.weight[1, 1] = 1.0
+        lay.factor_out.weight[2 * h + 1, 0] = 2.0  # g of unit 1 <- basis 0 coefficient
+    return model.eval()
+
+
+def test_bases_of_a_factorised_lstm_known_answer():
+    model = factorised_delay_line()
+    rng = np.random.default_rng(0)
+    tr, he = rng.integers(0, 4, 2000), rng.integers(0, 4, 1000)
+    views = [View(0, "hidden", f"basis:{j}") for j in range(3)]
+    states = extract_states(model.encoder, he[:50], [View(0, "hidden", "factor"), *views])
+    for j, v in enumerate(views):  # basis j = column j of the factor space A h
+        assert states[v].shape == (50, 1)
+        np.testing.assert_array_equal(states[v][:, 0], states[View(0, "hidden", "factor")][:, j])
+    sigs = [memlens.memory_signature(model, tr, he, 3, units=f"basis:{j}", bootstrap=200)
+            for j in range(3)]
+    b0, b1, b2 = sigs
+    assert b0.info["units"] == "basis:0" and b0.accuracy.shape == (4,)
+    assert b0.accuracy[0] > 0.95 and b0.accuracy[1] < b0.majority[1] + 0.05
+    assert b1.accuracy[1] > 0.7 and b1.accuracy[0] < b1.majority[0] + 0.05
+    assert (b0.memory_span(), b1.memory_span(), b2.memory_span()) == (0, 1, 0)
+    div = group_divergence([s.recall for s in sigs])
+    assert div.shape == (3, 3) and div[0, 1] > 0.1 and div[0, 1] > 10 * div[0, 2] + 0.05
+    whole = memlens.memory_signature(model, tr, he, 3, units="factor", bootstrap=200)
+    assert whole.accuracy[0] > 0.95 and whole.accuracy[1] > 0.7 and whole.memory_span() == 1
+    with pytest.raises(MemlensError, match="basis 3 out of range"):
+        memlens.memory_signature(model, tr, he, 2, units="basis:3")
+    with pytest.raises(MemlensError, match="expected basis:J"):
+        memlens.memory_signature(model, tr, he, 2, units="basis:x")
+    with pytest.raises(MemlensError, match="hidden readout only"):
+        memlens.memory_signature(model, tr, he, 2, units="basis:0", readout="cell")
+    with pytest.raises(MemlensError, match="not a factorised LSTM"):
+        memlens.memory_signature(_model("lstm"), _text(100, 0), _text(50, 1), 2,
+                                 units="basis:0")
+
+
 def test_explicit_units_and_streaming_with_memmap():
     model = _model("lstm")
     ids = model.vocab.encode(_text(300, 3))

@@ -23,7 +23,8 @@ def files(tmp_path):
     unknown = tmp_path / "unknown.txt"
     unknown.write_text("日本語のテキスト\n漢字だけ\n" * 5)
     models = {}
-    for arch, extra in [("lstm", {"layers": 2}), ("glstm", {"groups": 2})]:
+    for arch, extra in [("lstm", {"layers": 2}), ("glstm", {"groups": 2}),
+                        ("flstm", {"rank": 3})]:
         torch.manual_seed(0)
         vocab = Vocab.build(list(TEXT.replace("\n", " ")))
         model = LanguageModel({"arch": arch, "emb": 8, "hidden": 8, "unit": "char",
@@ -85,6 +86,31 @@ def test_groups_run_reports_divergence(files, capsys):
     assert (out / "groups.png").exists()
 
 
+def test_bases_run_reports_per_basis_signatures_and_divergence(files, capsys):
+    out = files["tmp"] / "bases"
+    rc, cap = run(["signatures", "--model", files["flstm"], "--corpus", files["text"],
+                   "--max-lag", "3", "--units", "bases", "--train-tokens", "2000",
+                   "--heldout-tokens", "1000", "--resamples", "50", "--out", str(out)], capsys)
+    assert rc == 0, cap.err
+    res = json.loads((out / "result.json").read_text())
+    units = ["factor", "basis:0", "basis:1", "basis:2"]
+    for role in ("model", "control"):
+        assert [r["units"] for r in res["summary"]["signatures"] if r["role"] == role] == units
+        assert {r["units"] for r in res["table"] if r["role"] == role} == set(units)
+        div = res["summary"]["basis_divergence"][f"{role}/layer0"]
+        assert div["bases"] == units[1:]
+        m = np.array(div["js_divergence"])
+        assert m.shape == (3, 3) and np.allclose(m, m.T) and (np.diag(m) == 0).all()
+        assert ((m >= 0) & (m <= 1)).all()
+    assert "group_divergence" not in res["summary"]
+    files_ = {p["file"] for p in res["plots"]}
+    assert {"signature.png", "bases.png", "basis_divergence-model-layer0.png",
+            "basis_divergence-control-layer0.png"} <= files_
+    assert all((out / f).exists() for f in files_)
+    npz = np.load(out / "recall.npz")
+    assert "basis:2" in " ".join(npz["index"].tolist())
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--max-lag", "100000"], "too large for the training stream"),
     (["--layers", "5"], "layer 5 does not exist"),
@@ -92,6 +118,8 @@ def test_groups_run_reports_divergence(files, capsys):
     (["--units", "0-99"], "out of range"),
     (["--units", "bogus"], "bad unit spec"),
     (["--units", "group:1"], "not a grouped LSTM"),
+    (["--units", "bases"], "not a factorised LSTM"),
+    (["--units", "basis:0"], "not a factorised LSTM"),
     (["--symbols", "words"], "unknown symbols"),
     (["--heldout", "UNKNOWN"], "every symbol is unknown"),
 ])
@@ -106,11 +134,15 @@ def test_bad_input_fails_cleanly(files, capsys, extra, message):
     assert not [p for p in files["tmp"].iterdir() if p.name.startswith(".bad")]
 
 
-def test_group_index_beyond_the_model(files, capsys):
+@pytest.mark.parametrize("arch, units, message", [
+    ("glstm", "group:2", "group 2 out of range"),
+    ("flstm", "basis:3", "basis 3 out of range"),
+])
+def test_group_or_basis_index_beyond_the_model(files, capsys, arch, units, message):
     out = files["tmp"] / "bad"
-    rc, cap = run(["signatures", "--model", files["glstm"], "--corpus", files["text"],
-                   "--units", "group:2", "--out", str(out)], capsys)
-    assert rc == 2 and "group 2 out of range" in cap.err and not out.exists()
+    rc, cap = run(["signatures", "--model", files[arch], "--corpus", files["text"],
+                   "--units", units, "--out", str(out)], capsys)
+    assert rc == 2 and message in cap.err and not out.exists()
 
 
 def test_ngram_command(files, capsys, tmp_path):

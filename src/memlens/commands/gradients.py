@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from memlens.commands.common import add_model_arguments, load_vectors
 from memlens.data import load_corpus
 from memlens.data.vocab import EOS
 from memlens.errors import MemlensError
@@ -21,16 +22,20 @@ from memlens.errors import MemlensError
 def register(sub) -> None:
     p = sub.add_parser("gradients", help="exact average state gradients per delay and class",
                        description=__doc__)
-    p.add_argument("--model", required=True, help="memlens checkpoint")
-    p.add_argument("--corpus", required=True, help="corpus (one continuous stream)")
+    add_model_arguments(p)
+    p.add_argument("--corpus", required=True, help="corpus (one continuous stream); for a "
+                   "model with continuous inputs a .npy file of T x I input vectors")
     p.add_argument("--format", choices=["text", "conllu"], default="text")
     p.add_argument("--layer", type=int, default=-1, help="readout layer (default: top)")
-    p.add_argument("--state", default=None,
-                   help="readout: cell or hidden (default: cell for LSTMs, else hidden)")
+    p.add_argument("--readout", "--state", dest="readout", default=None,
+                   help="readout name (default: cell for LSTM layers, as the paper; the "
+                   "layer's output otherwise); --state is the old name")
     p.add_argument("--max-delay", type=int, default=50, help="maximum delay K")
-    p.add_argument("--classes", help="upos | xpos | groups:FILE | lexicon:FILE | freq:N | "
-                   "freq:E1,E2,... | words:FILE[,FILE]; lexicon:FILE, upos or xpos followed "
-                   "by +groups:FILE applies tag groups to those tags")
+    p.add_argument("--labels", "--classes", dest="classes",
+                   help="class of each source position: upos | xpos | groups:FILE | "
+                   "lexicon:FILE | freq:N | freq:E1,E2,... | words:FILE[,FILE]; lexicon:FILE, "
+                   "upos or xpos followed by +groups:FILE applies tag groups to those tags "
+                   "(--classes is the old name)")
     p.add_argument("--direction", help="property direction: two classes A,B (mean embedding "
                    "of A minus that of B) or a saved .npy vector")
     p.add_argument("--direction-weighting", choices=["type", "token"], default="type",
@@ -67,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from memlens.gradients import GradientsInterrupted, state_gradients
     from memlens.gradients.classes import token_classes
     from memlens.gradients.output import write_result
-    from memlens.models.checkpoint import load_checkpoint
+    from memlens.models.loading import load_model
     from memlens.train import resolve_device
 
     if args.max_tokens is not None and args.max_tokens < 1:
@@ -80,31 +85,36 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise MemlensError(f"--out exists and is not a directory: {out}")
     device = resolve_device(args.device)
-    model = load_checkpoint(args.model, device)
-    cfg = model.config
-    state = args.state or ("cell" if cfg["arch"] in ("lstm", "flstm", "glstm") else "hidden")
-    if state not in ("cell", "hidden"):
-        raise MemlensError(f"unknown readout {state!r}: choose cell or hidden")
-    model.encoder.check_readout(args.layer, state)
-    corpus = load_corpus(args.corpus, args.format, cfg["unit"])
-    tokens = corpus.tokens[: args.max_tokens] if args.max_tokens else corpus.tokens
-    tags = {k: v[: len(tokens)] for k, v in corpus.tags.items()}
-    vocab = model.vocab
-    oov = vocab.oov_rate(tokens)
-    words = [t for t in tokens if t != EOS]
-    if words and oov >= 1.0:
-        raise MemlensError(f"the corpus has only unknown words for this model's vocabulary "
-                           f"({len(words)} tokens, 100% OOV): model and corpus do not match")
-    if oov > 0.5:
-        _log(f"memlens: warning: vocabulary mismatch? {100 * oov:.1f}% of the corpus tokens "
-             "are unknown to the model")
-    ids = vocab.encode(tokens)
-    if args.max_delay >= len(ids):
-        raise MemlensError(f"--max-delay {args.max_delay} is not shorter than the stream "
-                           f"({len(ids)} tokens)")
+    loaded = load_model(args.model, args.vocab, device, args.unit)
+    model, enc = loaded.model, loaded.encoder
+    layer, readout = enc.check_readout(args.layer, args.readout, "gradients")
+    if enc.input_kind == "vectors":
+        corpus, tokens, tags = None, None, {}
+        values = load_vectors(args.corpus, enc.input_size, args.max_tokens)
+        oov, inputs = 0.0, values
+    else:
+        corpus = load_corpus(args.corpus, args.format, loaded.unit)
+        tokens = corpus.tokens[: args.max_tokens] if args.max_tokens else corpus.tokens
+        tags = {k: v[: len(tokens)] for k, v in corpus.tags.items()}
+        vocab = enc.vocab
+        if vocab is None:
+            raise MemlensError(f"the model {args.model} has no vocabulary: give --vocab FILE "
+                               "(its symbols, one per line in id order)")
+        oov = vocab.oov_rate(tokens)
+        words = [t for t in tokens if t != EOS]
+        if words and oov >= 1.0:
+            raise MemlensError(f"the corpus has only unknown words for this model's vocabulary "
+                               f"({len(words)} tokens, 100% OOV): model and corpus do not match")
+        if oov > 0.5:
+            _log(f"memlens: warning: vocabulary mismatch? {100 * oov:.1f}% of the corpus "
+                 "tokens are unknown to the model")
+        inputs = vocab.encode(tokens)
+    ids = inputs
     classes, names = None, None
     if args.classes:
-        names, classes = token_classes(args.classes, tokens, tags, vocab, log=_log)
+        if tokens is None:
+            raise MemlensError("--labels needs a token corpus (this model reads vectors)")
+        names, classes = token_classes(args.classes, tokens, tags, enc.vocab, log=_log)
     ck = checkpoint_path(out)
     if args.resume and not ck.exists():
         raise MemlensError(f"nothing to resume: no checkpoint {ck} (run without --resume)")
@@ -113,13 +123,14 @@ def run(args: argparse.Namespace) -> int:
         ck.unlink()
     directions = _directions(args.direction, names)
     for name, vec in directions.items():
-        if not isinstance(vec, tuple) and vec.size != cfg["emb"]:
+        if not isinstance(vec, tuple) and vec.size != enc.input_size:
             raise MemlensError(f"direction vector {name!r} has {vec.size} entries; the model's "
-                               f"embeddings have {cfg['emb']}")
+                               f"inputs have {enc.input_size}")
     try:
-        result = state_gradients(model, ids, args.max_delay, state=state, layer=args.layer,
-                                 classes=classes, class_names=names, dtype=args.dtype,
+        result = state_gradients(model, ids, args.max_delay, readout=readout, layer=layer,
+                                 labels=classes, label_names=names, dtype=args.dtype,
                                  device=device, method=args.method, blocks=args.blocks,
+                                 bootstrap=args.bootstrap,
                                  checkpoint=ck, checkpoint_every=args.checkpoint_every,
                                  resume=args.resume, progress=not args.no_progress,
                                  segment=args.segment,
@@ -130,13 +141,11 @@ def run(args: argparse.Namespace) -> int:
     if directions:
         directions = {k: (result.direction(*v) if isinstance(v, tuple) else v)
                       for k, v in directions.items()}
-    model_info = {"path": str(args.model), "arch": cfg["arch"], "layers": cfg["layers"],
-                  "emb": cfg["emb"], "hidden": cfg["hidden"], "unit": cfg["unit"]}
     corpus_info = {"path": str(args.corpus), "tokens": len(ids), "oov_rate": oov,
-                   "format": args.format}
+                   "format": args.format if corpus is not None else "npy"}
     settings = {"classes_spec": args.classes, "class_names": names or [],
                 "bootstrap": args.bootstrap, "direction": args.direction}
-    write_result(result, out, model_info, corpus_info, settings, args.bootstrap, directions)
+    write_result(result, out, loaded.info, corpus_info, settings, args.bootstrap, directions)
     s = result.stats
     print(f"tokens: {len(ids)} ({s['tokens_per_second']:.1f} tokens/s); condition number "
           f"of Z: {result.normalization.condition:.2f}")

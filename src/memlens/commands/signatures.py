@@ -9,25 +9,32 @@ from __future__ import annotations
 
 import argparse
 
+from memlens.commands.common import add_model_arguments
 from memlens.signatures.decoders import DECODERS
 
 
 def register(sub) -> None:
     p = sub.add_parser("signatures", help="memory signatures (what states remember, per lag)",
                        description=__doc__)
-    p.add_argument("--model", required=True, help="memlens checkpoint")
+    add_model_arguments(p)
     p.add_argument("--corpus", required=True, help="text whose states train the decoders")
     p.add_argument("--heldout", help="held-out text for the reported numbers (default: the "
                    "part of --corpus after the training part)")
     p.add_argument("--format", choices=["text", "conllu"], default="text")
-    p.add_argument("--layers", default="all", help="all or comma-separated layer indices")
-    p.add_argument("--readout", default="hidden", help="hidden or cell (LSTM)")
+    p.add_argument("--layer", "--layers", dest="layers", default="all",
+                   help="all or comma-separated layer indices (--layers is the old name)")
+    p.add_argument("--readout", default=None, help="readout name (default: the layer's output, "
+                   "hidden; cell for an LSTM's cell state)")
     p.add_argument("--units", default="all", help="all, unit indices (0,5,10-19), group:G, "
-                   "groups (one signature per group) or factor (rank-r factor space)")
-    p.add_argument("--max-lag", type=int, default=20, help="largest lag K")
+                   "groups (one signature per group) or factor (rank-r factor space), basis:J "
+                   "(coefficient (A h)_J of basis J of a factorised kernel W_hh = B A) or bases "
+                   "(the factor space and every basis, with their divergence)")
+    p.add_argument("--max-delay", "--max-lag", dest="max_delay", type=int, default=20,
+                   help="largest lag K (--max-lag is the old name)")
     p.add_argument("--decoder", choices=DECODERS, default="linear")
-    p.add_argument("--symbols", help="chars, top:N or upos (default: chars for character "
-                   "models, top:1000 for word models)")
+    p.add_argument("--labels", "--symbols", dest="symbols", help="what is decoded: chars, "
+                   "top:N or upos (default: chars for character models, top:1000 for word "
+                   "models; --symbols is the old name)")
     p.add_argument("--control", choices=["random-init", "none"], default="random-init")
     p.add_argument("--ngram", type=int, default=0, help="add the state of an N-gram model "
                    "(its window) as a comparison, and its KN perplexity (0 = off)")
@@ -40,7 +47,9 @@ def register(sub) -> None:
     p.add_argument("--train-tokens", type=int, help="use only the first N training tokens")
     p.add_argument("--heldout-tokens", type=int, help="use only N held-out tokens")
     p.add_argument("--blocks", type=int, default=20, help="bootstrap blocks")
-    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--bootstrap", "--resamples", dest="bootstrap", type=int, default=1000,
+                   help="bootstrap resamples (--resamples is the old name)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (state extraction)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="result directory")
     p.set_defaults(func=run)
@@ -50,15 +59,18 @@ def run(args: argparse.Namespace) -> int:
     from memlens import __version__
     from memlens.signatures.result import write_result
     from memlens.signatures.study import StudyConfig, run_study
+    from memlens.train import resolve_device
 
     cfg = StudyConfig(model=args.model, corpus=args.corpus, out=args.out, heldout=args.heldout,
                       format=args.format, layers=args.layers, readout=args.readout,
-                      units=args.units, max_lag=args.max_lag, decoder=args.decoder,
+                      units=args.units, max_delay=args.max_delay, decoder=args.decoder,
                       symbols=args.symbols, control=args.control, ngram=args.ngram,
                       window_lm=args.window_lm, lm_train=args.lm_train,
                       lm_max_tokens=args.lm_max_tokens, lm_epochs=args.lm_epochs,
                       train_tokens=args.train_tokens, heldout_tokens=args.heldout_tokens,
-                      blocks=args.blocks, resamples=args.resamples, seed=args.seed)
+                      blocks=args.blocks, bootstrap=args.bootstrap, seed=args.seed,
+                      vocab=args.vocab, unit=args.unit,
+                      device=str(resolve_device(args.device)))
     result = run_study(cfg)
     path = write_result(result, args.out, __version__)
     print(f"wrote {path}/result.json ({len(result.entries)} signatures)")

@@ -151,10 +151,20 @@ def _apply_groups(groups: dict[str, list[str]], per_token_tags: Sequence[Sequenc
 
 def _frequency_classes(arg: str, tokens: Sequence[str], vocab) -> tuple[list[str],
                                                                        list[list[str]]]:
+    """Frequency bins of the vocabulary's words by training count (the vocabulary's counts;
+    for a user vocabulary without counts, the counts in the analysed corpus)."""
     if vocab is None:
-        raise MemlensError("--classes freq needs the model's vocabulary (training counts)")
-    counts = np.asarray(vocab.counts, dtype=np.float64)
-    special = {UNK, EOS}
+        raise MemlensError("--classes freq needs the model's vocabulary (give --vocab FILE)")
+    special = vocab.specials | {UNK, EOS}
+    if vocab.counts is not None:
+        counts = np.asarray(vocab.counts, dtype=np.float64)
+    else:
+        counts = np.zeros(len(vocab))
+        for w in tokens:
+            i = vocab.stoi.get(w)
+            if i is not None:
+                counts[i] += 1
+    words = [i for i, s in enumerate(vocab.itos) if s not in special]
     if "," in arg or "." in arg:
         try:
             edges = sorted(float(e) for e in arg.split(","))
@@ -164,10 +174,11 @@ def _frequency_classes(arg: str, tokens: Sequence[str], vocab) -> tuple[list[str
         if len(edges) < 2:
             raise MemlensError("frequency edges need at least two numbers")
         names = [f"freq[{edges[i]:g},{edges[i + 1]:g})" for i in range(len(edges) - 1)]
-
-        def bin_of(c: float) -> int | None:
-            k = int(np.searchsorted(edges, c, side="right")) - 1
-            return k if 0 <= k < len(names) else None
+        word_bin = {}
+        for i in words:
+            k = int(np.searchsorted(edges, counts[i], side="right")) - 1
+            if 0 <= k < len(names):
+                word_bin[i] = k
     else:
         try:
             n = int(arg)
@@ -175,21 +186,21 @@ def _frequency_classes(arg: str, tokens: Sequence[str], vocab) -> tuple[list[str
             raise MemlensError(f"bad number of frequency bins {arg!r}") from None
         if n < 1:
             raise MemlensError(f"number of frequency bins must be positive, got {n}")
-        # word ids 2.. are sorted by descending training count: equal training-token mass
-        mass = np.cumsum(counts[2:]) / max(counts[2:].sum(), 1)
-        word_bin = np.minimum((mass * n - 1e-12).astype(int), n - 1)
+        if n > max(1, len(words)):
+            raise MemlensError(f"--classes freq:{n}: more bins than the {len(words)} words "
+                               "of the vocabulary")
+        # words by descending training count (ties: id order): bins of equal token mass
+        ranked = sorted(words, key=lambda i: (-counts[i], i))
+        c = counts[ranked]
+        mass = np.cumsum(c) / max(c.sum(), 1)
+        bins = np.minimum((mass * n - 1e-12).astype(int), n - 1)
+        word_bin = dict(zip(ranked, bins.tolist()))
         names = [f"freq{k + 1}of{n}" for k in range(n)]
-
-        def bin_of(c: float) -> int | None:  # unused for quantile bins
-            return None
 
     per_token: list[list[str]] = []
     for w in tokens:
         i = vocab.stoi.get(w)
-        if i is None or w in special:
-            per_token.append([])
-            continue
-        k = bin_of(counts[i]) if ("," in arg or "." in arg) else int(word_bin[i - 2])
+        k = word_bin.get(i) if i is not None and w not in special else None
         per_token.append([names[k]] if k is not None else [])
     return names, per_token
 

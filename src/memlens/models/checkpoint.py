@@ -15,10 +15,13 @@ import zipfile
 from typing import Any
 
 import torch
+from torch import nn
 
 from memlens.data.vocab import Vocab
 from memlens.errors import MemlensError
 from memlens.io import write_atomic
+from memlens.models.encoder import RecurrentEncoder
+from memlens.models.layers import TorchLayer
 from memlens.models.lm import LanguageModel
 
 MAGIC = "memlens-checkpoint"
@@ -37,14 +40,61 @@ def _digest(config: dict, vocab: dict, state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(path: str | os.PathLike, model: LanguageModel,
+ENCODER = "encoder"  # config["model"] of a saved wrapped encoder (no decoder)
+
+
+def encoder_config(encoder: RecurrentEncoder) -> dict[str, Any]:
+    """The config that rebuilds a wrapped encoder of nn.LSTM/GRU/RNN layers (no code)."""
+    kinds = []
+    for i, layer in enumerate(encoder.layers):
+        if not isinstance(layer, TorchLayer) or layer.batch_first:
+            raise MemlensError(f"layer {i} ({type(layer).__name__}) cannot be saved as a "
+                               "checkpoint (a checkpoint never holds code): analyse it with "
+                               "--model FILE.py:FUNCTION instead")
+        kinds.append(layer.kind)
+    return {"model": ENCODER, "kinds": kinds, "input": encoder.input_kind,
+            "input_size": encoder.input_size, "hidden": encoder.hidden_sizes,
+            "vocab_size": encoder.vocab_size if encoder.input_kind == "tokens" else None}
+
+
+def build_encoder(config: dict[str, Any]) -> RecurrentEncoder:
+    """Rebuild (untrained) the encoder that ``encoder_config`` describes, sizes checked."""
+    kinds, hidden = config.get("kinds"), config.get("hidden")
+    if not isinstance(kinds, list) or not isinstance(hidden, list) or not kinds or \
+            len(kinds) != len(hidden) or len(kinds) > 1000:
+        raise MemlensError("bad encoder config: kinds and hidden sizes do not match")
+    size = config.get("input_size")
+    embedding = None
+    if config.get("input") == "tokens":
+        embedding = nn.Embedding(int(config["vocab_size"]), int(size))
+    layers = []
+    for kind, h in zip(kinds, hidden):
+        layers.append(TorchLayer.create(kind, int(size), int(h)))
+        size = h
+    return RecurrentEncoder(embedding, layers)
+
+
+def save_checkpoint(path: str | os.PathLike, model: LanguageModel | RecurrentEncoder,
                     extra: dict[str, Any] | None = None) -> None:
-    """Write ``model`` (with its ``vocab``) to ``path`` atomically."""
-    if model.vocab is None:
-        raise MemlensError("cannot save a model without a vocabulary")
+    """Write ``model`` (with its vocabulary) to ``path`` atomically.
+
+    ``model``: a memlens LanguageModel, or a wrapped encoder (``memlens.wrap``) of
+    nn.LSTM/GRU/RNN layers with any vocabulary (a user's vocabulary needs no ``<unk>``,
+    ``<eos>`` first; a continuous-input encoder needs none).
+    """
+    if isinstance(model, RecurrentEncoder):
+        config = encoder_config(model)
+        vocab_obj = model.vocab
+        if vocab_obj is None and model.input_kind == "tokens":
+            raise MemlensError("cannot save a token model without a vocabulary: wrap(..., "
+                               "vocab=[symbols in id order])")
+    else:
+        vocab_obj = model.vocab
+        if vocab_obj is None:
+            raise MemlensError("cannot save a model without a vocabulary")
+        config = dict(model.config)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    config = dict(model.config)
-    vocab = model.vocab.to_dict()
+    vocab = vocab_obj.to_dict() if vocab_obj is not None else {}
     payload = {"format": MAGIC, "version": VERSION, "config": config, "vocab": vocab,
                "state_dict": state, "extra": extra or {},
                "sha256": _digest(config, vocab, state)}
@@ -77,6 +127,13 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
         config, vocab_d, state = payload["config"], payload["vocab"], payload["state_dict"]
         if _digest(config, vocab_d, state) != payload["sha256"]:
             raise MemlensError(f"checkpoint integrity check failed (tampered or corrupt): {path}")
+        if isinstance(config, dict) and config.get("model") == ENCODER:
+            model = build_encoder(config)
+            model.load_state_dict(state)
+            if vocab_d:
+                model.set_vocab(Vocab.from_dict(vocab_d))
+            model.extra = payload.get("extra", {})
+            return model.to(device).eval()
         vocab = Vocab.from_dict(vocab_d)
         model = LanguageModel(config, len(vocab))
         model.load_state_dict(state)

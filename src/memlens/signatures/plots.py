@@ -28,8 +28,8 @@ def signature_curves(path: Path, entries: Sequence[tuple[str, str, Signature]], 
     """Accuracy and bits per lag for several (label, role, signature), with 95% bands,
     majority and prior baselines of the first entry."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for label, role, sig in entries:
-        color, ls = STYLES.get(role, ("C4", "-"))
+    for i, (label, role, sig) in enumerate(entries):
+        color, ls = STYLES.get(role, (f"C{i % 10}", "-"))  # parts (groups, bases): one colour each
         lags = np.arange(len(sig.accuracy))
         ax1.plot(lags, sig.accuracy, ls, color=color, label=label, marker=".")
         ax1.fill_between(lags, sig.acc_low, sig.acc_high, color=color, alpha=0.2)

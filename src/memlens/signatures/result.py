@@ -5,22 +5,21 @@ OUT/result.json   {"kind": "signatures", "memlens_version", "model", "corpus", "
 OUT/table.csv     the same table as CSV
 OUT/recall.npz    per signature i: ``recall_i`` and ``support_i`` (K+1 x C), ``symbols``;
                   ``index`` lists "i: model | layer | readout | units"
-OUT/*.png         signature curves, recall heatmap, comparison plots
+OUT/*.png         signature curves, recall heatmap, comparison plots; with ``--units groups``
+                  or ``bases`` also groups.png / bases.png (one curve per part) and
+                  group_divergence-*.png / basis_divergence-*.png (pairwise JS divergence)
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import math
 import re
 from pathlib import Path
 
 import numpy as np
 
-from memlens.io import atomic_dir, write_json
 from memlens.signatures import plots
-from memlens.signatures.study import Entry, StudyResult, summary_rows
+from memlens.signatures.study import SPLITS, Entry, StudyResult
 
 
 def _num(x) -> float | None:
@@ -32,31 +31,38 @@ def _layer(e: Entry):
     return None if e.view.readout == "window" else e.view.layer
 
 
+def signature_rows(s, label: str, role: str, layer, readout: str, units: str,
+                   control=None) -> list[dict]:
+    """One flat row per lag of signature ``s`` (a control's accuracy and bits beside it)."""
+    rows = []
+    for k in range(s.max_lag + 1):
+        rows.append({
+            "model": label, "role": role, "layer": layer, "readout": readout, "units": units,
+            "lag": k, "accuracy": _num(s.accuracy[k]), "ci_low": _num(s.acc_low[k]),
+            "ci_high": _num(s.acc_high[k]), "bits": _num(s.bits[k]),
+            "bits_ci_low": _num(s.bits_low[k]), "bits_ci_high": _num(s.bits_high[k]),
+            "bits_fraction": _num(s.bits_fraction[k]),
+            "cross_entropy_bits": _num(s.cross_entropy[k]),
+            "temperature": None if s.temperature is None else _num(s.temperature[k]),
+            "entropy_bits": _num(s.entropy[k]), "majority": _num(s.majority[k]),
+            "prior": _num(s.prior[k]),
+            "control_accuracy": _num(control.accuracy[k]) if control else None,
+            "control_bits": _num(control.bits[k]) if control else None,
+            "decoder": s.decoder, "train_states": s.n_train, "heldout_states": s.n_heldout,
+        })
+    return rows
+
+
 def table_rows(result: StudyResult) -> list[dict]:
     """One flat row per (signature, lag), with baselines and the control beside the model."""
     controls = {(e.view.layer, e.view.readout, e.view.units): e.sig
                 for e in result.entries if e.role == "control"}
     rows = []
     for e in result.entries:
-        s = e.sig
         ctrl = controls.get((e.view.layer, e.view.readout, e.view.units)) \
             if e.role == "model" else None
-        for k in range(s.max_lag + 1):
-            rows.append({
-                "model": e.label, "role": e.role, "layer": _layer(e),
-                "readout": e.view.readout, "units": e.view.units, "lag": k,
-                "accuracy": _num(s.accuracy[k]), "ci_low": _num(s.acc_low[k]),
-                "ci_high": _num(s.acc_high[k]), "bits": _num(s.bits[k]),
-                "bits_ci_low": _num(s.bits_low[k]), "bits_ci_high": _num(s.bits_high[k]),
-                "bits_fraction": _num(s.bits_fraction[k]),
-                "cross_entropy_bits": _num(s.cross_entropy[k]),
-                "temperature": None if s.temperature is None else _num(s.temperature[k]),
-                "entropy_bits": _num(s.entropy[k]), "majority": _num(s.majority[k]),
-                "prior": _num(s.prior[k]),
-                "control_accuracy": _num(ctrl.accuracy[k]) if ctrl else None,
-                "control_bits": _num(ctrl.bits[k]) if ctrl else None,
-                "decoder": s.decoder, "train_states": s.n_train, "heldout_states": s.n_heldout,
-            })
+        rows += signature_rows(e.sig, e.label, e.role, _layer(e), e.view.readout,
+                               e.view.units, ctrl)
     return rows
 
 
@@ -70,8 +76,8 @@ def make_plots(result: StudyResult, out: Path) -> list[dict]:
     entries = result.entries
     models = [e for e in entries if e.role == "model"]
     others = [e for e in entries if e.role in ("ngram", "window-lm")]
-    arch = result.model_info["arch"].upper()
-    grouped = result.config.units == "groups"
+    arch = str(result.model_meta.get("arch", "model")).upper()
+    grouped = result.config.units in SPLITS
     for m in (models if not grouped else models[:1]):
         same = [e for e in entries if e.role == "control" and e.view == m.view]
         name = "signature.png" if m is models[0] else f"signature-{_slug(m.view.label)}.png"
@@ -118,50 +124,81 @@ def make_plots(result: StudyResult, out: Path) -> list[dict]:
             "Accuracy and bits per lag for each layer of the model: how memory of the input "
             "changes with depth.")})
     if grouped:
-        title = f"Memory signature per group ({arch})"
-        plots.signature_curves(out / "groups.png", [(e.view.units, "group", e.sig)
-                                                    for e in models], title)
-        made.append({"file": "groups.png", "title": title, "caption": (
-            "Accuracy and bits per lag for the units of each group of the grouped LSTM; "
-            "curves that differ show groups keeping different amounts of history.")})
-        for key, d in result.extras.get("group_divergence", {}).items():
-            fname = f"group_divergence-{_slug(key)}.png"
-            t = f"Group specialisation ({key})"
-            plots.divergence_matrix(out / fname, np.array(d["js_divergence"]), d["groups"], t)
-            made.append({"file": fname, "title": t, "caption": (
-                "Pairwise Jensen-Shannon divergence between the groups' lag x symbol recall "
-                "profiles: 0 means the groups remember the same symbols for the same time, "
-                "larger values mean the groups specialise.")})
+        made += _split_plots(result, out, models, arch)
     return made
 
 
-def write_result(result: StudyResult, out: str | Path, version: str) -> Path:
-    """Write the complete result directory atomically; return its path."""
-    out = Path(out)
-    with atomic_dir(out) as tmp:
-        rows = table_rows(result)
-        plot_records = make_plots(result, tmp)
-        arrays: dict[str, np.ndarray] = {}
-        index = []
-        for i, e in enumerate(result.entries):
-            arrays[f"recall_{i}"] = e.sig.recall
-            arrays[f"support_{i}"] = e.sig.support
-            index.append(f"{i}: {e.label} | {_layer(e)} | {e.view.readout} | {e.view.units}")
-        if result.entries:
-            arrays["symbols"] = np.array(result.entries[0].sig.symbols)
-        arrays["index"] = np.array(index)
-        np.savez_compressed(tmp / "recall.npz", **arrays)
-        with open(tmp / "table.csv", "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["model"])
-            writer.writeheader()
-            writer.writerows(rows)
-        settings = dataclasses.asdict(result.config)
-        settings.pop("out", None)
-        write_json(tmp / "result.json", {
-            "kind": "signatures", "memlens_version": version, "model": result.model_info,
-            "corpus": result.corpus_info, "settings": settings,
-            "summary": {"signatures": summary_rows(result), **result.extras,
-                        "memory_span_definition": "last lag with held-out accuracy above "
-                                                  "majority + 0.05 (-1: none)"},
-            "table": rows, "plots": plot_records})
-    return out
+# per --units mode that splits a layer: (caption of the per-part curves, caption of the
+# divergence heatmaps)
+_SPLIT_CAPTIONS = {
+    "groups": (
+        ("Accuracy and bits per lag for the units of each group of the grouped LSTM; curves "
+         "that differ show groups keeping different amounts of history."),
+        ("Pairwise Jensen-Shannon divergence between the groups' lag x symbol recall "
+         "profiles: 0 means the groups remember the same symbols for the same time, larger "
+         "values mean the groups specialise.")),
+    "bases": (
+        ("Accuracy and bits per lag decoded from each basis j of the factorised recurrent "
+         "kernel W_hh = B A alone, i.e. from the coefficient (A h)_j with which basis column "
+         "b_j of B enters the gates (one number per step), beside the whole rank-r factor "
+         "space A h; curves that differ show bases carrying different history."),
+        ("Pairwise Jensen-Shannon divergence between the bases' lag x symbol recall "
+         "profiles: 0 means two bases remember the same symbols for the same time, larger "
+         "values mean the bases of the factorised kernel carry different history.")),
+}
+
+
+def _split_plots(result: StudyResult, out: Path, models: list[Entry], arch: str
+                 ) -> list[dict]:
+    """Per-part curves (groups.png / bases.png) and divergence heatmaps of a split layer."""
+    mode = result.config.units
+    part = SPLITS[mode][1]
+    curves_caption, div_caption = _SPLIT_CAPTIONS[mode]
+    many = len({e.view.layer for e in models}) > 1  # label curves by layer too
+    title = f"Memory signature per {part} ({arch})"
+    plots.signature_curves(out / f"{mode}.png", [
+        (e.view.label if many else e.view.units, "model" if e.view.units == "factor" else part,
+         e.sig) for e in models], title)
+    made = [{"file": f"{mode}.png", "title": title, "caption": curves_caption}]
+    for key, d in result.extras.get(f"{part}_divergence", {}).items():
+        fname = f"{part}_divergence-{_slug(key)}.png"
+        t = f"{part.capitalize()} specialisation ({key})"
+        plots.divergence_matrix(out / fname, np.array(d["js_divergence"]), d[mode], t)
+        made.append({"file": fname, "title": t, "caption": div_caption})
+    return made
+
+
+SERIES = [
+    {"name": "accuracy", "title": "Decoding accuracy by lag", "x": "lag", "y": "accuracy",
+     "group": ["model", "layer", "readout", "units"], "low": "ci_low", "high": "ci_high",
+     "xlabel": "lag k", "ylabel": "held-out accuracy", "log_y": False,
+     "caption": "How often a decoder reading the state recovers the symbol that many steps "
+                "back; compare with the majority baseline (band: 95% block bootstrap)."},
+    {"name": "bits", "title": "Information about the input k steps back", "x": "lag",
+     "y": "bits", "group": ["model", "layer", "readout", "units"], "low": "bits_ci_low",
+     "high": "bits_ci_high", "xlabel": "lag k", "ylabel": "bits (lower bound)",
+     "log_y": False,
+     "caption": "Prior entropy minus the decoder's held-out cross-entropy: a lower bound on "
+                "the mutual information between the state and the symbol k steps back."},
+]
+
+
+def recall_arrays(result: StudyResult) -> dict[str, np.ndarray]:
+    """recall.npz: ``recall_i``/``support_i`` (K+1 x C) per signature i, ``symbols``, and
+    ``index`` ("i: model | layer | readout | units")."""
+    arrays: dict[str, np.ndarray] = {}
+    index = []
+    for i, e in enumerate(result.entries):
+        arrays[f"recall_{i}"] = e.sig.recall
+        arrays[f"support_{i}"] = e.sig.support
+        index.append(f"{i}: {e.label} | {_layer(e)} | {e.view.readout} | {e.view.units}")
+    if result.entries:
+        arrays["symbols"] = np.array(result.entries[0].sig.symbols)
+    arrays["index"] = np.array(index)
+    return arrays
+
+
+def write_result(result: StudyResult, out: str | Path, version: str | None = None,
+                 overwrite: bool = False) -> Path:
+    """Write the complete result directory atomically (``result.save``); return its path."""
+    return result.save(out, overwrite=overwrite)

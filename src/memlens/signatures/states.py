@@ -5,7 +5,17 @@ A *view* names which numbers of the state are analysed: (layer, readout, units).
 * ``"all"``          every unit of the readout (H values),
 * ``"0,5,10-19"``    explicit unit indices (ranges inclusive),
 * ``"group:G"``      the units of group G of a grouped LSTM layer (H/G values),
-* ``"factor"``       the rank-r factor space A h of a factorised LSTM layer (r values; hidden only).
+* ``"factor"``       the rank-r factor space A h of a factorised LSTM layer (r values; hidden only),
+* ``"basis:J"``      basis J of that factor space: the coefficient (A h)_J = a_J . h (1 value;
+                     hidden only; J in 0..r-1).
+
+Bases of a factorised kernel: with W_hh = B A (A = ``factor_in``, r x H; B = ``factor_out``,
+4H x r) the recurrent input to the gates is W_hh h = sum_j (A h)_j b_j, b_j the j-th column of
+B. Basis j reaches the next step only through the scalar (A h)_j (the projection of h on the
+j-th row a_j of A), so that coefficient is the part of the state that basis j carries, and the
+signature of basis j decodes x[t-k] from (A h_t)_j alone. The bases are those of the trained
+parameterisation (B A = (B M^-1)(M A) for any invertible M gives other bases of the same
+kernel; the whole factor space does not depend on M).
 
 The corpus is streamed in chunks of ``chunk`` steps; the final state of a chunk is the initial
 state of the next, so s_t depends on the prefix before t. Long corpora are cut into B parallel
@@ -66,7 +76,7 @@ def parse_unit_indices(spec: str, size: int) -> list[int]:
                 items = [int(part)]
         except ValueError:
             raise MemlensError(f"bad unit spec {spec!r}: use all, indices like 0,5,10-19, "
-                               f"group:G or factor") from None
+                               f"group:G, factor or basis:J") from None
         for i in items:
             if not 0 <= i < size:
                 raise MemlensError(f"unit {i} out of range: the layer has {size} units "
@@ -75,9 +85,10 @@ def parse_unit_indices(spec: str, size: int) -> list[int]:
     return sorted(out)
 
 
-def check_view(encoder: RecurrentEncoder, layer: int, readout: str, units: str) -> View:
-    """Validate (layer, readout, units) against the encoder; return a resolved :class:`View`."""
-    layer, readout = encoder.check_readout(layer, readout)
+def check_view(encoder: RecurrentEncoder, layer: int, readout: str | None, units: str) -> View:
+    """Validate (layer, readout, units) against the encoder; return a resolved :class:`View`
+    (readout None: the protocol's default for signatures)."""
+    layer, readout = encoder.check_readout(layer, readout, "signatures")
     unit_dim(encoder, View(layer, readout, units))
     return View(layer, readout, units)
 
@@ -87,7 +98,7 @@ def unit_dim(encoder: RecurrentEncoder, view: View) -> int:
     lay = encoder.layers[view.layer]
     spec = view.units
     if spec == "all":
-        return lay.hidden_size
+        return lay.readout_size(view.readout)
     if spec.startswith("group:"):
         if not isinstance(lay, GroupedLSTMLayer):
             raise MemlensError(f"units {spec!r}: layer {view.layer} is not a grouped LSTM "
@@ -99,14 +110,37 @@ def unit_dim(encoder: RecurrentEncoder, view: View) -> int:
                                ) from None
         return len(lay.group_units(g))
     if spec == "factor":
-        if not isinstance(lay, FactorizedLSTMLayer):
-            raise MemlensError(f"units 'factor': layer {view.layer} is not a factorised LSTM "
-                               f"({type(lay).__name__})")
-        if view.readout != "hidden":
-            raise MemlensError("units 'factor': the factor space is defined for the hidden "
-                               "readout only")
-        return lay.rank
-    return len(parse_unit_indices(spec, lay.hidden_size))
+        return _factorised(encoder, view).rank
+    if spec.startswith("basis:"):
+        basis_index(encoder, view)
+        return 1
+    return len(parse_unit_indices(spec, lay.readout_size(view.readout)))
+
+
+def _factorised(encoder: RecurrentEncoder, view: View) -> FactorizedLSTMLayer:
+    """The factorised LSTM layer of a ``factor`` / ``basis:J`` view (hidden readout only)."""
+    lay = encoder.layers[view.layer]
+    if not isinstance(lay, FactorizedLSTMLayer):
+        raise MemlensError(f"units {view.units!r}: layer {view.layer} is not a factorised LSTM "
+                           f"({type(lay).__name__})")
+    if view.readout != "hidden":
+        raise MemlensError(f"units {view.units!r}: the factor space is defined for the hidden "
+                           "readout only")
+    return lay
+
+
+def basis_index(encoder: RecurrentEncoder, view: View) -> int:
+    """J of a ``basis:J`` view, checked against the rank of its factorised layer."""
+    lay = _factorised(encoder, view)
+    try:
+        j = int(view.units.split(":", 1)[1])
+    except ValueError:
+        raise MemlensError(f"bad unit spec {view.units!r}: expected basis:J with an integer J"
+                           ) from None
+    if not 0 <= j < lay.rank:
+        raise MemlensError(f"basis {j} out of range: layer {view.layer} has rank {lay.rank} "
+                           f"(valid 0..{lay.rank - 1})")
+    return j
 
 
 def _selector(encoder: RecurrentEncoder, view: View):
@@ -117,10 +151,13 @@ def _selector(encoder: RecurrentEncoder, view: View):
         return lambda s: s
     if spec == "factor":
         return lay.factor_space
+    if spec.startswith("basis:"):
+        j = basis_index(encoder, view)
+        return lambda s: lay.factor_space(s)[..., j:j + 1]
     if spec.startswith("group:"):
         idx = torch.tensor(lay.group_units(int(spec.split(":", 1)[1])))
     else:
-        idx = torch.tensor(parse_unit_indices(spec, lay.hidden_size))
+        idx = torch.tensor(parse_unit_indices(spec, lay.readout_size(view.readout)))
     return lambda s: s.index_select(-1, idx.to(s.device))
 
 
@@ -135,47 +172,32 @@ def allocate(n: int, d: int, memmap_bytes: int = MEMMAP_BYTES) -> np.ndarray:
     return arr
 
 
-def _layer_readouts(encoder: RecurrentEncoder, x: torch.Tensor, state, needed: set
-                    ) -> tuple[dict, list]:
-    """Run embedded input through the layers, computing only the readouts in ``needed``."""
-    out, final = {}, []
-    last = max(layer for layer, _ in needed)
-    for i, (layer, s) in enumerate(zip(encoder.layers, state)):
-        if i > last:
-            final.append(s)
-            continue
-        if (i, "cell") in needed:
-            seqs, s = layer.sequence_states(x, s)
-        else:
-            hidden, s = layer(x, s)
-            seqs = {"hidden": hidden}
-        for name, seq in seqs.items():
-            out[(i, name)] = seq
-        x = seqs["hidden"]
-        final.append(s)
-    return out, final
-
-
 @torch.no_grad()
 def extract_states(encoder: RecurrentEncoder, ids: torch.Tensor | np.ndarray,
                    views: Sequence[View], chunk: int = 2048, streams: int = 32,
                    warmup: int = 256, memmap_bytes: int = MEMMAP_BYTES
                    ) -> dict[View, np.ndarray]:
-    """States of every view at every position of the id stream ``ids`` (length N).
+    """States of every view at every position of the input stream ``ids`` (length N: token
+    ids, or N x I input vectors for continuous-input models).
 
-    Returns {view: N x D float32 array}; row t is the state after reading token t. The
+    Returns {view: N x D float32 array}; row t is the state after reading input t. The
     number of parallel segments is reduced so that each is at least 4 x ``warmup`` long
     (short streams are processed as one exact sequence).
     """
-    ids = torch.as_tensor(np.asarray(ids), dtype=torch.long).reshape(-1)
-    n = ids.numel()
+    ref = next(encoder.parameters(), torch.empty(0))
+    if encoder.input_kind == "tokens":
+        ids = torch.as_tensor(np.asarray(ids), dtype=torch.long).reshape(-1)
+    else:
+        ids = torch.as_tensor(np.asarray(ids)).to(ref.dtype)
+    n = ids.shape[0]
     if n == 0:
-        raise MemlensError("cannot extract states from an empty token stream")
-    if int(ids.max()) >= encoder.vocab_size or int(ids.min()) < 0:
+        raise MemlensError("cannot extract states from an empty input stream")
+    if encoder.input_kind == "tokens" and (int(ids.max()) >= encoder.vocab_size
+                                           or int(ids.min()) < 0):
         raise MemlensError(f"token ids must be in 0..{encoder.vocab_size - 1} for this model")
     was_training = encoder.training
     encoder.eval()
-    device = next(encoder.parameters()).device
+    device = ref.device
     needed = {(v.layer, v.readout) for v in views}
     selectors = {v: _selector(encoder, v) for v in views}
     out = {v: allocate(n, unit_dim(encoder, v), memmap_bytes) for v in views}
@@ -184,13 +206,13 @@ def extract_states(encoder: RecurrentEncoder, ids: torch.Tensor | np.ndarray,
     starts = [max(0, j * seg - warmup) for j in range(b)]
     keep_from = [j * seg - starts[j] for j in range(b)]  # offset of the first kept state
     length = seg + (warmup if b > 1 else 0)
-    padded = torch.cat([ids, torch.zeros(length + warmup, dtype=torch.long)])
-    grid = torch.stack([padded[s:s + length] for s in starts], dim=1)  # length x B
+    padded = torch.cat([ids, torch.zeros(length + warmup, *ids.shape[1:], dtype=ids.dtype)])
+    grid = torch.stack([padded[s:s + length] for s in starts], dim=1)  # length x B (x I)
     state = encoder.init_state(b, device)
     try:
         for lo in range(0, length, chunk):
             x = grid[lo:lo + chunk].to(device)
-            seqs, state = _layer_readouts(encoder, encoder.embedding(x), state, needed)
+            seqs, state = encoder.states(x, state, readouts=needed)
             for v in views:
                 vals = selectors[v](seqs[(v.layer, v.readout)]).float().cpu().numpy()
                 for j in range(b):

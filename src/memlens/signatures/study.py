@@ -8,6 +8,7 @@ neural LM when asked; write the result directory atomically (see :mod:`.result`)
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +17,10 @@ import torch
 
 from memlens.data import load_corpus
 from memlens.errors import MemlensError
-from memlens.models.checkpoint import load_checkpoint
 from memlens.models.encoder import as_encoder
-from memlens.models.layers import GroupedLSTMLayer
+from memlens.models.layers import FactorizedLSTMLayer, GroupedLSTMLayer
+from memlens.models.loading import load_model
+from memlens.results import Result
 from memlens.signatures.ngram import KneserNeyLM, window_states
 from memlens.signatures.signature import (
     Signature,
@@ -43,9 +45,9 @@ class StudyConfig:
     heldout: str | None = None
     format: str = "text"
     layers: str = "all"
-    readout: str = "hidden"
+    readout: str | None = None
     units: str = "all"
-    max_lag: int = 20
+    max_delay: int = 20
     decoder: str = "linear"
     symbols: str | None = None
     control: str = "random-init"
@@ -57,8 +59,11 @@ class StudyConfig:
     train_tokens: int | None = None
     heldout_tokens: int | None = None
     blocks: int = 20
-    resamples: int = 1000
+    bootstrap: int = 1000
     seed: int = 0
+    vocab: str | None = None
+    unit: str | None = None
+    device: str = "cpu"
 
 
 @dataclass
@@ -71,13 +76,49 @@ class Entry:
     sig: Signature
 
 
-@dataclass
-class StudyResult:
+@dataclass(repr=False)
+class StudyResult(Result):
+    """The signatures of a study (model, controls, comparison LMs) as one result: one table
+    row per (signature, lag); saved as result.json, table.csv, recall.npz and PNGs."""
+
+    kind = "signatures"
+    arrays_file = "recall.npz"
+
     config: StudyConfig
-    model_info: dict
-    corpus_info: dict
+    model_meta: dict
+    corpus_meta: dict
     entries: list[Entry] = field(default_factory=list)
     extras: dict = field(default_factory=dict)
+
+    def rows(self) -> list[dict]:
+        from memlens.signatures.result import table_rows
+
+        return table_rows(self)
+
+    def series(self) -> list[dict]:
+        from memlens.signatures.result import SERIES
+
+        return SERIES
+
+    def settings_info(self) -> dict:
+        settings = dataclasses.asdict(self.config)
+        settings.pop("out", None)
+        return settings
+
+    def summary(self) -> dict:
+        return {"signatures": summary_rows(self), **self.extras,
+                "memory_span_definition": "last lag with held-out accuracy above majority + "
+                                          "0.05 (-1: none)"}
+
+    def arrays(self) -> dict:
+        from memlens.signatures.result import recall_arrays
+
+        return recall_arrays(self)
+
+    def figures(self, out) -> list[dict]:
+        from memlens.signatures.result import make_plots
+
+        return make_plots(self, out)
 
 
 def parse_layers(spec: str, num_layers: int, encoder) -> list[int]:
@@ -91,8 +132,22 @@ def parse_layers(spec: str, num_layers: int, encoder) -> list[int]:
     return sorted({encoder.resolve_layer(i) for i in wanted})
 
 
+# unit modes that split a layer into parts compared by a pairwise divergence:
+# mode -> (unit spec prefix of one part, name of the part)
+SPLITS = {"groups": ("group:", "group"), "bases": ("basis:", "basis")}
+
+
 def expand_units(encoder, layer: int, units: str) -> list[str]:
-    """``groups`` -> one ``group:g`` per group of a grouped layer; otherwise [units]."""
+    """``groups`` -> one ``group:g`` per group of a grouped layer; otherwise [units].
+
+    ``bases`` -> the whole factor space of a factorised layer, then one ``basis:j`` per
+    basis j = 0..r-1 (see :mod:`.states` for what a basis carries)."""
+    if units == "bases":
+        lay = encoder.layers[layer]
+        if not isinstance(lay, FactorizedLSTMLayer):
+            raise MemlensError(f"--units bases: layer {layer} is not a factorised LSTM "
+                               f"({type(lay).__name__})")
+        return ["factor"] + [f"basis:{j}" for j in range(lay.rank)]
     if units != "groups":
         return [units]
     lay = encoder.layers[layer]
@@ -108,9 +163,14 @@ def run_study(cfg: StudyConfig, log=print) -> StudyResult:
         raise MemlensError(f"unknown --control {cfg.control!r}: choose random-init or none")
     if cfg.ngram < 0 or cfg.ngram == 1 or cfg.window_lm < 0 or cfg.window_lm == 1:
         raise MemlensError("--ngram and --window-lm need an order >= 2 (0 = off)")
-    model = load_checkpoint(cfg.model)
-    encoder = as_encoder(model)
-    unit = model.config["unit"]
+    loaded = load_model(cfg.model, cfg.vocab, cfg.device, cfg.unit)
+    model, encoder, unit = loaded.model, loaded.encoder, loaded.unit
+    if encoder.input_kind != "tokens":
+        raise MemlensError("memlens signatures reads text corpora: for a model with continuous "
+                           "inputs use memlens.memory_signature with labels=")
+    if encoder.vocab is None:
+        raise MemlensError(f"the model {cfg.model} has no vocabulary: give --vocab FILE (its "
+                           "symbols, one per line in id order)")
     parse_symbols(cfg.symbols, unit)
     layers = parse_layers(cfg.layers, encoder.num_layers, encoder)
     views = [check_view(encoder, layer, cfg.readout, u)
@@ -137,7 +197,7 @@ def run_study(cfg: StudyConfig, log=print) -> StudyResult:
         tr_tokens, he_tokens = corpus.tokens[:n_tr], corpus.tokens[n_tr:n_tr + n_he]
         tr_tags = tags[:n_tr] if tags else None
         he_tags = tags[n_tr:n_tr + n_he] if tags else None
-    check_lag(cfg.max_lag, len(tr_tokens), len(he_tokens))
+    check_lag(cfg.max_delay, len(tr_tokens), len(he_tokens))
     tr_ids, _, itos = to_ids(model, tr_tokens, "training text")
     he_ids, _, _ = to_ids(model, he_tokens, "held-out text")
     sym = build_symbols(cfg.symbols, unit, tr_ids, tr_tags, itos)
@@ -147,8 +207,7 @@ def run_study(cfg: StudyConfig, log=print) -> StudyResult:
                            "unknown or untagged tokens)")
     lm_tokens = None
     if cfg.ngram or cfg.window_lm:
-        lm_path = cfg.lm_train or (getattr(model, "extra", {}) or {}).get("train", {}).get(
-            "train")
+        lm_path = cfg.lm_train or loaded.extra.get("train", {}).get("train")
         if lm_path and Path(lm_path).exists():
             lm_tokens = load_corpus(lm_path, cfg.format, unit).tokens
         else:
@@ -156,23 +215,21 @@ def run_study(cfg: StudyConfig, log=print) -> StudyResult:
         if cfg.lm_max_tokens:
             lm_tokens = lm_tokens[: cfg.lm_max_tokens]
 
-    arch = model.config["arch"]
-    result = StudyResult(cfg, {"path": cfg.model, "arch": arch,
-                               "layers": model.config["layers"], "emb": model.config["emb"],
-                               "hidden": model.config["hidden"], "unit": unit},
+    arch = loaded.arch
+    result = StudyResult(cfg, loaded.info,
                          {"path": cfg.corpus, "tokens": len(tr_tokens),
                           "heldout_path": cfg.heldout or f"{cfg.corpus} (tokens after the "
                           "training part)", "heldout_tokens": len(he_tokens),
-                          "oov_rate": model.vocab.oov_rate(he_tokens)})
+                          "oov_rate": encoder.vocab.oov_rate(he_tokens)})
     result.extras["symbols"] = {"kind": sym.kind, "classes": sym.size}
-    dec = dict(decoder=cfg.decoder, seed=cfg.seed, blocks=cfg.blocks, resamples=cfg.resamples)
+    dec = dict(decoder=cfg.decoder, seed=cfg.seed, blocks=cfg.blocks, resamples=cfg.bootstrap)
 
     def score(label: str, role: str, view: View, tr_x, he_x) -> None:
         t0 = time.time()
-        sig = signature_from_states(tr_x, tr_cls, he_x, he_cls, cfg.max_lag, sym, **dec)
+        sig = signature_from_states(tr_x, tr_cls, he_x, he_cls, cfg.max_delay, sym, **dec)
         result.entries.append(Entry(label, role, view, sig))
         log(f"{label} {view.label}: lag0 {sig.accuracy[0]:.3f}, lag1 "
-            f"{sig.accuracy[min(1, cfg.max_lag)]:.3f}, memory span {sig.memory_span()} "
+            f"{sig.accuracy[min(1, cfg.max_delay)]:.3f}, memory span {sig.memory_span()} "
             f"({time.time() - t0:.0f}s, {sig.epochs} epochs)")
 
     # ---- the model and its random-init control ----------------------------------------------
@@ -202,9 +259,9 @@ def run_study(cfg: StudyConfig, log=print) -> StudyResult:
         score(f"{cfg.ngram}-gram window", "ngram", win_view,
               window_states(tr_ids, cfg.ngram, v), window_states(he_ids, cfg.ngram, v))
     if cfg.window_lm:
-        wl_ids = model.vocab.encode(lm_tokens).numpy()
+        wl_ids = encoder.vocab.encode(lm_tokens).numpy()
         torch.manual_seed(cfg.seed)
-        wlm = WindowLM(len(model.vocab), cfg.window_lm).fit(wl_ids, epochs=cfg.lm_epochs,
+        wlm = WindowLM(len(encoder.vocab), cfg.window_lm).fit(wl_ids, epochs=cfg.lm_epochs,
                                                             seed=cfg.seed, log=log)
         bits = wlm.bits(he_ids)
         result.extras["window_lm"] = {"order": cfg.window_lm, "train_path": lm_path,
@@ -214,17 +271,19 @@ def run_study(cfg: StudyConfig, log=print) -> StudyResult:
         score(f"window LM (n={cfg.window_lm})", "window-lm", win_view, wlm.states(tr_ids),
               wlm.states(he_ids))
 
-    # ---- group specialisation ------------------------------------------------------------------
-    if cfg.units == "groups":
+    # ---- group / basis specialisation ----------------------------------------------------------
+    if cfg.units in SPLITS:
+        prefix, part = SPLITS[cfg.units]
         div = {}
         for layer in layers:
             for role in ("model", "control"):
-                es = [e for e in result.entries if e.role == role and e.view.layer == layer]
+                es = [e for e in result.entries if e.role == role and e.view.layer == layer
+                      and e.view.units.startswith(prefix)]
                 if len(es) > 1:
                     div[f"{role}/layer{layer}"] = {
-                        "groups": [e.view.units for e in es],
+                        cfg.units: [e.view.units for e in es],
                         "js_divergence": group_divergence([e.sig.recall for e in es]).tolist()}
-        result.extras["group_divergence"] = div
+        result.extras[f"{part}_divergence"] = div
     return result
 
 

@@ -1,0 +1,145 @@
+"""What the CLI's ``--model`` names: a memlens checkpoint, or the user's own Python builder.
+
+* ``PATH.pt``: a memlens checkpoint (weights + config + vocabulary; loaded with
+  ``torch.load(weights_only=True)``: a checkpoint never executes code).
+* ``FILE.py:FUNCTION``: memlens imports the user's file and calls ``FUNCTION()``, which returns
+  a model the protocol accepts (``memlens.wrap(...)``, a :class:`RecurrentEncoder`, or an
+  object with an ``.encoder``). This runs the user's own code, because they named it.
+
+``--vocab FILE`` (one symbol per line in id order, optionally ``symbol<TAB>count``) gives the
+model a vocabulary, so that symbols are shown as words and ``freq:``/``words:``/``lexicon:``
+classes work.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from memlens.data.vocab import Vocab
+from memlens.errors import MemlensError
+from memlens.models.encoder import RecurrentEncoder, as_encoder
+
+SPEC_HELP = "a memlens checkpoint (.pt) or FILE.py:FUNCTION returning a wrapped model"
+
+
+@dataclass
+class LoadedModel:
+    """A model named on the command line: the model, its protocol view and a description."""
+
+    model: nn.Module
+    encoder: RecurrentEncoder
+    unit: str
+    info: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def vocab(self) -> Vocab | None:
+        return self.encoder.vocab
+
+    @property
+    def arch(self) -> str:
+        return str(self.info.get("arch", "model"))
+
+
+def is_python_spec(spec: str) -> bool:
+    path, sep, func = str(spec).rpartition(":")
+    return bool(sep) and path.endswith(".py") and func.isidentifier()
+
+
+def _call_builder(spec: str) -> Any:
+    path_s, _, func = str(spec).rpartition(":")
+    path = Path(path_s)
+    if not path.is_file():
+        raise MemlensError(f"model file not found: {path}")
+    name = f"memlens_user_model_{abs(hash(str(path.resolve())))}"
+    try:
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise MemlensError(f"cannot import {path} as a Python module")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.path.insert(0, str(path.resolve().parent))  # the user's file may import siblings
+        try:
+            module_spec.loader.exec_module(module)
+        finally:
+            sys.path.pop(0)
+    except MemlensError:
+        raise
+    except (Exception, SystemExit) as exc:
+        raise MemlensError(f"importing {path} failed: {type(exc).__name__}: "
+                           f"{_first_line(exc)}") from None
+    builder = getattr(module, func, None)
+    if not callable(builder):
+        raise MemlensError(f"{path} defines no function {func!r}")
+    try:
+        return builder()
+    except MemlensError:
+        raise
+    except (Exception, SystemExit) as exc:
+        raise MemlensError(f"{path}:{func}() failed: {type(exc).__name__}: "
+                           f"{_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else "(no message)"
+
+
+def describe(encoder: RecurrentEncoder, path: str) -> dict[str, Any]:
+    """model info for result.json: path, architecture, layers, sizes, input kind."""
+    kinds = sorted({layer.kind for layer in encoder.layers})
+    return {"path": str(path), "arch": "+".join(kinds), "layers": encoder.num_layers,
+            "input": encoder.input_kind, "emb": encoder.input_size,
+            "hidden": encoder.hidden_sizes[-1],
+            "vocab_size": encoder.vocab_size if encoder.input_kind == "tokens" else None}
+
+
+def load_model(spec: str | os.PathLike, vocab: str | os.PathLike | None = None,
+               device: str | torch.device = "cpu", unit: str | None = None) -> LoadedModel:
+    """Load what ``--model`` names (see module docstring); attach ``--vocab`` if given.
+
+    ``unit`` ("word"/"char") is how corpora are read for this model: a checkpoint records it;
+    a user's model defaults to "word".
+    """
+    from memlens.models.checkpoint import load_checkpoint
+
+    spec = str(spec)
+    if is_python_spec(spec):
+        built = _call_builder(spec)
+        try:
+            encoder = as_encoder(built)
+        except MemlensError:
+            raise MemlensError(f"{spec} returned {type(built).__name__}, not a model memlens "
+                               "can analyse: return memlens.wrap(embedding, rnn, vocab=...) "
+                               "or a RecurrentEncoder") from None
+        model: nn.Module = built
+        info = describe(encoder, spec)
+        extra: dict[str, Any] = {}
+        model_unit = unit or "word"
+    else:
+        if spec.endswith(".py"):
+            raise MemlensError(f"--model {spec}: name the function too, as FILE.py:FUNCTION")
+        model = load_checkpoint(spec, "cpu")
+        encoder = as_encoder(model)
+        cfg = getattr(model, "config", {}) or {}
+        info = {"path": spec, **{k: cfg[k] for k in ("arch", "layers", "emb", "hidden", "unit")
+                                 if k in cfg}} if "arch" in cfg else describe(encoder, spec)
+        extra = dict(getattr(model, "extra", {}) or {})
+        model_unit = unit or cfg.get("unit") or "word"
+    if vocab is not None:
+        if encoder.input_kind != "tokens":
+            raise MemlensError("--vocab: this model reads continuous vectors, not tokens")
+        v = Vocab.read(vocab)
+        encoder.set_vocab(v)
+        if hasattr(model, "vocab") and model is not encoder:
+            model.vocab = v
+    model = model.to(device).eval()
+    info["unit"] = model_unit
+    return LoadedModel(model, encoder, model_unit, info, extra)
