@@ -15,6 +15,7 @@ from memlens.gradients.classes import encode_memberships
 from memlens.gradients.engine import accumulate
 from memlens.gradients.normalize import embedding_normalization
 from memlens.gradients.result import GradientResult
+from memlens.limits import check_memory
 from memlens.models.encoder import as_encoder
 
 STATES = ("cell", "hidden")
@@ -44,7 +45,8 @@ def state_gradients(model: nn.Module, tokens, max_delay: int, state: str = "cell
                     checkpoint: str | Path | None = None, checkpoint_every: float = 300.0,
                     resume: bool = False, stop_after: int | None = None,
                     progress: bool = False, target_mask=None, on_chunk=None,
-                    class_ci_delays: Sequence[int] | None = None) -> GradientResult:
+                    class_ci_delays: Sequence[int] | None = None,
+                    keep_checkpoint: bool = False) -> GradientResult:
     """Exact average state gradients d s_t / d x_{t-tau}, tau = 0..max_delay, of one stream.
 
     model: a memlens model or ``memlens.wrap(embedding, rnn)``; tokens: 1-D ids (one
@@ -54,9 +56,10 @@ def state_gradients(model: nn.Module, tokens, max_delay: int, state: str = "cell
     token then counts for each); ``class_names`` fixes their order (default: sorted).
     dtype: "float32" or "float64"; method: "auto" (hand-derived tangents where known),
     "hand" or "generic" (torch.func.jvp on the layer's step). See ``engine.accumulate`` for
-    checkpoint / resume / stop_after. ``class_ci_delays``: delays at which per-class block sums
-    are kept for class-wise bootstrap intervals (default 0, 1, 2, 5, 10, 20 and K; skipped
-    when they would need more than 1 GB). Returns a :class:`GradientResult`.
+    checkpoint / resume / stop_after / keep_checkpoint. ``class_ci_delays``: delays at which
+    per-class block sums are kept for class-wise bootstrap intervals (default 0, 1, 2, 5, 10,
+    20 and K; skipped when they would need more than 1 GB). Returns a
+    :class:`GradientResult`.
     """
     enc = as_encoder(model)
     if isinstance(dtype, str):
@@ -118,12 +121,16 @@ def state_gradients(model: nn.Module, tokens, max_delay: int, state: str = "cell
         need = min(blocks, T) * H * (len(names) + 1) * len(ci_delays) * enc.emb_size * 8
         if need > 1e9:
             ci_delays = []
+    H, E, S = enc.layers[L].hidden_size, enc.emb_size, int(max_delay) + 1
+    width = dtype.itemsize if isinstance(dtype, torch.dtype) else 4
+    check_memory(H * S * E * ((len(names) + 1) * (width + 8) * 2 + min(blocks, T) * 8
+                              + (L + 1) * 2 * width), "the state-gradient accumulators")
     sums = accumulate(enc, ids, int(max_delay), L, state, memberships, len(names), dtype=dtype,
                       device=device, method=method, blocks=blocks, flush_every=flush_every,
                       chunk_size=chunk_size, checkpoint=checkpoint,
                       checkpoint_every=checkpoint_every, resume=resume, stop_after=stop_after,
                       progress=progress, target_mask=mask, on_chunk=on_chunk,
-                      ci_delays=ci_delays)
+                      ci_delays=ci_delays, keep_checkpoint=keep_checkpoint)
     class_emb = probe = None
     if names:
         np_ids = ids.numpy()

@@ -59,8 +59,11 @@ def token_classes(spec: str, tokens: Sequence[str], tags: dict[str, list] | None
         column = tags.get(kind)
         if column is None:
             raise MemlensError(f"--classes {kind} needs a CoNLL-U corpus (--format conllu)")
-        names = sorted({t for t in column if t is not None})
-        return names, [[t] if t is not None else [] for t in column]
+        names = sorted({t for t in column if t is not None and t != "_"})
+        if not names:
+            raise MemlensError(f"--classes {kind}: the corpus has no {kind.upper()} tags "
+                               "(every one is '_')")
+        return names, [[t] if t is not None and t != "_" else [] for t in column]
     if kind == "groups":
         groups = read_groups(arg)
         if not tags:
@@ -134,8 +137,10 @@ def _frequency_classes(arg: str, tokens: Sequence[str], vocab) -> tuple[list[str
             n = int(arg)
         except ValueError:
             raise MemlensError(f"bad number of frequency bins {arg!r}") from None
-        if n < 1:
-            raise MemlensError(f"number of frequency bins must be positive, got {n}")
+        words = len(counts) - 2
+        if not 1 <= n <= words:
+            raise MemlensError(f"number of frequency bins must be in 1..{words} (the model's "
+                               f"vocabulary has {words} words), got {n}")
         # word ids 2.. are sorted by descending training count: equal training-token mass
         mass = np.cumsum(counts[2:]) / max(counts[2:].sum(), 1)
         word_bin = np.minimum((mass * n - 1e-12).astype(int), n - 1)

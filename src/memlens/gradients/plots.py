@@ -33,14 +33,14 @@ def plot_memory(result, path: Path, log: bool, boot: dict | None = None) -> None
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=90)
     colors = plt.get_cmap("tab20")
     for k, (name, curve) in enumerate(_curves(result)):
-        sel = delays >= (1 if log else 0)
+        sel = delays >= (1 if log and result.max_delay >= 1 else 0)
         style = {"color": "black", "lw": 2.2} if name == "all" else {"color": colors(k % 20),
                                                                        "lw": 1.2}
         ax.plot(delays[sel], curve[sel], label=name, **style)
         if name == "all" and boot is not None and np.isfinite(boot["low"]).any():
             ax.fill_between(delays[sel], boot["low"][sel], boot["high"][sel], color="grey",
                             alpha=0.3, lw=0, label="95% block bootstrap")
-    if log:
+    if log and result.max_delay >= 1:  # with delay 0 alone there is nothing to log-scale
         ax.set_xscale("log")
         ax.set_yscale("log")
     ax.set_xlabel("delay tau (tokens)")
