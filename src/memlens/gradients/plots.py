@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from memlens.plotting import plain_text, pyplot
+
+plt = pyplot()
 
 MAX_LINES = 20
 
@@ -27,6 +27,7 @@ def _curves(result, max_classes: int = MAX_LINES - 1) -> list[tuple[str, np.ndar
     return curves
 
 
+@plain_text
 def plot_memory(result, path: Path, log: bool, boot: dict | None = None) -> None:
     """Sum of singular values vs delay (log-log axes from delay 1, or linear axes)."""
     delays = np.arange(result.max_delay + 1)
@@ -54,6 +55,7 @@ def plot_memory(result, path: Path, log: bool, boot: dict | None = None) -> None
     plt.close(fig)
 
 
+@plain_text
 def plot_spectra(result, path: Path, delays: list[int]) -> None:
     """Singular-value spectra (log scale) of the overall normalised average at ``delays``."""
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=90)
