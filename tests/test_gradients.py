@@ -270,7 +270,9 @@ def test_cli_only_unknown_words_and_bad_ids(tiny, capsys):
         memlens.state_gradients(model, [1, 2, 3, 99, 4], 2)
     gru = lm("gru", layers=1)
     with pytest.raises(MemlensError, match="unknown readout 'cell'"):
-        memlens.state_gradients(gru, [1, 2, 3, 4], 2)
+        memlens.state_gradients(gru, [1, 2, 3, 4], 2, readout="cell")
+    # the default readout is valid for every architecture (GRU: hidden)
+    assert memlens.state_gradients(gru, [1, 2, 3, 4], 2).settings["readout"] == "hidden"
 
 
 def test_cli_real_data(ewt_dev, tmp_path):

@@ -267,14 +267,15 @@ def _term(*args, **kwargs):
 def test_gradients_sigterm_after_accumulation_is_resumable(env, capsys, monkeypatch):
     assert main(grad(env, "--classes", "upos", "--format", "conllu", "--corpus",
                      str(env / "c.conllu"), out="straight")) == 0
-    import memlens.gradients.output as output
+    import memlens.gradients.plots as plots
+    from memlens.gradients.result import GradientResult
 
     for where in ("bootstrap", "plots"):
         with monkeypatch.context() as mp:
             if where == "plots":
-                mp.setattr(output, "write_plots", _term)
+                mp.setattr(plots, "write_plots", _term)
             else:
-                mp.setattr(output.GradientResult, "bootstrap", _term)
+                mp.setattr(GradientResult, "bootstrap", _term)
             assert main(grad(env, "--classes", "upos", "--format", "conllu", "--corpus",
                              str(env / "c.conllu"))) == 130
         assert "--resume" in capsys.readouterr().err
@@ -295,9 +296,9 @@ def test_gradients_sigterm_after_accumulation_is_resumable(env, capsys, monkeypa
     (lambda ck: ck.__setitem__("counts", ck["counts"].double()), "float64"),
 ])
 def test_gradients_partial_is_validated(env, capsys, monkeypatch, edit, message):
-    import memlens.gradients.output as output
+    import memlens.gradients.plots as plots
 
-    monkeypatch.setattr(output, "write_plots", _term)
+    monkeypatch.setattr(plots, "write_plots", _term)
     assert main(grad(env)) == 130
     monkeypatch.undo()
     ck_path = env / ".out.partial.pt"

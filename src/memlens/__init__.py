@@ -7,6 +7,10 @@ from memlens.errors import MemlensError  # noqa: E402
 from memlens.models import (  # noqa: E402
     LanguageModel,
     RecurrentEncoder,
+    RecurrentLayer,
+    StepLayer,
+    Stream,
+    TorchLayer,
     as_encoder,
     load_checkpoint,
     save_checkpoint,
@@ -14,7 +18,8 @@ from memlens.models import (  # noqa: E402
 )
 from memlens.train import TrainConfig, evaluate, train  # noqa: E402
 
-__all__ = ["Corpus", "LanguageModel", "MemlensError", "RecurrentEncoder", "TrainConfig",
+__all__ = ["Corpus", "LanguageModel", "MemlensError", "RecurrentEncoder", "RecurrentLayer",
+           "StepLayer", "Stream", "TorchLayer", "TrainConfig",
            "Vocab", "as_encoder", "evaluate", "load_checkpoint", "load_corpus",
            "make_synthetic", "memory_signature", "save_checkpoint", "state_gradients", "train",
            "wrap"]

@@ -120,8 +120,8 @@ def _run(args: argparse.Namespace, out: Path) -> int:
         _log(f"memlens: warning: starting afresh; removing the old checkpoint {ck}")
         ck.unlink()
     try:
-        result = state_gradients(model, ids, args.max_delay, state=state, layer=args.layer,
-                                 classes=classes, class_names=names, dtype=args.dtype,
+        result = state_gradients(model, ids, args.max_delay, readout=state, layer=args.layer,
+                                 labels=classes, label_names=names, dtype=args.dtype,
                                  device=device, method=args.method, blocks=args.blocks,
                                  checkpoint=ck, checkpoint_every=args.checkpoint_every,
                                  resume=args.resume, progress=not args.no_progress,

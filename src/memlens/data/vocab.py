@@ -16,24 +16,68 @@ EOS = "<eos>"
 
 @dataclass
 class Vocab:
-    """Symbols in id order; ``counts[i]`` is the training count of symbol i.
+    """Symbols in id order; ``counts[i]`` is the training count of symbol i (or None).
 
-    Id 0 is ``<unk>`` and id 1 is ``<eos>``; the rest are sorted by descending frequency
-    (ties by first occurrence), so frequency bins can be read off id ranges.
+    A memlens-built vocabulary has id 0 ``<unk>`` and id 1 ``<eos>``, the rest sorted by
+    descending frequency (ties by first occurrence). A user's vocabulary
+    (:meth:`from_symbols`, e.g. the id order of their own model) has no such requirement:
+    ``unk`` names its unknown symbol, or is None, and then a corpus token outside the
+    vocabulary is an error.
     """
 
     itos: list[str]
-    counts: list[int]
+    counts: list[int] | None = None
+    unk: str | None = UNK
+    memlens_layout: bool = True
     stoi: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self):
-        if len(self.itos) != len(self.counts):
+        if self.counts is not None and len(self.itos) != len(self.counts):
             raise MemlensError("vocabulary symbols and counts differ in length")
-        if self.itos[:2] != [UNK, EOS]:
+        if not self.itos:
+            raise MemlensError("the vocabulary is empty")
+        if self.memlens_layout and self.itos[:2] != [UNK, EOS]:
             raise MemlensError("vocabulary must start with <unk>, <eos>")
         self.stoi = {s: i for i, s in enumerate(self.itos)}
         if len(self.stoi) != len(self.itos):
-            raise MemlensError("vocabulary has duplicate symbols")
+            dup = next(s for i, s in enumerate(self.itos) if self.stoi[s] != i)
+            raise MemlensError(f"vocabulary has duplicate symbols (e.g. {dup!r})")
+        if self.unk is not None and self.unk not in self.stoi:
+            raise MemlensError(f"unknown symbol {self.unk!r} is not in the vocabulary")
+
+    @classmethod
+    def from_symbols(cls, symbols: Sequence[str], counts: Sequence[int] | None = None,
+                     unk: str | None = "auto") -> Vocab:
+        """A user's vocabulary in id order. ``unk="auto"``: ``<unk>`` if present, else none."""
+        symbols = [str(s) for s in symbols]
+        if unk == "auto":
+            unk = UNK if UNK in symbols else None
+        return cls(symbols, None if counts is None else [int(c) for c in counts], unk,
+                   memlens_layout=False)
+
+    @classmethod
+    def read(cls, path) -> Vocab:
+        """A vocabulary file: one symbol per line in id order, optionally ``symbol<TAB>count``."""
+        from memlens.data.files import read_text
+
+        symbols, counts = [], []
+        for number, line in enumerate(read_text(path, "vocabulary").split("\n"), start=1):
+            line = line.rstrip("\r")
+            if not line:
+                continue
+            sym, tab, count = line.partition("\t")
+            if tab:
+                try:
+                    counts.append(int(count))
+                except ValueError:
+                    raise MemlensError(f"{path}:{number}: bad count {count!r} (expected "
+                                       "symbol<TAB>integer)") from None
+            symbols.append(sym)
+        if not symbols:
+            raise MemlensError(f"vocabulary file has no symbols: {path}")
+        if counts and len(counts) != len(symbols):
+            raise MemlensError(f"{path}: give a count on every line or on none")
+        return cls.from_symbols(symbols, counts or None)
 
     @classmethod
     def build(cls, tokens: Iterable[str], max_size: int | None = None,
@@ -55,20 +99,35 @@ class Vocab:
         return len(self.itos)
 
     @property
-    def unk_id(self) -> int:
-        return 0
+    def unk_id(self) -> int | None:
+        return None if self.unk is None else self.stoi[self.unk]
 
     @property
-    def eos_id(self) -> int:
-        return 1
+    def eos_id(self) -> int | None:
+        return self.stoi.get(EOS)
+
+    @property
+    def specials(self) -> set[str]:
+        """Symbols that are not words (``<unk>``, ``<eos>``): no class, no frequency bin."""
+        return {s for s in (self.unk, EOS) if s is not None and s in self.stoi}
 
     def encode(self, tokens: Sequence[str]) -> torch.Tensor:
-        """Map symbols to a 1-D LongTensor of ids (unknown symbols -> ``<unk>``)."""
+        """Map symbols to a 1-D LongTensor of ids (unknown symbols -> the unknown symbol)."""
         get = self.stoi.get
-        return torch.tensor([get(t, 0) for t in tokens], dtype=torch.long)
+        unk = self.unk_id
+        if unk is None:
+            missing = next((t for t in tokens if t not in self.stoi), None)
+            if missing is not None:
+                raise MemlensError(f"corpus token {missing!r} is not in the vocabulary and "
+                                   "the vocabulary declares no unknown symbol (add <unk>)")
+            return torch.tensor([self.stoi[t] for t in tokens], dtype=torch.long)
+        return torch.tensor([get(t, unk) for t in tokens], dtype=torch.long)
 
     def decode(self, ids: Iterable[int]) -> list[str]:
         return [self.itos[int(i)] for i in ids]
+
+    def is_known(self, token: str) -> bool:
+        return token in self.stoi and token != self.unk
 
     def oov_rate(self, tokens: Sequence[str]) -> float:
         """Fraction of ``tokens`` (excluding ``<eos>``) that are not in the vocabulary.
@@ -78,11 +137,19 @@ class Vocab:
         words = [t for t in tokens if t != EOS]
         if not words:
             return 0.0
-        return sum(1 for t in words if t == UNK or t not in self.stoi) / len(words)
+        return sum(1 for t in words if not self.is_known(t)) / len(words)
 
     def to_dict(self) -> dict:
-        return {"itos": list(self.itos), "counts": [int(c) for c in self.counts]}
+        d = {"itos": list(self.itos),
+             "counts": None if self.counts is None else [int(c) for c in self.counts]}
+        if not self.memlens_layout:
+            d["unk"] = self.unk
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Vocab:
-        return cls(list(d["itos"]), [int(c) for c in d["counts"]])
+        counts = d.get("counts")
+        counts = None if counts is None else [int(c) for c in counts]
+        if "unk" in d:
+            return cls.from_symbols(list(d["itos"]), counts, d["unk"])
+        return cls(list(d["itos"]), counts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,95 +18,109 @@ from memlens.gradients.normalize import embedding_normalization
 from memlens.gradients.result import GradientResult
 from memlens.limits import check_memory
 from memlens.models.encoder import as_encoder
-
-STATES = ("cell", "hidden")
-
-
-def _as_ids(tokens) -> torch.Tensor:
-    if isinstance(tokens, torch.Tensor):
-        ids = tokens.detach().cpu()
-    else:
-        try:
-            ids = torch.as_tensor(np.asarray(tokens))
-        except (TypeError, ValueError):
-            raise MemlensError("tokens must be a 1-D sequence of integer ids") from None
-    if ids.dim() != 1:
-        raise MemlensError(f"tokens must be 1-D (one continuous stream), got shape "
-                           f"{tuple(ids.shape)}")
-    if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():
-        raise MemlensError(f"tokens must be integer ids, got {ids.dtype}")
-    return ids.long()
+from memlens.models.inputs import as_stream
 
 
-def state_gradients(model: nn.Module, tokens, max_delay: int, state: str = "cell",
-                    layer: int = -1, classes: Sequence | None = None, *,
-                    class_names: Sequence[str] | None = None, dtype: torch.dtype | str = "float32",
-                    device: str | torch.device = "cpu", method: str = "auto",
-                    blocks: int = 20, chunk_size: int = 256, flush_every: int = 256,
-                    checkpoint: str | Path | None = None, checkpoint_every: float = 300.0,
-                    resume: bool = False, stop_after: int | None = None,
-                    progress: bool = False, target_mask=None, on_chunk=None,
-                    class_ci_delays: Sequence[int] | None = None,
-                    keep_checkpoint: bool = False) -> GradientResult:
-    """Exact average state gradients d s_t / d x_{t-tau}, tau = 0..max_delay, of one stream.
-
-    model: a memlens model or ``memlens.wrap(embedding, rnn)``; tokens: 1-D ids (one
-    continuous stream from a zero state); state: "cell" or "hidden" (GRU/RNN: "hidden"; an
-    LSTM's "cell" is the default); layer: readout layer (negative counts from the top).
-    classes: optional, one entry per token: None, a class name, or a list of class names (the
-    token then counts for each); ``class_names`` fixes their order (default: sorted).
-    dtype: "float32" or "float64"; method: "auto" (hand-derived tangents where known),
-    "hand" or "generic" (torch.func.jvp on the layer's step). See ``engine.accumulate`` for
-    checkpoint / resume / stop_after / keep_checkpoint. ``class_ci_delays``: delays at which
-    per-class block sums are kept for class-wise bootstrap intervals (default 0, 1, 2, 5, 10,
-    20 and K; skipped when they would need more than 1 GB). Returns a
-    :class:`GradientResult`.
-    """
-    enc = as_encoder(model)
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """"float32"/"float64" (or the torch dtype) -> torch dtype; anything else is refused."""
     if isinstance(dtype, str):
         if dtype not in ("float32", "float64"):
             raise MemlensError(f"unknown dtype {dtype!r}: choose float32 or float64")
-        dtype = getattr(torch, dtype)
-    if state == "cell" and enc.layers[enc.resolve_layer(layer)].kind != "lstm":
-        raise MemlensError(f"unknown readout 'cell' for layer {enc.resolve_layer(layer)} "
-                           f"({enc.layers[enc.resolve_layer(layer)].kind}): choose from hidden")
-    L, state = enc.check_readout(layer, state)
-    ids = _as_ids(tokens)
-    T = ids.numel()
+        return getattr(torch, dtype)
+    if dtype not in (torch.float32, torch.float64):
+        raise MemlensError(f"unknown dtype {dtype!r}: choose float32 or float64")
+    return dtype
+
+
+def deprecated_alias(new_value, old_value, new: str, old: str):
+    """Return ``new_value``, or ``old_value`` (with a DeprecationWarning) when only it is set."""
+    if old_value is None:
+        return new_value
+    warnings.warn(f"{old}= is deprecated: use {new}=", DeprecationWarning, stacklevel=3)
+    if new_value is not None and new_value != old_value:
+        raise MemlensError(f"give {new}= or its deprecated alias {old}=, not both")
+    return old_value
+
+
+def state_gradients(model: nn.Module, inputs, max_delay: int, readout: str | None = None,
+                    layer: int = -1, labels: Sequence | None = None, *,
+                    label_names: Sequence[str] | None = None,
+                    dtype: torch.dtype | str = "float32",
+                    device: str | torch.device = "cpu", method: str = "auto",
+                    blocks: int = 20, bootstrap: int = 200, chunk_size: int = 256,
+                    flush_every: int = 256, checkpoint: str | Path | None = None,
+                    checkpoint_every: float = 300.0, resume: bool = False,
+                    stop_after: int | None = None, progress: bool = False, target_mask=None,
+                    on_chunk=None, class_ci_delays: Sequence[int] | None = None,
+                    state: str | None = None, classes: Sequence | None = None,
+                    class_names: Sequence[str] | None = None,
+                    keep_checkpoint: bool = False) -> GradientResult:
+    """Exact average state gradients d r_t / d x_{t-tau}, tau = 0..max_delay, of one stream.
+
+    For every target t and delay tau (t - tau >= 0) the readout's Jacobian
+    G_t(tau) = d r_t / d x_{t-tau} (D x E; x = the input vector: embedding row or frame) is
+    averaged per delay and per label of the *source* position t - tau:
+    Gbar(tau) = mean_t G_t(tau). Metrics use Gn(tau) = Gbar(tau) D with S = D D^T the input
+    covariance (embedding table rows for token models, the stream's vectors otherwise).
+
+    model: anything the model protocol accepts (a memlens model, ``memlens.wrap(...)``);
+    inputs: one continuous stream from a zero state (ids, symbols, a Corpus, T x I vectors or
+    a :class:`~memlens.models.inputs.Stream`); readout: a readout name of ``layer`` (default:
+    ``RecurrentEncoder.default_readout``: an LSTM's cell state, as the paper, otherwise the
+    layer's output); layer: negative counts from the top. labels: optional, one entry per
+    position: None, a class name, or a list of class names (the position then counts for
+    each); ``label_names`` fixes their order (default: sorted). ``bootstrap``: resamples for
+    the intervals of the table and saved result. dtype: "float32" or "float64"; method:
+    "auto" (hand-derived tangents where known), "hand" or "generic" (torch.func.jvp on the
+    layer's step). See ``engine.accumulate`` for checkpoint / resume / stop_after /
+    keep_checkpoint.
+    ``class_ci_delays``: delays at which per-class block sums are kept for class-wise
+    bootstrap intervals (default 0, 1, 2, 5, 10, 20 and K; skipped when they would need more
+    than 1 GB). ``state=``, ``classes=`` and ``class_names=`` are deprecated aliases of
+    ``readout=``, ``labels=`` and ``label_names=``. Returns a :class:`GradientResult`.
+    """
+    enc = as_encoder(model)
+    readout = deprecated_alias(readout, state, "readout", "state")
+    labels = deprecated_alias(labels, classes, "labels", "classes")
+    label_names = deprecated_alias(label_names, class_names, "label_names", "class_names")
+    dtype = resolve_dtype(dtype)
+    L, readout = enc.check_readout(layer, readout, "gradients")
+    stream = as_stream(enc, inputs, "inputs", labels)
+    values = stream.values
+    T = len(stream)
     if not isinstance(max_delay, (int, np.integer)) or isinstance(max_delay, bool):
         raise MemlensError(f"maximum delay must be an integer, got {max_delay!r}")
     if max_delay < 0:
         raise MemlensError(f"maximum delay must be >= 0, got {max_delay}")
-    if T == 0:
-        raise MemlensError("the token stream is empty")
     if max_delay >= T:
         raise MemlensError(f"maximum delay {max_delay} is not shorter than the stream "
-                           f"({T} tokens): no position has a delay of {max_delay}")
-    V = enc.vocab_size
-    lo, hi = int(ids.min()), int(ids.max())
-    if lo < 0 or hi >= V:
-        bad = lo if lo < 0 else hi
-        raise MemlensError(f"token id {bad} is outside the model's vocabulary (0..{V - 1}): "
-                           "model and corpus vocabularies do not match")
+                           f"({T} positions): no position has a delay of {max_delay}")
+    if not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
+        raise MemlensError(f"bootstrap resamples must be a non-negative integer, got "
+                           f"{bootstrap!r}")
     if blocks < 1 or chunk_size < 1 or flush_every < 1:
         raise MemlensError("blocks, chunk_size and flush_every must be positive")
-    table = enc.embedding.weight.detach().cpu().double().numpy()
-    norm = embedding_normalization(table)
+    if stream.is_tokens:
+        table = enc.input_table().detach().cpu().double().numpy()
+        norm = embedding_normalization(table)
+        positions = values.numpy()
+    else:  # continuous inputs: statistics of the analysed stream's vectors
+        table = values.double().numpy()
+        norm = embedding_normalization(table, source="input vectors of the stream")
+        positions = np.arange(T)
 
     memberships, names = None, []
-    if classes is not None:
-        if len(classes) != T:
-            raise MemlensError(f"classes has {len(classes)} entries for {T} tokens")
-        if class_names is None:
+    if stream.labels is not None:
+        if label_names is None:
             found = set()
-            for lab in classes:
+            for lab in stream.labels:
                 if lab is None:
                     continue
                 found.update([lab] if isinstance(lab, str) else lab)
             names = sorted(found)
         else:
-            names = list(class_names)
-        memberships = encode_memberships(names, classes)
+            names = list(label_names)
+        memberships = encode_memberships(names, stream.labels)
     mask = None
     if target_mask is not None:
         mask = torch.as_tensor(np.asarray(target_mask), dtype=torch.bool)
@@ -117,15 +132,15 @@ def state_gradients(model: nn.Module, tokens, max_delay: int, state: str = "cell
         wanted = class_ci_delays if class_ci_delays is not None else (0, 1, 2, 5, 10, 20,
                                                                       int(max_delay))
         ci_delays = sorted({int(d) for d in wanted if 0 <= d <= max_delay})
-        H = enc.layers[L].hidden_size
-        need = min(blocks, T) * H * (len(names) + 1) * len(ci_delays) * enc.emb_size * 8
+        H = enc.layers[L].readout_size(readout)
+        need = min(blocks, T) * H * (len(names) + 1) * len(ci_delays) * enc.input_size * 8
         if need > 1e9:
             ci_delays = []
-    H, E, S = enc.layers[L].hidden_size, enc.emb_size, int(max_delay) + 1
+    H, E, S = enc.layers[L].readout_size(readout), enc.input_size, int(max_delay) + 1
     width = dtype.itemsize if isinstance(dtype, torch.dtype) else 4
     check_memory(H * S * E * ((len(names) + 1) * (width + 8) * 2 + min(blocks, T) * 8
                               + (L + 1) * 2 * width), "the state-gradient accumulators")
-    sums = accumulate(enc, ids, int(max_delay), L, state, memberships, len(names), dtype=dtype,
+    sums = accumulate(enc, values, int(max_delay), L, readout, memberships, len(names), dtype=dtype,
                       device=device, method=method, blocks=blocks, flush_every=flush_every,
                       chunk_size=chunk_size, checkpoint=checkpoint,
                       checkpoint_every=checkpoint_every, resume=resume, stop_after=stop_after,
@@ -133,12 +148,12 @@ def state_gradients(model: nn.Module, tokens, max_delay: int, state: str = "cell
                       ci_delays=ci_delays, keep_checkpoint=keep_checkpoint)
     class_emb = probe = None
     if names:
-        np_ids = ids.numpy()
-        class_emb = metrics.class_mean_embeddings(table, np_ids, memberships, len(names))
-        probe = metrics.probe_accuracy(table, np_ids, memberships)
-    settings = {"max_delay": int(max_delay), "layer": L, "state": state, "tokens": T,
-                "dtype": str(dtype).replace("torch.", ""), "method": sums.stats["method"],
-                "blocks": int(min(blocks, T)), "classes": len(names)}
-    return GradientResult(max_delay=int(max_delay), layer=L, state=state, class_names=names,
+        class_emb = metrics.class_mean_embeddings(table, positions, memberships, len(names))
+        probe = metrics.probe_accuracy(table, positions, memberships)
+    settings = {"max_delay": int(max_delay), "layer": L, "readout": readout, "tokens": T,
+                "input": enc.input_kind, "dtype": str(dtype).replace("torch.", ""),
+                "method": sums.stats["method"], "blocks": int(min(blocks, T)),
+                "bootstrap": int(bootstrap), "classes": len(names)}
+    return GradientResult(max_delay=int(max_delay), layer=L, state=readout, class_names=names,
                           raw=sums, normalization=norm, settings=settings,
                           class_embeddings=class_emb, probe=probe)

@@ -41,7 +41,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from memlens.errors import MemlensError
-from memlens.gradients.tangents import LayerPropagator
+from memlens.gradients.tangents import make_propagator
 from memlens.io import atomic_path
 from memlens.models.encoder import RecurrentEncoder
 
@@ -181,6 +181,8 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
                keep_checkpoint: bool = False) -> Sums:
     """Exact sums of d s_t / d x_{t-tau} over the stream ``ids`` (see module docstring).
 
+    ``ids``: 1-D token ids (x_t = embedding row) or T x I input vectors (x_t = the row).
+
     ``memberships[j]`` lists the class indices (0..n_classes-1) of token j (may be empty).
     ``target_mask`` (bool, length T) restricts the targets t that are accumulated (used by the
     benchmark to compare against a per-position algorithm). ``stop_after`` processes at most
@@ -190,12 +192,13 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
     the caller to delete; otherwise it is deleted here. Arguments are assumed validated.
     """
     device = torch.device(device)
-    ids = ids.to("cpu", torch.long).reshape(-1)
-    T, K = ids.numel(), max_delay
+    tokens = ids.dim() == 1
+    ids = ids.to("cpu", torch.long) if tokens else ids.to("cpu")
+    T, K = ids.shape[0], max_delay
     S, C = K + 1, n_classes
     L = layer
-    E = encoder.emb_size
-    H = encoder.layers[L].hidden_size
+    E = encoder.input_size
+    H = encoder.layers[L].readout_size(readout)
     nb = max(1, min(blocks, T))
     # class buckets: pass 0 = first class or C ("none"); extra passes r >= 1 -> class or dump C
     bucket = torch.full((T,), C, dtype=torch.long)
@@ -208,9 +211,9 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
                 (bucket if r == 0 else extras[r - 1])[j] = c
     mask = None if target_mask is None else target_mask.to("cpu", torch.bool).reshape(-1)
 
-    props = [LayerPropagator(encoder.layers[k], S, E, k == 0, dtype, device, method)
+    props = [make_propagator(encoder.layers[k], S, E, k == 0, dtype, device, method)
              for k in range(L + 1)]
-    emb = encoder.embedding.weight.detach().to(device=device, dtype=dtype)
+    emb = encoder.embedding.weight.detach().to(device=device, dtype=dtype) if tokens else None
     nbk = C + 1
     st = torch.zeros(H, nbk * S, E, dtype=dtype, device=device)
     master = torch.zeros(H, nbk * S, E, dtype=torch.float64, device=device)
@@ -309,7 +312,8 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
             srcc = src.clamp(min=0)
             idx0 = bucket[srcc] * S + delays
             idx_x = [e[srcc] * S + delays for e in extras]
-            xs = emb[ids[a:b].to(device)]
+            xs = emb[ids[a:b].to(device)] if tokens else \
+                ids[a:b].to(device=device, dtype=dtype)
             sel = live.any(1).tolist()
             idx0_d = idx0.to(device)
             idx_x_d = [i.to(device) for i in idx_x]
@@ -320,7 +324,7 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
                 x, dx = xs[k], None
                 for p in props:
                     p.step(x, dx, slot)
-                    x, dx = p.h, p.readout("hidden")
+                    x, dx = p.output, p.output_tangent()
                 if sel[k]:
                     R = props[L].readout(readout).view(H, S, E)
                     st.index_add_(1, idx0_d[k], R)

@@ -31,8 +31,11 @@ class Normalization:
         return grad @ self.D
 
 
-def embedding_normalization(table: np.ndarray) -> Normalization:
-    """Mean, Cholesky factor D of the covariance, Z = D^-1 and cond(Z) of an embedding table.
+def embedding_normalization(table: np.ndarray, source: str = "embedding table"
+                            ) -> Normalization:
+    """Mean, Cholesky factor D of the covariance, Z = D^-1 and cond(Z) of the rows of ``table``
+    (V x E): an embedding table (token models, as the paper) or the input vectors of the
+    analysed stream (continuous inputs). ``source`` names them in error messages.
 
     Raises :class:`MemlensError` for a singular or numerically singular covariance (for example
     a vocabulary with no more entries than embedding dimensions).
@@ -40,21 +43,21 @@ def embedding_normalization(table: np.ndarray) -> Normalization:
     table = np.asarray(table, dtype=np.float64)
     V, E = table.shape
     if V <= E:
-        raise MemlensError(f"embedding covariance is singular: the table has {V} rows for "
-                           f"{E} dimensions (the vocabulary must be larger than the embedding "
-                           "size to normalise)")
+        raise MemlensError(f"input covariance is singular: the {source} has {V} rows for "
+                           f"{E} dimensions (need more rows than dimensions to normalise)")
     mu = table.mean(axis=0)
     cov = np.cov(table, rowvar=False).reshape(E, E)
     try:
         D = np.linalg.cholesky(cov)
     except np.linalg.LinAlgError:
         rank = int(np.linalg.matrix_rank(cov))
-        raise MemlensError(f"embedding covariance is singular (rank {rank} < E={E}): cannot "
-                           "normalise; are some embedding dimensions constant?") from None
+        raise MemlensError(f"input covariance of the {source} is singular (rank {rank} < "
+                           f"E={E}): cannot normalise; are some input dimensions constant?"
+                           ) from None
     sv = np.linalg.svd(D, compute_uv=False)
     condition = float(sv[0] / sv[-1]) if sv[-1] > 0 else float("inf")
     if not np.isfinite(condition) or condition > MAX_CONDITION:
-        raise MemlensError(f"embedding covariance is numerically singular (condition number "
-                           f"of Z = {condition:.3g}): cannot normalise")
+        raise MemlensError(f"input covariance of the {source} is numerically singular "
+                           f"(condition number of Z = {condition:.3g}): cannot normalise")
     Z = np.linalg.solve(D, np.eye(E))
     return Normalization(mu=mu, D=D, Z=Z, condition=condition)

@@ -16,11 +16,20 @@ from memlens.errors import MemlensError
 from memlens.gradients import metrics
 from memlens.gradients.engine import Sums
 from memlens.gradients.normalize import Normalization
+from memlens.results import Result
 
 
-@dataclass
-class GradientResult:
-    """Exact average state gradients per delay (and class) with their metrics."""
+@dataclass(repr=False)
+class GradientResult(Result):
+    """Exact average state gradients per delay (and class) with their metrics.
+
+    As a :class:`~memlens.results.Result`: ``to_frame()`` has one row per (delay, class)
+    (see :meth:`table`), ``plot()`` draws the sum of singular values vs delay per class,
+    ``save(dir)`` writes result.json, table.csv, gradients.npz and PNGs.
+    """
+
+    kind = "gradients"
+    arrays_file = "gradients.npz"
 
     max_delay: int
     layer: int
@@ -31,7 +40,11 @@ class GradientResult:
     settings: dict = field(default_factory=dict)
     class_embeddings: np.ndarray | None = None
     probe: dict | None = None
+    model_meta: dict = field(default_factory=dict)
+    corpus_meta: dict = field(default_factory=dict)
+    directions: dict[str, np.ndarray] = field(default_factory=dict)
     _boot: dict | None = field(default=None, repr=False)
+    _rows: tuple | None = field(default=None, repr=False)
 
     # -- access ----------------------------------------------------------------------------
     @property
@@ -155,6 +168,65 @@ class GradientResult:
         out = metrics.block_bootstrap(self.raw.class_block_sums[:, c], counts,
                                       self.normalization.D, n_boot, level, seed)
         return {d: (out["se"][k], out["low"][k], out["high"][k]) for k, d in enumerate(delays)}
+
+    # -- the result format -----------------------------------------------------------------
+    @property
+    def n_boot(self) -> int:
+        return int(self.settings.get("bootstrap", 200))
+
+    def rows(self) -> list[dict]:
+        """The table with the result's bootstrap setting and property directions (cached)."""
+        key = (self.n_boot, tuple(self.directions))
+        if self._rows is None or self._rows[0] != key:
+            self._rows = (key, self.table(self.n_boot, self.directions))
+        return self._rows[1]
+
+    def series(self) -> list[dict]:
+        return [{"name": "memory", "title": "Sum of singular values by delay and class",
+                 "x": "delay", "y": "sum_sv", "group": ["class"], "low": "ci_low",
+                 "high": "ci_high", "xlabel": "delay tau",
+                 "ylabel": "sum of singular values (normalised)", "log_y": True,
+                 "caption": "How strongly the state still reacts to the input that many steps "
+                            "back (larger = remembered more); band: 95% block bootstrap."}]
+
+    def summary(self) -> dict:
+        spec = self.spectrum(None)
+        boot = self.bootstrap(self.n_boot) if self.n_boot else None
+        out = {"condition_number_Z": self.normalization.condition,
+               "pairs_at_delay_0": self.count(0)}
+        for tau in sorted({0, 1, 5, 10, self.max_delay}):
+            if tau <= self.max_delay:
+                out[f"sum_sv_tau{tau}"] = _num(spec[tau].sum())
+                out[f"sum_sv_tau{tau}_se"] = _num(boot["se"][tau]) if boot else None
+        if self.probe:
+            out["probe_accuracy"] = self.probe["accuracy"]
+        return out
+
+    def extra(self) -> dict:
+        return {"probe": self.probe, "performance": self.stats}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        boot = self.bootstrap(self.n_boot) if self.n_boot else None
+        nan = np.full(self.max_delay + 1, np.nan)
+        out = {"mean": self.means().astype(np.float32), "counts": self.raw.counts,
+               "singular_values": self.spectrum(None),
+               "sum_sv_se": boot["se"] if boot else nan,
+               "sum_sv_ci_low": boot["low"] if boot else nan,
+               "sum_sv_ci_high": boot["high"] if boot else nan, "D": self.normalization.D,
+               "Z": self.normalization.Z, "mu": self.normalization.mu,
+               "classes": np.array(self.class_names, dtype=str)}
+        C = len(self.class_names)
+        if C:
+            out["class_mean"] = np.stack([self.means(c) for c in range(C)]).astype(np.float32)
+            out["class_counts"] = self.raw.class_counts
+            out["class_singular_values"] = np.stack([self.spectrum(c) for c in range(C)])
+            out["class_embeddings"] = self.class_embeddings
+        return out
+
+    def figures(self, out) -> list[dict]:
+        from memlens.gradients.plots import write_plots
+
+        return write_plots(self, out, self.bootstrap(self.n_boot) if self.n_boot else None)
 
     # -- tables ----------------------------------------------------------------------------
     def table(self, n_boot: int = 200, directions: dict[str, np.ndarray] | None = None

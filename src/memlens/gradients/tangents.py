@@ -32,6 +32,7 @@ import copy
 
 import torch
 from torch import Tensor
+from torch.utils import _pytree as pytree
 
 from memlens.errors import MemlensError
 from memlens.models.layers import RecurrentLayer
@@ -39,22 +40,33 @@ from memlens.models.layers import RecurrentLayer
 HAND_KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
 
+def make_propagator(layer: RecurrentLayer, slots: int, block: int, first: bool,
+                    dtype: torch.dtype, device: torch.device, method: str = "auto"
+                    ) -> LayerPropagator | GenericPropagator:
+    """The propagator of one layer: hand-derived tangents for LSTM/GRU/RNN layers (unless
+    ``method="generic"``), ``torch.func.jvp`` on ``layer.step`` for everything else."""
+    if method not in ("auto", "hand", "generic"):
+        raise MemlensError(f"unknown tangent method {method!r}: choose auto, hand or generic")
+    if method == "hand" and layer.kind not in HAND_KINDS:
+        raise MemlensError(f"no hand-derived tangents for layer kind {layer.kind!r}")
+    if method == "generic" or layer.kind not in HAND_KINDS:
+        return GenericPropagator(layer, slots, block, first, dtype, device)
+    return LayerPropagator(layer, slots, block, first, dtype, device)
+
+
 class LayerPropagator:
-    """Primal state and tangents of one layer (see module docstring for shapes and formulas)."""
+    """Primal state and tangents of one LSTM/GRU/RNN layer with hand-derived tangents (see
+    module docstring for shapes and formulas)."""
 
     def __init__(self, layer: RecurrentLayer, slots: int, block: int, first: bool,
-                 dtype: torch.dtype, device: torch.device, method: str = "auto"):
+                 dtype: torch.dtype, device: torch.device):
         self.kind = layer.kind
         self.first = first
         self.H = layer.hidden_size
         self.I = layer.input_size
         self.S, self.E = slots, block
         self.N = slots * block
-        if method not in ("auto", "hand", "generic"):
-            raise MemlensError(f"unknown tangent method {method!r}: choose auto, hand or generic")
-        if method == "hand" and self.kind not in HAND_KINDS:
-            raise MemlensError(f"no hand-derived tangents for layer kind {self.kind!r}")
-        self.generic = method == "generic" or self.kind not in HAND_KINDS
+        self.generic = False
         self.state_names = layer.state_names
         H, N = self.H, self.N
 
@@ -63,12 +75,6 @@ class LayerPropagator:
 
         self.state = tuple(zeros(H) for _ in self.state_names)
         self.tangents = [zeros(H, N) for _ in self.state_names]
-        if self.generic:
-            self.layer = copy.deepcopy(layer).to(device=device, dtype=dtype).eval()
-            for p in self.layer.parameters():
-                p.requires_grad_(False)
-            self.eye = torch.eye(block, self.I, dtype=dtype, device=device)
-            return
         ref = next(layer.parameters())
         if ref.dtype != dtype:  # dense equivalents (e.g. B A of a factorised kernel) in dtype
             layer = copy.deepcopy(layer).to(dtype)
@@ -100,8 +106,13 @@ class LayerPropagator:
 
     # -- bookkeeping ------------------------------------------------------------------------
     @property
-    def h(self) -> Tensor:
+    def output(self) -> Tensor:
+        """The layer's output h (H,): the next layer's input."""
         return self.state[0]
+
+    def output_tangent(self) -> Tensor:
+        """Tangents of the output (H x S*E): the next layer's input tangents."""
+        return self.tangents[0]
 
     def readout(self, name: str) -> Tensor:
         """Tangent matrix (H x S*E) of the named readout ("hidden" or "cell")."""
@@ -111,8 +122,6 @@ class LayerPropagator:
         """Multiply-adds of the tangent products this propagator executes per step."""
         rows = {"lstm": 2 * self.H}.get(self.kind, self.H)
         inner = self.H if self.first else self.H + self.I
-        if self.generic:
-            rows = {"lstm": 4 * self.H, "gru": 3 * self.H}.get(self.kind, self.H)
         return rows * inner * self.N
 
     def flops_fold_per_step(self) -> int:
@@ -128,9 +137,7 @@ class LayerPropagator:
         x: input vector (I,); dx: input tangents (I x S*E) from the layer below (None on
         layer 0); slot: ring slot of the new source (its tangents start here).
         """
-        if self.generic:
-            self._step_generic(x, dx, slot)
-        elif self.kind == "lstm":
+        if self.kind == "lstm":
             self._step_lstm(x, dx, slot)
         elif self.kind == "gru":
             self._step_gru(x, dx, slot)
@@ -229,31 +236,114 @@ class LayerPropagator:
         self.P, self.tangents = dh, [P]
         self.state = (h2,)
 
-    def _step_generic(self, x: Tensor, dx: Tensor | None, slot: int) -> None:
-        layer = self.layer
-        x1 = x.unsqueeze(0)
-        s1 = tuple(s.unsqueeze(0) for s in self.state)
+
+
+class _MethodCall(torch.nn.Module):
+    """Calls a method of a layer through ``forward``, so that ``functional_call`` applies."""
+
+    def __init__(self, layer: RecurrentLayer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, method: str, *args):
+        return getattr(self.layer, method)(*args)
+
+
+class GenericPropagator:
+    """Primal state and tangents of any layer, by ``torch.func.jvp`` on ``layer.step``.
+
+    The state may be any nested structure of tensors: it is flattened into leaves (1 x ...
+    each) with one tangent tensor per leaf (N x ..., N = S*E columns riding as a batch).
+    A readout's tangent is the jvp of the readout function at the new state, so readouts may
+    be any differentiable function of the state (a flattened matrix memory, y = C h, ...).
+    """
+
+    generic = True
+
+    def __init__(self, layer: RecurrentLayer, slots: int, block: int, first: bool,
+                 dtype: torch.dtype, device: torch.device):
+        self.kind = layer.kind
+        self.first = first
+        self.I = layer.input_size
+        self.S, self.E = slots, block
+        self.N = slots * block
+        # The user's layer is not copied: functional_call swaps in detached parameters of the
+        # compute dtype for each call, which also reaches parameters that a StepLayer's
+        # functions capture from the enclosing scope (they are the same module objects).
+        self.layer = layer
+        self._call = _MethodCall(layer)
+        self.params = {name: t.detach().to(device=device, dtype=dtype
+                                            if t.is_floating_point() else t.dtype)
+                       for name, t in (*self._call.named_parameters(),
+                                       *self._call.named_buffers())}
+        with torch.no_grad():
+            leaves, self.spec = pytree.tree_flatten(layer.init_state(1, device, dtype))
+        for leaf in leaves:
+            if not isinstance(leaf, Tensor) or leaf.dim() < 1 or leaf.shape[0] != 1:
+                raise MemlensError(f"layer state leaves must be tensors with the batch first; "
+                                   f"init_state(1) gave {type(leaf).__name__} "
+                                   f"{tuple(getattr(leaf, 'shape', ()))}")
+        self.state = [leaf.to(dtype) for leaf in leaves]
+        self.tangents = [torch.zeros(self.N, *leaf.shape[1:], dtype=dtype, device=device)
+                         for leaf in leaves]
+        self.eye = torch.eye(block, self.I, dtype=dtype, device=device)
+        self.H = layer.hidden_size
+        self._cache: dict[str, Tensor] = {}
+
+    def _unflatten(self, leaves):
+        return pytree.tree_unflatten(list(leaves), self.spec)
+
+    def _batch(self, leaves) -> list[Tensor]:
+        return [leaf.expand(self.N, *leaf.shape[1:]).contiguous() for leaf in leaves]
+
+    def call(self, method: str, *args):
+        """``layer.<method>(*args)`` with the propagator's parameters (dtype, device)."""
+        return torch.func.functional_call(self._call, self.params, (method, *args))
+
+    @property
+    def output(self) -> Tensor:
+        """The layer's output (H,) at the current state: the next layer's input."""
+        return self.call("output", self._unflatten(self.state))[0]
+
+    def output_tangent(self) -> Tensor:
+        return self.readout(self.layer.output_readout)
+
+    def readout(self, name: str) -> Tensor:
+        """Tangent matrix (D x S*E) of readout ``name`` (its jvp at the current state)."""
+        if name not in self._cache:
+            def fn(*leaves: Tensor) -> Tensor:
+                return self.call("readout", self._unflatten(leaves), name)
+
+            _, out = torch.func.jvp(fn, tuple(self._batch(self.state)), tuple(self.tangents))
+            self._cache[name] = out.reshape(self.N, -1).T.contiguous()
+        return self._cache[name]
+
+    def macs_per_step(self) -> int:
+        """Nominal multiply-adds per step: the jvp through a dense state update."""
+        size = sum(t[0].numel() for t in self.tangents)
+        return size * (size + (0 if self.first else self.I)) * self.N
+
+    def step(self, x: Tensor, dx: Tensor | None, slot: int) -> None:
+        """Advance primal state and all tangents by one step (see LayerPropagator.step)."""
+        self._cache = {}
         for tan in self.tangents:
-            self._slot(tan, slot).zero_()
+            tan.view(self.S, self.E, -1)[slot].zero_()
         if self.first:
             tx = torch.zeros(self.S, self.E, self.I, dtype=x.dtype, device=x.device)
             tx[slot] = self.eye
-            tx = tx.view(self.N, 1, self.I)
+            tx = tx.view(self.N, self.I)
         else:
-            tx = dx.T.unsqueeze(1)
-        ts = tuple(t.T.unsqueeze(1) for t in self.tangents)
+            tx = dx.T
+        x1 = x.unsqueeze(0)
 
         # step() is row-wise independent over the batch, so the N tangent columns ride as a
         # batch of N copies of the primal point: one forward-mode call instead of a vmap.
-        n = self.N
-        xb = x1.expand(n, -1).contiguous()
-        sb = tuple(s.expand(n, -1).contiguous() for s in s1)
+        def fn(xx: Tensor, *leaves: Tensor) -> tuple[Tensor, ...]:
+            return tuple(pytree.tree_flatten(self.call("step", xx, self._unflatten(leaves)))[0])
 
-        def fn(xx: Tensor, *ss: Tensor) -> tuple[Tensor, ...]:
-            return tuple(layer.step(xx, tuple(ss)))
-
-        _, out = torch.func.jvp(fn, (xb, *sb), (tx[:, 0], *(t[:, 0] for t in ts)))
+        xb = x1.expand(self.N, -1).contiguous()
+        _, out = torch.func.jvp(fn, (xb, *self._batch(self.state)), (tx, *self.tangents))
         with torch.no_grad():
-            new = layer.step(x1, s1)
-        self.tangents = [o.T.contiguous() for o in out]
-        self.state = tuple(s[0].detach() for s in new)
+            new = pytree.tree_flatten(self.call("step", x1, self._unflatten(self.state)))[0]
+        self.tangents = [o.contiguous() for o in out]
+        self.state = [s.detach() for s in new]

@@ -1,7 +1,12 @@
 """Recurrent layers with one uniform interface: a fast sequence form and an exact step form.
 
-Every layer maps an input sequence x (T x B x I) to states. State is a tuple of tensors
-(B x H each): ``(h, c)`` for LSTM-type layers, ``(h,)`` for GRU and Elman RNN layers.
+Every layer maps an input sequence x (T x B x I) to states. The contract (what the analyses
+use) is the :class:`RecurrentLayer` base class: ``input_size``, ``hidden_size`` (the size of the
+``output`` readout, which is the next layer's input), ``init_state``, ``step``, named
+``readouts`` with ``readout_size``/``readout``, ``forward`` and ``sequence_states``. State may be
+any nested structure (tuple, list, dict) of tensors with the batch first; the built-in layers use
+a tuple of B x H tensors: ``(h, c)`` for LSTM-type layers, ``(h,)`` for GRU and Elman RNN layers.
+:class:`StepLayer` adapts any step function (a state-space layer, a matrix memory, ...).
 
 * ``forward(x, state)`` is the fast path (cuDNN / oneDNN ``nn.LSTM`` etc. where possible)
   returning the hidden sequence T x B x H and the final state.
@@ -60,15 +65,29 @@ def lstm_cell_sequence(gates: Tensor, c0: Tensor) -> Tensor:
 
 
 class RecurrentLayer(nn.Module):
-    """Base class: one recurrent layer (see module docstring for the contract)."""
+    """Base class: one recurrent layer (see module docstring for the contract).
+
+    ``kind`` is "lstm", "gru", "rnn_tanh" or "rnn_relu" for layers defined by gate equations
+    over ``dense_weights()`` (these get hand-derived tangents), "custom" otherwise.
+    ``output_readout`` names the readout that feeds the next layer ("hidden").
+    """
 
     kind: str
     input_size: int
     hidden_size: int
+    output_readout: str = "hidden"
 
     @property
     def readouts(self) -> tuple[str, ...]:
         return ("hidden", "cell") if self.kind == "lstm" else ("hidden",)
+
+    def readout_size(self, name: str) -> int:
+        """Number of values of readout ``name`` (per batch row)."""
+        return self.hidden_size
+
+    def output(self, state) -> Tensor:
+        """The layer's output (B x hidden_size): the next layer's input."""
+        return self.readout(state, self.output_readout)
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -81,6 +100,7 @@ class RecurrentLayer(nn.Module):
         return (z, z.clone()) if self.kind == "lstm" else (z,)
 
     def readout(self, state: State, name: str) -> Tensor:
+        """Readout ``name`` of ``state``: B x readout_size(name)."""
         return state[self.state_names.index(name)]
 
     # -- to be provided by subclasses -------------------------------------------------------
@@ -109,14 +129,19 @@ class RecurrentLayer(nn.Module):
         pre = x @ w_ih.T + b_ih + h @ w_hh.T + b_hh
         return (torch.tanh(pre) if self.kind == "rnn_tanh" else torch.relu(pre),)
 
-    def sequence_states(self, x: Tensor, state: State | None = None) -> tuple[dict[str, Tensor],
-                                                                             State]:
-        """Every readout at every step: ({"hidden": T x B x H[, "cell": T x B x H]}, final)."""
+    def sequence_states(self, x: Tensor, state: State | None = None, names=None
+                        ) -> tuple[dict[str, Tensor], State]:
+        """Readouts at every step: ({"hidden": T x B x H[, "cell": T x B x H]}, final).
+
+        ``names``: the readouts wanted (default all); "hidden" is always included (it is the
+        next layer's input); the LSTM cell sequence costs an extra scan, so it is computed only
+        when asked for.
+        """
         if state is None:
             state = self.init_state(x.shape[1], x.device, x.dtype)
         hidden, final = self.forward(x, state)
         out = {"hidden": hidden}
-        if self.kind == "lstm":
+        if self.kind == "lstm" and (names is None or "cell" in names):
             w_ih, w_hh, b_ih, b_hh = self.dense_weights()
             h_prev = torch.cat([state[0].unsqueeze(0), hidden[:-1]], dim=0)
             gates = x @ w_ih.T + b_ih + h_prev @ w_hh.T + b_hh
@@ -284,3 +309,100 @@ class GroupedLSTMLayer(RecurrentLayer):
             hn.append(h1[0])
             cn.append(c1[0])
         return torch.cat(outs, -1), (torch.cat(hn, -1), torch.cat(cn, -1))
+
+
+class StepLayer(RecurrentLayer):
+    """Any recurrent step function behind the layer contract: custom cells, state-space layers,
+    matrix memories. Tangents go through ``torch.func.jvp`` on ``step`` (exact, generic).
+
+    * ``step(x, state) -> state``: x is B x ``input_size``; state any nested structure (tuple,
+      list, dict) of tensors whose first dimension is the batch. Rows must be independent.
+    * ``init_state(batch, device, dtype) -> state``: the state before the first input.
+    * ``readouts``: {name: fn(state) -> B x D tensor}, any (differentiable) function of the
+      state, e.g. ``lambda s: s[0].flatten(1)`` for a d x n matrix memory or ``lambda s:
+      s[0] @ C.T`` for y = C h. ``output`` names the readout fed to the next layer (default:
+      the first).
+    * ``module``: the ``nn.Module`` owning the parameters the functions use, so that ``.to()``,
+      ``state_dict()`` and the random-initialisation control see them.
+
+    Example (a diagonal linear state-space layer, state d x n, readout y = C h)::
+
+        ssm = nn.ParameterDict({"a": nn.Parameter(torch.rand(d, n)), ...})
+        layer = StepLayer(step=lambda x, s: (ssm["a"] * s[0] + x[:, :, None] * ssm["b"],),
+                          init_state=lambda b, device, dtype: (torch.zeros(b, d, n,
+                                                               device=device, dtype=dtype),),
+                          input_size=d, readouts={"y": lambda s: (s[0] * ssm["c"]).sum(-1),
+                                                  "state": lambda s: s[0].flatten(1)},
+                          module=ssm)
+    """
+
+    kind = "custom"
+
+    def __init__(self, step, init_state, input_size: int, readouts: dict,
+                 output: str | None = None, module: nn.Module | None = None):
+        super().__init__()
+        if not callable(step) or not callable(init_state):
+            raise MemlensError("StepLayer needs callable step and init_state functions")
+        if not readouts or not all(callable(f) for f in readouts.values()):
+            raise MemlensError("StepLayer needs at least one readout: {name: fn(state)}")
+        self._step, self._init = step, init_state
+        self._readouts = dict(readouts)
+        self.output_readout = output or next(iter(self._readouts))
+        if self.output_readout not in self._readouts:
+            raise MemlensError(f"output readout {self.output_readout!r} is not among the "
+                               f"readouts {', '.join(self._readouts)}")
+        self.module = module if module is not None else nn.Module()
+        self.input_size = int(input_size)
+        self._sizes: dict[str, int] = {}
+        with torch.no_grad():
+            probe = self.init_state(1)
+            for name in self._readouts:
+                r = self.readout(probe, name)
+                if r.dim() != 2 or r.shape[0] != 1:
+                    raise MemlensError(f"readout {name!r} must return a B x D tensor, got "
+                                       f"shape {tuple(r.shape)} for B=1")
+                self._sizes[name] = r.shape[1]
+        self.hidden_size = self._sizes[self.output_readout]
+
+    @property
+    def readouts(self) -> tuple[str, ...]:
+        return tuple(self._readouts)
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return self.readouts
+
+    def readout_size(self, name: str) -> int:
+        return self._sizes[name]
+
+    def _reference(self) -> Tensor | None:
+        return next(self.module.parameters(), None)
+
+    def init_state(self, batch: int, device=None, dtype=None):
+        ref = self._reference()
+        device = device or (ref.device if ref is not None else "cpu")
+        dtype = dtype or (ref.dtype if ref is not None else torch.get_default_dtype())
+        return self._init(batch, device, dtype)
+
+    def readout(self, state, name: str) -> Tensor:
+        return self._readouts[name](state)
+
+    def step(self, x: Tensor, state):
+        return self._step(x, state)
+
+    def forward(self, x: Tensor, state=None) -> tuple[Tensor, object]:
+        seqs, state = self.sequence_states(x, state, (self.output_readout,))
+        return seqs[self.output_readout], state
+
+    def sequence_states(self, x: Tensor, state=None, names=None) -> tuple[dict[str, Tensor],
+                                                                         object]:
+        """Readouts ``names`` (default: all) at every step by looping ``step``: T x B x D."""
+        if state is None:
+            state = self.init_state(x.shape[1], x.device, x.dtype)
+        names = tuple(names or self.readouts)
+        out: dict[str, list[Tensor]] = {n: [] for n in names}
+        for t in range(x.shape[0]):
+            state = self.step(x[t], state)
+            for n in names:
+                out[n].append(self.readout(state, n))
+        return {n: torch.stack(v) for n, v in out.items()}, state

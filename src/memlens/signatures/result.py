@@ -10,17 +10,14 @@ OUT/*.png         signature curves, recall heatmap, comparison plots
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import math
 import re
 from pathlib import Path
 
 import numpy as np
 
-from memlens.io import atomic_dir, write_json
 from memlens.signatures import plots
-from memlens.signatures.study import Entry, StudyResult, summary_rows
+from memlens.signatures.study import Entry, StudyResult
 
 
 def _num(x) -> float | None:
@@ -32,31 +29,38 @@ def _layer(e: Entry):
     return None if e.view.readout == "window" else e.view.layer
 
 
+def signature_rows(s, label: str, role: str, layer, readout: str, units: str,
+                   control=None) -> list[dict]:
+    """One flat row per lag of signature ``s`` (a control's accuracy and bits beside it)."""
+    rows = []
+    for k in range(s.max_lag + 1):
+        rows.append({
+            "model": label, "role": role, "layer": layer, "readout": readout, "units": units,
+            "lag": k, "accuracy": _num(s.accuracy[k]), "ci_low": _num(s.acc_low[k]),
+            "ci_high": _num(s.acc_high[k]), "bits": _num(s.bits[k]),
+            "bits_ci_low": _num(s.bits_low[k]), "bits_ci_high": _num(s.bits_high[k]),
+            "bits_fraction": _num(s.bits_fraction[k]),
+            "cross_entropy_bits": _num(s.cross_entropy[k]),
+            "temperature": None if s.temperature is None else _num(s.temperature[k]),
+            "entropy_bits": _num(s.entropy[k]), "majority": _num(s.majority[k]),
+            "prior": _num(s.prior[k]),
+            "control_accuracy": _num(control.accuracy[k]) if control else None,
+            "control_bits": _num(control.bits[k]) if control else None,
+            "decoder": s.decoder, "train_states": s.n_train, "heldout_states": s.n_heldout,
+        })
+    return rows
+
+
 def table_rows(result: StudyResult) -> list[dict]:
     """One flat row per (signature, lag), with baselines and the control beside the model."""
     controls = {(e.view.layer, e.view.readout, e.view.units): e.sig
                 for e in result.entries if e.role == "control"}
     rows = []
     for e in result.entries:
-        s = e.sig
         ctrl = controls.get((e.view.layer, e.view.readout, e.view.units)) \
             if e.role == "model" else None
-        for k in range(s.max_lag + 1):
-            rows.append({
-                "model": e.label, "role": e.role, "layer": _layer(e),
-                "readout": e.view.readout, "units": e.view.units, "lag": k,
-                "accuracy": _num(s.accuracy[k]), "ci_low": _num(s.acc_low[k]),
-                "ci_high": _num(s.acc_high[k]), "bits": _num(s.bits[k]),
-                "bits_ci_low": _num(s.bits_low[k]), "bits_ci_high": _num(s.bits_high[k]),
-                "bits_fraction": _num(s.bits_fraction[k]),
-                "cross_entropy_bits": _num(s.cross_entropy[k]),
-                "temperature": None if s.temperature is None else _num(s.temperature[k]),
-                "entropy_bits": _num(s.entropy[k]), "majority": _num(s.majority[k]),
-                "prior": _num(s.prior[k]),
-                "control_accuracy": _num(ctrl.accuracy[k]) if ctrl else None,
-                "control_bits": _num(ctrl.bits[k]) if ctrl else None,
-                "decoder": s.decoder, "train_states": s.n_train, "heldout_states": s.n_heldout,
-            })
+        rows += signature_rows(e.sig, e.label, e.role, _layer(e), e.view.readout,
+                               e.view.units, ctrl)
     return rows
 
 
@@ -70,7 +74,7 @@ def make_plots(result: StudyResult, out: Path) -> list[dict]:
     entries = result.entries
     models = [e for e in entries if e.role == "model"]
     others = [e for e in entries if e.role in ("ngram", "window-lm")]
-    arch = result.model_info["arch"].upper()
+    arch = str(result.model_meta.get("arch", "model")).upper()
     grouped = result.config.units == "groups"
     for m in (models if not grouped else models[:1]):
         same = [e for e in entries if e.role == "control" and e.view == m.view]
@@ -135,33 +139,37 @@ def make_plots(result: StudyResult, out: Path) -> list[dict]:
     return made
 
 
-def write_result(result: StudyResult, out: str | Path, version: str) -> Path:
-    """Write the complete result directory atomically; return its path."""
-    out = Path(out)
-    with atomic_dir(out) as tmp:
-        rows = table_rows(result)
-        plot_records = make_plots(result, tmp)
-        arrays: dict[str, np.ndarray] = {}
-        index = []
-        for i, e in enumerate(result.entries):
-            arrays[f"recall_{i}"] = e.sig.recall
-            arrays[f"support_{i}"] = e.sig.support
-            index.append(f"{i}: {e.label} | {_layer(e)} | {e.view.readout} | {e.view.units}")
-        if result.entries:
-            arrays["symbols"] = np.array(result.entries[0].sig.symbols)
-        arrays["index"] = np.array(index)
-        np.savez_compressed(tmp / "recall.npz", **arrays)
-        with open(tmp / "table.csv", "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["model"])
-            writer.writeheader()
-            writer.writerows(rows)
-        settings = dataclasses.asdict(result.config)
-        settings.pop("out", None)
-        write_json(tmp / "result.json", {
-            "kind": "signatures", "memlens_version": version, "model": result.model_info,
-            "corpus": result.corpus_info, "settings": settings,
-            "summary": {"signatures": summary_rows(result), **result.extras,
-                        "memory_span_definition": "last lag with held-out accuracy above "
-                                                  "majority + 0.05 (-1: none)"},
-            "table": rows, "plots": plot_records})
-    return out
+SERIES = [
+    {"name": "accuracy", "title": "Decoding accuracy by lag", "x": "lag", "y": "accuracy",
+     "group": ["model", "layer", "readout", "units"], "low": "ci_low", "high": "ci_high",
+     "xlabel": "lag k", "ylabel": "held-out accuracy", "log_y": False,
+     "caption": "How often a decoder reading the state recovers the symbol that many steps "
+                "back; compare with the majority baseline (band: 95% block bootstrap)."},
+    {"name": "bits", "title": "Information about the input k steps back", "x": "lag",
+     "y": "bits", "group": ["model", "layer", "readout", "units"], "low": "bits_ci_low",
+     "high": "bits_ci_high", "xlabel": "lag k", "ylabel": "bits (lower bound)",
+     "log_y": False,
+     "caption": "Prior entropy minus the decoder's held-out cross-entropy: a lower bound on "
+                "the mutual information between the state and the symbol k steps back."},
+]
+
+
+def recall_arrays(result: StudyResult) -> dict[str, np.ndarray]:
+    """recall.npz: ``recall_i``/``support_i`` (K+1 x C) per signature i, ``symbols``, and
+    ``index`` ("i: model | layer | readout | units")."""
+    arrays: dict[str, np.ndarray] = {}
+    index = []
+    for i, e in enumerate(result.entries):
+        arrays[f"recall_{i}"] = e.sig.recall
+        arrays[f"support_{i}"] = e.sig.support
+        index.append(f"{i}: {e.label} | {_layer(e)} | {e.view.readout} | {e.view.units}")
+    if result.entries:
+        arrays["symbols"] = np.array(result.entries[0].sig.symbols)
+    arrays["index"] = np.array(index)
+    return arrays
+
+
+def write_result(result: StudyResult, out: str | Path, version: str | None = None,
+                 overwrite: bool = False) -> Path:
+    """Write the complete result directory atomically (``result.save``); return its path."""
+    return result.save(out, overwrite=overwrite)

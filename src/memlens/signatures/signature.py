@@ -24,18 +24,31 @@ import numpy as np
 import torch
 from torch import nn
 
-from memlens.data.corpus import Corpus
-from memlens.data.vocab import EOS
 from memlens.errors import MemlensError
 from memlens.models.encoder import as_encoder
+from memlens.models.inputs import as_stream
+from memlens.results import Result
 from memlens.signatures.decoders import JointDecoder, lag_targets
 from memlens.signatures.states import check_view, extract_states
-from memlens.signatures.symbols import SymbolSet, build_symbols
+from memlens.signatures.symbols import (
+    SymbolSet,
+    build_symbols,
+    label_strings,
+    label_symbols,
+)
 
 
-@dataclass
-class Signature:
-    """Per-lag results (arrays of length K+1) plus the lag x symbol recall matrix (K+1 x C)."""
+@dataclass(repr=False)
+class Signature(Result):
+    """Per-lag results (arrays of length K+1) plus the lag x symbol recall matrix (K+1 x C).
+
+    As a :class:`~memlens.results.Result`: ``to_frame()`` has one row per lag, ``plot()``
+    draws accuracy (or ``plot(series="bits")``) vs lag, ``save(dir)`` writes the standard
+    result directory (kind "signatures").
+    """
+
+    kind = "signatures"
+    arrays_file = "recall.npz"
 
     accuracy: np.ndarray
     acc_low: np.ndarray
@@ -57,6 +70,8 @@ class Signature:
     epochs: int
     info: dict = field(default_factory=dict)
     temperature: np.ndarray | None = None  # per lag: the decoder's calibration temperature
+    model_meta: dict = field(default_factory=dict)
+    corpus_meta: dict = field(default_factory=dict)
 
     @property
     def max_lag(self) -> int:
@@ -66,6 +81,35 @@ class Signature:
         """Last lag whose accuracy exceeds majority + margin (-1 if none)."""
         above = np.nonzero(self.accuracy > self.majority + margin)[0]
         return int(above.max()) if above.size else -1
+
+    # -- the result format -----------------------------------------------------------------
+    @property
+    def settings(self) -> dict:
+        return {**self.info, "max_delay": self.max_lag, "decoder": self.decoder,
+                "epochs": self.epochs, "train_states": self.n_train,
+                "heldout_states": self.n_heldout}
+
+    def rows(self) -> list[dict]:
+        from memlens.signatures.result import signature_rows
+
+        return signature_rows(self, str(self.info.get("model", "model")), "model",
+                              self.info.get("layer"), str(self.info.get("readout", "")),
+                              str(self.info.get("units", "all")))
+
+    def series(self) -> list[dict]:
+        from memlens.signatures.result import SERIES
+
+        return SERIES
+
+    def summary(self) -> dict:
+        return {"memory_span": self.memory_span(), "accuracy_lag0": float(self.accuracy[0]),
+                "bits_lag0": float(self.bits[0]),
+                "memory_span_definition": "last lag with held-out accuracy above majority + "
+                                          "0.05 (-1: none)"}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"recall_0": self.recall, "support_0": self.support,
+                "symbols": np.array(self.symbols, dtype=str)}
 
 
 def _entropy_bits(counts: np.ndarray) -> float:
@@ -159,31 +203,13 @@ def check_lag(max_lag: int, n_train: int, n_heldout: int) -> None:
 # -- token handling ---------------------------------------------------------------------------
 def to_ids(model: nn.Module, tokens, what: str = "tokens"
            ) -> tuple[np.ndarray, list[str | None] | None, list[str] | None]:
-    """Token ids (int64), UPOS tags (or None) and the vocabulary (or None) for ``tokens``.
-
-    ``tokens``: a Corpus, a list of symbols (needs ``model.vocab``) or a sequence of ids.
-    """
-    vocab = getattr(model, "vocab", None)
-    tags = None
-    if isinstance(tokens, Corpus):
-        tags = tokens.tags.get("upos")
-        tokens = tokens.tokens
-    if isinstance(tokens, (torch.Tensor, np.ndarray)):
-        ids = np.asarray(tokens.cpu() if isinstance(tokens, torch.Tensor) else tokens,
-                         dtype=np.int64).reshape(-1)
-    elif len(tokens) and isinstance(tokens[0], str):
-        if vocab is None:
-            raise MemlensError(f"{what} are symbols but the model has no vocabulary: pass "
-                               "token ids")
-        ids = vocab.encode(tokens).numpy()
-        words = [t for t in tokens if t != EOS]
-        if words and all(vocab.stoi.get(t, 0) == 0 for t in words):
-            raise MemlensError(f"{what}: every symbol is unknown to the model's vocabulary")
-    else:
-        ids = np.asarray(list(tokens), dtype=np.int64).reshape(-1)
-    if ids.size == 0:
-        raise MemlensError(f"{what}: empty token stream")
-    return ids, tags, (vocab.itos if vocab is not None else None)
+    """Token ids (int64), UPOS tags (or None) and the vocabulary (or None) for ``tokens``
+    (a Corpus, a list of symbols through the model's vocabulary, or ids)."""
+    encoder = as_encoder(model)
+    stream = as_stream(encoder, tokens, what)
+    vocab = encoder.vocab
+    return (stream.values.numpy(), stream.tags.get("upos"),
+            vocab.itos if vocab is not None else None)
 
 
 def random_init_copy(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -204,31 +230,70 @@ def random_init_copy(model: nn.Module, seed: int = 0) -> nn.Module:
     return enc.eval()
 
 
-def memory_signature(model: nn.Module, train_tokens, heldout_tokens, max_lag: int,
-                     layer: int = -1, readout: str = "hidden", decoder: str = "linear",
+def memory_signature(model: nn.Module, train_inputs, heldout_inputs,
+                     max_delay: int | None = None,
+                     layer: int = -1, readout: str | None = None, decoder: str = "linear",
                      symbols: str | None = None, units: str = "all", seed: int = 0,
-                     blocks: int = 20, resamples: int = 1000,
-                     **decoder_options) -> Signature:
+                     blocks: int = 20, bootstrap: int = 1000, *,
+                     labels: tuple[Sequence, Sequence] | None = None,
+                     device: str | torch.device | None = None,
+                     dtype: torch.dtype | str = "float32", max_lag: int | None = None,
+                     resamples: int | None = None, **decoder_options) -> Signature:
     """Memory signature of one layer/readout/unit set of ``model`` (see module docstring).
 
-    ``model``: a memlens model or ``memlens.wrap(embedding, rnn)``. ``train_tokens`` /
-    ``heldout_tokens``: Corpus, symbol lists or id sequences. ``symbols``: None (every symbol;
-    top:1000 for word models), ``"chars"``, ``"top:N"`` or ``"upos"``. Returns a
-    :class:`Signature` with ``.accuracy``, ``.bits``, ``.majority`` etc. (length K+1).
+    ``model``: anything the model protocol accepts (a memlens model, ``memlens.wrap(...)``).
+    ``train_inputs`` / ``heldout_inputs``: two streams (Corpus, symbols, ids, T x I vectors or
+    :class:`~memlens.models.inputs.Stream`): decoders are trained on the first and scored on
+    the second. ``max_delay``: the largest lag K. ``readout``: default the layer's output
+    ("hidden"). ``symbols``: None (every symbol; top:1000 for word models), ``"chars"``,
+    ``"top:N"`` or ``"upos"``; ``labels=(train_labels, heldout_labels)`` (or Streams with
+    labels) decode given per-position labels instead (required for vector inputs).
+    ``bootstrap``: resamples of ``blocks`` contiguous held-out blocks for the intervals.
+    ``device``/``dtype``: where and in which precision states are computed. ``max_lag=`` and
+    ``resamples=`` are deprecated aliases. Returns a :class:`Signature` with ``.accuracy``,
+    ``.bits``, ``.majority`` etc. (length K+1).
     """
+    from memlens.gradients.api import deprecated_alias, resolve_dtype
+
+    max_delay = deprecated_alias(max_delay, max_lag, "max_delay", "max_lag")
+    if resamples is not None:
+        bootstrap = deprecated_alias(None, resamples, "bootstrap", "resamples")
+    if max_delay is None:
+        raise MemlensError("memory_signature needs max_delay (the largest lag K)")
     encoder = as_encoder(model)
     view = check_view(encoder, layer, readout, units)
-    tr_ids, tr_tags, itos = to_ids(model, train_tokens, "training tokens")
-    he_ids, he_tags, _ = to_ids(model, heldout_tokens, "held-out tokens")
-    check_lag(max_lag, len(tr_ids), len(he_ids))
-    unit = (getattr(model, "config", None) or {}).get("unit", "char")
-    sym = build_symbols(symbols, unit, tr_ids, tr_tags, itos)
-    tr_cls, he_cls = sym.classes(tr_ids, tr_tags), sym.classes(he_ids, he_tags)
-    tr_x = extract_states(encoder, tr_ids, [view])[view]
-    he_x = extract_states(encoder, he_ids, [view])[view]
-    sig = signature_from_states(tr_x, tr_cls, he_x, he_cls, max_lag, sym, decoder, seed,
-                                blocks, resamples, **decoder_options)
-    sig.info = {"layer": view.layer, "readout": view.readout, "units": view.units}
+    tr_labels, he_labels = labels if labels is not None else (None, None)
+    train = as_stream(encoder, train_inputs, "training inputs", tr_labels)
+    held = as_stream(encoder, heldout_inputs, "held-out inputs", he_labels)
+    check_lag(max_delay, len(train), len(held))
+    if (train.labels is None) != (held.labels is None):
+        raise MemlensError("give labels for both the training and the held-out stream")
+    if train.labels is not None:
+        if symbols is not None:
+            raise MemlensError("give symbols= or labels=, not both")
+        sym = label_symbols(train.labels)
+        tr_key, he_key = label_strings(train.labels), label_strings(held.labels)
+    elif not train.is_tokens:
+        raise MemlensError("a model with continuous inputs needs labels=(train_labels, "
+                           "heldout_labels): what to decode at each position")
+    else:
+        unit = (getattr(model, "config", None) or {}).get("unit", "char")
+        itos = encoder.vocab.itos if encoder.vocab is not None else None
+        sym = build_symbols(symbols, unit, train.values.numpy(), train.tags.get("upos"), itos)
+        tr_key, he_key = train.tags.get("upos"), held.tags.get("upos")
+    tr_cls = sym.classes(np.asarray(train.values if train.is_tokens else []), tr_key)
+    he_cls = sym.classes(np.asarray(held.values if held.is_tokens else []), he_key)
+    dtype = resolve_dtype(dtype)
+    work = encoder
+    if device is not None or dtype != torch.float32:
+        work = copy.deepcopy(encoder).to(device=device or "cpu", dtype=dtype)
+    tr_x = extract_states(work, train.values, [view])[view]
+    he_x = extract_states(work, held.values, [view])[view]
+    sig = signature_from_states(tr_x, tr_cls, he_x, he_cls, max_delay, sym, decoder, seed,
+                                blocks, bootstrap, **decoder_options)
+    sig.info = {"model": type(model).__name__, "layer": view.layer, "readout": view.readout,
+                "units": view.units,
+                "input": encoder.input_kind}
     return sig
 
 

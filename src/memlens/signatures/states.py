@@ -75,9 +75,10 @@ def parse_unit_indices(spec: str, size: int) -> list[int]:
     return sorted(out)
 
 
-def check_view(encoder: RecurrentEncoder, layer: int, readout: str, units: str) -> View:
-    """Validate (layer, readout, units) against the encoder; return a resolved :class:`View`."""
-    layer, readout = encoder.check_readout(layer, readout)
+def check_view(encoder: RecurrentEncoder, layer: int, readout: str | None, units: str) -> View:
+    """Validate (layer, readout, units) against the encoder; return a resolved :class:`View`
+    (readout None: the protocol's default for signatures)."""
+    layer, readout = encoder.check_readout(layer, readout, "signatures")
     unit_dim(encoder, View(layer, readout, units))
     return View(layer, readout, units)
 
@@ -87,7 +88,7 @@ def unit_dim(encoder: RecurrentEncoder, view: View) -> int:
     lay = encoder.layers[view.layer]
     spec = view.units
     if spec == "all":
-        return lay.hidden_size
+        return lay.readout_size(view.readout)
     if spec.startswith("group:"):
         if not isinstance(lay, GroupedLSTMLayer):
             raise MemlensError(f"units {spec!r}: layer {view.layer} is not a grouped LSTM "
@@ -106,7 +107,7 @@ def unit_dim(encoder: RecurrentEncoder, view: View) -> int:
             raise MemlensError("units 'factor': the factor space is defined for the hidden "
                                "readout only")
         return lay.rank
-    return len(parse_unit_indices(spec, lay.hidden_size))
+    return len(parse_unit_indices(spec, lay.readout_size(view.readout)))
 
 
 def _selector(encoder: RecurrentEncoder, view: View):
@@ -120,7 +121,7 @@ def _selector(encoder: RecurrentEncoder, view: View):
     if spec.startswith("group:"):
         idx = torch.tensor(lay.group_units(int(spec.split(":", 1)[1])))
     else:
-        idx = torch.tensor(parse_unit_indices(spec, lay.hidden_size))
+        idx = torch.tensor(parse_unit_indices(spec, lay.readout_size(view.readout)))
     return lambda s: s.index_select(-1, idx.to(s.device))
 
 
@@ -135,47 +136,32 @@ def allocate(n: int, d: int, memmap_bytes: int = MEMMAP_BYTES) -> np.ndarray:
     return arr
 
 
-def _layer_readouts(encoder: RecurrentEncoder, x: torch.Tensor, state, needed: set
-                    ) -> tuple[dict, list]:
-    """Run embedded input through the layers, computing only the readouts in ``needed``."""
-    out, final = {}, []
-    last = max(layer for layer, _ in needed)
-    for i, (layer, s) in enumerate(zip(encoder.layers, state)):
-        if i > last:
-            final.append(s)
-            continue
-        if (i, "cell") in needed:
-            seqs, s = layer.sequence_states(x, s)
-        else:
-            hidden, s = layer(x, s)
-            seqs = {"hidden": hidden}
-        for name, seq in seqs.items():
-            out[(i, name)] = seq
-        x = seqs["hidden"]
-        final.append(s)
-    return out, final
-
-
 @torch.no_grad()
 def extract_states(encoder: RecurrentEncoder, ids: torch.Tensor | np.ndarray,
                    views: Sequence[View], chunk: int = 2048, streams: int = 32,
                    warmup: int = 256, memmap_bytes: int = MEMMAP_BYTES
                    ) -> dict[View, np.ndarray]:
-    """States of every view at every position of the id stream ``ids`` (length N).
+    """States of every view at every position of the input stream ``ids`` (length N: token
+    ids, or N x I input vectors for continuous-input models).
 
-    Returns {view: N x D float32 array}; row t is the state after reading token t. The
+    Returns {view: N x D float32 array}; row t is the state after reading input t. The
     number of parallel segments is reduced so that each is at least 4 x ``warmup`` long
     (short streams are processed as one exact sequence).
     """
-    ids = torch.as_tensor(np.asarray(ids), dtype=torch.long).reshape(-1)
-    n = ids.numel()
+    ref = next(encoder.parameters(), torch.empty(0))
+    if encoder.input_kind == "tokens":
+        ids = torch.as_tensor(np.asarray(ids), dtype=torch.long).reshape(-1)
+    else:
+        ids = torch.as_tensor(np.asarray(ids)).to(ref.dtype)
+    n = ids.shape[0]
     if n == 0:
-        raise MemlensError("cannot extract states from an empty token stream")
-    if int(ids.max()) >= encoder.vocab_size or int(ids.min()) < 0:
+        raise MemlensError("cannot extract states from an empty input stream")
+    if encoder.input_kind == "tokens" and (int(ids.max()) >= encoder.vocab_size
+                                           or int(ids.min()) < 0):
         raise MemlensError(f"token ids must be in 0..{encoder.vocab_size - 1} for this model")
     was_training = encoder.training
     encoder.eval()
-    device = next(encoder.parameters()).device
+    device = ref.device
     needed = {(v.layer, v.readout) for v in views}
     selectors = {v: _selector(encoder, v) for v in views}
     out = {v: allocate(n, unit_dim(encoder, v), memmap_bytes) for v in views}
@@ -184,13 +170,13 @@ def extract_states(encoder: RecurrentEncoder, ids: torch.Tensor | np.ndarray,
     starts = [max(0, j * seg - warmup) for j in range(b)]
     keep_from = [j * seg - starts[j] for j in range(b)]  # offset of the first kept state
     length = seg + (warmup if b > 1 else 0)
-    padded = torch.cat([ids, torch.zeros(length + warmup, dtype=torch.long)])
-    grid = torch.stack([padded[s:s + length] for s in starts], dim=1)  # length x B
+    padded = torch.cat([ids, torch.zeros(length + warmup, *ids.shape[1:], dtype=ids.dtype)])
+    grid = torch.stack([padded[s:s + length] for s in starts], dim=1)  # length x B (x I)
     state = encoder.init_state(b, device)
     try:
         for lo in range(0, length, chunk):
             x = grid[lo:lo + chunk].to(device)
-            seqs, state = _layer_readouts(encoder, encoder.embedding(x), state, needed)
+            seqs, state = encoder.states(x, state, readouts=needed)
             for v in views:
                 vals = selectors[v](seqs[(v.layer, v.readout)]).float().cpu().numpy()
                 for j in range(b):

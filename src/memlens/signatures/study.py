@@ -30,6 +30,7 @@ from memlens.io import write_atomic, write_json
 from memlens.models.checkpoint import load_checkpoint
 from memlens.models.encoder import as_encoder
 from memlens.models.layers import GroupedLSTMLayer
+from memlens.results import Result
 from memlens.signatures.ngram import KneserNeyLM, window_states
 from memlens.signatures.signature import (
     Signature,
@@ -82,13 +83,49 @@ class Entry:
     sig: Signature
 
 
-@dataclass
-class StudyResult:
+@dataclass(repr=False)
+class StudyResult(Result):
+    """The signatures of a study (model, controls, comparison LMs) as one result: one table
+    row per (signature, lag); saved as result.json, table.csv, recall.npz and PNGs."""
+
+    kind = "signatures"
+    arrays_file = "recall.npz"
+
     config: StudyConfig
-    model_info: dict
-    corpus_info: dict
+    model_meta: dict
+    corpus_meta: dict
     entries: list[Entry] = field(default_factory=list)
     extras: dict = field(default_factory=dict)
+
+    def rows(self) -> list[dict]:
+        from memlens.signatures.result import table_rows
+
+        return table_rows(self)
+
+    def series(self) -> list[dict]:
+        from memlens.signatures.result import SERIES
+
+        return SERIES
+
+    def settings_info(self) -> dict:
+        settings = dataclasses.asdict(self.config)
+        settings.pop("out", None)
+        return settings
+
+    def summary(self) -> dict:
+        return {"signatures": summary_rows(self), **self.extras,
+                "memory_span_definition": "last lag with held-out accuracy above majority + "
+                                          "0.05 (-1: none)"}
+
+    def arrays(self) -> dict:
+        from memlens.signatures.result import recall_arrays
+
+        return recall_arrays(self)
+
+    def figures(self, out) -> list[dict]:
+        from memlens.signatures.result import make_plots
+
+        return make_plots(self, out)
 
 
 def parse_layers(spec: str, num_layers: int, encoder) -> list[int]:

@@ -6,6 +6,8 @@
   ``<other>`` class for every other token.
 * ``upos``: the universal part-of-speech tag of each token (CoNLL-U); tokens without a tag
   (``<eos>``) are excluded.
+* ``labels``: labels given per position (e.g. the grapheme spoken at each frame of a speech
+  encoder, or a class per token); positions labelled None are excluded.
 
 A class id of -1 means "excluded" (no tag, or a held-out symbol never seen in training: the
 decoder cannot predict a class it has never been shown).
@@ -31,7 +33,7 @@ class SymbolSet:
     kind: str
     names: list[str]
     id_to_class: dict[int, int] | None = None   # chars / top
-    tag_to_class: dict[str, int] | None = None  # upos
+    tag_to_class: dict[str, int] | None = None  # upos / labels
     other: int | None = None                    # class of unlisted ids (top:N)
 
     @property
@@ -40,9 +42,9 @@ class SymbolSet:
 
     def classes(self, ids: np.ndarray, tags: Sequence[str | None] | None = None) -> np.ndarray:
         """Class id per token (int64, -1 = excluded)."""
-        if self.kind == "upos":
+        if self.kind in ("upos", "labels"):
             if tags is None:
-                raise MemlensError("symbols 'upos' need a CoNLL-U corpus with UPOS tags")
+                raise MemlensError(f"symbols {self.kind!r} need a label (tag) per position")
             m = self.tag_to_class or {}
             return np.array([m.get(t, -1) if t is not None else -1 for t in tags],
                             dtype=np.int64)
@@ -102,3 +104,17 @@ def build_symbols(spec: str | None, unit: str, train_ids: np.ndarray,
         other = len(order)
     return SymbolSet("top", names, id_to_class={i: c for c, i in enumerate(order)},
                      other=other)
+
+
+def label_symbols(train_labels: Sequence) -> SymbolSet:
+    """Symbol set of per-position labels (most frequent first; None = excluded)."""
+    counts = Counter(str(t) for t in train_labels if t is not None)
+    if not counts:
+        raise MemlensError("the training labels are all None: nothing to decode")
+    names = sorted(counts, key=lambda t: (-counts[t], t))
+    return SymbolSet("labels", names, tag_to_class={t: i for i, t in enumerate(names)})
+
+
+def label_strings(labels: Sequence) -> list[str | None]:
+    """Labels as strings (None stays None), the form :meth:`SymbolSet.classes` matches."""
+    return [None if t is None else str(t) for t in labels]

@@ -1,0 +1,128 @@
+"""The input side of the model protocol: one continuous stream, validated once for every analysis.
+
+An analysis receives its input as any of
+
+* a :class:`~memlens.data.Corpus` or a list of symbols (token models with a vocabulary),
+* 1-D integer ids (token models),
+* a T x I float array / tensor of input vectors (continuous-input models: frames, features),
+* a :class:`Stream` (any of the above plus per-position ``labels``),
+
+and :func:`as_stream` turns it into a :class:`Stream`: ``values`` (T ids, or T x I vectors),
+the symbols (when known), CoNLL-U tags, and optional labels (one per position: a class for
+state gradients, the symbol to decode for memory signatures).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from memlens.data.corpus import Corpus
+from memlens.data.vocab import EOS
+from memlens.errors import MemlensError
+from memlens.models.encoder import RecurrentEncoder
+
+
+@dataclass
+class Stream:
+    """One continuous input stream (from a zero state).
+
+    ``values``: T token ids (int64) or T x I input vectors (float); ``labels``: optional, one
+    per position (None for "no label"); ``tokens``: the symbols of a token stream when known;
+    ``tags``: CoNLL-U annotations ({"upos": [...], "xpos": [...]}).
+    """
+
+    values: Tensor | np.ndarray | Sequence
+    labels: Sequence | None = None
+    tokens: list[str] | None = None
+    tags: dict[str, list] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(len(self.values))
+
+    @property
+    def is_tokens(self) -> bool:
+        return isinstance(self.values, Tensor) and self.values.dim() == 1
+
+
+def _vectors(values, what: str) -> Tensor:
+    x = torch.as_tensor(values.detach().cpu() if isinstance(values, Tensor) else values)
+    if not x.is_floating_point():
+        raise MemlensError(f"{what}: input vectors must be floating point, got {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise MemlensError(f"{what}: input vectors contain NaN or infinite values")
+    return x
+
+
+def as_stream(encoder: RecurrentEncoder, inputs, what: str = "inputs",
+              labels: Sequence | None = None) -> Stream:
+    """Validate ``inputs`` for ``encoder`` and return a :class:`Stream` (see module docstring).
+
+    Token models take a Corpus, symbols (through ``encoder.vocab``) or ids in 0..V-1;
+    vector models take T x I floats with I = ``encoder.input_size``. ``labels`` (one per
+    position) override those of a Stream.
+    """
+    if isinstance(inputs, Stream):
+        labels = inputs.labels if labels is None else labels
+        tokens, tags, values = inputs.tokens, dict(inputs.tags), inputs.values
+    elif isinstance(inputs, Corpus):
+        tokens, tags, values = list(inputs.tokens), dict(inputs.tags), None
+    else:
+        tokens, tags, values = None, {}, inputs
+    if values is not None and not isinstance(values, (Tensor, np.ndarray)):
+        seq = list(values)
+        if seq and isinstance(seq[0], str):
+            tokens, values = [str(t) for t in seq], None
+        else:
+            values = seq
+    if encoder.input_kind == "vectors":
+        if tokens is not None and values is None:
+            raise MemlensError(f"{what}: this model reads continuous vectors (T x "
+                               f"{encoder.input_size}), not symbols")
+        x = _vectors(values, what)
+        if x.dim() != 2 or x.shape[1] != encoder.input_size:
+            raise MemlensError(f"{what}: expected T x {encoder.input_size} input vectors, got "
+                               f"shape {tuple(x.shape)}")
+        out = Stream(x, labels, None, tags)
+    else:
+        if values is None:
+            vocab = encoder.vocab
+            if vocab is None:
+                raise MemlensError(f"{what} are symbols but the model has no vocabulary: pass "
+                                   "token ids, or give the model a vocabulary (wrap(..., "
+                                   "vocab=...) / --vocab FILE)")
+            words = [t for t in tokens if t != EOS]
+            if words and not any(vocab.is_known(t) for t in words):
+                raise MemlensError(f"{what}: every symbol is unknown to the model's vocabulary "
+                                   "(model and corpus do not match)")
+            values = vocab.encode(tokens)
+        ids = torch.as_tensor(values.detach().cpu() if isinstance(values, Tensor)
+                              else np.asarray(values))
+        if ids.dim() == 2 and ids.is_floating_point():
+            raise MemlensError(f"{what}: this model reads token ids through its embedding "
+                               "table, not input vectors")
+        if ids.dim() != 1:
+            raise MemlensError(f"{what}: token ids must be 1-D (one continuous stream), got "
+                               f"shape {tuple(ids.shape)}")
+        if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():
+            raise MemlensError(f"{what}: token ids must be integers, got {ids.dtype}")
+        ids = ids.long()
+        if ids.numel():
+            V = encoder.vocab_size
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= V:
+                raise MemlensError(f"{what}: token id {lo if lo < 0 else hi} is outside the "
+                                   f"model's vocabulary (0..{V - 1}): model and corpus "
+                                   "vocabularies do not match")
+        if tokens is None and encoder.vocab is not None:
+            tokens = encoder.vocab.decode(ids.tolist())
+        out = Stream(ids, labels, tokens, tags)
+    if len(out) == 0:
+        raise MemlensError(f"{what}: the input stream is empty")
+    if out.labels is not None and len(out.labels) != len(out):
+        raise MemlensError(f"{what}: {len(out.labels)} labels for {len(out)} positions")
+    return out

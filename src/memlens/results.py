@@ -1,0 +1,346 @@
+"""The one result format: every analysis returns a :class:`Result`.
+
+A result is a table (one flat dict per row) plus what it declares about itself, so that the
+writer, the loader, ``plot`` and the HTML report need no per-kind code:
+
+* ``kind``: "gradients", "signatures", ... (any name);
+* ``series``: plot declarations ``{"name", "title", "x", "y", "group": [columns], "low",
+  "high", "xlabel", "ylabel", "log_y", "caption"}``: one curve per distinct value of the
+  ``group`` columns, y against x, with an interval band where ``low``/``high`` are given;
+* ``summary`` (headline numbers), ``settings``, ``model`` and ``corpus`` descriptions;
+* optional arrays (saved as ``<kind>.npz`` or the name in ``arrays_file``) and extra PNG
+  figures (``figures(dir)``), plus any other JSON-able sections (``extra``).
+
+``result.save(dir)`` writes the standard result directory (``result.json``, ``table.csv``,
+arrays, PNGs) atomically through one writer; :func:`load_result` reads any kind back as a
+:class:`SavedResult` whose ``to_frame()`` equals the original's.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from memlens.errors import MemlensError
+from memlens.plotting import plain_text, pyplot
+
+RESULT_FILE = "result.json"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+STANDARD_KEYS = ("kind", "memlens_version", "model", "corpus", "settings", "summary", "table",
+                 "series", "plots", "arrays_file")
+MAX_JSON_DEPTH = 64
+
+
+def clean(value: Any) -> Any:
+    """JSON-able copy: numpy scalars/arrays to Python, NaN/inf to None, tuples to lists."""
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return clean(value.tolist())
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return None if not math.isfinite(value) else value
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    return value
+
+
+def curves(rows: Sequence[dict], decl: dict) -> dict[str, list[tuple[float, float, Any, Any]]]:
+    """Points (x, y, low, high) per curve of one series declaration, sorted by x."""
+    out: dict[str, list] = {}
+    group = decl.get("group") or []
+    for row in rows:
+        x, y = row.get(decl["x"]), row.get(decl["y"])
+        if not _is_num(x) or not _is_num(y):
+            continue
+        parts = [f"{row[g]}" for g in group if row.get(g) not in (None, "")]
+        name = ", ".join(parts) or "all"
+        lo = row.get(decl["low"]) if decl.get("low") else None
+        hi = row.get(decl["high"]) if decl.get("high") else None
+        out.setdefault(name, []).append((float(x), float(y), lo if _is_num(lo) else None,
+                                         hi if _is_num(hi) else None))
+    return {k: sorted(v, key=lambda p: p[0]) for k, v in out.items()}
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
+        and math.isfinite(float(v))
+
+
+def plot_series(ax, rows: Sequence[dict], decl: dict, max_curves: int = 12):
+    """Draw one declared series on ``ax`` (labels as plain text); return ``ax``."""
+    drawn = 0
+    for name, pts in curves(rows, decl).items():
+        if drawn == max_curves:
+            break
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        line, = ax.plot(xs, ys, marker="o", markersize=3, label=name)
+        band = [(p[0], p[2], p[3]) for p in pts if p[2] is not None and p[3] is not None]
+        if band:
+            ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band],
+                            color=line.get_color(), alpha=0.15, linewidth=0)
+        drawn += 1
+    positive = all(p[1] > 0 for c in curves(rows, decl).values() for p in c)
+    if decl.get("log_y") and positive and drawn:
+        ax.set_yscale("log")
+    ax.set_xlabel(str(decl.get("xlabel") or decl["x"]), parse_math=False)
+    ax.set_ylabel(str(decl.get("ylabel") or decl["y"]), parse_math=False)
+    ax.set_title(str(decl.get("title") or decl.get("name") or ""), parse_math=False)
+    if drawn > 1:
+        legend = ax.legend(fontsize=8)
+        for text in legend.get_texts():
+            text.set_parse_math(False)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+class Result:
+    """Base of every analysis result (see module docstring). Subclasses implement ``rows``
+    and ``series`` and may override ``summary``, ``arrays``, ``figures`` and ``extra``."""
+
+    kind: ClassVar[str] = "result"
+    arrays_file: ClassVar[str | None] = None
+
+    # -- what a result declares (override) -------------------------------------------------
+    def rows(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def series(self) -> list[dict[str, Any]]:
+        return []
+
+    def summary(self) -> dict[str, Any]:
+        return {}
+
+    def settings_info(self) -> dict[str, Any]:
+        return dict(getattr(self, "settings", {}) or {})
+
+    def model_info(self) -> dict[str, Any]:
+        return dict(getattr(self, "model_meta", {}) or {})
+
+    def corpus_info(self) -> dict[str, Any]:
+        return dict(getattr(self, "corpus_meta", {}) or {})
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {}
+
+    @plain_text
+    def figures(self, out: Path) -> list[dict[str, str]]:
+        """Write PNGs into ``out``; return [{"file", "title", "caption"}]. Default: one PNG
+        per declared series."""
+        plt = pyplot()
+        made, rows = [], self.rows()
+        for decl in self.series():
+            fig, ax = plt.subplots(figsize=(6.4, 4.2))
+            try:
+                plot_series(ax, rows, decl)
+                fig.tight_layout()
+                name = f"{decl.get('name', 'series')}.png"
+                fig.savefig(out / name, dpi=110)
+            finally:
+                plt.close(fig)
+            made.append({"file": name, "title": str(decl.get("title") or name),
+                         "caption": str(decl.get("caption") or "")})
+        return made
+
+    def extra(self) -> dict[str, Any]:
+        """Further JSON-able sections of result.json (e.g. probe, performance)."""
+        return {}
+
+    # -- the common interface --------------------------------------------------------------
+    def to_frame(self):
+        """The result table as a pandas DataFrame (one row per table row)."""
+        import pandas as pd
+
+        return pd.DataFrame(clean(self.rows()))
+
+    @plain_text
+    def plot(self, ax=None, series: int | str = 0):
+        """Draw a declared series (index or name) on ``ax`` (new figure if None); return ax."""
+        decls = self.series()
+        if not decls:
+            raise MemlensError(f"{self.kind} result declares no series to plot")
+        if isinstance(series, str):
+            found = [d for d in decls if d.get("name") == series]
+            if not found:
+                raise MemlensError(f"no series {series!r}: choose from "
+                                   f"{', '.join(str(d.get('name')) for d in decls)}")
+            decl = found[0]
+        else:
+            decl = decls[series]
+        if ax is None:
+            _, ax = pyplot().subplots()
+        return plot_series(ax, self.rows(), decl)
+
+    def document(self) -> dict[str, Any]:
+        """The content of result.json (without plots, which ``save`` adds)."""
+        from memlens import __version__
+
+        doc = {"kind": self.kind, "memlens_version": __version__, "model": self.model_info(),
+               "corpus": self.corpus_info(), "settings": self.settings_info(),
+               "summary": self.summary(), "table": self.rows(), "series": self.series()}
+        if self.arrays_file:
+            doc["arrays_file"] = self.arrays_file
+        for key, value in self.extra().items():
+            if key in STANDARD_KEYS:
+                raise MemlensError(f"extra section {key!r} clashes with a standard key")
+            doc[key] = value
+        return clean(doc)
+
+    def save(self, out: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the standard result directory ``out`` (complete or absent)."""
+        return write_result_dir(self, out, overwrite=overwrite)
+
+    def __repr__(self) -> str:
+        settings = {k: v for k, v in self.settings_info().items()
+                    if isinstance(v, (int, float, str, bool)) or v is None}
+        text = ", ".join(f"{k}={v!r}" for k, v in list(settings.items())[:8])
+        out = f"<{type(self).__name__} kind={self.kind!r} {text}>"
+        return out if len(out) < 1000 else out[:996] + "...>"
+
+
+@plain_text  # covers every subclass's figures(): labels are plain text
+def write_result_dir(result: Result, out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """The one writer of result directories: result.json, table.csv, arrays, PNGs."""
+    from memlens.io import atomic_dir
+
+    with atomic_dir(out, overwrite=overwrite, kind=result.kind) as tmp:
+        plots = clean(result.figures(tmp))  # first: figures may add numbers to the summary
+        doc = result.document()
+        doc["plots"] = plots
+        write_table_csv(tmp / "table.csv", doc["table"])
+        arrays = result.arrays()
+        if arrays:
+            np.savez_compressed(tmp / (result.arrays_file or f"{result.kind}.npz"), **arrays)
+        (tmp / RESULT_FILE).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    return Path(out)
+
+
+def write_table_csv(path: Path, table: Sequence[dict]) -> None:
+    keys = list(dict.fromkeys(k for row in table for k in row))
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        for row in table:
+            w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
+
+
+class SavedResult(Result):
+    """A result read back from its directory: any kind, from what its result.json declares."""
+
+    def __init__(self, path: Path, data: dict[str, Any], images: dict[str, bytes]):
+        self.path, self.data, self.images = path, data, images
+        self.kind = str(data["kind"])  # type: ignore[misc]
+
+    def rows(self) -> list[dict[str, Any]]:
+        return self.data.get("table") or []
+
+    def series(self) -> list[dict[str, Any]]:
+        return self.data.get("series") or []
+
+    def summary(self) -> dict[str, Any]:
+        return self.data.get("summary") or {}
+
+    def settings_info(self) -> dict[str, Any]:
+        return self.data.get("settings") or {}
+
+    def model_info(self) -> dict[str, Any]:
+        return self.data.get("model") or {}
+
+    def corpus_info(self) -> dict[str, Any]:
+        return self.data.get("corpus") or {}
+
+    def extra(self) -> dict[str, Any]:
+        return {k: v for k, v in self.data.items() if k not in STANDARD_KEYS}
+
+    @property
+    def plots(self) -> list[dict[str, Any]]:
+        return self.data.get("plots") or []
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        name = self.data.get("arrays_file") or f"{self.kind}.npz"
+        file = self.path / name
+        if not file.is_file():
+            return {}
+        with np.load(file, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+
+
+def _depth_ok(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    stack = [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if d > limit:
+            return False
+        if isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, d + 1) for x in v)
+    return True
+
+
+def load_result(path: str | os.PathLike) -> SavedResult:
+    """Read and check one result directory (any kind); raise :class:`MemlensError` on bad
+    input (missing, malformed, tampered plot paths, non-PNG plots)."""
+    path = Path(path)
+    if not path.exists():
+        raise MemlensError(f"result directory not found: {path}")
+    if not path.is_dir():
+        raise MemlensError(f"not a result directory: {path}")
+    rfile = path / RESULT_FILE
+    if not rfile.is_file():
+        raise MemlensError(f"{path} has no result.json (not a memlens result directory)")
+    try:
+        data = json.loads(rfile.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, OSError) as exc:
+        raise MemlensError(f"malformed result.json in {path}: {str(exc)[:200]}") from None
+    if not isinstance(data, dict):
+        raise MemlensError(f"malformed result.json in {path}: top level is not an object")
+    if not _depth_ok(data):
+        raise MemlensError(f"malformed result.json in {path}: nested deeper than "
+                           f"{MAX_JSON_DEPTH} levels")
+    kind = data.get("kind")
+    if not isinstance(kind, str) or not kind:
+        raise MemlensError(f"result.json in {path} names no result kind")
+    for key in ("model", "corpus", "settings", "summary"):
+        if not isinstance(data.get(key, {}), dict):
+            raise MemlensError(f"malformed result.json in {path}: {key!r} is not an object")
+    for key in ("table", "series"):
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+            raise MemlensError(f"malformed result.json in {path}: {key!r} is not a list of "
+                               "objects")
+    for decl in data.get("series", []):
+        if not isinstance(decl.get("x"), str) or not isinstance(decl.get("y"), str):
+            raise MemlensError(f"malformed result.json in {path}: a series needs 'x' and 'y' "
+                               "column names")
+        if not isinstance(decl.get("group", []), list):
+            raise MemlensError(f"malformed result.json in {path}: a series' 'group' must be a "
+                               "list of column names")
+    plots = data.get("plots", [])
+    if not isinstance(plots, list) or not all(isinstance(p, dict) and isinstance(
+            p.get("file"), str) for p in plots):
+        raise MemlensError(f"malformed result.json in {path}: 'plots' entries need a 'file'")
+    images: dict[str, bytes] = {}
+    root = path.resolve()
+    for plot in plots:
+        file = (path / plot["file"]).resolve()
+        if root not in file.parents:
+            raise MemlensError(f"plot {plot['file']!r} in {rfile} lies outside the directory")
+        if not file.is_file():
+            raise MemlensError(f"plot {plot['file']!r} listed in {rfile} is missing")
+        blob = file.read_bytes()
+        if not blob.startswith(PNG_MAGIC):
+            raise MemlensError(f"plot {plot['file']!r} in {path} is not a PNG image")
+        images[plot["file"]] = blob
+    return SavedResult(path, data, images)

@@ -1,0 +1,182 @@
+"""The model protocol: continuous inputs, custom step functions with matrix states, one
+calling convention, vocabularies for wrapped models (oracles: autograd Jacobians, a delay line)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import memlens
+from memlens.data import Vocab
+from memlens.errors import MemlensError
+from memlens.models import StepLayer, wrap
+from memlens.models.inputs import Stream
+
+
+def autograd_average(enc, X, K, layer, readout, segment=None):
+    """Average d r_t / d x_{t-tau} over the stream by torch.autograd (float64): S x D x I."""
+    def readouts(X):
+        st, out = enc.init_state(1, dtype=X.dtype), []
+        for t in range(X.shape[0]):
+            st = enc.step(X[t:t + 1], st)
+            out.append(enc.layers[layer].readout(st[layer], readout)[0])
+        return torch.stack(out)
+
+    J = torch.autograd.functional.jacobian(readouts, X, vectorize=True).numpy()  # T x D x T x I
+    sums = np.zeros((K + 1, J.shape[1], J.shape[3]))
+    cnt = np.zeros(K + 1)
+    for t in range(X.shape[0]):
+        for tau in range(min(t, K) + 1):
+            sums[tau] += J[t, :, t - tau]
+            cnt[tau] += 1
+    return sums / cnt[:, None, None]
+
+
+def rel_err(a, b):
+    return np.abs(a - b).max() / np.abs(b).max()
+
+
+def frame_lstm(dtype=torch.float64):
+    torch.manual_seed(0)
+    return wrap(None, nn.LSTM(6, 9, num_layers=2)).to(dtype)
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 1e-4)])
+@pytest.mark.parametrize("layer,readout", [(0, "hidden"), (0, "cell"), (1, "hidden"),
+                                           (1, "cell")])
+def test_frames_lstm_exact_against_autograd(dtype, tol, layer, readout):
+    enc = frame_lstm()
+    frames = torch.randn(25, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    want = autograd_average(enc, frames, 4, layer, readout)
+    r = memlens.state_gradients(enc, frames.float() if dtype == "float32" else frames, 4,
+                                readout=readout, layer=layer, dtype=dtype)
+    assert enc.input_kind == "vectors" and r.means().shape == (5, 9, 6)
+    assert rel_err(r.means(), want) < tol
+    assert r.settings["input"] == "vectors" and r.settings["readout"] == readout
+
+
+def test_frames_normalisation_uses_stream_covariance():
+    enc = frame_lstm()
+    frames = torch.randn(40, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    r = memlens.state_gradients(enc, frames, 2, dtype="float64")
+    cov = np.cov(frames.numpy(), rowvar=False)
+    assert np.allclose(r.normalization.D @ r.normalization.D.T, cov)
+    with pytest.raises(MemlensError, match="singular"):
+        memlens.state_gradients(enc, torch.ones(40, 6, dtype=torch.float64), 2)
+    with pytest.raises(MemlensError, match="T x 6"):
+        memlens.state_gradients(enc, torch.randn(40, 5), 2)
+    with pytest.raises(MemlensError, match="continuous vectors"):
+        memlens.state_gradients(enc, ["a", "b"], 1)
+
+
+def diagonal_ssm(d: int = 3, n: int = 4, seed: int = 0):
+    """A diagonal linear state-space layer with a d x n matrix state and readout y = C h:
+    h' = a * h + x b^T (elementwise a), y = sum_n c * tanh(h)."""
+    g = torch.Generator().manual_seed(seed)
+    params = nn.ParameterDict({"a": nn.Parameter(torch.rand(d, n, generator=g) * 0.9),
+                               "b": nn.Parameter(torch.randn(d, n, generator=g)),
+                               "c": nn.Parameter(torch.randn(d, n, generator=g))})
+
+    def step(x, state):
+        (h,) = state
+        return (params["a"] * h + x[:, :, None] * params["b"],)
+
+    return StepLayer(step=step,
+                     init_state=lambda b, device, dtype: (torch.zeros(b, d, n, device=device,
+                                                                       dtype=dtype),),
+                     input_size=d, module=params,
+                     readouts={"y": lambda s: (params["c"] * torch.tanh(s[0])).sum(-1),
+                               "state": lambda s: s[0].flatten(1)})
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 1e-4)])
+@pytest.mark.parametrize("readout", ["y", "state"])
+def test_matrix_state_generic_path_exact(dtype, tol, readout):
+    layer = diagonal_ssm()
+    enc = memlens.RecurrentEncoder(None, [layer])
+    assert layer.readout_size("state") == 12 and layer.readout_size("y") == 3
+    frames = torch.randn(20, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ref = memlens.RecurrentEncoder(None, [diagonal_ssm()]).double()
+    want = autograd_average(ref, frames, 5, 0, readout)
+    r = memlens.state_gradients(enc, frames, 5, readout=readout, dtype=dtype)
+    assert r.settings["method"] == "generic"
+    assert rel_err(r.means(), want) < tol
+    # the user's parameters are untouched (float32, same values)
+    assert layer.module["a"].dtype == torch.float32
+
+
+def test_custom_layer_on_top_of_lstm_and_tokens():
+    """Token embedding -> LSTM layer (hand path) -> custom layer (generic path)."""
+    torch.manual_seed(0)
+    lstm = memlens.TorchLayer(nn.LSTM(3, 3))
+    enc = memlens.RecurrentEncoder(nn.Embedding(10, 3), [lstm, diagonal_ssm(3, 2)]).double()
+    ids = torch.randint(0, 10, (18,), generator=torch.Generator().manual_seed(4))
+    X = enc.embedding.weight.detach()[ids]
+    want = autograd_average(enc, X, 3, 1, "y")
+    r = memlens.state_gradients(enc, ids, 3, layer=1, dtype="float64")
+    assert rel_err(r.means(), want) < 1e-10
+
+
+def test_one_calling_convention_and_default_readouts():
+    torch.manual_seed(0)
+    gru = wrap(nn.Embedding(12, 4), nn.GRU(4, 5))
+    lstm = wrap(nn.Embedding(12, 4), nn.LSTM(4, 5))
+    assert gru.default_readout(-1, "gradients") == "hidden"
+    assert lstm.default_readout(-1, "gradients") == "cell"
+    assert lstm.default_readout(-1, "signatures") == "hidden"
+    ids = np.random.default_rng(0).integers(0, 12, 60)
+    assert memlens.state_gradients(gru, ids, 2).settings["readout"] == "hidden"
+    with pytest.warns(DeprecationWarning, match="state= is deprecated"):
+        r = memlens.state_gradients(lstm, ids, 2, state="hidden")
+    assert r.settings["readout"] == "hidden"
+    with pytest.raises(MemlensError, match="not both"):
+        memlens.state_gradients(lstm, ids, 2, readout="cell", state="hidden")
+    sig = memlens.memory_signature(gru, ids[:40], ids[40:], max_delay=1, readout="hidden",
+                                   layer=0, bootstrap=50, blocks=5, max_epochs=3)
+    assert sig.info["readout"] == "hidden" and len(sig.accuracy) == 2
+
+
+def one_hot_delay_line(v: int, m: int):
+    """The delay-line oracle as a frame-input model: one-hot frames of size v, state m
+    slots (slot j = the frame j steps back)."""
+    rnn = nn.RNN(v, m * v, nonlinearity="relu")
+    with torch.no_grad():
+        for p in rnn.parameters():
+            p.zero_()
+        rnn.weight_ih_l0[:v, :v] = torch.eye(v)
+        for j in range(m - 1):
+            rnn.weight_hh_l0[(j + 1) * v:(j + 2) * v, j * v:(j + 1) * v] = torch.eye(v)
+    return wrap(None, rnn)
+
+
+def test_delay_line_as_frame_model_with_labels():
+    v, m = 4, 3
+    rng = np.random.default_rng(0)
+    tr, he = rng.integers(0, v, 3000), rng.integers(0, v, 1500)
+    eye = np.eye(v, dtype=np.float32)
+    sig = memlens.memory_signature(one_hot_delay_line(v, m), Stream(eye[tr], labels=tr),
+                                   Stream(eye[he], labels=he), max_delay=6,
+                                   max_epochs=20, bootstrap=200)
+    assert (sig.accuracy[:m] > 0.99).all()
+    assert np.allclose(sig.accuracy[m:], sig.majority[m:], atol=0.05)
+    assert sig.memory_span() == m - 1
+    with pytest.raises(MemlensError, match="needs labels"):
+        memlens.memory_signature(one_hot_delay_line(v, m), eye[tr], eye[he], max_delay=2)
+
+
+def test_wrapped_vocabulary_shows_words():
+    words = ["the", "cat", "dog", "sat", "ran", "<eos>"]
+    torch.manual_seed(0)
+    enc = wrap(nn.Embedding(6, 4), nn.LSTM(4, 8), vocab=words)
+    text = ["the", "cat", "sat", "<eos>", "the", "dog", "ran", "<eos>"] * 40
+    sig = memlens.memory_signature(enc, text[:200], text[200:], max_delay=1, bootstrap=20,
+                                   max_epochs=3)
+    assert set(sig.symbols) <= set(words)
+    with pytest.raises(MemlensError, match="'bird' is not in the vocabulary"):
+        memlens.state_gradients(enc, ["the", "bird"], 1)
+    with pytest.raises(MemlensError, match="6 rows"):
+        wrap(nn.Embedding(6, 4), nn.LSTM(4, 8), vocab=words[:5])
+    v = Vocab.from_symbols(["a", "<unk>", "b"])
+    assert v.encode(["b", "zzz"]).tolist() == [2, 1] and v.unk == "<unk>"
