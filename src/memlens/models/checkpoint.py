@@ -120,10 +120,15 @@ def encoder_config(encoder: RecurrentEncoder) -> dict[str, Any]:
 def expected_parameters(config: dict[str, Any]) -> int:
     """Number of parameters the encoder of ``encoder_config`` has (nothing allocated)."""
     gates = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
-    size = int(config["input_size"])
-    total = size * int(config["vocab_size"]) if config.get("input") == "tokens" else 0
-    for kind, h in zip(config["kinds"], config["hidden"]):
-        total += gates[kind] * h * (size + h + 2)
+    try:
+        size = int(config["input_size"])
+        pairs = [(gates[k], int(h)) for k, h in zip(config["kinds"], config["hidden"])]
+        vocab = int(config["vocab_size"]) if config.get("input") == "tokens" else 0
+    except (KeyError, TypeError, ValueError):
+        raise MemlensError("bad encoder config: sizes missing or not integers") from None
+    total = size * vocab
+    for g, h in pairs:
+        total += g * h * (size + h + 2)
         size = h
     return total
 
@@ -201,9 +206,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
         if _digest(config, vocab_d, state) != payload["sha256"]:
             raise MemlensError(f"checkpoint integrity check failed (tampered or corrupt): {path}")
         if isinstance(config, dict) and config.get("model") == ENCODER:
-            model = build_encoder(config)  # sizes checked before allocation
-            if sum(t.numel() for t in state.values()) != expected_parameters(config):
+            if not isinstance(state, dict) or sum(
+                    t.numel() for t in state.values()) != expected_parameters(config):
                 raise MemlensError("weights do not match the encoder config")
+            model = build_encoder(config)  # sizes checked before allocation
             model.load_state_dict(state)
             if vocab_d:
                 model.set_vocab(Vocab.from_dict(vocab_d))
