@@ -31,7 +31,7 @@ Everything is generated in the package; nothing is downloaded.
 from __future__ import annotations
 
 import io
-import tempfile
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -48,6 +48,7 @@ from memlens.data.vocab import EOS, UNK
 from memlens.errors import MemlensError
 from memlens.io import atomic_dir, write_atomic, write_json
 from memlens.models.lm import LanguageModel
+from memlens.plotting import plain_text, pyplot
 from memlens.report import ReportSection, build_report
 
 NGRAM_ORDER = 3
@@ -55,6 +56,7 @@ IRRELEVANT_COORD = 0
 NUMBER_COORD = 1
 NOUN_COORD = 2
 STRENGTH_FRACTION = 0.5
+MAX_DISTANCE = 100
 
 
 @dataclass
@@ -82,6 +84,9 @@ class DemoConfig:
         """Refuse sizes the experiment cannot run with."""
         if self.distance < 1:
             raise MemlensError(f"--distance must be at least 1, got {self.distance}")
+        if self.distance > MAX_DISTANCE:
+            raise MemlensError(f"--distance must be at most {MAX_DISTANCE} (the demo's corpus "
+                               f"and lags grow with it), got {self.distance}")
         for key in ("sentences", "decoder_sentences", "heldout_sentences",
                     "gradient_sentences", "epochs", "emb", "hidden"):
             if getattr(self, key) < 1:
@@ -226,12 +231,7 @@ def first_lag_at_baseline(accuracy: np.ndarray, baseline: np.ndarray, margin: fl
 
 # -- plots -------------------------------------------------------------------------------------
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def _save(fig, path: Path) -> None:
@@ -260,6 +260,7 @@ def _corpus_info(corpus: Corpus, n_sentences: int, cfg: DemoConfig) -> dict[str,
                 cfg.distance + 1)])}
 
 
+@plain_text
 def _gradients_dir(out: Path, model: LanguageModel, ckpt: str, corpus: Corpus,
                    cfg: DemoConfig, direction: np.ndarray, version: str) -> dict[str, Any]:
     from memlens import state_gradients
@@ -367,6 +368,7 @@ def _sig_rows(label: str, sig, layer, readout: str, control=None) -> list[dict[s
     return rows
 
 
+@plain_text
 def _signatures_dir(out: Path, model: LanguageModel, ckpt: str, dec_c: Corpus, held_c: Corpus,
                     cfg: DemoConfig, version: str) -> dict[str, int]:
     from memlens.signatures import memory_signature, random_init_copy, signature_from_states
@@ -477,57 +479,58 @@ def run_demo(cfg: DemoConfig | None = None, log: Callable[[str], None] = print) 
     cfg.check()
     start = time.time()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stages = ["corpus"] + [f"{s} {a}" for a in cfg.archs
-                           for s in ("train", "gradients", "signatures")] + ["report"]
-    bar = tqdm(total=len(stages), desc="memlens demo", unit="stage",
-               disable=None if cfg.progress is None else not cfg.progress)
+    with atomic_dir(out) as tmp:  # complete or absent: an interrupted demo leaves nothing
+        work = tmp / ".work"
+        work.mkdir()
+        stages = ["corpus"] + [f"{s} {a}" for a in cfg.archs
+                               for s in ("train", "gradients", "signatures")] + ["report"]
+        bar = tqdm(total=len(stages), desc="memlens demo", unit="stage",
+                   disable=None if cfg.progress is None else not cfg.progress)
 
-    timings: dict[str, float] = {}
-    clock = [time.time()]
+        timings: dict[str, float] = {}
+        clock = [time.time()]
 
-    def stage(i: int) -> None:
-        if i > 0:
-            timings[stages[i - 1]] = round(time.time() - clock[0], 2)
-        clock[0] = time.time()
-        bar.set_description(f"demo: {stages[i]}")
+        def stage(i: int) -> None:
+            if i > 0:
+                timings[stages[i - 1]] = round(time.time() - clock[0], 2)
+            clock[0] = time.time()
+            bar.set_description(f"demo: {stages[i]}")
 
-    def quiet(msg: str) -> None:
-        if cfg.progress:
-            tqdm.write(msg)
+        def quiet(msg: str) -> None:
+            if cfg.progress:
+                tqdm.write(msg)
 
-    stage(0)
-    s = cfg.seed
-    train_c = _corpus(cfg, cfg.sentences, s + 1)
-    valid_c = _corpus(cfg, max(50, cfg.sentences // 10), s + 2)
-    dec_c = _corpus(cfg, cfg.decoder_sentences, s + 3)
-    held_c = _corpus(cfg, cfg.heldout_sentences, s + 4)
-    grad_c = _corpus(cfg, cfg.gradient_sentences, s + 4)
-    bar.update(1)
-    i = 1
-    recovered: list[dict[str, Any]] = []
-    dirs: list[Path] = []
-    stats: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="memlens-demo-") as work:
+        stage(0)
+        s = cfg.seed
+        train_c = _corpus(cfg, cfg.sentences, s + 1)
+        valid_c = _corpus(cfg, max(50, cfg.sentences // 10), s + 2)
+        dec_c = _corpus(cfg, cfg.decoder_sentences, s + 3)
+        held_c = _corpus(cfg, cfg.heldout_sentences, s + 4)
+        grad_c = _corpus(cfg, cfg.gradient_sentences, s + 4)
+        bar.update(1)
+        i = 1
+        recovered: list[dict[str, Any]] = []
+        dirs: list[Path] = []
+        stats: dict[str, dict[str, Any]] = {}
         for arch in cfg.archs:
             stage(i)
-            ckpt = out / f"{arch}.pt"
-            model = _train(cfg, arch, train_c, valid_c, Path(work), ckpt, quiet)
+            ckpt = tmp / f"{arch}.pt"
+            model = _train(cfg, arch, train_c, valid_c, work, ckpt, quiet)
             best = min(model.history, key=lambda r: r.get("valid_loss", r["train_loss"]))
             stats[arch] = {"valid_ppl": best["valid_ppl"], "epoch": best["epoch"]}
             bar.update(1)
             i += 1
             stage(i)
             direction = planted_direction(model, cfg.n_nouns)
-            g = _gradients_dir(out / f"gradients-{arch}", model, ckpt.name, grad_c, cfg,
+            g = _gradients_dir(tmp / f"gradients-{arch}", model, ckpt.name, grad_c, cfg,
                                direction, __version__)
-            dirs.append(out / f"gradients-{arch}")
+            dirs.append(tmp / f"gradients-{arch}")
             bar.update(1)
             i += 1
             stage(i)
-            r = _signatures_dir(out / f"signatures-{arch}", model, ckpt.name, dec_c, held_c,
+            r = _signatures_dir(tmp / f"signatures-{arch}", model, ckpt.name, dec_c, held_c,
                                 cfg, __version__)
-            dirs.append(out / f"signatures-{arch}")
+            dirs.append(tmp / f"signatures-{arch}")
             bar.update(1)
             i += 1
             A = arch.upper()
@@ -560,18 +563,20 @@ def run_demo(cfg: DemoConfig | None = None, log: Callable[[str], None] = print) 
                                   "within_one_step": None,  # a reference, not a method
                                   "definition": "first lag at which decoding accuracy falls "
                                   "to the majority baseline"})
-    stage(i)
-    section = _planted_section(cfg, recovered, stats)
-    findings = _findings(cfg, recovered)
-    seconds = time.time() - start
-    write_json(out / "demo.json", {"config": {k: v for k, v in asdict(cfg).items()},
-                                   "planted": cfg.distance, "recovered": recovered,
-                                   "training": stats, "stage_seconds": timings,
-                                   "seconds_before_report": seconds})
-    report = build_report(dirs, out / "report.html", title="memlens demo: a planted memory",
-                          findings=findings, sections=[section])
-    bar.update(1)
-    bar.close()
+        stage(i)
+        section = _planted_section(cfg, recovered, stats)
+        findings = _findings(cfg, recovered)
+        seconds = time.time() - start
+        write_json(tmp / "demo.json", {"config": {k: v for k, v in asdict(cfg).items()},
+                                       "planted": cfg.distance, "recovered": recovered,
+                                       "training": stats, "stage_seconds": timings,
+                                       "seconds_before_report": seconds})
+        build_report(dirs, tmp / "report.html", title="memlens demo: a planted memory",
+                              findings=findings, sections=[section])
+        bar.update(1)
+        bar.close()
+        shutil.rmtree(work)
+    report = out / "report.html"
     seconds = time.time() - start
     log(f"wrote {report} ({seconds:.0f} s)")
     return DemoResult(out, report, cfg.distance, recovered, seconds)

@@ -22,6 +22,7 @@ from typing import Any
 
 from memlens.errors import MemlensError
 from memlens.io import write_atomic
+from memlens.plotting import plain_text, pyplot
 
 KINDS = ("gradients", "signatures")
 STANDARD_KEYS = ("kind", "memlens_version", "model", "corpus", "settings", "summary", "table",
@@ -115,6 +116,10 @@ def load_result(path: str | os.PathLike) -> ResultDir:
         data = json.loads(rfile.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MemlensError(f"malformed result.json in {path}: {exc}") from None
+    except RecursionError:
+        raise MemlensError(f"malformed result.json in {path}: nested too deeply") from None
+    except OSError as exc:
+        raise MemlensError(f"cannot read {rfile}: {exc.strerror or exc}") from None
     if not isinstance(data, dict):
         raise MemlensError(f"malformed result.json in {path}: top level is not an object")
     kind = data.get("kind")
@@ -296,13 +301,10 @@ def _result_section(res: ResultDir, index: int) -> str:
     return "\n".join(parts)
 
 
+@plain_text
 def _overlay_png(curves: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str,
                  title: str, logy: bool = False) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=90)
     for name, pts in curves.items():
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=name)
@@ -391,6 +393,7 @@ def render_report(results: Sequence[ResultDir], title: str = "memlens report",
     body += [_result_section(r, i) for i, r in enumerate(results)]
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\">"
+            f'<meta name="generator" content="memlens {_esc(__version__)}">'
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>\n"
             + "\n".join(b for b in body if b) + "\n</body></html>\n")
