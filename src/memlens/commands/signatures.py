@@ -35,7 +35,11 @@ def register(sub) -> None:
                    "(the factor space and every basis, with their divergence)")
     p.add_argument("--max-delay", "--max-lag", dest="max_delay", type=int, default=20,
                    help="largest lag K (--max-lag is the old name)")
-    p.add_argument("--decoder", choices=DECODERS, default="linear")
+    p.add_argument("--decoder", choices=DECODERS, default="linear",
+                   help="linear: joint softmax trained by Adam from a random start; "
+                   "linear-fast: the same softmax from a closed-form (LDA) start, a few "
+                   "epochs, for large symbol sets (thousands of word types); mlp: one "
+                   "shared hidden layer")
     p.add_argument("--labels", "--symbols", dest="symbols", help="what is decoded: chars, "
                    "top:N or upos (default: chars for character models, top:1000 for word "
                    "models; --symbols is the old name)")

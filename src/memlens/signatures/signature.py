@@ -28,7 +28,7 @@ from memlens.errors import MemlensError
 from memlens.models.encoder import as_encoder
 from memlens.models.inputs import as_stream
 from memlens.results import Result
-from memlens.signatures.decoders import JointDecoder, lag_targets
+from memlens.signatures.decoders import lag_targets, make_decoder
 from memlens.signatures.states import check_view, extract_states
 from memlens.signatures.symbols import (
     SymbolSet,
@@ -156,7 +156,7 @@ def signature_from_states(train_x, train_cls: np.ndarray, held_x, held_cls: np.n
     n_cls = symbols.size
     y_tr = lag_targets(train_cls, max_lag)
     y_he = lag_targets(held_cls, max_lag)
-    dec = JointDecoder(kind=decoder, seed=seed, **decoder_options).fit(train_x, y_tr, n_cls)
+    dec = make_decoder(decoder, seed=seed, **decoder_options).fit(train_x, y_tr, n_cls)
     pred, nll = dec.evaluate(held_x, y_he)
     valid = y_he >= 0
     correct = (pred == y_he) & valid

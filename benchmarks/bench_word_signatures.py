@@ -1,0 +1,129 @@
+"""Benchmark: word-level memory signature with every type as a symbol, fast vs joint decoder.
+
+The case of the scale issue: a word LSTM (``--model CKPT``, or trained here for one epoch on
+WikiText-2 valid: emb 64, hidden 256, 10,000-word vocabulary, seed 0, as
+``memlens train --train ../shared/data/wikitext-2/valid.txt --arch lstm --emb 64 --hidden 256
+--vocab-size 10000 --epochs 1 --seed 0``), the hidden states of the first ``--train`` tokens of
+WikiText-2 test (decoder training) and the next ``--heldout`` tokens (held-out), lags 0..K,
+and every token type of the decoder-training text as a symbol (``symbols="chars"``, several
+thousand classes). Prints, in one run, seconds and per-lag held-out accuracy of
+``decoder="linear-fast"`` (:class:`~memlens.signatures.decoders.FastLinearDecoder`) and of the
+joint SGD decoder ``decoder="linear"`` (about 10 minutes on 2 cores), and the largest per-lag
+accuracy difference. ``--skip-old`` reuses the joint decoder's result cached in ``--cache``
+by a previous run of the same case (its seconds are then not re-measured: say so when quoting).
+
+    python benchmarks/bench_word_signatures.py [--model CKPT] [--train 20000] [--heldout 5000]
+        [--max-lag 10] [--skip-old] [--cache runs/bench_word_old.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from memlens.data import load_corpus
+from memlens.models import load_checkpoint
+from memlens.signatures.decoders import lag_targets, make_decoder
+from memlens.signatures.states import View, extract_states
+from memlens.signatures.symbols import build_symbols
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data" / "wikitext-2"
+DEFAULT_MODEL = HERE.parent / "runs" / "wt2-lstm-e1.pt"
+
+
+def accuracy(dec, x, y) -> np.ndarray:
+    pred, _ = dec.evaluate(x, y)
+    valid = y >= 0
+    return ((pred == y) & valid).sum(0) / np.maximum(valid.sum(0), 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(DEFAULT_MODEL),
+                    help="word checkpoint (trained here if the default path is missing)")
+    ap.add_argument("--text", default=str(DATA / "test.txt"))
+    ap.add_argument("--lm-train", default=str(DATA / "valid.txt"))
+    ap.add_argument("--train", type=int, default=20000)
+    ap.add_argument("--heldout", type=int, default=5000)
+    ap.add_argument("--max-lag", type=int, default=10)
+    ap.add_argument("--skip-old", action="store_true",
+                    help="reuse the joint decoder's cached result instead of re-running it")
+    ap.add_argument("--cache", default=str(HERE.parent / "runs" / "bench_word_old.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+    if not Path(args.model).exists():
+        if args.model != str(DEFAULT_MODEL):
+            sys.exit(f"no checkpoint {args.model}")
+        subprocess.run(["memlens", "train", "--train", args.lm_train, "--arch", "lstm",
+                        "--emb", "64", "--hidden", "256", "--vocab-size", "10000",
+                        "--epochs", "1", "--seed", "0", "--out", args.model], check=True)
+    model = load_checkpoint(args.model)
+    tokens = load_corpus(args.text, unit="word").tokens
+    tr_tok = tokens[:args.train]
+    he_tok = tokens[args.train:args.train + args.heldout]
+    tr_ids, he_ids = model.vocab.encode(tr_tok).numpy(), model.vocab.encode(he_tok).numpy()
+    view = View(model.encoder.num_layers - 1, "hidden", "all")
+    x_tr = extract_states(model.encoder, tr_ids, [view])[view]
+    x_he = extract_states(model.encoder, he_ids, [view])[view]
+    sym = build_symbols("chars", "word", tr_ids, itos=model.vocab.itos)  # every type
+    y_tr = lag_targets(sym.classes(tr_ids), args.max_lag)
+    y_he = lag_targets(sym.classes(he_ids), args.max_lag)
+    heads = args.max_lag + 1
+    case = {"model": str(args.model), "text": str(args.text), "train": len(tr_ids),
+            "heldout": len(he_ids), "max_lag": args.max_lag, "symbols": sym.size,
+            "units": int(x_tr.shape[1])}
+    print(f"states: {len(x_tr)} train / {len(x_he)} held-out, {x_tr.shape[1]} units, "
+          f"{sym.size} symbols (every type), lags 0..{args.max_lag}, torch threads "
+          f"{torch.get_num_threads()}", flush=True)
+
+    # warm-up (one-time library initialisation is not what is compared)
+    make_decoder("linear-fast").fit(x_tr[:2000], y_tr[:2000], sym.size)
+
+    t0 = time.perf_counter()
+    fast = make_decoder("linear-fast").fit(x_tr, y_tr, sym.size)
+    acc_fast = accuracy(fast, x_he, y_he)
+    t_fast = time.perf_counter() - t0
+    print(f"linear-fast: {t_fast:.2f} s ({fast.epochs} refinement epochs)", flush=True)
+
+    cache = Path(args.cache)
+    old = None
+    if args.skip_old and cache.exists():
+        old = json.loads(cache.read_text())
+        if old.get("case") != case:
+            print("cached joint-decoder result is for another case: re-running it")
+            old = None
+    fresh = old is None
+    if fresh:
+        t0 = time.perf_counter()
+        dec = make_decoder("linear").fit(x_tr, y_tr, sym.size)
+        acc_old = accuracy(dec, x_he, y_he)
+        t_old = time.perf_counter() - t0
+        old = {"case": case, "seconds": t_old, "accuracy": acc_old.tolist(),
+               "epochs": dec.epochs}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(old, indent=1))
+    acc_old, t_old = np.array(old["accuracy"]), old["seconds"]
+
+    print(f"{'lag':>4} {'fast':>8} {'joint':>8} {'diff':>7}")
+    for k in range(heads):
+        print(f"{k:>4} {acc_fast[k]:8.4f} {acc_old[k]:8.4f} {acc_fast[k] - acc_old[k]:+7.4f}")
+    diff = np.abs(acc_fast - acc_old).max()
+    print(f"linear-fast (all {heads} lags): {t_fast:.2f} s")
+    print(f"linear joint SGD ({old['epochs']} epochs): {t_old:.2f} s"
+          + ("" if fresh else " (cached from a previous run, not re-measured)"))
+    print(f"speed-up: {t_old / t_fast:.1f}x; max per-lag accuracy difference: "
+          f"{100 * diff:.2f} points")
+
+
+if __name__ == "__main__":
+    main()
