@@ -74,11 +74,18 @@ def _arrays(res) -> dict:
 
 
 def _worker(rank: int, world: int, root: str, ids, labels) -> None:
+    import contextlib
+    import io
+
     import torch.distributed as dist
+
+    from memlens.cli import main
+    from memlens.errors import MemlensError
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{root}/rendezvous", rank=rank,
                             world_size=world)
+    report = {}
     try:
         model = load_model(f"{root}/lm.pt").model
         for w in WARMUPS:
@@ -86,10 +93,29 @@ def _worker(rank: int, world: int, root: str, ids, labels) -> None:
                        checkpoint=f"{root}/.ck.partial.pt", keep_checkpoint=w is None)
             if rank == 0:
                 np.savez(f"{root}/dist_{w}.npz", **_arrays(res))
-                with open(f"{root}/dist_{w}.json", "w") as f:
-                    json.dump(res.settings, f)
+                report["settings"] = res.settings
+
+        def boom(pos):  # an error on rank 1 only, during the accumulation
+            if rank == 1:
+                raise MemlensError("boom on rank 1")
+        try:
+            _run(model, ids, labels, on_chunk=boom)
+        except MemlensError as exc:
+            report["accumulation_error"] = str(exc)
+        # the CLI inside this process group: rank 0 cannot claim --out, rank 1 stops too
+        foreign = Path(root) / "foreign"
+        foreign.mkdir(exist_ok=True)
+        (foreign / "notes.txt").write_text("mine")
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            report["cli_rc"] = main(["gradients", "--model", f"{root}/lm.pt", "--corpus",
+                                     f"{root}/corpus.txt", "--max-delay", "3",
+                                     "--out", str(foreign), "--no-progress"])
+        report["cli_stderr"] = err.getvalue()
     finally:
         dist.destroy_process_group()
+    with open(f"{root}/report{rank}.json", "w") as f:
+        json.dump(report, f)
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -113,7 +139,8 @@ def test_two_gloo_processes_reproduce_one_process(trained):
         diffs[default_warmup(K) if w is None else w] = _rel(got["sums"] / cnt,
                                                             single["sums"] / cnt)
     print("max per-delay relative difference by warm-up W:", diffs)
-    settings = json.loads((root / "dist_None.json").read_text())
+    reports = [json.loads((root / f"report{r}.json").read_text()) for r in (0, 1)]
+    settings = reports[0]["settings"]
     assert settings["world_size"] == 2 and settings["warmup"] == default_warmup(K)
     assert diffs[default_warmup(K)] <= 1e-6
     assert diffs[0] > diffs[default_warmup(K)]  # a cold start at the shard start is visible
@@ -121,6 +148,15 @@ def test_two_gloo_processes_reproduce_one_process(trained):
     for key in ("class_sums", "block_sums", "class_block_sums"):
         scale = np.abs(single[key]).max()
         assert np.abs(got[key] - single[key]).max() <= 1e-6 * scale, key
+    # an error on one rank stops the other with a one-line error instead of a hang
+    assert reports[1]["accumulation_error"] == "boom on rank 1"
+    assert "another process of the 2 failed during the state-gradient accumulation" in \
+        reports[0]["accumulation_error"]
+    # the CLI in a process group: rank 0 refuses --out, rank 1 stops as well
+    assert reports[0]["cli_rc"] == 2 and reports[1]["cli_rc"] == 2
+    assert "not a memlens result" in reports[0]["cli_stderr"] or \
+        "--out" in reports[0]["cli_stderr"], reports[0]["cli_stderr"]
+    assert "failed checking --out" in reports[1]["cli_stderr"]
     # per-rank checkpoints were kept (keep_checkpoint) for the default W, named per rank
     assert sorted(p.name for p in root.glob(".ck.partial.rank*.pt")) == [
         ".ck.partial.rank0.pt", ".ck.partial.rank1.pt"]
@@ -155,7 +191,3 @@ def test_torchrun_cli_writes_once_and_matches(trained, tmp_path):
     b = np.load(tmp_path / "one" / "gradients.npz")
     np.testing.assert_array_equal(a["counts"], b["counts"])
     assert np.abs(a["mean"] - b["mean"]).max() <= 1e-6 * np.abs(b["mean"]).max()
-    # a second run without --overwrite fails on rank 0 and does not hang rank 1
-    proc = _torchrun(root, "--out", str(out))
-    assert proc.returncode != 0 and "holds a previous memlens result" in proc.stderr, proc.stderr
-    assert "another process of the 2 failed checking --out" in proc.stderr
