@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from memlens.errors import MemlensError
@@ -43,24 +45,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
+def add_overwrite(p: argparse.ArgumentParser) -> None:
+    """The ``--overwrite`` option of every command that writes an output."""
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier memlens output at --out (only the files memlens "
+                   "wrote; anything else there is never replaced)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 success, 2 a user-caused error (one line on stderr),
+    130 interrupted (Ctrl-C or SIGTERM: temporary files are removed, resumable commands keep
+    their progress), 1 an internal error (a bug)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM unwinds like Ctrl-C
     try:
         result = args.func(args)
         return int(result or 0)
     except MemlensError as exc:
         print(f"memlens: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("memlens: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"memlens: {exc}" if str(exc) else "memlens: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the file system refused: a user-side problem, not a bug
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"memlens: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("memlens: error: out of memory (inputs or options too large for this machine)",
+              file=sys.stderr)
+        return 2
     except Exception as exc:  # no tracebacks for users; MEMLENS_DEBUG=1 shows them
         if os.environ.get("MEMLENS_DEBUG"):
             raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(f"memlens: internal error: {type(exc).__name__}: {msg}", file=sys.stderr)
         return 1
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 if __name__ == "__main__":  # pragma: no cover

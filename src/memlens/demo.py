@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memlens.io import write_json
+from memlens.io import atomic_dir, write_json
 from memlens.report import build_report
 from memlens.studies.planted import (
     IRRELEVANT_COORD,
@@ -53,21 +53,26 @@ class DemoResult:
 
 def run_demo(cfg: DemoConfig | None = None, log: Callable[[str], None] = print) -> DemoResult:
     """Run the study, write ``cfg.out``/report.html and ``cfg.out``/demo.json (the run's
-    configuration, what was recovered and the seconds per stage)."""
+    configuration, what was recovered and the seconds per stage). ``cfg.out`` is built
+    atomically: complete or absent, an interrupted demo leaves nothing."""
     cfg = cfg or DemoConfig()
+    cfg.check()
     start = time.time()
-    study = run_planted(cfg, log)
     out = Path(cfg.out)
-    before_report = time.time() - start
-    report = build_report(study.dirs, out / "report.html", title=TITLE)
-    seconds = time.time() - start
-    write_json(out / "demo.json", {
-        "config": dataclasses.asdict(cfg), "planted": cfg.distance,
-        "recovered": study.recovered, "training": study.training,
-        "stage_seconds": {**study.stage_seconds, "report": round(seconds - before_report, 2)},
-        "seconds_before_report": before_report, "results": [str(d) for d in study.dirs]})
-    log(f"wrote {report} ({seconds:.0f} s)")
-    return DemoResult(out, report, cfg.distance, study.recovered, seconds)
+    with atomic_dir(out) as tmp:
+        study = run_planted(dataclasses.replace(cfg, out=str(tmp)), log)
+        before_report = time.time() - start
+        build_report(study.dirs, tmp / "report.html", title=TITLE)
+        seconds = time.time() - start
+        write_json(tmp / "demo.json", {
+            "config": dataclasses.asdict(cfg), "planted": cfg.distance,
+            "recovered": study.recovered, "training": study.training,
+            "stage_seconds": {**study.stage_seconds,
+                              "report": round(seconds - before_report, 2)},
+            "seconds_before_report": round(before_report, 2)})
+    report = out / "report.html"
+    log(f"wrote {report} ({time.time() - start:.0f} s)")
+    return DemoResult(out, report, cfg.distance, study.recovered, time.time() - start)
 
 
 __all__ = ["IRRELEVANT_COORD", "NUMBER_COORD", "DemoConfig", "DemoResult",

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from memlens.errors import MemlensError
+from memlens.plotting import plain_text, pyplot
 
 RESULT_FILE = "result.json"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -133,14 +134,11 @@ class Result:
     def arrays(self) -> dict[str, np.ndarray]:
         return {}
 
+    @plain_text
     def figures(self, out: Path) -> list[dict[str, str]]:
         """Write PNGs into ``out``; return [{"file", "title", "caption"}]. Default: one PNG
         per declared series."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         made, rows = [], self.rows()
         for decl in self.series():
             fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -166,6 +164,7 @@ class Result:
 
         return pd.DataFrame(clean(self.rows()))
 
+    @plain_text
     def plot(self, ax=None, series: int | str = 0):
         """Draw a declared series (index or name) on ``ax`` (new figure if None); return ax."""
         decls = self.series()
@@ -180,9 +179,7 @@ class Result:
         else:
             decl = decls[series]
         if ax is None:
-            import matplotlib.pyplot as plt
-
-            _, ax = plt.subplots()
+            _, ax = pyplot().subplots()
         return plot_series(ax, self.rows(), decl)
 
     def document(self) -> dict[str, Any]:
@@ -212,11 +209,12 @@ class Result:
         return out if len(out) < 1000 else out[:996] + "...>"
 
 
+@plain_text  # covers every subclass's figures(): labels are plain text
 def write_result_dir(result: Result, out: str | os.PathLike, overwrite: bool = False) -> Path:
     """The one writer of result directories: result.json, table.csv, arrays, PNGs."""
     from memlens.io import atomic_dir
 
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite=overwrite, kind=result.kind) as tmp:
         plots = clean(result.figures(tmp))  # first: figures may add numbers to the summary
         doc = result.document()
         doc["plots"] = plots

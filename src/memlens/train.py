@@ -4,13 +4,21 @@ The reference recipe (Verwimp et al., after the TensorFlow PTB "medium" setup): 
 lr 1, gradient-norm clip 5, lr x 0.8 per epoch after epoch 6, dropout 0.5; the loss of an
 SGD step is summed over the BPTT window and averaged over the batch, as in that setup.
 Adam uses the mean token loss. Deterministic on CPU for a given seed.
+
+Progress: after every epoch the full training state (weights, optimizer, random-number state,
+history) is saved to ``.<OUT>.partial.pt`` beside the checkpoint OUT; an interrupted run
+(Ctrl-C / SIGTERM) continues from its last finished epoch with ``resume=True`` and ends with
+the same model as an uninterrupted run. The file is deleted when training ends.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +27,8 @@ from tqdm import tqdm
 
 from memlens.data import Corpus, Vocab, batchify, bptt_windows, load_corpus
 from memlens.errors import MemlensError
-from memlens.models.checkpoint import load_checkpoint, save_checkpoint
+from memlens.io import write_atomic
+from memlens.models.checkpoint import load_checked, load_checkpoint, save_checkpoint
 from memlens.models.embeddings import load_word2vec
 from memlens.models.lm import LanguageModel, check_config
 
@@ -56,6 +65,16 @@ class TrainConfig:
     device: str = "auto"
     max_tokens: int | None = None
     progress: bool | None = None
+    resume: bool = False
+
+PROGRESS_FORMAT = "memlens-train-partial"
+MIN_SYMBOLS = 3
+
+
+def progress_path(out: str | Path) -> Path:
+    """Where training keeps its per-epoch state: ``.<name>.partial.pt`` beside ``out``."""
+    out = Path(out)
+    return out.parent / f".{out.name}.partial.pt"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -93,6 +112,12 @@ def _check(cfg: TrainConfig) -> None:
             raise MemlensError(f"--{key} must be a positive integer, got {getattr(cfg, key)}")
     if cfg.lr is not None and not cfg.lr > 0:
         raise MemlensError(f"--lr must be positive, got {cfg.lr}")
+    if not cfg.clip > 0:
+        raise MemlensError(f"--clip must be positive (the largest gradient norm), got {cfg.clip}")
+    if cfg.max_tokens is not None and cfg.max_tokens < 1:
+        raise MemlensError(f"--max-tokens must be positive, got {cfg.max_tokens}")
+    if cfg.min_freq < 1:
+        raise MemlensError(f"--min-freq must be positive, got {cfg.min_freq}")
     if cfg.vocab_size is not None and cfg.vocab_size < 3:
         raise MemlensError(f"--vocab-size must be at least 3, got {cfg.vocab_size}")
 
@@ -118,6 +143,10 @@ def train(cfg: TrainConfig | None = None, *, train_corpus: Corpus | None = None,
     train_tokens = train_c.tokens[: cfg.max_tokens] if cfg.max_tokens else train_c.tokens
     vocab = Vocab.build(train_tokens, None if cfg.unit == "char" else cfg.vocab_size,
                         cfg.min_freq)
+    if len(vocab) - 2 < MIN_SYMBOLS:
+        raise MemlensError(f"the vocabulary has only {len(vocab) - 2} symbol(s) besides <unk> "
+                           f"and <eos> (--min-freq {cfg.min_freq}): at least {MIN_SYMBOLS} are "
+                           "needed for a meaningful language model")
     train_ids = vocab.encode(train_tokens)
     if train_ids.numel() < 2 * cfg.batch:
         raise MemlensError(f"training corpus has {train_ids.numel()} tokens: too short for "
@@ -141,8 +170,13 @@ def train(cfg: TrainConfig | None = None, *, train_corpus: Corpus | None = None,
            else torch.optim.Adam(params, lr=lr))
     data = batchify(train_ids, cfg.batch).to(device)
     n_windows = math.ceil((data.shape[0] - 1) / cfg.bptt)
-    best, history = math.inf, []
-    for epoch in range(1, cfg.epochs + 1):
+    best, history, first = math.inf, [], 1
+    partial = progress_path(cfg.out)
+    fp = _fingerprint(cfg, train_ids, valid_ids)
+    if cfg.resume:
+        best, history, first = _restore(partial, fp, model, opt)
+        log(f"resuming after epoch {first - 1} from {partial}")
+    for epoch in range(first, cfg.epochs + 1):
         if cfg.optimizer == "sgd" and epoch > cfg.decay_after:
             for group in opt.param_groups:
                 group["lr"] = lr * cfg.decay ** (epoch - cfg.decay_after)
@@ -176,9 +210,51 @@ def train(cfg: TrainConfig | None = None, *, train_corpus: Corpus | None = None,
         if key < best:
             best = key
             save_checkpoint(cfg.out, model, {"train": asdict(cfg), "history": history})
+        state = {"format": PROGRESS_FORMAT, "fingerprint": fp, "epoch": epoch, "best": best,
+                 "history": history, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                 "rng": torch.get_rng_state()}
+        write_atomic(partial, lambda p, state=state: torch.save(state, p))
     best_model = load_checkpoint(cfg.out, device)
+    partial.unlink(missing_ok=True)
     best_model.history = history
     return best_model
+
+
+def _fingerprint(cfg: TrainConfig, train_ids: torch.Tensor, valid_ids: torch.Tensor | None
+                 ) -> str:
+    """What must not change between an interrupted run and its resumption."""
+    keep = {k: v for k, v in asdict(cfg).items()
+            if k not in ("resume", "progress", "device", "out", "epochs")}
+    h = hashlib.sha256(json.dumps(keep, sort_keys=True).encode())
+    for ids in (train_ids, valid_ids):
+        if ids is not None:
+            h.update(ids.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _restore(partial: Path, fp: str, model: LanguageModel, opt) -> tuple[float, list, int]:
+    """Load the per-epoch training state into ``model`` / ``opt``; return (best, history,
+    next epoch). Refuse a missing, foreign or damaged file with a one-line error."""
+    if not partial.is_file():
+        raise MemlensError(f"nothing to resume: no training progress {partial} (run without "
+                           "--resume)")
+    st = load_checked(partial, "training progress file")
+    if not isinstance(st, dict) or st.get("format") != PROGRESS_FORMAT:
+        raise MemlensError(f"not a memlens training progress file: {partial}")
+    if st.get("fingerprint") != fp:
+        raise MemlensError(f"training progress {partial} was made with other data or options: "
+                           "delete it or run without --resume")
+    try:
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        torch.set_rng_state(st["rng"])
+        epoch, best, history = int(st["epoch"]), float(st["best"]), list(st["history"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise MemlensError(f"training progress {partial} is damaged: "
+                           f"{str(exc).splitlines()[0][:200]}") from None
+    if not 1 <= epoch or len(history) != epoch:
+        raise MemlensError(f"training progress {partial} is damaged (epoch {epoch})")
+    return best, history, epoch + 1
 
 
 def corpus_ids(model: LanguageModel, corpus: Corpus, log=None) -> torch.Tensor:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 
+from memlens.cli import add_overwrite
 from memlens.demo import DemoConfig, run_demo
+from memlens.io import claim_output
 
 
 def register(sub) -> None:
@@ -25,6 +27,7 @@ def register(sub) -> None:
                    help="smaller corpus and fewer epochs (a smoke test; weaker models)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
@@ -34,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
                      progress=False if args.no_progress else True)
     if args.quick:
         cfg = DemoConfig(**{**cfg.__dict__, **QUICK})
-    result = run_demo(cfg)
+    cfg.check()
+    with claim_output(args.out, args.overwrite):
+        result = run_demo(cfg)
     for row in result.recovered:
         mark = "match" if row["within_one_step"] and row["role"] == "trained" else "     "
         print(f"{mark}  {row['model']:<36} {row['method']:<52} recovered {row['recovered']:>2}"

@@ -1,8 +1,9 @@
 """``memlens gradients``: exact average state gradients per delay and word class.
 
 Writes OUT/result.json, OUT/table.csv, OUT/gradients.npz and PNG plots. Long runs save a
-checkpoint next to OUT every --checkpoint-every seconds and on Ctrl-C / SIGTERM; --resume
-continues to a result identical to an uninterrupted run.
+checkpoint next to OUT every --checkpoint-every seconds and on Ctrl-C / SIGTERM (at any
+moment, also during the bootstrap and the plots: exit code 130); --resume continues to a
+result identical to an uninterrupted run. The checkpoint is deleted only once OUT is in place.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from memlens.cli import add_overwrite
 from memlens.commands.common import add_model_arguments, load_vectors
 from memlens.data import load_corpus
 from memlens.data.vocab import EOS
 from memlens.errors import MemlensError
+from memlens.io import claim_output
 
 
 def register(sub) -> None:
@@ -40,10 +43,12 @@ def register(sub) -> None:
     p.add_argument("--max-tokens", type=int, help="analyse only the first N tokens")
     p.add_argument("--out", required=True, help="result directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    add_overwrite(p)
     p.add_argument("--checkpoint-every", type=float, default=300.0,
                    help="seconds between checkpoints (default 300)")
     p.add_argument("--blocks", type=int, default=20, help="corpus blocks for the bootstrap")
-    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples")
+    p.add_argument("--bootstrap", type=int, default=200,
+                   help="bootstrap resamples (0: no intervals)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--method", choices=["auto", "hand", "generic"], default="auto",
                    help="tangent propagation: hand-derived or torch.func.jvp")
@@ -62,29 +67,36 @@ def checkpoint_path(out: str | Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from memlens.gradients import GradientsInterrupted, state_gradients
-    from memlens.gradients.classes import token_classes
-    from memlens.gradients.output import write_result
-    from memlens.models.loading import load_model
-    from memlens.train import resolve_device
-
+    """Check the options and --out, then compute and write the result directory."""
     if args.max_tokens is not None and args.max_tokens < 1:
         raise MemlensError(f"--max-tokens must be positive, got {args.max_tokens}")
     if args.max_delay < 0:
         raise MemlensError(f"--max-delay must be >= 0, got {args.max_delay}")
     if args.blocks < 1 or args.bootstrap < 0:
         raise MemlensError("--blocks must be positive and --bootstrap non-negative")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise MemlensError(f"--out exists and is not a directory: {out}")
+    if not args.checkpoint_every > 0:
+        raise MemlensError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
+    with claim_output(args.out, args.overwrite, args.resume) as out:
+        return _run(args, out)
+
+
+def _run(args: argparse.Namespace, out: Path) -> int:
+    from memlens.gradients import GradientsInterrupted, state_gradients
+    from memlens.gradients.classes import token_classes
+    from memlens.gradients.output import write_result
+    from memlens.models.loading import load_model
+    from memlens.train import resolve_device
+
     device = resolve_device(args.device)
+    ck = checkpoint_path(out)
+    if args.resume and not ck.exists():
+        raise MemlensError(f"nothing to resume: no checkpoint {ck} (run without --resume)")
     loaded = load_model(args.model, args.vocab, device, args.unit)
     model, enc = loaded.model, loaded.encoder
     layer, readout = enc.check_readout(args.layer, args.readout, "gradients")
     if enc.input_kind == "vectors":
         corpus, tokens, tags = None, None, {}
-        values = load_vectors(args.corpus, enc.input_size, args.max_tokens)
-        oov, inputs = 0.0, values
+        inputs, oov = load_vectors(args.corpus, enc.input_size, args.max_tokens), 0.0
     else:
         corpus = load_corpus(args.corpus, args.format, loaded.unit)
         tokens = corpus.tokens[: args.max_tokens] if args.max_tokens else corpus.tokens
@@ -103,40 +115,51 @@ def run(args: argparse.Namespace) -> int:
                  "tokens are unknown to the model")
         inputs = vocab.encode(tokens)
     ids = inputs
+    if args.max_delay >= len(ids):
+        raise MemlensError(f"--max-delay {args.max_delay} is not shorter than the stream "
+                           f"({len(ids)} tokens)")
     classes, names = None, None
     if args.classes:
         if tokens is None:
             raise MemlensError("--labels needs a token corpus (this model reads vectors)")
         names, classes = token_classes(args.classes, tokens, tags, enc.vocab, log=_log)
-    ck = checkpoint_path(out)
-    if args.resume and not ck.exists():
-        raise MemlensError(f"nothing to resume: no checkpoint {ck} (run without --resume)")
-    if not args.resume and ck.exists():
-        _log(f"memlens: warning: starting afresh; removing the old checkpoint {ck}")
-        ck.unlink()
     directions = _directions(args.direction, names)
     for name, vec in directions.items():
         if not isinstance(vec, tuple) and vec.size != enc.input_size:
             raise MemlensError(f"direction vector {name!r} has {vec.size} entries; the model's "
                                f"inputs have {enc.input_size}")
+    if not args.resume and ck.exists():
+        _log(f"memlens: warning: starting afresh; removing the old checkpoint {ck}")
+        ck.unlink()
     try:
         result = state_gradients(model, ids, args.max_delay, readout=readout, layer=layer,
                                  labels=classes, label_names=names, dtype=args.dtype,
                                  device=device, method=args.method, blocks=args.blocks,
                                  bootstrap=args.bootstrap,
                                  checkpoint=ck, checkpoint_every=args.checkpoint_every,
-                                 resume=args.resume, progress=not args.no_progress)
+                                 resume=args.resume, progress=not args.no_progress,
+                                 keep_checkpoint=True)
     except GradientsInterrupted as exc:
         _log(f"memlens: {exc}")
         return 130
-    if directions:
-        directions = {k: (result.direction(*v) if isinstance(v, tuple) else v)
-                      for k, v in directions.items()}
-    corpus_info = {"path": str(args.corpus), "tokens": len(ids), "oov_rate": oov,
-                   "format": args.format if corpus is not None else "npy"}
-    settings = {"classes_spec": args.classes, "class_names": names or [],
-                "bootstrap": args.bootstrap, "direction": args.direction}
-    write_result(result, out, loaded.info, corpus_info, settings, args.bootstrap, directions)
+    try:
+        if directions:
+            directions = {k: (result.direction(*v) if isinstance(v, tuple) else v)
+                          for k, v in directions.items()}
+        corpus_info = {"path": str(args.corpus), "tokens": len(ids), "oov_rate": oov,
+                       "format": args.format if corpus is not None else "npy"}
+        settings = {"classes_spec": args.classes, "class_names": names or [],
+                    "bootstrap": args.bootstrap, "direction": args.direction}
+        write_result(result, out, loaded.info, corpus_info, settings, args.bootstrap,
+                     directions)
+    except KeyboardInterrupt:
+        _log(f"memlens: interrupted after the accumulation; progress saved to {ck}; rerun "
+             "with --resume to continue")
+        return 130
+    except MemlensError as exc:
+        raise MemlensError(f"{exc} (the accumulated sums stay in {ck}: rerun with --resume)"
+                           ) from None
+    ck.unlink(missing_ok=True)  # only now: the result directory is in place
     s = result.stats
     print(f"tokens: {len(ids)} ({s['tokens_per_second']:.1f} tokens/s); condition number "
           f"of Z: {result.normalization.condition:.2f}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from memlens.cli import add_overwrite
+
 
 def register(sub) -> None:
     p = sub.add_parser("ngram", help="train/evaluate a Kneser-Ney n-gram LM",
@@ -20,31 +22,42 @@ def register(sub) -> None:
     p.add_argument("--format", choices=["text", "conllu"], default="text")
     p.add_argument("--max-tokens", type=int, help="use only the first N training tokens")
     p.add_argument("--out", help="write the evaluation summary as JSON here")
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check the options and --out, fit the model, print (and write) the evaluation."""
+    from contextlib import nullcontext
+
+    from memlens import __version__
     from memlens.data import load_corpus
     from memlens.errors import MemlensError
-    from memlens.io import write_json
+    from memlens.io import claim_output, write_json
     from memlens.signatures.ngram import KneserNeyLM
 
     if args.order < 1:
         raise MemlensError(f"--order must be a positive integer, got {args.order}")
-    train = load_corpus(args.train, args.format, args.unit).tokens
-    if args.max_tokens:
-        train = train[: args.max_tokens]
-    ev_tokens = load_corpus(args.eval, args.format, args.unit).tokens if args.eval else train
-    lm = KneserNeyLM(args.order).fit(train)
-    report = lm.evaluate(ev_tokens)
-    unit = "character" if args.unit == "char" else "word"
-    print(f"{args.order}-gram interpolated Kneser-Ney, {len(train)} training tokens")
-    print(f"evaluation tokens: {report['tokens']} (OOV {100 * report['oov_rate']:.2f}%)")
-    print(f"bits per {unit}: {report['bits']:.4f}")
-    print(f"perplexity: {report['perplexity']:.4f}")
-    if args.out:
-        write_json(args.out, {"kind": "ngram", "order": args.order, "unit": args.unit,
-                              "smoothing": "interpolated Kneser-Ney", "train": args.train,
-                              "train_tokens": len(train), "eval": args.eval or args.train,
-                              **report})
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise MemlensError(f"--max-tokens must be positive, got {args.max_tokens}")
+    claim = claim_output(args.out, args.overwrite, directory=False) if args.out else nullcontext()
+    with claim as out:
+        train = load_corpus(args.train, args.format, args.unit).tokens
+        if args.max_tokens:
+            train = train[: args.max_tokens]
+        ev_tokens = load_corpus(args.eval, args.format, args.unit).tokens if args.eval \
+            else train
+        lm = KneserNeyLM(args.order).fit(train)
+        report = lm.evaluate(ev_tokens)
+        unit = "character" if args.unit == "char" else "word"
+        print(f"{args.order}-gram interpolated Kneser-Ney, {len(train)} training tokens")
+        print(f"evaluation tokens: {report['tokens']} (OOV {100 * report['oov_rate']:.2f}%)")
+        print(f"bits per {unit}: {report['bits']:.4f}")
+        print(f"perplexity: {report['perplexity']:.4f}")
+        if out is not None:
+            write_json(out, {"kind": "ngram", "memlens_version": __version__,
+                             "order": args.order, "unit": args.unit,
+                             "smoothing": "interpolated Kneser-Ney", "train": args.train,
+                             "train_tokens": len(train), "eval": args.eval or args.train,
+                             **report})
     return 0

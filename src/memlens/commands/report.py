@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from memlens.cli import add_overwrite
+from memlens.io import claim_output
 from memlens.report import build_report
 
 
@@ -16,11 +18,13 @@ def register(sub) -> None:
                         "Result.save)")
     p.add_argument("--out", default="report.html", help="HTML file to write (report.html)")
     p.add_argument("--title", default="memlens report", help="page title")
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Build the report; errors in the inputs surface as MemlensError (exit 2)."""
-    out = build_report(args.dirs, args.out, title=args.title)
+    with claim_output(args.out, args.overwrite, directory=False) as path:
+        out = build_report(args.dirs, path, title=args.title)
     print(f"wrote {out}")
     return 0

@@ -2,13 +2,17 @@
 
 For every lag k = 0..K a decoder predicts the symbol x[t-k] from the state s[t]; all lags are
 trained jointly on states of the training text and scored on states of held-out text. The
-result directory holds result.json, table.csv, recall.npz and PNG plots.
+result directory holds result.json, table.csv, recall.npz and PNG plots. Every finished
+signature is saved in .<OUT>.partial/ beside OUT; after Ctrl-C / SIGTERM (exit code 130)
+--resume continues from there to the same result as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from memlens.cli import add_overwrite
 from memlens.commands.common import add_model_arguments
 from memlens.signatures.decoders import DECODERS
 
@@ -48,17 +52,28 @@ def register(sub) -> None:
     p.add_argument("--heldout-tokens", type=int, help="use only N held-out tokens")
     p.add_argument("--blocks", type=int, default=20, help="bootstrap blocks")
     p.add_argument("--bootstrap", "--resamples", dest="bootstrap", type=int, default=1000,
-                   help="bootstrap resamples (--resamples is the old name)")
+                   help="bootstrap resamples (0: no intervals; --resamples is the old name)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (state extraction)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="result directory")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from .<OUT>.partial/")
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
+def progress_path(out: str | Path) -> Path:
+    """Where the finished signatures of a run on ``out`` are kept until OUT is in place."""
+    out = Path(out)
+    return out.parent / f".{out.name}.partial"
+
+
 def run(args: argparse.Namespace) -> int:
+    """Check --out, compute the study (saving progress), write OUT, drop the progress."""
     from memlens import __version__
+    from memlens.io import claim_output
     from memlens.signatures.result import write_result
-    from memlens.signatures.study import StudyConfig, run_study
+    from memlens.signatures.study import StudyConfig, StudyProgress, run_study
     from memlens.train import resolve_device
 
     cfg = StudyConfig(model=args.model, corpus=args.corpus, out=args.out, heldout=args.heldout,
@@ -71,7 +86,19 @@ def run(args: argparse.Namespace) -> int:
                       blocks=args.blocks, bootstrap=args.bootstrap, seed=args.seed,
                       vocab=args.vocab, unit=args.unit,
                       device=str(resolve_device(args.device)))
-    result = run_study(cfg)
-    path = write_result(result, args.out, __version__)
+    with claim_output(args.out, args.overwrite, args.resume) as out:
+        progress = StudyProgress(progress_path(out), cfg, args.resume)
+        try:
+            result = run_study(cfg, progress=progress)
+            path = write_result(result, out, __version__)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"interrupted; finished signatures are saved in "
+                                    f"{progress.path}; rerun with --resume to continue"
+                                    ) from None
+        except BaseException:
+            if not progress.state["entries"]:
+                progress.discard()
+            raise
+        progress.discard()  # only now: the result directory is in place
     print(f"wrote {path}/result.json ({len(result.entries)} signatures)")
     return 0

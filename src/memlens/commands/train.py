@@ -1,11 +1,17 @@
-"""``memlens train``: train a recurrent language model and write a checkpoint."""
+"""``memlens train``: train a recurrent language model and write a checkpoint.
+
+The training state is saved after every epoch; after Ctrl-C / SIGTERM (exit code 130) the same
+command with --resume continues from the last finished epoch.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from memlens.cli import add_overwrite
+from memlens.io import claim_output
 from memlens.models.lm import ARCHITECTURES
-from memlens.train import TrainConfig, train
+from memlens.train import TrainConfig, progress_path, train
 
 
 def register(sub) -> None:
@@ -36,6 +42,9 @@ def register(sub) -> None:
     p.add_argument("--max-tokens", type=int, help="use only the first N training tokens")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its last finished epoch")
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
@@ -47,8 +56,16 @@ def run(args: argparse.Namespace) -> int:
                       bptt=args.bptt, batch=args.batch, optimizer=args.optimizer, lr=args.lr,
                       clip=args.clip, dropout=args.dropout, tied=args.tied,
                       pretrained=args.pretrained, max_tokens=args.max_tokens, seed=args.seed,
-                      device=args.device)
-    model = train(cfg)
+                      device=args.device, resume=args.resume)
+    with claim_output(args.out, args.overwrite, args.resume, directory=False) as out:
+        partial = progress_path(out)
+        try:
+            model = train(cfg)
+        except KeyboardInterrupt:
+            if partial.exists():
+                raise KeyboardInterrupt(f"interrupted; finished epochs are saved in {partial}; "
+                                        "rerun with --resume to continue") from None
+            raise
     best = min(model.history, key=lambda r: r.get("valid_loss", r["train_loss"]))
     print(f"best epoch {best['epoch']}: perplexity {best['valid_ppl']:.2f}; saved {args.out}")
     return 0

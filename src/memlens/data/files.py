@@ -15,7 +15,10 @@ def read_text(path: str | os.PathLike, what: str = "corpus") -> str:
         raise MemlensError(f"{what} file not found: {p}")
     if p.is_dir():
         raise MemlensError(f"{what} path is a directory, not a file: {p}")
-    data = p.read_bytes()
+    try:
+        data = p.read_bytes()
+    except OSError as exc:  # unreadable (permissions), a special file, an I/O error
+        raise MemlensError(f"cannot read {what} file {p}: {exc.strerror or exc}") from None
     if not data.strip():
         raise MemlensError(f"{what} file is empty: {p}")
     if b"\x00" in data[:65536]:

@@ -16,6 +16,7 @@ from memlens.gradients.classes import encode_memberships
 from memlens.gradients.engine import accumulate
 from memlens.gradients.normalize import embedding_normalization
 from memlens.gradients.result import GradientResult
+from memlens.limits import check_memory
 from memlens.models.encoder import as_encoder
 from memlens.models.inputs import as_stream
 
@@ -52,7 +53,8 @@ def state_gradients(model: nn.Module, inputs, max_delay: int, readout: str | Non
                     stop_after: int | None = None, progress: bool = False, target_mask=None,
                     on_chunk=None, class_ci_delays: Sequence[int] | None = None,
                     state: str | None = None, classes: Sequence | None = None,
-                    class_names: Sequence[str] | None = None) -> GradientResult:
+                    class_names: Sequence[str] | None = None,
+                    keep_checkpoint: bool = False) -> GradientResult:
     """Exact average state gradients d r_t / d x_{t-tau}, tau = 0..max_delay, of one stream.
 
     For every target t and delay tau (t - tau >= 0) the readout's Jacobian
@@ -70,7 +72,8 @@ def state_gradients(model: nn.Module, inputs, max_delay: int, readout: str | Non
     each); ``label_names`` fixes their order (default: sorted). ``bootstrap``: resamples for
     the intervals of the table and saved result. dtype: "float32" or "float64"; method:
     "auto" (hand-derived tangents where known), "hand" or "generic" (torch.func.jvp on the
-    layer's step). See ``engine.accumulate`` for checkpoint / resume / stop_after.
+    layer's step). See ``engine.accumulate`` for checkpoint / resume / stop_after /
+    keep_checkpoint.
     ``class_ci_delays``: delays at which per-class block sums are kept for class-wise
     bootstrap intervals (default 0, 1, 2, 5, 10, 20 and K; skipped when they would need more
     than 1 GB). ``state=``, ``classes=`` and ``class_names=`` are deprecated aliases of
@@ -133,12 +136,16 @@ def state_gradients(model: nn.Module, inputs, max_delay: int, readout: str | Non
         need = min(blocks, T) * H * (len(names) + 1) * len(ci_delays) * enc.input_size * 8
         if need > 1e9:
             ci_delays = []
+    H, E, S = enc.layers[L].readout_size(readout), enc.input_size, int(max_delay) + 1
+    width = dtype.itemsize if isinstance(dtype, torch.dtype) else 4
+    check_memory(H * S * E * ((len(names) + 1) * (width + 8) * 2 + min(blocks, T) * 8
+                              + (L + 1) * 2 * width), "the state-gradient accumulators")
     sums = accumulate(enc, values, int(max_delay), L, readout, memberships, len(names), dtype=dtype,
                       device=device, method=method, blocks=blocks, flush_every=flush_every,
                       chunk_size=chunk_size, checkpoint=checkpoint,
                       checkpoint_every=checkpoint_every, resume=resume, stop_after=stop_after,
                       progress=progress, target_mask=mask, on_chunk=on_chunk,
-                      ci_delays=ci_delays)
+                      ci_delays=ci_delays, keep_checkpoint=keep_checkpoint)
     class_emb = probe = None
     if names:
         class_emb = metrics.class_mean_embeddings(table, positions, memberships, len(names))

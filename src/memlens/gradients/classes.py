@@ -59,8 +59,11 @@ def token_classes(spec: str, tokens: Sequence[str], tags: dict[str, list] | None
         column = tags.get(kind)
         if column is None:
             raise MemlensError(f"--classes {kind} needs a CoNLL-U corpus (--format conllu)")
-        names = sorted({t for t in column if t is not None})
-        return names, [[t] if t is not None else [] for t in column]
+        names = sorted({t for t in column if t is not None and t != "_"})
+        if not names:
+            raise MemlensError(f"--classes {kind}: the corpus has no {kind.upper()} tags "
+                               "(every one is '_')")
+        return names, [[t] if t is not None and t != "_" else [] for t in column]
     if kind == "groups":
         groups = read_groups(arg)
         if not tags:
@@ -145,11 +148,9 @@ def _frequency_classes(arg: str, tokens: Sequence[str], vocab) -> tuple[list[str
             n = int(arg)
         except ValueError:
             raise MemlensError(f"bad number of frequency bins {arg!r}") from None
-        if n < 1:
-            raise MemlensError(f"number of frequency bins must be positive, got {n}")
-        if n > max(1, len(words)):
-            raise MemlensError(f"--classes freq:{n}: more bins than the {len(words)} words "
-                               "of the vocabulary")
+        if not 1 <= n <= max(1, len(words)):
+            raise MemlensError(f"number of frequency bins must be in 1..{len(words)} (the "
+                               f"model's vocabulary has {len(words)} words), got {n}")
         # words by descending training count (ties: id order): bins of equal token mass
         ranked = sorted(words, key=lambda i: (-counts[i], i))
         c = counts[ranked]

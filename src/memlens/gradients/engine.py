@@ -18,8 +18,11 @@ master sums every ``flush_every`` steps and at block boundaries; flush points ar
 stream positions, so the result is bit-identical however the work is split into chunks or
 interrupted and resumed. Memory is O(K * buckets * H * E), independent of the corpus length.
 
-Checkpoints (``checkpoint=path``) hold primal states, live tangents, all accumulators and the
-position; SIGINT / SIGTERM during a run save one and raise :class:`GradientsInterrupted`.
+Checkpoints (``checkpoint=path``) hold primal states, live tangents, all accumulators, the
+position and a SHA-256 digest of all of them; SIGINT / SIGTERM during a run save one and raise
+:class:`GradientsInterrupted`. A finished run saves a final one (position T) and, with
+``keep_checkpoint``, leaves it for the caller to delete once the results are safely written.
+On resume every tensor's shape and dtype, the position (0..T) and the digest are checked.
 """
 
 from __future__ import annotations
@@ -99,6 +102,61 @@ class _StopFlag:
         return False
 
 
+def _tensors(payload: dict) -> list[tuple[str, Tensor]]:
+    """The tensors of a checkpoint payload in a fixed order, with their names."""
+    out = []
+    for key in sorted(payload):
+        v = payload[key]
+        if isinstance(v, Tensor):
+            out.append((key, v))
+        elif key in ("states", "tangents"):
+            out += [(f"{key}[{i}][{j}]", t) for i, group in enumerate(v)
+                    for j, t in enumerate(group)]
+    return out
+
+
+def _payload_digest(payload: dict) -> str:
+    """SHA-256 over the fingerprint, the position and every tensor (name, shape, dtype, bytes)."""
+    h = hashlib.sha256()
+    h.update(f"{payload.get('fingerprint')}|{payload.get('position')}".encode())
+    for name, t in _tensors(payload):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _check_partial(ck: object, expected: dict, path: str | Path, total: int) -> int:
+    """Validate a loaded checkpoint against freshly allocated ``expected`` tensors; return
+    its position. Any mismatch is a one-line :class:`MemlensError`."""
+    def bad(why: str) -> MemlensError:
+        return MemlensError(f"checkpoint {path} is damaged or was edited ({why}): delete it or "
+                            "run without --resume")
+
+    if not isinstance(ck, dict):
+        raise bad("not a mapping")
+    pos = ck.get("position")
+    if isinstance(pos, bool) or not isinstance(pos, int) or not 0 <= pos <= total:
+        raise bad(f"position {pos!r} outside 0..{total}")
+    for key in ("states", "tangents"):
+        got, want = ck.get(key), expected[key]
+        if not isinstance(got, list) or len(got) != len(want) or any(
+                not isinstance(g, list) or len(g) != len(w) for g, w in zip(got, want)):
+            raise bad(f"{key} do not match the model's layers")
+    names = dict(_tensors(expected))
+    found = dict(_tensors(ck))
+    if set(found) != set(names):
+        raise bad("tensors missing or unexpected")
+    for name, want in names.items():
+        got = found[name]
+        if tuple(got.shape) != tuple(want.shape) or got.dtype != want.dtype:
+            raise bad(f"{name} has shape {tuple(got.shape)} {got.dtype}, expected "
+                      f"{tuple(want.shape)} {want.dtype}")
+    if ck.get("digest") != _payload_digest(ck):
+        raise bad("digest mismatch")
+    return pos
+
+
 def _fingerprint(encoder: RecurrentEncoder, ids: Tensor, arrays: Sequence[Tensor],
                  settings: dict) -> str:
     h = hashlib.sha256()
@@ -119,7 +177,8 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
                checkpoint_every: float = 300.0, resume: bool = False,
                stop_after: int | None = None, progress: bool = False,
                target_mask: Tensor | None = None, ci_delays: Sequence[int] = (),
-               on_chunk: Callable[[int], None] | None = None) -> Sums:
+               on_chunk: Callable[[int], None] | None = None,
+               keep_checkpoint: bool = False) -> Sums:
     """Exact sums of d s_t / d x_{t-tau} over the stream ``ids`` (see module docstring).
 
     ``ids``: 1-D token ids (x_t = embedding row) or T x I input vectors (x_t = the row).
@@ -128,7 +187,9 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
     ``target_mask`` (bool, length T) restricts the targets t that are accumulated (used by the
     benchmark to compare against a per-position algorithm). ``stop_after`` processes at most
     that many tokens in this call, then saves the checkpoint and raises GradientsInterrupted.
-    ``on_chunk(position)`` is called after every chunk. Arguments are assumed validated.
+    ``on_chunk(position)`` is called after every chunk. With ``keep_checkpoint`` a finished
+    run leaves its final checkpoint (position T; resuming from it skips the accumulation) for
+    the caller to delete; otherwise it is deleted here. Arguments are assumed validated.
     """
     device = torch.device(device)
     tokens = ids.dim() == 1
@@ -173,17 +234,27 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
     fp = _fingerprint(encoder, ids, [bucket, *extras] + ([mask] if mask is not None else []),
                       settings) if checkpoint is not None else ""
     pos = 0
+
+    def payload() -> dict:
+        return {"format": CHECKPOINT_FORMAT, "fingerprint": fp, "position": pos,
+                "states": [list(p.state) for p in props],
+                "tangents": [list(p.tangents) for p in props],
+                "st": st, "master": master, "st_x": st_x if extras else None,
+                "master_x": master_x if extras else None, "block_sums": block_sums,
+                "counts": counts, "counts_x": counts_x, "block_counts": block_counts,
+                "cblock_sums": cblock_sums, "cblock_counts": cblock_counts}
+
     if resume:
         if checkpoint is None or not Path(checkpoint).exists():
             raise MemlensError(f"nothing to resume: no checkpoint at {checkpoint}")
-        try:
-            ck = torch.load(checkpoint, map_location=device, weights_only=True)
-        except Exception as exc:  # a corrupt file is a user-facing problem
-            raise MemlensError(f"cannot read checkpoint {checkpoint}: {exc}") from None
-        if ck.get("format") != CHECKPOINT_FORMAT or ck.get("fingerprint") != fp:
+        from memlens.models.checkpoint import load_checked
+
+        ck = load_checked(checkpoint, "state-gradient checkpoint", device)
+        if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT or \
+                ck.get("fingerprint") != fp:
             raise MemlensError(f"checkpoint {checkpoint} was made with a different model, "
                                "corpus or settings: delete it or run without --resume")
-        pos = int(ck["position"])
+        pos = _check_partial(ck, payload(), checkpoint, T)
         for p, state, tans in zip(props, ck["states"], ck["tangents"]):
             p.state = tuple(state)
             p.tangents = list(tans)
@@ -200,15 +271,10 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
         cblock_counts.copy_(ck["cblock_counts"])
 
     def save() -> None:
-        payload = {"format": CHECKPOINT_FORMAT, "fingerprint": fp, "position": pos,
-                   "states": [list(p.state) for p in props],
-                   "tangents": [list(p.tangents) for p in props],
-                   "st": st, "master": master, "st_x": st_x if extras else None,
-                   "master_x": master_x if extras else None, "block_sums": block_sums,
-                   "counts": counts, "counts_x": counts_x, "block_counts": block_counts,
-                   "cblock_sums": cblock_sums, "cblock_counts": cblock_counts}
+        data = payload()
+        data["digest"] = _payload_digest(data)
         with atomic_path(checkpoint) as tmp:
-            torch.save(payload, tmp)
+            torch.save(data, tmp)
 
     def block_of(t: int) -> int:
         return t * nb // T
@@ -298,7 +364,11 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
         save()
         raise GradientsInterrupted(str(checkpoint), pos, T)
     if checkpoint is not None:
-        Path(checkpoint).unlink(missing_ok=True)
+        if keep_checkpoint:
+            if pos > start_pos:  # keep the finished sums until the caller has its results
+                save()
+        else:
+            Path(checkpoint).unlink(missing_ok=True)
 
     m = master.view(H, nbk, S, E)
     sums = m.sum(1).permute(1, 0, 2).cpu().numpy()

@@ -60,15 +60,16 @@ def block_bootstrap(block_sums: np.ndarray, block_counts: np.ndarray, D: np.ndar
                     ) -> dict[str, np.ndarray]:
     """Bootstrap over contiguous blocks of sum(sigma(Gbar(tau) D)) for every delay.
 
-    block_sums: B x S x H x E, block_counts: B x S. Returns {"se", "low", "high"} (each S).
+    block_sums: B x S x H x E, block_counts: B x S. Returns {"se", "low", "high"} (each S;
+    NaN where undefined, e.g. everywhere when ``n_boot`` is 0 or there is one block).
     """
     B, S = block_counts.shape
+    se, low, high = (np.full(S, np.nan) for _ in range(3))
+    if B < 2 or n_boot < 1:
+        return {"se": se, "low": low, "high": high}
     rng = np.random.default_rng(seed)
     weights = np.stack([np.bincount(rng.integers(0, B, B), minlength=B) for _ in range(n_boot)]
                        ).astype(np.float64)                                      # n x B
-    se, low, high = (np.full(S, np.nan) for _ in range(3))
-    if B < 2:
-        return {"se": se, "low": low, "high": high}
     Dt = torch.from_numpy(np.asarray(D, dtype=np.float64))
     for tau in range(S):
         flat = block_sums[:, tau].reshape(B, -1)

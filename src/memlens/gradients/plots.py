@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from memlens.plotting import plain_text, pyplot
+
+plt = pyplot()
 
 MAX_LINES = 20
 
@@ -27,20 +27,21 @@ def _curves(result, max_classes: int = MAX_LINES - 1) -> list[tuple[str, np.ndar
     return curves
 
 
+@plain_text
 def plot_memory(result, path: Path, log: bool, boot: dict | None = None) -> None:
     """Sum of singular values vs delay (log-log axes from delay 1, or linear axes)."""
     delays = np.arange(result.max_delay + 1)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=90)
     colors = plt.get_cmap("tab20")
     for k, (name, curve) in enumerate(_curves(result)):
-        sel = delays >= (1 if log else 0)
+        sel = delays >= (1 if log and result.max_delay >= 1 else 0)
         style = {"color": "black", "lw": 2.2} if name == "all" else {"color": colors(k % 20),
                                                                        "lw": 1.2}
         ax.plot(delays[sel], curve[sel], label=name, **style)
         if name == "all" and boot is not None and np.isfinite(boot["low"]).any():
             ax.fill_between(delays[sel], boot["low"][sel], boot["high"][sel], color="grey",
                             alpha=0.3, lw=0, label="95% block bootstrap")
-    if log:
+    if log and result.max_delay >= 1:  # with delay 0 alone there is nothing to log-scale
         ax.set_xscale("log")
         ax.set_yscale("log")
     ax.set_xlabel("delay tau (tokens)")
@@ -54,6 +55,7 @@ def plot_memory(result, path: Path, log: bool, boot: dict | None = None) -> None
     plt.close(fig)
 
 
+@plain_text
 def plot_spectra(result, path: Path, delays: list[int]) -> None:
     """Singular-value spectra (log scale) of the overall normalised average at ``delays``."""
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=90)

@@ -3,6 +3,13 @@
 The file is a ``torch.save`` dict of plain containers and tensors, read back with
 ``torch.load(..., weights_only=True)``. A SHA-256 digest over config, vocabulary and every
 tensor is stored beside them and checked on load, so a tampered file is refused.
+
+Before anything is unpickled, the archive's members are checked: their declared sizes must
+not add up to more than :data:`MAX_EXPANSION` times the file's size (``torch.save`` stores
+members uncompressed), so a small "zip bomb" cannot make the loader allocate gigabytes. The
+config's sizes are bounded (:mod:`memlens.limits`) and every weight's shape is compared with
+the shape the config implies (computed on the ``meta`` device, allocating nothing) before the
+model is built.
 """
 
 from __future__ import annotations
@@ -22,10 +29,63 @@ from memlens.errors import MemlensError
 from memlens.io import write_atomic
 from memlens.models.encoder import RecurrentEncoder
 from memlens.models.layers import TorchLayer
-from memlens.models.lm import LanguageModel
+from memlens.models.lm import LanguageModel, check_config
 
 MAGIC = "memlens-checkpoint"
 VERSION = 1
+MAX_EXPANSION = 4          # declared member bytes per byte of the file
+MAX_MEMBERS = 100_000
+
+
+def check_archive(path: str | os.PathLike, what: str = "checkpoint") -> None:
+    """Refuse a torch zip archive whose members declare more bytes than the file can hold
+    (see module docstring) or that is not a zip archive at all (legacy pickles are refused)."""
+    try:
+        size = os.path.getsize(path)
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MemlensError(f"not a memlens {what} (cannot be read safely): {path}: not a "
+                           f"torch zip archive ({reason[:200]})") from None
+    declared = sum(i.file_size for i in infos)
+    if len(infos) > MAX_MEMBERS or declared > MAX_EXPANSION * size + (1 << 20):
+        raise MemlensError(f"refusing {what} {path}: its archive declares {declared} bytes "
+                           f"in {len(infos)} members for a {size}-byte file (a zip bomb?)")
+
+
+def load_checked(path: str | os.PathLike, what: str = "checkpoint",
+                 map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` after :func:`check_archive`; any unreadable content
+    becomes a one-line :class:`MemlensError`."""
+    check_archive(path, what)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
+            OSError, AttributeError, TypeError, KeyError, IndexError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MemlensError(f"not a memlens {what} (cannot be read safely): {path}: "
+                           f"{reason[:200]}") from None
+
+
+def check_shapes(config: dict, vocab_size: int, state: dict) -> None:
+    """Refuse a state dict whose tensor names or shapes differ from what ``config`` implies
+    (the expected shapes come from a model on the ``meta`` device: nothing is allocated)."""
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise MemlensError("the state_dict is not a mapping of names to tensors")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in
+                    LanguageModel(config, vocab_size).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if set(got) != set(expected):
+        diff = sorted(set(got) ^ set(expected))
+        raise MemlensError(f"weights do not match the config (tensor {diff[0]!r} missing or "
+                           "unexpected)")
+    for k, shape in expected.items():
+        if got[k] != shape:
+            raise MemlensError(f"weights do not match the config: {k} has shape {got[k]}, the "
+                               f"config implies {shape}")
 
 
 def _digest(config: dict, vocab: dict, state: dict[str, torch.Tensor]) -> str:
@@ -57,12 +117,36 @@ def encoder_config(encoder: RecurrentEncoder) -> dict[str, Any]:
             "vocab_size": encoder.vocab_size if encoder.input_kind == "tokens" else None}
 
 
+def expected_parameters(config: dict[str, Any]) -> int:
+    """Number of parameters the encoder of ``encoder_config`` has (nothing allocated)."""
+    gates = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+    try:
+        size = int(config["input_size"])
+        pairs = [(gates[k], int(h)) for k, h in zip(config["kinds"], config["hidden"])]
+        vocab = int(config["vocab_size"]) if config.get("input") == "tokens" else 0
+    except (KeyError, TypeError, ValueError):
+        raise MemlensError("bad encoder config: sizes missing or not integers") from None
+    total = size * vocab
+    for g, h in pairs:
+        total += g * h * (size + h + 2)
+        size = h
+    return total
+
+
 def build_encoder(config: dict[str, Any]) -> RecurrentEncoder:
     """Rebuild (untrained) the encoder that ``encoder_config`` describes, sizes checked."""
     kinds, hidden = config.get("kinds"), config.get("hidden")
     if not isinstance(kinds, list) or not isinstance(hidden, list) or not kinds or \
-            len(kinds) != len(hidden) or len(kinds) > 1000:
-        raise MemlensError("bad encoder config: kinds and hidden sizes do not match")
+            len(kinds) != len(hidden) or len(kinds) > 64:
+        raise MemlensError("bad encoder config: 1..64 layers, one hidden size per layer")
+    sizes = [config.get("input_size"), *hidden]
+    if config.get("input") == "tokens":
+        sizes.append(config.get("vocab_size"))
+    if any(k not in ("lstm", "gru", "rnn_tanh", "rnn_relu") for k in kinds) or any(
+            isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 10**7 for n in sizes):
+        raise MemlensError("bad encoder config: unknown layer kind or impossible size")
+    if expected_parameters(config) > 2 * 10**9:
+        raise MemlensError("bad encoder config: more than 2e9 parameters")
     size = config.get("input_size")
     embedding = None
     if config.get("input") == "tokens":
@@ -111,13 +195,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
         raise MemlensError(f"checkpoint not found: {path}")
     if os.path.isdir(path):
         raise MemlensError(f"checkpoint path is a directory: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
-            OSError, AttributeError, TypeError, KeyError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MemlensError(f"not a memlens checkpoint (cannot be read safely): {path}: "
-                           f"{reason[:200]}") from None
+    payload = load_checked(path)
     if not isinstance(payload, dict) or payload.get("format") != MAGIC:
         raise MemlensError(f"not a memlens checkpoint: {path}")
     if payload.get("version") != VERSION:
@@ -128,17 +206,27 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
         if _digest(config, vocab_d, state) != payload["sha256"]:
             raise MemlensError(f"checkpoint integrity check failed (tampered or corrupt): {path}")
         if isinstance(config, dict) and config.get("model") == ENCODER:
-            model = build_encoder(config)
+            if not isinstance(state, dict) or sum(
+                    t.numel() for t in state.values()) != expected_parameters(config):
+                raise MemlensError("weights do not match the encoder config")
+            model = build_encoder(config)  # sizes checked before allocation
             model.load_state_dict(state)
             if vocab_d:
                 model.set_vocab(Vocab.from_dict(vocab_d))
             model.extra = payload.get("extra", {})
             return model.to(device).eval()
         vocab = Vocab.from_dict(vocab_d)
+        if not isinstance(config, dict):
+            raise MemlensError("config is not a mapping")
+        check_config({**config, "vocab_size": len(vocab)})  # bounds before any allocation
+        check_shapes(config, len(vocab), state)
         model = LanguageModel(config, len(vocab))
         model.load_state_dict(state)
-    except MemlensError:
-        raise
+    except MemlensError as exc:
+        if str(exc).startswith("checkpoint integrity"):
+            raise
+        raise MemlensError(f"checkpoint does not describe a valid memlens model: {path}: "
+                           f"{exc}") from None
     except Exception as exc:
         raise MemlensError(f"checkpoint does not describe a valid memlens model: {path}: "
                            f"{str(exc).splitlines()[0][:200]}") from None

@@ -13,6 +13,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from memlens.errors import MemlensError
+from memlens.limits import MAX_LAYERS, MAX_VOCAB, MAX_WIDTH, check_int, check_memory
 from memlens.models.encoder import RecurrentEncoder
 from memlens.models.layers import (
     FactorizedLSTMLayer,
@@ -53,8 +54,16 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
         raise MemlensError(f"unknown architecture {cfg['arch']!r}: choose from "
                            f"{', '.join(ARCHITECTURES)}")
     for key in ("layers", "emb", "hidden"):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
+        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
             raise MemlensError(f"--{key} must be a positive integer, got {cfg[key]!r}")
+    check_int(cfg["layers"], "--layers", 1, MAX_LAYERS)
+    check_int(cfg["emb"], "--emb", 1, MAX_WIDTH)
+    check_int(cfg["hidden"], "--hidden", 1, MAX_WIDTH)
+    if cfg["vocab_size"] is not None:
+        check_int(cfg["vocab_size"], "vocabulary size", 1, MAX_VOCAB)
+    for key in ("groups", "rank"):
+        if cfg[key] is not None:
+            check_int(cfg[key], f"--{key}", -MAX_WIDTH, MAX_WIDTH)
     if not 0.0 <= float(cfg["dropout"]) < 1.0:
         raise MemlensError(f"--dropout must be in [0, 1), got {cfg['dropout']}")
     if cfg["tied"] and cfg["emb"] != cfg["hidden"]:
@@ -68,7 +77,16 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
     if cfg["arch"] == "flstm" and cfg["rank"] is not None and not 1 <= cfg["rank"] <= cfg[
             "hidden"]:
         raise MemlensError(f"--rank must be in 1..{cfg['hidden']}, got {cfg['rank']}")
+    check_memory(4 * parameter_count(cfg, cfg["vocab_size"] or 1), "a model of this size")
     return cfg
+
+
+def parameter_count(cfg: dict[str, Any], vocab_size: int) -> int:
+    """An upper estimate of the number of parameters of a checked config (no allocation)."""
+    E, H, L, V = cfg["emb"], cfg["hidden"], cfg["layers"], vocab_size
+    gates = 4  # LSTM variants; GRU 3, RNN 1
+    per_layer = gates * H * (max(E, H) + H + 2)
+    return V * E + V * (H + 1) + L * per_layer
 
 
 class LanguageModel(nn.Module):

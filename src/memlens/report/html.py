@@ -35,6 +35,7 @@ from typing import Any
 
 from memlens.errors import MemlensError
 from memlens.io import write_atomic
+from memlens.plotting import plain_text, pyplot
 from memlens.results import SavedResult, curves, load_result, plot_series
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -259,13 +260,10 @@ def _result_section(res: SavedResult, label: str, index: int) -> str:
     return "\n".join(parts)
 
 
+@plain_text
 def _png(draw) -> bytes:
-    """Render ``draw(ax)`` into PNG bytes (Agg, no file)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Render ``draw(ax)`` into PNG bytes (Agg, labels as plain text, no file)."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=90)
     try:
         draw(ax)
@@ -346,6 +344,7 @@ def render_report(results: Sequence[SavedResult], title: str = "memlens report",
     body += [_result_section(r, label, i) for i, (r, label) in enumerate(zip(results, labels))]
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\">"
+            f'<meta name="generator" content="memlens {_esc(__version__)}">'
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>\n"
             + "\n".join(b for b in body if b) + "\n</body></html>\n")

@@ -6,13 +6,12 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from memlens.plotting import plain_text, pyplot
+from memlens.signatures.signature import Signature
 
-from memlens.signatures.signature import Signature  # noqa: E402
+plt = pyplot()
 
 STYLES = {"model": ("C0", "-"), "control": ("C3", "--"), "ngram": ("C2", "-."),
           "window-lm": ("C1", ":")}
@@ -23,6 +22,7 @@ def display(symbol: str) -> str:
     return {" ": "␣", "<eos>": "eos", "<unk>": "unk", "<other>": "other"}.get(symbol, symbol)
 
 
+@plain_text
 def signature_curves(path: Path, entries: Sequence[tuple[str, str, Signature]], title: str
                      ) -> None:
     """Accuracy and bits per lag for several (label, role, signature), with 95% bands,
@@ -51,6 +51,7 @@ def signature_curves(path: Path, entries: Sequence[tuple[str, str, Signature]], 
     plt.close(fig)
 
 
+@plain_text
 def recall_heatmap(path: Path, sig: Signature, title: str, top: int = 40) -> None:
     """Lag x symbol recall for the ``top`` most frequent held-out symbols."""
     support = sig.support[0]
@@ -68,6 +69,7 @@ def recall_heatmap(path: Path, sig: Signature, title: str, top: int = 40) -> Non
     plt.close(fig)
 
 
+@plain_text
 def beyond_window(path: Path, model: Signature, window: Signature, first_lag: int,
                   label: str, window_label: str, top: int = 30) -> np.ndarray:
     """Per-symbol mean recall over lags >= first_lag: model minus window baseline (bars).
@@ -93,6 +95,7 @@ def beyond_window(path: Path, model: Signature, window: Signature, first_lag: in
     return diff
 
 
+@plain_text
 def divergence_matrix(path: Path, matrix: np.ndarray, labels: Sequence[str], title: str
                       ) -> None:
     fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(labels), 0.8 + 0.6 * len(labels)))

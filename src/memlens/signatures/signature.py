@@ -122,8 +122,12 @@ def bootstrap(correct: np.ndarray, nll: np.ndarray, valid: np.ndarray, entropy: 
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """95% percentile intervals of accuracy and bits per lag, resampling contiguous blocks.
 
-    ``correct``, ``nll``, ``valid``: N x (K+1). Returns acc_low, acc_high, bits_low, bits_high.
+    ``correct``, ``nll``, ``valid``: N x (K+1). Returns acc_low, acc_high, bits_low, bits_high
+    (all NaN when ``resamples`` is 0: no intervals).
     """
+    if resamples < 1:
+        nan = np.full(correct.shape[1], np.nan)
+        return nan, nan.copy(), nan.copy(), nan.copy()
     n = correct.shape[0]
     blocks = max(1, min(blocks, n))
     edges = np.linspace(0, n, blocks + 1).astype(int)

@@ -4,19 +4,29 @@ Steps: validate every option (so that bad input fails before any output exists);
 states of all requested views in one streaming pass per model; train and score the joint
 decoders per view; add the random-init control, the n-gram window state and the fixed-window
 neural LM when asked; write the result directory atomically (see :mod:`.result`).
+
+Progress: with a ``progress`` directory (``memlens signatures`` uses ``.<OUT>.partial/``
+beside OUT) every finished signature is saved there as it completes (``entry-<i>.npz`` plus
+its SHA-256 in ``state.json``, with a fingerprint of the options and of the model and corpus
+files). A run interrupted at any moment resumes from the finished signatures and gives the
+same result as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from memlens.data import load_corpus
 from memlens.errors import MemlensError
+from memlens.io import write_atomic, write_json
 from memlens.models.encoder import as_encoder
 from memlens.models.layers import FactorizedLSTMLayer, GroupedLSTMLayer
 from memlens.models.loading import load_model
@@ -156,13 +166,144 @@ def expand_units(encoder, layer: int, units: str) -> list[str]:
     return [f"group:{g}" for g in range(lay.groups)]
 
 
-def run_study(cfg: StudyConfig, log=print) -> StudyResult:
-    """Compute every signature of the study (no files written here)."""
+PROGRESS_FORMAT = "memlens-signatures-partial"
+_ARRAYS = ("accuracy", "acc_low", "acc_high", "bits", "bits_low", "bits_high", "bits_fraction",
+           "cross_entropy", "entropy", "majority", "prior", "recall", "support", "temperature")
+
+
+def _sha256_file(path: str | Path, h=None):
+    h = h or hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h
+
+
+class StudyProgress:
+    """Finished signatures of a study, saved in a directory as they complete (see module
+    docstring). ``resume=False`` starts afresh (removing only files it wrote earlier)."""
+
+    def __init__(self, path: str | Path, cfg: StudyConfig, resume: bool):
+        self.path = Path(path)
+        h = hashlib.sha256(json.dumps({k: v for k, v in dataclasses.asdict(cfg).items()
+                                       if k != "out"}, sort_keys=True).encode())
+        for f in (cfg.model, cfg.corpus, cfg.heldout, cfg.lm_train):
+            if f and Path(f).is_file():
+                _sha256_file(f, h)
+        self.fingerprint = h.hexdigest()
+        self.state: dict = {"format": PROGRESS_FORMAT, "fingerprint": self.fingerprint,
+                            "entries": {}, "extras": {}}
+        if resume:
+            self._load()
+        else:
+            self.discard()
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def _bad(self, why: str) -> MemlensError:
+        return MemlensError(f"signature progress in {self.path} is damaged or was edited "
+                            f"({why}): delete it or run without --resume")
+
+    def _load(self) -> None:
+        f = self.path / "state.json"
+        if not f.is_file():
+            raise MemlensError(f"nothing to resume: no saved progress in {self.path} (run "
+                               "without --resume)")
+        try:
+            state = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            raise self._bad("unreadable state.json") from None
+        if not isinstance(state, dict) or state.get("format") != PROGRESS_FORMAT or \
+                not isinstance(state.get("entries"), dict) or \
+                not isinstance(state.get("extras"), dict):
+            raise self._bad("not a progress file")
+        if state.get("fingerprint") != self.fingerprint:
+            raise MemlensError(f"saved progress in {self.path} was made with a different "
+                               "model, corpus or options: delete it or run without --resume")
+        self.state = state
+
+    def files(self) -> list[Path]:
+        """The files this progress directory holds that memlens wrote."""
+        return [self.path / "state.json", *sorted(self.path.glob("entry-*.npz"))]
+
+    def discard(self) -> None:
+        """Remove the files memlens wrote here (and the directory when it is then empty)."""
+        if not self.path.is_dir():
+            return
+        for f in self.files():
+            f.unlink(missing_ok=True)
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass
+
+    def get(self, key: str, max_lag: int) -> tuple[Signature, dict] | None:
+        """The saved signature (and extras) for ``key``, validated; None if not done yet."""
+        rec = self.state["entries"].get(key)
+        if rec is None:
+            return None
+        f = self.path / f"entry-{rec.get('index')}.npz"
+        if not f.is_file() or _sha256_file(f).hexdigest() != rec.get("sha256"):
+            raise self._bad(f"{f.name} is missing or its digest does not match")
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            meta = json.loads(str(arrays.pop("meta")))
+        except (OSError, ValueError, KeyError):
+            raise self._bad(f"{f.name} is unreadable") from None
+        n = max_lag + 1
+        symbols = [str(x) for x in arrays.pop("symbols")]
+        for k in _ARRAYS:
+            a = arrays.get(k)
+            if k == "temperature" and a is not None and a.size == 0:
+                arrays[k] = None
+                continue
+            want = (n, len(symbols)) if k in ("recall", "support") else (n,)
+            if a is None or a.shape != want:
+                raise self._bad(f"{f.name}: {k} has the wrong shape")
+        sig = Signature(**{k: arrays[k] for k in _ARRAYS}, symbols=symbols, **meta["sig"])
+        return sig, meta["extras"]
+
+    def put(self, key: str, sig: Signature, extras: dict) -> None:
+        """Save one finished signature (atomically), then the index that names it."""
+        index = len(self.state["entries"])
+        f = self.path / f"entry-{index}.npz"
+        arrays = {k: (np.zeros(0) if getattr(sig, k) is None else getattr(sig, k))
+                  for k in _ARRAYS}
+        meta = {"sig": {"n_train": sig.n_train, "n_heldout": sig.n_heldout,
+                        "decoder": sig.decoder, "epochs": int(sig.epochs), "info": sig.info},
+                "extras": extras}
+
+        def writer(p: Path) -> None:
+            with open(p, "wb") as fh:
+                np.savez(fh, symbols=np.array(sig.symbols, dtype=str),
+                         meta=np.array(json.dumps(meta)), **arrays)
+
+        write_atomic(f, writer)
+        self.state["entries"][key] = {"index": index,
+                                      "sha256": _sha256_file(f).hexdigest()}
+        write_json(self.path / "state.json", self.state)
+
+
+def run_study(cfg: StudyConfig, log=print, progress: StudyProgress | None = None
+              ) -> StudyResult:
+    """Compute every signature of the study (no result files written here; finished
+    signatures go to ``progress`` when given, and are taken from it on resume)."""
     # ---- validation: everything that can fail on user input, before any heavy work --------
     if cfg.control not in ("random-init", "none"):
         raise MemlensError(f"unknown --control {cfg.control!r}: choose random-init or none")
     if cfg.ngram < 0 or cfg.ngram == 1 or cfg.window_lm < 0 or cfg.window_lm == 1:
         raise MemlensError("--ngram and --window-lm need an order >= 2 (0 = off)")
+    for name in ("train_tokens", "heldout_tokens", "lm_max_tokens"):
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise MemlensError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if cfg.blocks < 2:
+        raise MemlensError(f"--blocks must be at least 2 (bootstrap intervals over blocks), "
+                           f"got {cfg.blocks}")
+    if cfg.bootstrap < 0:
+        raise MemlensError(f"--bootstrap must be >= 0 (0: no intervals), got {cfg.bootstrap}")
+    if cfg.lm_epochs < 1:
+        raise MemlensError(f"--lm-epochs must be positive, got {cfg.lm_epochs}")
     loaded = load_model(cfg.model, cfg.vocab, cfg.device, cfg.unit)
     model, encoder, unit = loaded.model, loaded.encoder, loaded.unit
     if encoder.input_kind != "tokens":
@@ -224,10 +365,26 @@ def run_study(cfg: StudyConfig, log=print) -> StudyResult:
     result.extras["symbols"] = {"kind": sym.kind, "classes": sym.size}
     dec = dict(decoder=cfg.decoder, seed=cfg.seed, blocks=cfg.blocks, resamples=cfg.bootstrap)
 
-    def score(label: str, role: str, view: View, tr_x, he_x) -> None:
+    def key(label: str, view: View) -> str:
+        return f"{label} | {view.layer} | {view.readout} | {view.units}"
+
+    def done(label: str, role: str, view: View) -> bool:
+        """Take a finished signature (and its extras) from the saved progress."""
+        saved = progress.get(key(label, view), cfg.max_delay) if progress else None
+        if saved is None:
+            return False
+        result.entries.append(Entry(label, role, view, saved[0]))
+        result.extras.update(saved[1])
+        log(f"{label} {view.label}: taken from the saved progress")
+        return True
+
+    def score(label: str, role: str, view: View, tr_x, he_x, extras: dict | None = None
+              ) -> None:
         t0 = time.time()
         sig = signature_from_states(tr_x, tr_cls, he_x, he_cls, cfg.max_delay, sym, **dec)
         result.entries.append(Entry(label, role, view, sig))
+        if progress is not None:
+            progress.put(key(label, view), sig, extras or {})
         log(f"{label} {view.label}: lag0 {sig.accuracy[0]:.3f}, lag1 "
             f"{sig.accuracy[min(1, cfg.max_delay)]:.3f}, memory span {sig.memory_span()} "
             f"({time.time() - t0:.0f}s, {sig.epochs} epochs)")
@@ -237,16 +394,20 @@ def run_study(cfg: StudyConfig, log=print) -> StudyResult:
     if cfg.control == "random-init":
         runs.append((f"{arch} (random init)", "control", random_init_copy(model, cfg.seed)))
     for label, role, net in runs:
+        todo = [v for v in views if not done(label, role, v)]
+        if not todo:
+            continue
         enc = as_encoder(net)
-        tr_states = extract_states(enc, tr_ids, views)
-        he_states = extract_states(enc, he_ids, views)
-        for v in views:
+        tr_states = extract_states(enc, tr_ids, todo)
+        he_states = extract_states(enc, he_ids, todo)
+        for v in todo:
             score(label, role, v, tr_states[v], he_states[v])
         del tr_states, he_states
+    result.entries.sort(key=lambda e: (e.role != "model", views.index(e.view)))
 
     # ---- non-recurrent comparisons -------------------------------------------------------------
     win_view = View(-1, "window", "all")
-    if cfg.ngram:
+    if cfg.ngram and not done(f"{cfg.ngram}-gram window", "ngram", win_view):
         lm = KneserNeyLM(cfg.ngram).fit(lm_tokens)
         ev = lm.evaluate(he_tokens)
         result.extras["ngram"] = {"order": cfg.ngram, "smoothing": "interpolated Kneser-Ney",
@@ -257,8 +418,9 @@ def run_study(cfg: StudyConfig, log=print) -> StudyResult:
             f"{ev['perplexity']:.2f} on the held-out text")
         v = len(encoder.embedding.weight)
         score(f"{cfg.ngram}-gram window", "ngram", win_view,
-              window_states(tr_ids, cfg.ngram, v), window_states(he_ids, cfg.ngram, v))
-    if cfg.window_lm:
+              window_states(tr_ids, cfg.ngram, v), window_states(he_ids, cfg.ngram, v),
+              {"ngram": result.extras["ngram"]})
+    if cfg.window_lm and not done(f"window LM (n={cfg.window_lm})", "window-lm", win_view):
         wl_ids = encoder.vocab.encode(lm_tokens).numpy()
         torch.manual_seed(cfg.seed)
         wlm = WindowLM(len(encoder.vocab), cfg.window_lm).fit(wl_ids, epochs=cfg.lm_epochs,
@@ -269,7 +431,7 @@ def run_study(cfg: StudyConfig, log=print) -> StudyResult:
                                       "heldout_bits": bits, "heldout_perplexity": 2.0 ** bits}
         log(f"window LM (n={cfg.window_lm}): {bits:.3f} bits/symbol on the held-out text")
         score(f"window LM (n={cfg.window_lm})", "window-lm", win_view, wlm.states(tr_ids),
-              wlm.states(he_ids))
+              wlm.states(he_ids), {"window_lm": result.extras["window_lm"]})
 
     # ---- group / basis specialisation ----------------------------------------------------------
     if cfg.units in SPLITS:

@@ -53,6 +53,7 @@ from memlens.data.vocab import EOS, UNK
 from memlens.errors import MemlensError
 from memlens.gradients import GradientResult
 from memlens.models.lm import LanguageModel
+from memlens.plotting import plain_text, pyplot
 from memlens.results import Result
 from memlens.signatures import Signature, build_symbols, random_init_copy, signature_from_states
 from memlens.signatures.ngram import window_states
@@ -64,6 +65,7 @@ IRRELEVANT_COORD = 0
 NUMBER_COORD = 1
 NOUN_COORD = 2
 STRENGTH_FRACTION = 0.5
+MAX_DISTANCE = 100
 SIGNATURE_RESAMPLES = 200
 GRADIENT_BOOTSTRAP = 100
 
@@ -121,6 +123,9 @@ class PlantedConfig:
         """Refuse sizes the experiment cannot run with."""
         if self.distance < 1:
             raise MemlensError(f"--distance must be at least 1, got {self.distance}")
+        if self.distance > MAX_DISTANCE:
+            raise MemlensError(f"--distance must be at most {MAX_DISTANCE} (the demo's corpus "
+                               f"and lags grow with it), got {self.distance}")
         for key in ("sentences", "decoder_sentences", "heldout_sentences",
                     "gradient_sentences", "epochs", "emb", "hidden"):
             if getattr(self, key) < 1:
@@ -248,17 +253,8 @@ def first_lag_at_baseline(accuracy: np.ndarray, baseline: np.ndarray, margin: fl
 
 
 # -- plots -------------------------------------------------------------------------------------
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=90)
     plt.close(fig)
@@ -322,8 +318,9 @@ class PlantedGradients(GradientResult):
         return {**super().arrays(), "direction": self.number_direction,
                 **{f"rank_{k}": v for k, v in self.ranks.items()}}
 
+    @plain_text
     def figures(self, out: Path) -> list[dict[str, str]]:
-        plt, arch, ranks = _plt(), self.arch, self.ranks
+        plt, arch, ranks = pyplot(), self.arch, self.ranks
         delays = np.arange(self.max_delay + 1)
         fig, ax = plt.subplots(figsize=(6.5, 3.8))
         for cls in [None, *self.class_names]:
@@ -429,8 +426,9 @@ class PlantedSignatures(Result):
                 "control_accuracy": self.control.accuracy,
                 "ngram_accuracy": self.window.accuracy, "recall": t.recall}
 
+    @plain_text
     def figures(self, out: Path) -> list[dict[str, str]]:
-        plt, arch = _plt(), self.arch
+        plt, arch = pyplot(), self.arch
         lags = np.arange(self.trained.max_lag + 1)
         fig, ax = plt.subplots(figsize=(6.5, 3.8))
         for (name, s), ls in zip(self.labelled(), ("-", "--", "-.")):
@@ -701,15 +699,15 @@ def run_planted(cfg: PlantedConfig | None = None, log: Callable[[str], None] = p
             result.training[arch] = {"valid_ppl": best["valid_ppl"], "epoch": best["epoch"]}
             done(f"train {arch}")
             g = measure_gradients(model, ckpt.name, grad_c, cfg)
-            result.dirs.append(g.save(out / f"gradients-{arch}", overwrite=True))
+            result.dirs.append(g.save(out / f"gradients-{arch}"))
             done(f"gradients {arch}")
             sg = measure_signatures(model, ckpt.name, dec_c, held_c, cfg)
-            result.dirs.append(sg.save(out / f"signatures-{arch}", overwrite=True))
+            result.dirs.append(sg.save(out / f"signatures-{arch}"))
             done(f"signatures {arch}")
             result.recovered += recovered_rows(arch.upper(), g.recovery(), sg.recovery(), cfg)
             result.curves += curve_rows(g, sg)
     bar.close()
-    result.dirs.insert(0, result.save(out / "planted-memory", overwrite=True))
+    result.dirs.insert(0, result.save(out / "planted-memory"))
     return result
 
 
