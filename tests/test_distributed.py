@@ -95,6 +95,17 @@ def _worker(rank: int, world: int, root: str, ids, labels) -> None:
                 np.savez(f"{root}/dist_{w}.npz", **_arrays(res))
                 report["settings"] = res.settings
 
+        # interrupt both ranks mid-shard, resume per rank: the same sums as straight through
+        from memlens.gradients import GradientsInterrupted
+
+        try:
+            _run(model, ids, labels, checkpoint=f"{root}/.ir.partial.pt", stop_after=300)
+        except GradientsInterrupted as exc:
+            report["interrupted"] = exc.checkpoint
+        res = _run(model, ids, labels, checkpoint=f"{root}/.ir.partial.pt", resume=True)
+        if rank == 0:
+            np.savez(f"{root}/resumed.npz", **_arrays(res))
+
         def boom(pos):  # an error on rank 1 only, during the accumulation
             if rank == 1:
                 raise MemlensError("boom on rank 1")
@@ -148,6 +159,11 @@ def test_two_gloo_processes_reproduce_one_process(trained):
     for key in ("class_sums", "block_sums", "class_block_sums"):
         scale = np.abs(single[key]).max()
         assert np.abs(got[key] - single[key]).max() <= 1e-6 * scale, key
+    assert reports[1]["interrupted"].endswith(".ir.partial.rank1.pt")
+    resumed = dict(np.load(root / "resumed.npz", allow_pickle=False))
+    for key, val in got.items():
+        np.testing.assert_array_equal(resumed[key], val, err_msg=key)
+    assert not list(root.glob(".ir.partial*"))
     # an error on one rank stops the other with a one-line error instead of a hang
     assert reports[1]["accumulation_error"] == "boom on rank 1"
     assert "another process of the 2 failed during the state-gradient accumulation" in \
