@@ -4,6 +4,9 @@ A random 1-layer LSTM LM (E=64, H=256, V=10k, K=50 by default; speed does not de
 training) over a random stream of T tokens, cell readout, float32, bootstrap off:
 
 * 1 process (``--threads`` torch threads): tokens / s of ``memlens.state_gradients``;
+* the CPU time (``time.process_time``, summed over the processes): with 1 thread per process
+  its ratio to the 1-process CPU time is the work overhead of sharding (warm-up, reduce), free
+  of the wall-clock noise of a shared machine;
 * N processes (``torch.multiprocessing.spawn``, gloo, ``--threads`` threads each), warm-up W:
   wall time from a barrier after start-up to the all-reduced result on rank 0, tokens / s
   (T / wall), each process's engine rate (its shard plus warm-up / its seconds), and the
@@ -52,12 +55,15 @@ def _worker(rank: int, args, root: str) -> None:
     model, ids = _model(args), _stream(args)
     _gradients(model, ids[: args.max_delay + 2], args)  # warm the code paths (no group use)
     dist.barrier()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     res = _gradients(model, ids, args, warmup=args.warmup)
     wall = time.perf_counter() - start
+    cpu = torch.tensor([time.process_time() - cpu], dtype=torch.float64)
+    dist.all_reduce(cpu)
     if rank == 0:
         np.save(f"{root}/mean.npy", res.raw.sums / res.raw.counts[:, None, None])
-        Path(f"{root}/stats.json").write_text(json.dumps({"wall": wall, **res.stats}))
+        Path(f"{root}/stats.json").write_text(json.dumps({"wall": wall, "cpu": float(cpu),
+                                                          **res.stats}))
     dist.destroy_process_group()
 
 
@@ -76,14 +82,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, ids = _model(args), _stream(args)
     _gradients(model, ids[: args.max_delay + 2], args)
-    start = time.perf_counter()
+    start, cpu1 = time.perf_counter(), time.process_time()
     one = _gradients(model, ids, args)
-    wall1 = time.perf_counter() - start
+    wall1, cpu1 = time.perf_counter() - start, time.process_time() - cpu1
     rate1 = args.tokens / wall1
     mean1 = one.raw.sums / one.raw.counts[:, None, None]
     print(f"LSTM E={args.emb} H={args.hidden} K={args.max_delay}, T={args.tokens}, "
           f"{args.threads} thread(s) per process")
-    print(f"1 process: {wall1:.2f} s, {rate1:.1f} tokens/s")
+    print(f"1 process: {wall1:.2f} s, {rate1:.1f} tokens/s; {args.tokens / cpu1:.1f} tokens "
+          "per CPU second")
 
     with tempfile.TemporaryDirectory() as root:
         mp.spawn(_worker, args=(args, root), nprocs=args.procs, join=True)
@@ -95,7 +102,9 @@ def main() -> None:
     print(f"{args.procs} processes, warm-up {args.warmup}: {st['wall']:.2f} s, {rate:.1f} "
           f"tokens/s; per process {st['tokens_per_second_per_process']:.1f} tokens/s "
           f"(shard + warm-up); {st['warmup_tokens']} warm-up tokens in all")
-    print(f"efficiency {rate / (args.procs * rate1):.0%} (ideal with this warm-up: "
+    print(f"CPU time: {st['cpu']:.2f} s in all, {args.tokens / st['cpu']:.1f} tokens per CPU "
+          f"second = {cpu1 / st['cpu']:.0%} of 1 process's (the work overhead of sharding)")
+    print(f"wall-clock efficiency {rate / (args.procs * rate1):.0%} (ideal with this warm-up: "
           f"{args.tokens / (args.tokens + st['warmup_tokens']):.0%}); worst per-delay "
           f"relative difference from 1 process: {diff.max():.2e}")
 
