@@ -95,6 +95,9 @@ def _worker(rank: int, world: int, root: str, ids, labels) -> None:
                 np.savez(f"{root}/dist_{w}.npz", **_arrays(res))
                 report["settings"] = res.settings
 
+        res = _run(model, ids, labels, segment=20)  # --segment cuts at absolute positions
+        if rank == 0:
+            np.savez(f"{root}/segment.npz", **_arrays(res))
         # interrupt both ranks mid-shard, resume per rank: the same sums as straight through
         from memlens.gradients import GradientsInterrupted
 
@@ -159,6 +162,11 @@ def test_two_gloo_processes_reproduce_one_process(trained):
     for key in ("class_sums", "block_sums", "class_block_sums"):
         scale = np.abs(single[key]).max()
         assert np.abs(got[key] - single[key]).max() <= 1e-6 * scale, key
+    seg_single = _arrays(_run(model, ids, labels, segment=20))
+    seg = dict(np.load(root / "segment.npz", allow_pickle=False))
+    np.testing.assert_array_equal(seg["counts"], seg_single["counts"])
+    assert _rel(seg["sums"] / seg["counts"][:, None, None],
+                seg_single["sums"] / seg_single["counts"][:, None, None]) <= 1e-6
     assert reports[1]["interrupted"].endswith(".ir.partial.rank1.pt")
     resumed = dict(np.load(root / "resumed.npz", allow_pickle=False))
     for key, val in got.items():
@@ -195,6 +203,7 @@ def test_torchrun_cli_writes_once_and_matches(trained, tmp_path):
     proc = _torchrun(root, "--out", str(out), "--warmup", "300")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("wrote ") == 1  # rank 0 only
+    assert "2 processes" in proc.stdout
     assert not list(tmp_path.glob(".dist.partial*"))  # per-rank checkpoints removed
     doc = json.loads((out / "result.json").read_text())
     assert doc["settings"]["world_size"] == 2 and doc["settings"]["warmup"] == 300
@@ -203,6 +212,11 @@ def test_torchrun_cli_writes_once_and_matches(trained, tmp_path):
     assert main(["gradients", "--model", str(root / "lm.pt"), "--corpus",
                  str(root / "small.txt"), "--max-delay", "5", "--bootstrap", "0",
                  "--no-progress", "--device", "cpu", "--out", str(tmp_path / "one")]) == 0
+    # commands that do not shard refuse torchrun instead of racing for --out
+    refused = subprocess.run([sys.executable, "-m", "memlens", "eval", "--model", "m.pt",
+                              "--corpus", "c.txt"], env={**os.environ, "WORLD_SIZE": "2"},
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "does not run under torchrun" in refused.stderr
     a = np.load(out / "gradients.npz")
     b = np.load(tmp_path / "one" / "gradients.npz")
     np.testing.assert_array_equal(a["counts"], b["counts"])
