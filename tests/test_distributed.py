@@ -98,6 +98,10 @@ def _worker(rank: int, world: int, root: str, ids, labels) -> None:
         res = _run(model, ids, labels, segment=20)  # --segment cuts at absolute positions
         if rank == 0:
             np.savez(f"{root}/segment.npz", **_arrays(res))
+        if rank == 0:  # rank 0 alone, not sharded: no collective, no hang
+            res = _run(model, ids, labels, distributed_run=False)
+            np.savez(f"{root}/alone.npz", **_arrays(res))
+            report["alone_world_size"] = res.settings["world_size"]
         # interrupt both ranks mid-shard, resume per rank: the same sums as straight through
         from memlens.gradients import GradientsInterrupted
 
@@ -162,6 +166,10 @@ def test_two_gloo_processes_reproduce_one_process(trained):
     for key in ("class_sums", "block_sums", "class_block_sums"):
         scale = np.abs(single[key]).max()
         assert np.abs(got[key] - single[key]).max() <= 1e-6 * scale, key
+    alone = dict(np.load(root / "alone.npz", allow_pickle=False))
+    for key, val in single.items():
+        np.testing.assert_array_equal(alone[key], val, err_msg=key)
+    assert reports[0]["alone_world_size"] == 1
     seg_single = _arrays(_run(model, ids, labels, segment=20))
     seg = dict(np.load(root / "segment.npz", allow_pickle=False))
     np.testing.assert_array_equal(seg["counts"], seg_single["counts"])

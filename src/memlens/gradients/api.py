@@ -57,7 +57,8 @@ def state_gradients(model: nn.Module, inputs, max_delay: int, readout: str | Non
                     class_names: Sequence[str] | None = None,
                     keep_checkpoint: bool = False, segment: int | None = None,
                     direction_weighting: str = "type",
-                    warmup: int | None = None) -> GradientResult:
+                    warmup: int | None = None, distributed_run: bool = True
+                    ) -> GradientResult:
     """Exact average state gradients d r_t / d x_{t-tau}, tau = 0..max_delay, of one stream.
 
     For every target t and delay tau (t - tau >= 0) the readout's Jacobian
@@ -98,6 +99,9 @@ def state_gradients(model: nn.Module, inputs, max_delay: int, readout: str | Non
     result; ``checkpoint`` then names per-rank files (``NAME.rank<r>.pt``) and only rank 0
     shows progress. ``settings["world_size"]`` records the number of processes (1 without a
     process group) and ``settings["warmup"]`` the warm-up (None for one process).
+    ``stop_after`` then counts the positions of each rank (its warm-up included).
+    ``distributed_run=False`` computes the whole stream in this process even inside a process
+    group (e.g. on rank 0 of a training job while the other ranks do something else).
     """
     enc = as_encoder(model)
     readout = deprecated_alias(readout, state, "readout", "state")
@@ -127,7 +131,7 @@ def state_gradients(model: nn.Module, inputs, max_delay: int, readout: str | Non
     if warmup is not None and (not isinstance(warmup, (int, np.integer))
                                or isinstance(warmup, bool) or warmup < 0):
         raise MemlensError(f"warmup must be a non-negative integer, got {warmup!r}")
-    group = distributed.current()
+    group = distributed.current() if distributed_run else None
     if group is not None:  # every rank must see the same stream
         import torch.distributed as dist
 
