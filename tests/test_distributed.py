@@ -120,6 +120,10 @@ def _worker(rank: int, world: int, root: str, ids, labels) -> None:
             _run(model, ids, labels, on_chunk=boom)
         except MemlensError as exc:
             report["accumulation_error"] = str(exc)
+        try:  # an option error on rank 1 only, before the accumulation
+            _run(model, ids, labels, flush_every=0 if rank == 1 else 256)
+        except MemlensError as exc:
+            report["option_error"] = str(exc)
         # the CLI inside this process group: rank 0 cannot claim --out, rank 1 stops too
         foreign = Path(root) / "foreign"
         foreign.mkdir(exist_ok=True)
@@ -184,6 +188,8 @@ def test_two_gloo_processes_reproduce_one_process(trained):
     assert reports[1]["accumulation_error"] == "boom on rank 1"
     assert "another process of the 2 failed during the state-gradient accumulation" in \
         reports[0]["accumulation_error"]
+    assert "flush_every must be positive" in reports[1]["option_error"]
+    assert "failed before the state-gradient accumulation" in reports[0]["option_error"]
     # the CLI in a process group: rank 0 refuses --out, rank 1 stops as well
     assert reports[0]["cli_rc"] == 2 and reports[1]["cli_rc"] == 2
     assert "not a memlens result" in reports[0]["cli_stderr"] or \

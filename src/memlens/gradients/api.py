@@ -140,61 +140,68 @@ def state_gradients(model: nn.Module, inputs, max_delay: int, readout: str | Non
         if int(lengths[0]) != -int(lengths[1]):
             raise MemlensError(f"the {group.world} processes got streams of different lengths "
                                f"({-int(lengths[1])}..{int(lengths[0])} positions)")
-    if direction_weighting not in metrics.WEIGHTINGS:
-        raise MemlensError(f"unknown direction weighting {direction_weighting!r}: choose "
-                           f"{' or '.join(metrics.WEIGHTINGS)}")
-    if not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
-        raise MemlensError(f"bootstrap resamples must be a non-negative integer, got "
-                           f"{bootstrap!r}")
-    if blocks < 1 or chunk_size < 1 or flush_every < 1:
-        raise MemlensError("blocks, chunk_size and flush_every must be positive")
-    if stream.is_tokens:
-        table = enc.input_table().detach().cpu().double().numpy()
-        norm = embedding_normalization(table)
-        positions = values.numpy()
-    else:  # continuous inputs: statistics of the analysed stream's vectors
-        table = values.double().numpy()
-        norm = embedding_normalization(table, source="input vectors of the stream")
-        positions = np.arange(T)
+    try:  # an error on one rank must reach the others before they start
+        if direction_weighting not in metrics.WEIGHTINGS:
+            raise MemlensError(f"unknown direction weighting {direction_weighting!r}: choose "
+                               f"{' or '.join(metrics.WEIGHTINGS)}")
+        if not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
+            raise MemlensError(f"bootstrap resamples must be a non-negative integer, got "
+                               f"{bootstrap!r}")
+        if blocks < 1 or chunk_size < 1 or flush_every < 1:
+            raise MemlensError("blocks, chunk_size and flush_every must be positive")
+        if stream.is_tokens:
+            table = enc.input_table().detach().cpu().double().numpy()
+            norm = embedding_normalization(table)
+            positions = values.numpy()
+        else:  # continuous inputs: statistics of the analysed stream's vectors
+            table = values.double().numpy()
+            norm = embedding_normalization(table, source="input vectors of the stream")
+            positions = np.arange(T)
 
-    memberships, names = None, []
-    if stream.labels is not None:
-        if label_names is None:
-            found = set()
-            for lab in stream.labels:
-                if lab is None:
-                    continue
-                found.update([lab] if isinstance(lab, str) else lab)
-            names = sorted(found)
-        else:
-            names = list(label_names)
-        memberships = encode_memberships(names, stream.labels)
-    mask = None
-    if target_mask is not None:
-        mask = torch.as_tensor(np.asarray(target_mask), dtype=torch.bool)
-        if mask.numel() != T:
-            raise MemlensError(f"target_mask has {mask.numel()} entries for {T} tokens")
+        memberships, names = None, []
+        if stream.labels is not None:
+            if label_names is None:
+                found = set()
+                for lab in stream.labels:
+                    if lab is None:
+                        continue
+                    found.update([lab] if isinstance(lab, str) else lab)
+                names = sorted(found)
+            else:
+                names = list(label_names)
+            memberships = encode_memberships(names, stream.labels)
+        mask = None
+        if target_mask is not None:
+            mask = torch.as_tensor(np.asarray(target_mask), dtype=torch.bool)
+            if mask.numel() != T:
+                raise MemlensError(f"target_mask has {mask.numel()} entries for {T} tokens")
 
-    ci_delays: list[int] = []
-    if names:
-        wanted = class_ci_delays if class_ci_delays is not None else (0, 1, 2, 5, 10, 20,
-                                                                      int(max_delay))
-        ci_delays = sorted({int(d) for d in wanted if 0 <= d <= max_delay})
-        H = enc.layers[L].readout_size(readout)
-        need = min(blocks, T) * H * (len(names) + 1) * len(ci_delays) * enc.input_size * 8
-        if need > 1e9:
-            ci_delays = []
-    H, E, S = enc.layers[L].readout_size(readout), enc.input_size, int(max_delay) + 1
-    width = dtype.itemsize if isinstance(dtype, torch.dtype) else 4
-    check_memory(H * S * E * ((len(names) + 1) * (width + 8) * 2 + min(blocks, T) * 8
-                              + (L + 1) * 2 * width), "the state-gradient accumulators")
-    shard, W = None, None
+        ci_delays: list[int] = []
+        if names:
+            wanted = class_ci_delays if class_ci_delays is not None else (0, 1, 2, 5, 10, 20,
+                                                                          int(max_delay))
+            ci_delays = sorted({int(d) for d in wanted if 0 <= d <= max_delay})
+            H = enc.layers[L].readout_size(readout)
+            need = min(blocks, T) * H * (len(names) + 1) * len(ci_delays) * enc.input_size * 8
+            if need > 1e9:
+                ci_delays = []
+        H, E, S = enc.layers[L].readout_size(readout), enc.input_size, int(max_delay) + 1
+        width = dtype.itemsize if isinstance(dtype, torch.dtype) else 4
+        check_memory(H * S * E * ((len(names) + 1) * (width + 8) * 2 + min(blocks, T) * 8
+                                  + (L + 1) * 2 * width), "the state-gradient accumulators")
+        shard, W = None, None
+        if group is not None:
+            shard = group.shard(T)
+            W = distributed.default_warmup(max_delay) if warmup is None else int(warmup)
+            if checkpoint is not None:
+                checkpoint = distributed.rank_path(checkpoint, group.rank)
+            progress = progress and group.rank == 0
+    except BaseException as exc:
+        if group is not None:
+            distributed.agree(group, exc, "before the state-gradient accumulation")
+        raise
     if group is not None:
-        shard = group.shard(T)
-        W = distributed.default_warmup(max_delay) if warmup is None else int(warmup)
-        if checkpoint is not None:
-            checkpoint = distributed.rank_path(checkpoint, group.rank)
-        progress = progress and group.rank == 0
+        distributed.agree(group, None, "before the state-gradient accumulation")
     try:
         sums = accumulate(enc, values, int(max_delay), L, readout, memberships, len(names),
                           dtype=dtype, device=device, method=method, blocks=blocks,
