@@ -210,6 +210,7 @@ def _torchrun(root: Path, *args: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+@pytest.mark.slow
 def test_torchrun_cli_writes_once_and_matches(trained, tmp_path):
     root, _, _ = trained
     (root / "small.txt").write_text(_corpus(120, seed=1))
