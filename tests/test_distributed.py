@@ -102,6 +102,15 @@ def _worker(rank: int, world: int, root: str, ids, labels) -> None:
             res = _run(model, ids, labels, distributed_run=False)
             np.savez(f"{root}/alone.npz", **_arrays(res))
             report["alone_world_size"] = res.settings["world_size"]
+        # signatures' state extraction, sharded and all-gathered
+        from memlens.distributed import extract_states_sharded
+        from memlens.models.encoder import as_encoder
+        from memlens.signatures.states import View
+
+        view = View(0, "hidden", "all")
+        states = extract_states_sharded(as_encoder(model), ids, [view], warmup=200)[view]
+        if rank == 0:
+            np.save(f"{root}/states.npy", states)
         # interrupt both ranks mid-shard, resume per rank: the same sums as straight through
         from memlens.gradients import GradientsInterrupted
 
@@ -174,6 +183,14 @@ def test_two_gloo_processes_reproduce_one_process(trained):
     for key, val in single.items():
         np.testing.assert_array_equal(alone[key], val, err_msg=key)
     assert reports[0]["alone_world_size"] == 1
+    from memlens.models.encoder import as_encoder
+    from memlens.signatures.states import View, extract_states
+
+    view = View(0, "hidden", "all")
+    states = extract_states(as_encoder(model), ids, [view])[view]
+    sharded = np.load(root / "states.npy")
+    assert sharded.shape == states.shape
+    assert np.abs(sharded - states).max() <= 1e-6 * np.abs(states).max()
     seg_single = _arrays(_run(model, ids, labels, segment=20))
     seg = dict(np.load(root / "segment.npz", allow_pickle=False))
     np.testing.assert_array_equal(seg["counts"], seg_single["counts"])

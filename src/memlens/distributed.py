@@ -152,3 +152,42 @@ def rank_path(path: str | Path, rank: int) -> Path:
     ``.out.partial.rank<r>.pt``."""
     p = Path(path)
     return p.with_name(f"{p.stem}.rank{rank}{p.suffix}")
+
+
+def extract_states_sharded(encoder, ids, views, warmup: int = 1000,
+                           group: Group | None = None, **kwargs) -> dict:
+    """:func:`memlens.signatures.states.extract_states` with the rows sharded over the ranks
+    of the process group: each rank extracts its contiguous shard of positions, starting from
+    a zero state ``warmup`` positions before the shard start (those rows are dropped), and the
+    shards are all-gathered, so every rank returns the full {view: N x D float32} arrays.
+    Without a process group it is ``extract_states`` itself. (Building block: the
+    ``signatures`` command does not use it yet.)"""
+    import torch.distributed as dist
+
+    from memlens.signatures.states import extract_states
+
+    group = group or current()
+    if group is None:
+        return extract_states(encoder, ids, views, **kwargs)
+    ids = np.asarray(ids)
+    n = ids.shape[0]
+    start, stop = group.shard(n)
+    first = max(0, start - max(0, int(warmup)))
+    local = {}
+    if stop > start:
+        local = extract_states(encoder, ids[first:stop], views, **kwargs)
+    width = -(-n // group.world) + 1  # rows of the largest shard (padding for all_gather)
+    out = {}
+    for v in views:
+        dims = torch.tensor([local[v].shape[1] if local else 0], dtype=torch.int64,
+                            device=group.device)
+        dist.all_reduce(dims, op=dist.ReduceOp.MAX)
+        d = int(dims.item())
+        mine = torch.zeros(width, d, dtype=torch.float32)
+        if local:
+            mine[: stop - start] = torch.from_numpy(np.asarray(local[v][start - first:]))
+        parts = [torch.empty_like(mine, device=group.device) for _ in range(group.world)]
+        dist.all_gather(parts, mine.to(group.device))
+        rows = [(n * r // group.world, n * (r + 1) // group.world) for r in range(group.world)]
+        out[v] = np.concatenate([p[: b - a].cpu().numpy() for p, (a, b) in zip(parts, rows)])
+    return out
