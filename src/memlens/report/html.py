@@ -24,7 +24,7 @@ from memlens.errors import MemlensError
 from memlens.io import write_atomic
 from memlens.plotting import plain_text, pyplot
 
-KINDS = ("gradients", "signatures")
+KINDS = ("gradients", "signatures", "ablation")
 STANDARD_KEYS = ("kind", "memlens_version", "model", "corpus", "settings", "summary", "table",
                  "plots")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -124,8 +124,8 @@ def load_result(path: str | os.PathLike) -> ResultDir:
         raise MemlensError(f"malformed result.json in {path}: top level is not an object")
     kind = data.get("kind")
     if kind not in KINDS:
-        raise MemlensError(f"unknown result kind {kind!r} in {rfile}: expected gradients or "
-                           "signatures")
+        raise MemlensError(f"unknown result kind {kind!r} in {rfile}: expected one of "
+                           f"{', '.join(KINDS)}")
     for key in ("model", "corpus", "settings", "summary"):
         if not isinstance(data.get(key, {}), dict):
             raise MemlensError(f"malformed result.json in {path}: {key!r} is not an object")
