@@ -36,10 +36,17 @@ def register(sub) -> None:
     p.add_argument("--max-delay", type=int, default=50, help="maximum delay K")
     p.add_argument("--labels", "--classes", dest="classes",
                    help="class of each source position: upos | xpos | groups:FILE | "
-                   "lexicon:FILE | freq:N | freq:E1,E2,... | words:FILE[,FILE] "
+                   "lexicon:FILE | freq:N | freq:E1,E2,... | words:FILE[,FILE]; lexicon:FILE, "
+                   "upos or xpos followed by +groups:FILE applies tag groups to those tags "
                    "(--classes is the old name)")
     p.add_argument("--direction", help="property direction: two classes A,B (mean embedding "
                    "of A minus that of B) or a saved .npy vector")
+    p.add_argument("--direction-weighting", choices=["type", "token"], default="type",
+                   help="class-mean embeddings for --direction A,B: over vocabulary types, each "
+                   "word once (default, as the original) or over token occurrences")
+    p.add_argument("--segment", type=int, metavar="S",
+                   help="average only pairs with source and target in the same S-token "
+                   "segment (the original's truncated-BPTT pair set); default: every pair")
     p.add_argument("--max-tokens", type=int, help="analyse only the first N tokens")
     p.add_argument("--out", required=True, help="result directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -138,7 +145,8 @@ def _run(args: argparse.Namespace, out: Path) -> int:
                                  bootstrap=args.bootstrap,
                                  checkpoint=ck, checkpoint_every=args.checkpoint_every,
                                  resume=args.resume, progress=not args.no_progress,
-                                 keep_checkpoint=True)
+                                 keep_checkpoint=True, segment=args.segment,
+                                 direction_weighting=args.direction_weighting)
     except GradientsInterrupted as exc:
         _log(f"memlens: {exc}")
         return 130

@@ -1,29 +1,85 @@
-"""The reference's lexicon format: ``word<TAB>tag1 tag2 ...`` (each word's possible POS tags).
+"""Word -> possible-tags lexicons, tag groups and word lists.
 
-Tags may be separated by spaces, tabs or commas. A word counts for every class among its tags.
+Lexicon lines (each word's possible POS tags) come in two formats, mixed freely:
+
+* plain: ``word<TAB>tag1 tag2 ...`` (tags separated by spaces, tabs or commas);
+* the original state-gradients format (``ptb_words+pos.txt`` of Verwimp et al., read by
+  ``read_pos_tags`` in their ``aux_scripts/utils.py``): the word, whitespace, then a Python
+  list of quoted tags, e.g. ``run ['NN', 'VB', 'VBN|JJ']``. A ``|`` inside a tag lists several
+  tags (``VBN|JJ`` = VBN and JJ), as in the original. A line ``word not in list`` (or
+  ``word []``) gives the word no tag, as in the original. Quoted tags are read as Python string
+  literals, so ``["''"]`` is the closing-quote tag ``''`` (the original's character stripping
+  kept its double quotes).
+
+A word counts for every class among its tags. Repeated words merge their tags (first-seen
+order, no duplicates).
 """
 
 from __future__ import annotations
 
+import ast
 import os
 
 from memlens.data.files import read_text
 from memlens.errors import MemlensError
 
+NOT_IN_LIST = "not in list"
+
+
+def _split_bars(items: list[str]) -> list[str]:
+    """``VBN|JJ`` -> VBN, JJ (the original's multi-tag notation); empty items dropped."""
+    return [t for item in items for t in item.split("|") if t]
+
+
+def _bracketed_tags(text: str) -> list[str]:
+    """Tags of an original-format list such as ``['NN', 'VBN|JJ']``.
+
+    Read as a Python literal; when that fails (an unquoted or truncated list) each
+    whitespace-separated item is stripped of ``[``, ``,``, ``]`` and quotes, like the original.
+    """
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        value = None
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return _split_bars(list(value))
+    return _split_bars([item.lstrip("[").rstrip(",").rstrip("]").strip("'\"")
+                        for item in text.split()])
+
+
+def parse_lexicon_line(line: str) -> tuple[str, list[str]] | None:
+    """(word, tags) of one lexicon line in either format (module docstring).
+
+    Returns None for a blank or ``#`` comment line; ``(word, [])`` for a word without tags
+    (``not in list``, ``[]``); raises ValueError for a word with nothing after it.
+    """
+    parts = line.strip().split(None, 1)
+    if not parts or line.startswith("#"):
+        return None
+    if len(parts) < 2:
+        raise ValueError("expected a word followed by at least one tag")
+    word, rest = parts[0], parts[1].strip()
+    if " ".join(rest.split()) == NOT_IN_LIST:
+        return word, []
+    if rest.startswith("["):
+        return word, _bracketed_tags(rest)
+    return word, _split_bars(rest.replace(",", " ").split())
+
 
 def read_lexicon(path: str | os.PathLike) -> dict[str, list[str]]:
-    """Return {word: [tags]} from a word -> possible-tags file."""
+    """Return {word: [tags]} from a word -> possible-tags file (either format; words listed
+    without a tag map to [])."""
     lexicon: dict[str, list[str]] = {}
     for number, line in enumerate(read_text(path, "lexicon").splitlines(), start=1):
-        if not line.strip() or line.startswith("#"):
+        try:
+            entry = parse_lexicon_line(line)
+        except ValueError as exc:
+            raise MemlensError(f"{path}:{number}: malformed lexicon line: {exc}") from None
+        if entry is None:
             continue
-        parts = line.replace(",", " ").split()
-        if len(parts) < 2:
-            raise MemlensError(f"{path}:{number}: malformed lexicon line: expected a word "
-                               "followed by at least one tag")
-        word, tags = parts[0], parts[1:]
+        word, tags = entry
         known = lexicon.setdefault(word, [])
-        known.extend(t for t in tags if t not in known)
+        known.extend(t for t in dict.fromkeys(tags) if t not in known)
     if not lexicon:
         raise MemlensError(f"lexicon file has no entries: {path}")
     return lexicon

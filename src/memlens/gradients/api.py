@@ -54,7 +54,8 @@ def state_gradients(model: nn.Module, inputs, max_delay: int, readout: str | Non
                     on_chunk=None, class_ci_delays: Sequence[int] | None = None,
                     state: str | None = None, classes: Sequence | None = None,
                     class_names: Sequence[str] | None = None,
-                    keep_checkpoint: bool = False) -> GradientResult:
+                    keep_checkpoint: bool = False, segment: int | None = None,
+                    direction_weighting: str = "type") -> GradientResult:
     """Exact average state gradients d r_t / d x_{t-tau}, tau = 0..max_delay, of one stream.
 
     For every target t and delay tau (t - tau >= 0) the readout's Jacobian
@@ -77,7 +78,16 @@ def state_gradients(model: nn.Module, inputs, max_delay: int, readout: str | Non
     ``class_ci_delays``: delays at which per-class block sums are kept for class-wise
     bootstrap intervals (default 0, 1, 2, 5, 10, 20 and K; skipped when they would need more
     than 1 GB). ``state=``, ``classes=`` and ``class_names=`` are deprecated aliases of
-    ``readout=``, ``labels=`` and ``label_names=``. Returns a :class:`GradientResult`.
+    ``readout=``, ``labels=`` and ``label_names=``.
+
+    segment: None (default) averages every pair (t, tau) of the stream with t - tau >= 0;
+    an int S averages only pairs with source and target in the same S-position segment,
+    t // S == (t - tau) // S (the original implementation's pair set with ``num_steps`` = S;
+    needs max_delay < S). direction_weighting: how the class-mean embeddings behind
+    ``result.direction(a, b)`` are averaged: "type" (default, as the original's ``--avg_emb``:
+    each distinct vocabulary id among the class's positions once) or "token" (every
+    occurrence); for continuous inputs every position is its own type, so both agree. Both
+    are recorded in ``result.settings``. Returns a :class:`GradientResult`.
     """
     enc = as_encoder(model)
     readout = deprecated_alias(readout, state, "readout", "state")
@@ -95,6 +105,18 @@ def state_gradients(model: nn.Module, inputs, max_delay: int, readout: str | Non
     if max_delay >= T:
         raise MemlensError(f"maximum delay {max_delay} is not shorter than the stream "
                            f"({T} positions): no position has a delay of {max_delay}")
+    if segment is not None:
+        if not isinstance(segment, (int, np.integer)) or isinstance(segment, bool) \
+                or segment < 1:
+            raise MemlensError(f"segment must be a positive integer, got {segment!r}")
+        if max_delay >= segment:
+            raise MemlensError(f"maximum delay {max_delay} is not shorter than the segment "
+                               f"({segment} positions): no pair inside a segment has a delay "
+                               f"of {max_delay}")
+        segment = int(segment)
+    if direction_weighting not in metrics.WEIGHTINGS:
+        raise MemlensError(f"unknown direction weighting {direction_weighting!r}: choose "
+                           f"{' or '.join(metrics.WEIGHTINGS)}")
     if not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
         raise MemlensError(f"bootstrap resamples must be a non-negative integer, got "
                            f"{bootstrap!r}")
@@ -145,15 +167,17 @@ def state_gradients(model: nn.Module, inputs, max_delay: int, readout: str | Non
                       chunk_size=chunk_size, checkpoint=checkpoint,
                       checkpoint_every=checkpoint_every, resume=resume, stop_after=stop_after,
                       progress=progress, target_mask=mask, on_chunk=on_chunk,
-                      ci_delays=ci_delays, keep_checkpoint=keep_checkpoint)
+                      ci_delays=ci_delays, keep_checkpoint=keep_checkpoint, segment=segment)
     class_emb = probe = None
     if names:
-        class_emb = metrics.class_mean_embeddings(table, positions, memberships, len(names))
+        class_emb = metrics.class_mean_embeddings(table, positions, memberships, len(names),
+                                                  direction_weighting)
         probe = metrics.probe_accuracy(table, positions, memberships)
     settings = {"max_delay": int(max_delay), "layer": L, "readout": readout, "tokens": T,
                 "input": enc.input_kind, "dtype": str(dtype).replace("torch.", ""),
                 "method": sums.stats["method"], "blocks": int(min(blocks, T)),
-                "bootstrap": int(bootstrap), "classes": len(names)}
+                "bootstrap": int(bootstrap), "classes": len(names), "segment": segment,
+                "direction_weighting": direction_weighting}
     return GradientResult(max_delay=int(max_delay), layer=L, state=readout, class_names=names,
                           raw=sums, normalization=norm, settings=settings,
                           class_embeddings=class_emb, probe=probe)

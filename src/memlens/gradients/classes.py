@@ -5,8 +5,14 @@ Spec strings (the CLI's ``--classes``):
 * ``upos`` / ``xpos``: the CoNLL-U tag of each token (``<eos>`` and untagged tokens: no class).
 * ``groups:FILE``: tag groups (``nouns NN NNS NNP NNPS`` per line); a token belongs to every
   group that lists its tag. The tag column (UPOS or XPOS) is the one the groups match best.
-* ``lexicon:FILE``: the reference's word -> possible tags file; a word counts for every class
-  among its tags (as in the original).
+* ``lexicon:FILE``: a word -> possible-tags file (plain ``word<TAB>tags`` or the original's
+  ``word ['NN', 'VBN|JJ']`` / ``word not in list`` format, see :mod:`memlens.data.lexicon`); a
+  word counts for every class among its tags (as in the original).
+* ``SOURCE+groups:FILE`` with SOURCE = ``lexicon:FILE``, ``upos`` or ``xpos``: the tag groups
+  of FILE applied to the tags of SOURCE; a token belongs to every group that lists one of its
+  (possible) tags, once per group. ``lexicon:ptb_words+pos.txt+groups:nouns_verbs.txt`` is the
+  original's ``avg_gradient_matrix_pos.py`` class selection (a word counts if any of its tags
+  is in the class). The split is at the last ``+groups:``, so file names may contain ``+``.
 * ``freq:N``: N frequency bins of equal training-token mass from the model's training counts
   (bin 1 = most frequent words); ``freq:E1,E2,...``: bins by training count [E_i, E_i+1).
 * ``words:FILE[,FILE...]``: one class per word-list file (named after the file).
@@ -27,12 +33,31 @@ from memlens.errors import MemlensError
 KINDS = ("upos", "xpos", "groups", "lexicon", "freq", "words")
 
 
+GROUPS_SUFFIX = "+groups:"
+
+
+def split_groups(spec: str) -> tuple[str, str | None]:
+    """``SOURCE+groups:FILE`` -> (SOURCE, FILE); any other spec -> (spec, None)."""
+    base, sep, groups = spec.rpartition(GROUPS_SUFFIX)
+    if not sep:
+        return spec, None
+    if not groups:
+        raise MemlensError(f"--classes {spec!r}: +groups: needs a file (+groups:FILE)")
+    if base not in ("upos", "xpos") and not base.startswith("lexicon:"):
+        raise MemlensError(f"--classes {spec!r}: +groups:FILE applies to the tags of "
+                           "lexicon:FILE, upos or xpos")
+    return base, groups
+
+
 def parse_spec(spec: str) -> tuple[str, str]:
-    """Split ``kind[:arg]`` and check it; returns (kind, arg)."""
+    """Split ``kind[:arg]`` and check it; returns (kind, arg) (of SOURCE for
+    ``SOURCE+groups:FILE``)."""
+    spec, _ = split_groups(spec)
     kind, _, arg = spec.partition(":")
     if kind not in KINDS:
         raise MemlensError(f"unknown class specification {spec!r}: choose upos, xpos, "
-                           "groups:FILE, lexicon:FILE, freq:N or freq:E1,E2,..., words:FILE")
+                           "groups:FILE, lexicon:FILE[+groups:FILE], freq:N or "
+                           "freq:E1,E2,..., words:FILE")
     if kind in ("groups", "lexicon", "words", "freq") and not arg:
         raise MemlensError(f"--classes {kind} needs an argument ({kind}:...)")
     return kind, arg
@@ -53,6 +78,11 @@ def token_classes(spec: str, tokens: Sequence[str], tags: dict[str, list] | None
     ``tags`` are the corpus annotations (``Corpus.tags``); ``vocab`` (a memlens Vocab) is needed
     for ``freq``. Classes named by a file that never occur are kept (count zero) with a warning.
     """
+    base, groups_file = split_groups(spec)
+    if groups_file is not None:
+        # unused source tags are expected here (the groups report their own missing tags)
+        _, per_token = token_classes(base, tokens, tags, vocab, log=lambda _msg: None)
+        return _apply_groups(read_groups(groups_file), per_token, log)
     kind, arg = parse_spec(spec)
     tags = tags or {}
     if kind in ("upos", "xpos"):
@@ -67,22 +97,13 @@ def token_classes(spec: str, tokens: Sequence[str], tags: dict[str, list] | None
     if kind == "groups":
         groups = read_groups(arg)
         if not tags:
-            raise MemlensError("--classes groups needs a tagged corpus (--format conllu)")
+            raise MemlensError("--classes groups needs a tagged corpus (--format conllu); for "
+                               "a word -> tags file use lexicon:FILE+groups:FILE")
         all_tags = {k: {t for t in col if t is not None} for k, col in tags.items()}
         wanted = {t for g in groups.values() for t in g}
         column_name = max(all_tags, key=lambda k: len(wanted & all_tags[k]))
-        present = all_tags[column_name]
-        for name, members in groups.items():
-            missing = [t for t in members if t not in present]
-            if missing:
-                _warn(f"group {name!r}: tag(s) {' '.join(missing)} never occur in the corpus",
-                      log)
-        by_tag: dict[str, list[str]] = {}
-        for name, members in groups.items():
-            for t in members:
-                by_tag.setdefault(t, []).append(name)
-        column = tags[column_name]
-        return list(groups), [list(by_tag.get(t, [])) if t is not None else [] for t in column]
+        return _apply_groups(groups, [[t] if t is not None else [] for t in tags[column_name]],
+                             log)
     if kind == "lexicon":
         lexicon = read_lexicon(arg)
         names = sorted({t for ts in lexicon.values() for t in ts})
@@ -111,6 +132,24 @@ def token_classes(spec: str, tokens: Sequence[str], tags: dict[str, list] | None
                 _warn(f"no word of word list {n!r} occurs in the corpus (count zero)", log)
         return names, per_token
     return _frequency_classes(arg, tokens, vocab)
+
+
+def _apply_groups(groups: dict[str, list[str]], per_token_tags: Sequence[Sequence[str]],
+                  log: Callable[[str], None] | None) -> tuple[list[str], list[list[str]]]:
+    """Group names (file order) and, per token, every group listing one of its tags (once
+    each, file order); warns about group tags that no token has."""
+    present = {t for ts in per_token_tags for t in ts}
+    by_tag: dict[str, list[str]] = {}
+    for name, members in groups.items():
+        missing = [t for t in members if t not in present]
+        if missing:
+            _warn(f"group {name!r}: tag(s) {' '.join(missing)} never occur in the corpus", log)
+        for t in members:
+            by_tag.setdefault(t, []).append(name)
+    rank = {name: k for k, name in enumerate(groups)}
+    per_token = [sorted({g for t in ts for g in by_tag.get(t, ())}, key=rank.__getitem__)
+                 for ts in per_token_tags]
+    return list(groups), per_token
 
 
 def _frequency_classes(arg: str, tokens: Sequence[str], vocab) -> tuple[list[str],

@@ -11,6 +11,17 @@ G_t(tau) = d s_t / d x_{t-tau} to
 
 The overall sum is the sum over the pass-0 buckets, so it costs nothing extra.
 
+Pair set: by default every (t, tau) with t - tau >= 0, tau <= K. With ``segment=S_seg`` only
+pairs whose source and target lie in the same segment of S_seg tokens (segments start at
+stream positions 0, S_seg, 2 S_seg, ...): t // S_seg == (t - tau) // S_seg, i.e.
+tau <= t mod S_seg. This is the original implementation's pair set (truncated BPTT over
+segments of ``num_steps`` tokens, batch 1, carried state; it runs once per ``time_step`` and
+averages over all of them, so every target of every segment is used). It costs nothing: at
+each segment start all tangents are zeroed (the gradient of later states with respect to
+earlier segments is cut, exactly as truncated BPTT does), so excluded slots add exact zeros,
+and the excluded pairs are left out of the counts. The primal state is carried on, as in the
+original; d s_t / d x_{t-tau} of an included pair is the same as on the full stream.
+
 Layout: accumulators are H x (buckets * S) x E with S = K + 1, so the readout tangent matrix
 (H x S*E, viewed H x S x E) is added with one ``index_add_`` per step (index = bucket * S +
 delay of each ring slot). Short-term accumulators in the compute dtype are flushed into float64
@@ -178,7 +189,7 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
                stop_after: int | None = None, progress: bool = False,
                target_mask: Tensor | None = None, ci_delays: Sequence[int] = (),
                on_chunk: Callable[[int], None] | None = None,
-               keep_checkpoint: bool = False) -> Sums:
+               keep_checkpoint: bool = False, segment: int | None = None) -> Sums:
     """Exact sums of d s_t / d x_{t-tau} over the stream ``ids`` (see module docstring).
 
     ``ids``: 1-D token ids (x_t = embedding row) or T x I input vectors (x_t = the row).
@@ -189,7 +200,8 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
     that many tokens in this call, then saves the checkpoint and raises GradientsInterrupted.
     ``on_chunk(position)`` is called after every chunk. With ``keep_checkpoint`` a finished
     run leaves its final checkpoint (position T; resuming from it skips the accumulation) for
-    the caller to delete; otherwise it is deleted here. Arguments are assumed validated.
+    the caller to delete; otherwise it is deleted here. ``segment``: keep only pairs inside one
+    segment of that many tokens (module docstring). Arguments are assumed validated.
     """
     device = torch.device(device)
     tokens = ids.dim() == 1
@@ -231,6 +243,8 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
     settings = {"K": K, "layer": L, "readout": readout, "dtype": str(dtype), "method": method,
                 "blocks": nb, "flush_every": flush_every, "classes": C,
                 "ci_delays": tuple(ci_delays)}
+    if segment is not None:  # absent key for None keeps earlier checkpoints valid
+        settings["segment"] = int(segment)
     fp = _fingerprint(encoder, ids, [bucket, *extras] + ([mask] if mask is not None else []),
                       settings) if checkpoint is not None else ""
     pos = 0
@@ -307,6 +321,8 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
             delays = (tvec.unsqueeze(1) - arange_s) % S          # n x S: delay of each slot
             src = tvec.unsqueeze(1) - delays                      # source position of each slot
             live = src >= 0
+            if segment is not None:
+                live &= delays <= (tvec % segment).unsqueeze(1)
             if mask is not None:
                 live &= mask[a:b].unsqueeze(1)
             srcc = src.clamp(min=0)
@@ -322,6 +338,10 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
                 t = a + k
                 slot = t % S
                 x, dx = xs[k], None
+                if segment is not None and t % segment == 0:
+                    for p in props:  # cut the gradient paths into earlier segments
+                        for tan in p.tangents:
+                            tan.zero_()
                 for p in props:
                     p.step(x, dx, slot)
                     x, dx = p.output, p.output_tangent()

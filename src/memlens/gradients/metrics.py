@@ -9,7 +9,8 @@
   replacement, recompute the pooled mean, normalise, SVD; report the standard error and a
   percentile interval.
 * Probe: multinomial logistic regression predicting a token's class from its embedding
-  (held-out accuracy vs the majority baseline) and class-mean embeddings.
+  (held-out accuracy vs the majority baseline) and class-mean embeddings (over vocabulary
+  types, each word once, as the original, or over token occurrences).
 """
 
 from __future__ import annotations
@@ -85,16 +86,31 @@ def block_bootstrap(block_sums: np.ndarray, block_counts: np.ndarray, D: np.ndar
     return {"se": se, "low": low, "high": high}
 
 
+WEIGHTINGS = ("type", "token")
+
+
 def class_mean_embeddings(table: np.ndarray, ids: np.ndarray,
-                          memberships: list[list[int]], n_classes: int) -> np.ndarray:
-    """Mean embedding of the token occurrences of each class (C x E; NaN rows if empty)."""
-    E = table.shape[1]
-    sums = np.zeros((n_classes, E))
+                          memberships: list[list[int]], n_classes: int,
+                          weighting: str = "token") -> np.ndarray:
+    """Mean embedding of each class (C x E; NaN rows if empty).
+
+    weighting "token": over the class's token occurrences, m_c = sum_{j: c in cls(j)} x_{w_j} /
+    #{j: c in cls(j)} (frequent words weigh more). "type": over the distinct vocabulary ids
+    of those tokens, each once, m_c = mean of table[i] for i in {w_j : c in cls(j)}; this is
+    the original's ``--avg_emb`` (``aux_scripts/pos_classifier_sklearn.py``), which averages
+    one embedding per vocabulary word of the class.
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}")
+    pairs = [(c, i) for i, m in zip(ids, memberships) for c in m]  # (class, row) per occurrence
+    if weighting == "type":
+        pairs = sorted(set(pairs))
+    sums = np.zeros((n_classes, table.shape[1]))
     counts = np.zeros(n_classes)
-    for i, m in zip(ids, memberships):
-        for c in m:
-            sums[c] += table[i]
-            counts[c] += 1
+    if pairs:
+        cls, rows = np.array(pairs, dtype=np.int64).T
+        np.add.at(sums, cls, table[rows])
+        counts = np.bincount(cls, minlength=n_classes).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return sums / counts[:, None]
 

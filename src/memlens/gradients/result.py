@@ -122,7 +122,8 @@ class GradientResult(Result):
 
     # -- properties of directions ----------------------------------------------------------
     def direction(self, a: str | int, b: str | int) -> np.ndarray:
-        """Difference of class-mean embeddings a - b (raw embedding space, E)."""
+        """Difference of class-mean embeddings a - b (raw embedding space, E); the means are
+        over vocabulary types or token occurrences, ``settings["direction_weighting"]``."""
         if self.class_embeddings is None:
             raise MemlensError("class-mean embeddings are not available (no classes)")
         d = self.class_embeddings[self._cls(a)] - self.class_embeddings[self._cls(b)]
