@@ -80,17 +80,15 @@ def main() -> None:
     print("state-gradient horizon (first delay below 10% / 1% of delay 0):", grad_horizon)
     print("signature memory span (last lag above majority + 0.05):", span)
 
-    def beyond(p: str, k: int) -> bool:   # a significant increase at distance k
-        return inc[p][k]["increase_low"] is not None and inc[p][k]["increase_low"] > 0
-
-    order_within = max((k for k in DISTANCES if beyond("shuffle", k)), default=0)
+    print("last distance with a significant increase (interval above 0):",
+          s["last_significant_distance"])
     summary = {
         "model": MODEL.name, "corpus": abl["corpus"], "settings": abl["settings"],
         "base_loss_nats": s["base_loss_nats"], "base_perplexity": s["base_perplexity"],
         "increase": {p: {int(k): [r["increase_nats"], r["increase_low"], r["increase_high"]]
                          for k, r in d.items()} for p, d in inc.items()},
         "effective_context": eff, "tolerance_nats": s["tolerance_nats"],
-        "shuffle_significant_up_to": order_within,
+        "last_significant_distance": s["last_significant_distance"],
         "state_gradient": {int(t): {"sum_sv": float(m), "relative": float(r),
                                     "ci_low": float(a), "ci_high": float(b)}
                            for t, m, r, a, b in zip(tau, memory, rel, lo, hi)},

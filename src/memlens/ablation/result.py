@@ -103,6 +103,13 @@ class ContextAblationResult(Result):
         return {p: effective_context(self.distances, inc[i], self.tolerance_nats)
                 for i, p in enumerate(self.perturbations)}
 
+    def last_significant(self) -> dict[str, int | None]:
+        """Per perturbation: the largest k whose interval lies above 0 (None: none, or no
+        intervals)."""
+        lo, _ = self.intervals()
+        return {p: max((k for k, low in zip(self.distances, lo[i]) if low > 0), default=None)
+                for i, p in enumerate(self.perturbations)}
+
     # -- the result format -------------------------------------------------------------------
     def rows(self) -> list[dict]:
         inc, (lo, hi) = self.increase, self.intervals()
@@ -143,11 +150,14 @@ class ContextAblationResult(Result):
                 "base_loss_nats": self.base_loss, "base_loss_bits": self.base_loss / LN2,
                 "base_perplexity": math.exp(self.base_loss),
                 "effective_context": eff,
+                "last_significant_distance": self.last_significant(),
                 "tolerance": self.settings.get("tolerance"),
                 "tolerance_nats": self.tolerance_nats,
                 "effective_context_definition":
                     "smallest measured k such that |loss increase| <= tolerance x unperturbed "
                     "loss at k and every larger measured k (null: none)",
+                "last_significant_definition":
+                    "largest measured k whose 95% interval of the increase lies above 0",
                 **({"tokens_per_second": self.stats["token_steps_per_second"]}
                    if self.stats.get("token_steps_per_second") else {})}
 

@@ -163,5 +163,7 @@ def _run(args: argparse.Namespace, out: Path) -> int:
           f"{s['tolerance_nats']:.4f} nats): " + ", ".join(
               f"{p} {'>' + str(result.distances[-1]) if k is None else k}"
               for p, k in s["effective_context"].items()))
+    print("last distance with a significant increase (interval above 0): " + ", ".join(
+        f"{p} {k}" for p, k in s["last_significant_distance"].items()))
     print(f"wrote {out}")
     return 0
