@@ -161,7 +161,7 @@ def test_bad_input_is_one_line_error_and_no_output(tmp_path, capsys, problem):
         elif problem == "not_object":
             rj.write_text("[1, 2]")
         elif problem == "bad_kind":
-            rj.write_text(json.dumps({**data, "kind": "ablation"}))
+            rj.write_text(json.dumps({**data, "kind": "no-such-kind"}))
         elif problem == "missing_plot":
             (d / "plot0.png").unlink()
         elif problem == "bad_table":
