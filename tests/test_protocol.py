@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_signatures import delay_line
 from torch import nn
 
 import memlens
@@ -139,16 +140,9 @@ def test_one_calling_convention_and_default_readouts():
 
 
 def one_hot_delay_line(v: int, m: int):
-    """The delay-line oracle as a frame-input model: one-hot frames of size v, state m
-    slots (slot j = the frame j steps back)."""
-    rnn = nn.RNN(v, m * v, nonlinearity="relu")
-    with torch.no_grad():
-        for p in rnn.parameters():
-            p.zero_()
-        rnn.weight_ih_l0[:v, :v] = torch.eye(v)
-        for j in range(m - 1):
-            rnn.weight_hh_l0[(j + 1) * v:(j + 2) * v, j * v:(j + 1) * v] = torch.eye(v)
-    return wrap(None, rnn)
+    """The delay-line oracle of test_signatures as a frame-input model: one-hot frames of
+    size v, state m slots (slot j = the frame j steps back)."""
+    return memlens.RecurrentEncoder(None, list(delay_line(v, m).layers))
 
 
 def test_delay_line_as_frame_model_with_labels():

@@ -305,13 +305,17 @@ def load_result(path: str | os.PathLike) -> SavedResult:
         raise MemlensError(f"{path} has no result.json (not a memlens result directory)")
     try:
         data = json.loads(rfile.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, OSError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MemlensError(f"malformed result.json in {path}: {str(exc)[:200]}") from None
+    except RecursionError:
+        raise MemlensError(f"malformed result.json in {path}: nested too deeply") from None
+    except OSError as exc:
+        raise MemlensError(f"cannot read {rfile}: {exc.strerror or exc}") from None
     if not isinstance(data, dict):
         raise MemlensError(f"malformed result.json in {path}: top level is not an object")
     if not _depth_ok(data):
-        raise MemlensError(f"malformed result.json in {path}: nested deeper than "
-                           f"{MAX_JSON_DEPTH} levels")
+        raise MemlensError(f"malformed result.json in {path}: nested too deeply (more "
+                           f"than {MAX_JSON_DEPTH} levels)")
     kind = data.get("kind")
     if not isinstance(kind, str) or not kind:
         raise MemlensError(f"result.json in {path} names no result kind")
