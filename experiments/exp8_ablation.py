@@ -117,7 +117,8 @@ def main() -> None:
     lags = np.array(sorted(sig_acc))
     acc = np.array([sig_acc[k][0] for k in lags])
     maj = np.array([sig_acc[k][3] or 0.0 for k in lags])
-    axes[1].plot(lags[1:], (acc - maj)[1:], marker="s", label="signature accuracy - majority")
+    above = np.where(acc > maj, acc - maj, np.nan)  # log axis: lags above majority only
+    axes[1].plot(lags[1:], above[1:], marker="s", label="signature accuracy - majority")
     axes[1].set_xscale("log")
     axes[1].set_yscale("log")
     axes[1].set_xlabel("delay / lag")
