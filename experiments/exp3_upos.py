@@ -62,8 +62,8 @@ def gradients_in_vocabulary(scheme: str = "upos"):
             tags = [TAG_GROUP.get(t) for t in corpus.tags["xpos"][:KNOWN_TOKENS]]
         classes = [t if w in model.vocab.stoi else None for w, t in zip(tokens, tags)]
         print(f"+ state_gradients on {len(tokens)} tokens, in-vocabulary {scheme}", flush=True)
-        result = memlens.state_gradients(model, model.vocab.encode(tokens), 50, state="cell",
-                                         classes=classes)
+        result = memlens.state_gradients(model, model.vocab.encode(tokens), 50, readout="cell",
+                                         labels=classes)
         result.model_meta = {"path": str(MODEL)}
         result.corpus_meta = {"path": str(EWT_DEV), "tokens": len(tokens),
                               "classes": f"{scheme} of in-vocabulary source words"}

@@ -601,7 +601,7 @@ def measure_signatures(model: LanguageModel, ckpt: str, dec_c: Corpus, held_c: C
                                    window_states(he_ids, NGRAM_ORDER, V),
                                    sym.classes(he_ids, held_c.tags["upos"]), K, sym,
                                    seed=cfg.seed, resamples=SIGNATURE_RESAMPLES)
-    settings = {"max_lag": K, "layer": -1, "readout": "hidden", "decoder": "linear",
+    settings = {"max_delay": K, "layer": -1, "readout": "hidden", "decoder": "linear",
                 "symbols": "number of the noun (sg/pl); other positions excluded",
                 "control": "same model, recurrent weights untrained (seeded), same fixed "
                            "embeddings", "ngram_order": NGRAM_ORDER,
