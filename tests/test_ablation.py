@@ -216,3 +216,26 @@ def test_cli_model_without_head(trained, capsys):
                "--device", "cpu", "--context", "10", "--distances", "1,2",
                "--out", str(trained / "x")])
     assert rc == 2 and "next-token head" in capsys.readouterr().err
+
+
+def test_head_stays_out_of_checkpoints(tmp_path):
+    enc = small_lm()
+    assert enc.head is not None and not any("head" in k for k in enc.state_dict())
+    assert sum(p.numel() for p in enc.parameters()) == 12 * 8 + 4 * 16 * (8 + 16 + 2)
+    memlens.save_checkpoint(tmp_path / "m.pt", enc)
+    back = memlens.load_checkpoint(tmp_path / "m.pt")
+    assert memlens.as_encoder(back).head is None
+    with pytest.raises(MemlensError, match="next-token head"):
+        context_ablation(back, markov_text(100), distances=[1], context=5)
+    with pytest.raises(MemlensError, match="head= must be an nn.Module"):
+        memlens.wrap(nn.Embedding(12, 8), nn.LSTM(8, 16), head=lambda h: h)
+
+
+def test_log_x_series_plain_tick_labels():
+    lm = KneserNeyLM(2).fit(markov_text(300))
+    r = context_ablation(lm, lm.encode(markov_text(300)), distances=[1, 3, 10], context=12,
+                         targets=40, bootstrap=20)
+    ax = r.plot(series="increase")
+    assert ax.get_xscale() == "log"
+    assert ax.xaxis.get_major_formatter()(10.0, 0) == "10"
+    assert "mathdefault" not in ax.xaxis.get_major_formatter()(100.0, 0)
