@@ -239,3 +239,21 @@ def test_log_x_series_plain_tick_labels():
     assert ax.get_xscale() == "log"
     assert ax.xaxis.get_major_formatter()(10.0, 0) == "10"
     assert "mathdefault" not in ax.xaxis.get_major_formatter()(100.0, 0)
+
+
+def test_definitions_against_direct_computation():
+    """drop at k = the model on x_{t-k}..x_{t-1} from a zero state; the baseline = the model on
+    the whole window x_{t-L}..x_{t-1}; loss = -log softmax(head(last output))[x_t]."""
+    enc = small_lm(seed=3)
+    toks = markov_text(300)
+    ids = torch.tensor([WORDS.index(w) for w in toks])
+    r = context_ablation(enc, ids, distances=[2, 5], context=9, targets=7,
+                         perturbation="drop", bootstrap=0)
+    with torch.no_grad():
+        for i, t in enumerate(r.positions):
+            for j, width in enumerate([9, 2, 5]):
+                out, _ = enc(ids[t - width:t].view(-1, 1))
+                want = -torch.log_softmax(enc.head(out[-1]).double(), -1)[0, ids[t]].item()
+                got = r.base_nll[i] if j == 0 else r.nll[0, j - 1, i]
+                assert abs(got - want) < 1e-5
+    assert all(row["increase_low"] is None or np.isnan(row["increase_low"]) for row in r.rows())
