@@ -81,11 +81,10 @@ def target_positions(T: int, context: int, targets: int | Sequence[int] | None) 
     if targets is None:
         return np.arange(lo, T)
     if isinstance(targets, (int, np.integer)) and not isinstance(targets, bool):
-        n = check_int(int(targets), "targets", 1, T - lo) if targets <= T - lo else None
-        if n is None:
-            raise MemlensError(f"targets: {targets} requested but the stream has only "
-                               f"{T - lo} positions with a full context of {context} tokens")
-        return np.unique(np.linspace(lo, T - 1, n).round().astype(np.int64))
+        if not 1 <= targets <= T - lo:
+            raise MemlensError(f"targets must be in 1..{T - lo} (the positions with a full "
+                               f"context of {context} tokens), got {targets}")
+        return np.unique(np.linspace(lo, T - 1, int(targets)).round().astype(np.int64))
     pos = np.asarray(list(targets), dtype=np.int64)
     if pos.size == 0 or pos.min() < lo or pos.max() >= T:
         raise MemlensError(f"target positions must lie in {lo}..{T - 1} (a full context of "
