@@ -16,7 +16,8 @@ from collections.abc import Sequence
 
 from memlens.errors import MemlensError
 
-COMMANDS = ("train", "evaluate", "gradients", "signatures", "ngram", "demo", "report")
+COMMANDS = ("train", "evaluate", "gradients", "signatures", "ablation", "ngram", "demo",
+            "report")
 DISTRIBUTED = ("gradients",)  # commands that shard their work under torchrun
 
 
