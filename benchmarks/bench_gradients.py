@@ -105,8 +105,8 @@ def main() -> None:
     orig_tps = len(targets) / orig_s
     mask = np.zeros(args.tokens, bool)
     mask[targets] = True
-    same = memlens.state_gradients(model, ids, K, state="cell", target_mask=mask)
-    full = memlens.state_gradients(model, ids, K, state="cell")
+    same = memlens.state_gradients(model, ids, K, readout="cell", target_mask=mask)
+    full = memlens.state_gradients(model, ids, K, readout="cell")
     rate_mm2 = matmul_rate(H, K, E)
     mm = max(rate_mm, rate_mm2)
     st = full.stats

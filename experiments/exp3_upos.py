@@ -33,7 +33,6 @@ from exp1_decay import MODEL, gradients_upos
 
 import memlens
 from memlens.data.corpus import load_corpus
-from memlens.gradients.output import write_result
 
 MIN_COUNT = 300
 KNOWN_OUT = RUNS / "exp-ewt-upos-in-vocab"
@@ -63,11 +62,12 @@ def gradients_in_vocabulary(scheme: str = "upos"):
             tags = [TAG_GROUP.get(t) for t in corpus.tags["xpos"][:KNOWN_TOKENS]]
         classes = [t if w in model.vocab.stoi else None for w, t in zip(tokens, tags)]
         print(f"+ state_gradients on {len(tokens)} tokens, in-vocabulary {scheme}", flush=True)
-        result = memlens.state_gradients(model, model.vocab.encode(tokens), 50, state="cell",
-                                         classes=classes)
-        write_result(result, out, {"path": str(MODEL)},
-                     {"path": str(EWT_DEV), "tokens": len(tokens),
-                      "classes": f"{scheme} of in-vocabulary source words"})
+        result = memlens.state_gradients(model, model.vocab.encode(tokens), 50, readout="cell",
+                                         labels=classes)
+        result.model_meta = {"path": str(MODEL)}
+        result.corpus_meta = {"path": str(EWT_DEV), "tokens": len(tokens),
+                              "classes": f"{scheme} of in-vocabulary source words"}
+        result.save(out)
     return out
 
 

@@ -19,10 +19,22 @@ import pytest  # noqa: E402
 from memlens.cli import main  # noqa: E402
 from memlens.errors import MemlensError  # noqa: E402
 from memlens.report import build_report, load_result  # noqa: E402
+from memlens.results import Result  # noqa: E402
 
 EVIL_CLASS = "<script>alert(1)</script>"
 EVIL_TOKEN = "<script>document.title='PWNED'</script>"
 IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+# what the real results declare (GradientResult.series, signatures' accuracy series)
+GRADIENT_SERIES = {"name": "memory", "title": "Sum of singular values by delay and class",
+                   "x": "delay", "y": "sum_sv", "group": ["class"], "low": "ci_low",
+                   "high": "ci_high", "log_y": True,
+                   "caption": "How strongly the state still reacts to the input that many "
+                              "steps back (larger = remembered more)."}
+SIGNATURE_SERIES = {"name": "accuracy", "title": "Decoding accuracy by lag", "x": "lag",
+                    "y": "accuracy", "group": ["model", "layer", "readout", "units"],
+                    "low": "ci_low", "high": "ci_high",
+                    "caption": "How often a decoder reading the state recovers the symbol "
+                               "that many steps back; compare with the majority baseline."}
 
 
 def _png(path: Path, seed: int) -> None:
@@ -54,7 +66,7 @@ def make_gradients_dir(root: Path, name: str = "grad", arch: str = "lstm", scale
             "corpus": {"path": "corpus.txt", "tokens": 1234, "sample": f"the cat {EVIL_TOKEN}"},
             "settings": {"max_delay": 3, "classes": ["NOUN", EVIL_CLASS]},
             "summary": {"sum_sv_delay0": scale, "condition_number_Z": 3.5},
-            "table": table, "plots": plots}
+            "table": table, "series": [GRADIENT_SERIES], "plots": plots}
     (d / "result.json").write_text(json.dumps(data))
     return d
 
@@ -75,7 +87,7 @@ def make_signatures_dir(root: Path, name: str = "sig") -> Path:
                       "unit": "char"},
             "corpus": {"path": "held.txt", "tokens": 999},
             "settings": {"max_lag": 4}, "summary": {"accuracy_lag0": 0.9},
-            "table": table,
+            "table": table, "series": [SIGNATURE_SERIES],
             "plots": [{"file": "signature.png", "title": "signature",
                        "caption": "accuracy by lag"}]}
     (d / "result.json").write_text(json.dumps(data))
@@ -140,6 +152,59 @@ def test_cli_report(tmp_path, capsys):
     assert out.exists() and IMG.search(out.read_text())
 
 
+class ToyResult(Result):
+    """A third kind the report has never heard of: echoes of a tone per room, by distance."""
+
+    kind = "toy"
+
+    def __init__(self, decay: float, room: str):
+        self.decay, self.room = decay, room
+        self.model_meta = {"path": f"{room}.toy", "arch": "echo"}
+        self.settings = {"decay": decay}
+
+    def rows(self) -> list[dict]:
+        return [{"distance_m": d, "wall": wall, "loudness_db": 90 - self.decay * d * k}
+                for wall, k in (("stone", 1), ("wood <oak>", 2)) for d in range(6)]
+
+    def series(self) -> list[dict]:
+        return [{"name": "echo", "title": "Echo loudness by distance and wall",
+                 "x": "distance_m", "y": "loudness_db", "group": ["wall"],
+                 "xlabel": "distance (m)", "ylabel": "loudness (dB)",
+                 "caption": "How loud the echo still is that many metres on."}]
+
+    def summary(self) -> dict:
+        return {"loudest_db": 90.0, "room": self.room}
+
+    def extra(self) -> dict:
+        return {"acoustics": {"title": "What the toy measured",
+                              "paragraphs": [f"Echoes in the {self.room}."],
+                              "items": ["Stone walls echo longest."]}}
+
+
+def test_new_kind_renders_without_report_code(tmp_path):
+    import memlens.report.html as report_html
+
+    assert "toy" not in Path(report_html.__file__).read_text()
+    a = ToyResult(1.0, "hall").save(tmp_path / "hall")
+    b = ToyResult(3.0, "cave").save(tmp_path / "cave")
+    out = tmp_path / "toy.html"
+    assert main(["report", str(a), str(b), str(make_gradients_dir(tmp_path)), "--out",
+                 str(out)]) == 0
+    text = out.read_text()
+    # the result's own sections, its PNG and its declared series as a distance x wall table
+    assert "Toy: hall.toy (echo)" in text and "Toy: cave.toy (echo)" in text
+    assert "What the toy measured" in text and "Stone walls echo longest." in text
+    assert text.count("Echo loudness by distance and wall") >= 4  # 2 PNGs, 2 tables, overlay
+    assert "How loud the echo still is that many metres on." in text
+    assert "<th>distance_m</th><th>stone</th><th>wood &lt;oak&gt;</th>" in text
+    assert "<td>5</td><td>85</td><td>80</td>" in text  # hall: 90 - 1 * 5 * (1, 2)
+    # the overlay of both toys and their headline numbers side by side
+    assert "Toy side by side: Echo loudness by distance and wall" in text
+    assert "Headline numbers side by side: toy" in text
+    assert len(IMG.findall(text)) == 2 + 2 + 1  # toy PNGs, gradient PNGs, one overlay
+    assert "<script" not in text.lower()
+
+
 @pytest.mark.parametrize("problem", ["missing", "file", "no_json", "bad_json", "not_object",
                                      "bad_kind", "missing_plot", "bad_table", "not_png",
                                      "outside"])
@@ -160,8 +225,8 @@ def test_bad_input_is_one_line_error_and_no_output(tmp_path, capsys, problem):
             rj.write_text("{not json")
         elif problem == "not_object":
             rj.write_text("[1, 2]")
-        elif problem == "bad_kind":
-            rj.write_text(json.dumps({**data, "kind": "ablation"}))
+        elif problem == "bad_kind":  # any named kind renders; a missing name does not
+            rj.write_text(json.dumps({**data, "kind": ""}))
         elif problem == "missing_plot":
             (d / "plot0.png").unlink()
         elif problem == "bad_table":

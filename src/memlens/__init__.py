@@ -16,11 +16,12 @@ from memlens.models import (  # noqa: E402
     save_checkpoint,
     wrap,
 )
+from memlens.results import Result, load_result  # noqa: E402
 from memlens.train import TrainConfig, evaluate, train  # noqa: E402
 
 __all__ = ["Corpus", "LanguageModel", "MemlensError", "RecurrentEncoder", "RecurrentLayer",
-           "StepLayer", "Stream", "TorchLayer", "TrainConfig",
-           "Vocab", "as_encoder", "evaluate", "load_checkpoint", "load_corpus",
+           "Result", "StepLayer", "Stream", "TorchLayer", "TrainConfig", "Vocab", "as_encoder",
+           "context_ablation", "evaluate", "load_checkpoint", "load_corpus", "load_result",
            "make_synthetic", "memory_signature", "save_checkpoint", "state_gradients", "train",
            "wrap"]
 
@@ -31,6 +32,10 @@ def __getattr__(name: str):
         from memlens.gradients import state_gradients
 
         return state_gradients
+    if name == "context_ablation":
+        from memlens.ablation import context_ablation
+
+        return context_ablation
     if name == "memory_signature":
         from memlens.signatures import memory_signature
 

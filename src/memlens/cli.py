@@ -16,7 +16,9 @@ from collections.abc import Sequence
 
 from memlens.errors import MemlensError
 
-COMMANDS = ("train", "evaluate", "gradients", "signatures", "ngram", "demo", "report")
+COMMANDS = ("train", "evaluate", "gradients", "signatures", "ablation", "ngram", "demo",
+            "report")
+DISTRIBUTED = ("gradients",)  # commands that shard their work under torchrun
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -62,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     their progress), 1 an internal error (a bug)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command not in DISTRIBUTED and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        print(f"memlens: error: memlens {args.command} does not run under torchrun (only "
+              f"{', '.join(DISTRIBUTED)} does): run it as one process", file=sys.stderr)
+        return 2
     old = None
     if threading.current_thread() is threading.main_thread():
         old = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM unwinds like Ctrl-C

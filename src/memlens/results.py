@@ -5,7 +5,7 @@ writer, the loader, ``plot`` and the HTML report need no per-kind code:
 
 * ``kind``: "gradients", "signatures", ... (any name);
 * ``series``: plot declarations ``{"name", "title", "x", "y", "group": [columns], "low",
-  "high", "xlabel", "ylabel", "log_y", "caption"}``: one curve per distinct value of the
+  "high", "xlabel", "ylabel", "log_x", "log_y", "caption"}``: one curve per distinct value of the
   ``group`` columns, y against x, with an interval band where ``low``/``high`` are given;
 * ``summary`` (headline numbers), ``settings``, ``model`` and ``corpus`` descriptions;
 * optional arrays (saved as ``<kind>.npz`` or the name in ``arrays_file``) and extra PNG
@@ -78,6 +78,15 @@ def _is_num(v: Any) -> bool:
         and math.isfinite(float(v))
 
 
+def _plain_log_ticks(axis) -> None:
+    """Tick labels of a log axis as plain numbers (1, 10, 100): with math parsing off (plain
+    text labels) matplotlib's default would print the raw mathtext."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def plot_series(ax, rows: Sequence[dict], decl: dict, max_curves: int = 12):
     """Draw one declared series on ``ax`` (labels as plain text); return ``ax``."""
     drawn = 0
@@ -94,6 +103,11 @@ def plot_series(ax, rows: Sequence[dict], decl: dict, max_curves: int = 12):
     positive = all(p[1] > 0 for c in curves(rows, decl).values() for p in c)
     if decl.get("log_y") and positive and drawn:
         ax.set_yscale("log")
+        _plain_log_ticks(ax.yaxis)
+    if decl.get("log_x") and drawn and all(p[0] > 0 for c in curves(rows, decl).values()
+                                           for p in c):
+        ax.set_xscale("log")
+        _plain_log_ticks(ax.xaxis)
     ax.set_xlabel(str(decl.get("xlabel") or decl["x"]), parse_math=False)
     ax.set_ylabel(str(decl.get("ylabel") or decl["y"]), parse_math=False)
     ax.set_title(str(decl.get("title") or decl.get("name") or ""), parse_math=False)
@@ -302,13 +316,17 @@ def load_result(path: str | os.PathLike) -> SavedResult:
         raise MemlensError(f"{path} has no result.json (not a memlens result directory)")
     try:
         data = json.loads(rfile.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, OSError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MemlensError(f"malformed result.json in {path}: {str(exc)[:200]}") from None
+    except RecursionError:
+        raise MemlensError(f"malformed result.json in {path}: nested too deeply") from None
+    except OSError as exc:
+        raise MemlensError(f"cannot read {rfile}: {exc.strerror or exc}") from None
     if not isinstance(data, dict):
         raise MemlensError(f"malformed result.json in {path}: top level is not an object")
     if not _depth_ok(data):
-        raise MemlensError(f"malformed result.json in {path}: nested deeper than "
-                           f"{MAX_JSON_DEPTH} levels")
+        raise MemlensError(f"malformed result.json in {path}: nested too deeply (more "
+                           f"than {MAX_JSON_DEPTH} levels)")
     kind = data.get("kind")
     if not isinstance(kind, str) or not kind:
         raise MemlensError(f"result.json in {path} names no result kind")

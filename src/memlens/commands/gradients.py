@@ -4,11 +4,17 @@ Writes OUT/result.json, OUT/table.csv, OUT/gradients.npz and PNG plots. Long run
 checkpoint next to OUT every --checkpoint-every seconds and on Ctrl-C / SIGTERM (at any
 moment, also during the bootstrap and the plots: exit code 130); --resume continues to a
 result identical to an uninterrupted run. The checkpoint is deleted only once OUT is in place.
+
+Under torchrun (torchrun --nproc-per-node N -m memlens gradients ...) each process accumulates
+one contiguous shard of the stream after --warmup positions before its start; the sums are
+all-reduced (gloo on CPU, NCCL on GPU), rank 0 writes OUT and prints; every rank keeps its own
+checkpoint .OUT.partial.rank<r>.pt and resumes from it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -48,6 +54,10 @@ def register(sub) -> None:
                    help="average only pairs with source and target in the same S-token "
                    "segment (the original's truncated-BPTT pair set); default: every pair")
     p.add_argument("--max-tokens", type=int, help="analyse only the first N tokens")
+    p.add_argument("--warmup", type=int, metavar="W",
+                   help="under torchrun: positions each process runs before its shard start, "
+                   "accumulating nothing (default max(1000, 4 K); the single-process result "
+                   "is recovered as W grows)")
     p.add_argument("--out", required=True, help="result directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     add_overwrite(p)
@@ -64,8 +74,12 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+_QUIET = [False]
+
+
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr)
+    if not _QUIET[0]:  # ranks other than 0 stay silent
+        print(msg, file=sys.stderr)
 
 
 def checkpoint_path(out: str | Path) -> Path:
@@ -83,19 +97,76 @@ def run(args: argparse.Namespace) -> int:
         raise MemlensError("--blocks must be positive and --bootstrap non-negative")
     if not args.checkpoint_every > 0:
         raise MemlensError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
-    with claim_output(args.out, args.overwrite, args.resume) as out:
-        return _run(args, out)
-
-
-def _run(args: argparse.Namespace, out: Path) -> int:
-    from memlens.gradients import GradientsInterrupted, state_gradients
-    from memlens.gradients.classes import token_classes
-    from memlens.gradients.output import write_result
-    from memlens.models.loading import load_model
+    if args.warmup is not None and args.warmup < 0:
+        raise MemlensError(f"--warmup must be >= 0, got {args.warmup}")
+    from memlens import distributed
     from memlens.train import resolve_device
 
     device = resolve_device(args.device)
-    ck = checkpoint_path(out)
+    created = distributed.launched() and distributed.current() is None
+    device = distributed.init_from_env(device)
+    group = distributed.current()
+    _QUIET[0] = group is not None and group.rank != 0
+    try:
+        with contextlib.ExitStack() as stack:
+            out, err = None, None
+            if group is None or group.rank == 0:  # only rank 0 claims --out
+                try:
+                    out = stack.enter_context(claim_output(args.out, args.overwrite,
+                                                           args.resume))
+                except BaseException as exc:
+                    if group is None:
+                        raise
+                    err = exc
+            if group is not None:
+                distributed.agree(group, err, "checking --out")
+                if err is not None:
+                    raise err
+                out = Path(distributed.broadcast_object(group, str(out)))
+            return _run(args, out, device, group)
+    finally:
+        _QUIET[0] = False
+        if created:
+            distributed.finish()
+
+
+def _run(args: argparse.Namespace, out: Path, device, group) -> int:
+    from memlens import distributed
+
+    if group is None:
+        return _compute(args, out, device, None)
+    try:
+        return _compute(args, out, device, group)
+    except BaseException as exc:
+        if not getattr(exc, "_memlens_agreed", False):  # failed before the accumulation
+            distributed.agree(group, exc, "before the accumulation")
+        raise
+
+
+def _agreed(exc: BaseException) -> BaseException:
+    """Mark an exception as already known to the other ranks (no second agreement)."""
+    exc._memlens_agreed = True
+    return exc
+
+
+def _agree(group, err: BaseException | None, what: str) -> None:
+    from memlens import distributed
+
+    try:
+        distributed.agree(group, err, what)
+    except BaseException as exc:
+        raise _agreed(exc) from None
+
+
+def _compute(args: argparse.Namespace, out: Path, device, group) -> int:
+    from memlens import distributed
+    from memlens.gradients import GradientsInterrupted, state_gradients
+    from memlens.gradients.classes import token_classes
+    from memlens.models.loading import load_model
+
+    rank0 = group is None or group.rank == 0
+    base = checkpoint_path(out)
+    ck = base if group is None else distributed.rank_path(base, group.rank)
     if args.resume and not ck.exists():
         raise MemlensError(f"nothing to resume: no checkpoint {ck} (run without --resume)")
     loaded = load_model(args.model, args.vocab, device, args.unit)
@@ -136,47 +207,70 @@ def _run(args: argparse.Namespace, out: Path) -> int:
             raise MemlensError(f"direction vector {name!r} has {vec.size} entries; the model's "
                                f"inputs have {enc.input_size}")
     if not args.resume and ck.exists():
-        _log(f"memlens: warning: starting afresh; removing the old checkpoint {ck}")
+        print(f"memlens: warning: starting afresh; removing the old checkpoint {ck}",
+              file=sys.stderr)
         ck.unlink()
+    if group is not None:
+        _agree(group, None, "before the accumulation")
     try:
         result = state_gradients(model, ids, args.max_delay, readout=readout, layer=layer,
                                  labels=classes, label_names=names, dtype=args.dtype,
                                  device=device, method=args.method, blocks=args.blocks,
                                  bootstrap=args.bootstrap,
-                                 checkpoint=ck, checkpoint_every=args.checkpoint_every,
+                                 checkpoint=base, checkpoint_every=args.checkpoint_every,
                                  resume=args.resume, progress=not args.no_progress,
                                  keep_checkpoint=True, segment=args.segment,
-                                 direction_weighting=args.direction_weighting)
+                                 direction_weighting=args.direction_weighting,
+                                 warmup=args.warmup)
     except GradientsInterrupted as exc:
-        _log(f"memlens: {exc}")
+        print(f"memlens: {exc}", file=sys.stderr)
         return 130
-    try:
-        if directions:
-            directions = {k: (result.direction(*v) if isinstance(v, tuple) else v)
-                          for k, v in directions.items()}
-        corpus_info = {"path": str(args.corpus), "tokens": len(ids), "oov_rate": oov,
-                       "format": args.format if corpus is not None else "npy"}
-        settings = {"classes_spec": args.classes, "class_names": names or [],
-                    "bootstrap": args.bootstrap, "direction": args.direction}
-        write_result(result, out, loaded.info, corpus_info, settings, args.bootstrap,
-                     directions)
-    except KeyboardInterrupt:
+    except BaseException as exc:  # the other ranks know (state_gradients agrees)
+        raise _agreed(exc) from None
+    err = None
+    if rank0:
+        try:
+            _write(args, out, result, directions, loaded, ids, corpus, oov, names)
+        except BaseException as exc:
+            err = exc
+    if group is not None:
+        _agree(group, err, "while rank 0 wrote the result")
+    if isinstance(err, KeyboardInterrupt):
         _log(f"memlens: interrupted after the accumulation; progress saved to {ck}; rerun "
              "with --resume to continue")
         return 130
-    except MemlensError as exc:
-        raise MemlensError(f"{exc} (the accumulated sums stay in {ck}: rerun with --resume)"
-                           ) from None
+    if isinstance(err, MemlensError):
+        raise _agreed(MemlensError(f"{err} (the accumulated sums stay in {ck}: rerun with "
+                                   "--resume)")) from None
+    if err is not None:
+        raise _agreed(err)
     ck.unlink(missing_ok=True)  # only now: the result directory is in place
+    if not rank0:
+        return 0
     s = result.stats
-    print(f"tokens: {len(ids)} ({s['tokens_per_second']:.1f} tokens/s); condition number "
-          f"of Z: {result.normalization.condition:.2f}")
+    print(f"tokens: {len(ids)} ({s['tokens_per_second']:.1f} tokens/s"
+          + (f", {group.world} processes" if group is not None else "")
+          + f"); condition number of Z: {result.normalization.condition:.2f}")
     spec = result.spectrum(None)
     for tau in sorted({0, 1, 5, 10, args.max_delay}):
         if tau <= args.max_delay:
             print(f"sum of singular values at delay {tau}: {spec[tau].sum():.4g}")
     print(f"wrote {out}")
     return 0
+
+
+def _write(args, out, result, directions, loaded, ids, corpus, oov, names) -> None:
+    """Rank 0 (or the single process): directions, then the result directory."""
+    from memlens.gradients.output import write_result
+
+    if directions:
+        directions = {k: (result.direction(*v) if isinstance(v, tuple) else v)
+                      for k, v in directions.items()}
+    corpus_info = {"path": str(args.corpus), "tokens": len(ids), "oov_rate": oov,
+                   "format": args.format if corpus is not None else "npy"}
+    settings = {"classes_spec": args.classes, "class_names": names or [],
+                "bootstrap": args.bootstrap, "direction": args.direction}
+    write_result(result, out, loaded.info, corpus_info, settings, args.bootstrap, directions)
 
 
 def _directions(spec: str | None, names: list[str] | None) -> dict:

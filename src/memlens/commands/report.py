@@ -1,4 +1,4 @@
-"""``memlens report``: one self-contained HTML page from gradient/signature result directories."""
+"""``memlens report``: one self-contained HTML page from result directories of any kind."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ def register(sub) -> None:
     p = sub.add_parser("report", help="HTML report from result directories",
                        description=__doc__)
     p.add_argument("dirs", nargs="+", metavar="DIR",
-                   help="result directories written by memlens gradients / signatures")
+                   help="result directories (memlens gradients / signatures / demo, or any "
+                        "Result.save)")
     p.add_argument("--out", default="report.html", help="HTML file to write (report.html)")
     p.add_argument("--title", default="memlens report", help="page title")
     add_overwrite(p)

@@ -1,6 +1,6 @@
 """Exact average state gradients (DESIGN.md section 1), streaming and forward-mode.
 
-``state_gradients(model, tokens, max_delay, state="cell", layer=-1, classes=None)`` returns a
+``state_gradients(model, inputs, max_delay, readout=None, layer=-1, labels=None)`` returns a
 :class:`GradientResult` with ``.mean(tau, cls)``, ``.count(tau, cls)`` and
 ``.singular_values(tau, cls, normalized=True)``; ``write_result`` writes the result directory.
 """

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from memlens import distributed
 from memlens.errors import MemlensError
 from memlens.gradients import metrics
 from memlens.gradients.classes import encode_memberships
@@ -55,7 +56,9 @@ def state_gradients(model: nn.Module, inputs, max_delay: int, readout: str | Non
                     state: str | None = None, classes: Sequence | None = None,
                     class_names: Sequence[str] | None = None,
                     keep_checkpoint: bool = False, segment: int | None = None,
-                    direction_weighting: str = "type") -> GradientResult:
+                    direction_weighting: str = "type",
+                    warmup: int | None = None, distributed_run: bool = True
+                    ) -> GradientResult:
     """Exact average state gradients d r_t / d x_{t-tau}, tau = 0..max_delay, of one stream.
 
     For every target t and delay tau (t - tau >= 0) the readout's Jacobian
@@ -88,6 +91,17 @@ def state_gradients(model: nn.Module, inputs, max_delay: int, readout: str | Non
     each distinct vocabulary id among the class's positions once) or "token" (every
     occurrence); for continuous inputs every position is its own type, so both agree. Both
     are recorded in ``result.settings``. Returns a :class:`GradientResult`.
+
+    Inside an initialised ``torch.distributed`` process group (e.g. under ``torchrun``) every
+    rank must make the same call: each accumulates one contiguous shard of the targets after
+    ``warmup`` warm-up positions (default :func:`memlens.distributed.default_warmup`:
+    max(1000, 4 max_delay)), and the sums are all-reduced, so every rank returns the same
+    result; ``checkpoint`` then names per-rank files (``NAME.rank<r>.pt``) and only rank 0
+    shows progress. ``settings["world_size"]`` records the number of processes (1 without a
+    process group) and ``settings["warmup"]`` the warm-up (None for one process).
+    ``stop_after`` then counts the positions of each rank (its warm-up included).
+    ``distributed_run=False`` computes the whole stream in this process even inside a process
+    group (e.g. on rank 0 of a training job while the other ranks do something else).
     """
     enc = as_encoder(model)
     readout = deprecated_alias(readout, state, "readout", "state")
@@ -114,60 +128,98 @@ def state_gradients(model: nn.Module, inputs, max_delay: int, readout: str | Non
                                f"({segment} positions): no pair inside a segment has a delay "
                                f"of {max_delay}")
         segment = int(segment)
-    if direction_weighting not in metrics.WEIGHTINGS:
-        raise MemlensError(f"unknown direction weighting {direction_weighting!r}: choose "
-                           f"{' or '.join(metrics.WEIGHTINGS)}")
-    if not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
-        raise MemlensError(f"bootstrap resamples must be a non-negative integer, got "
-                           f"{bootstrap!r}")
-    if blocks < 1 or chunk_size < 1 or flush_every < 1:
-        raise MemlensError("blocks, chunk_size and flush_every must be positive")
-    if stream.is_tokens:
-        table = enc.input_table().detach().cpu().double().numpy()
-        norm = embedding_normalization(table)
-        positions = values.numpy()
-    else:  # continuous inputs: statistics of the analysed stream's vectors
-        table = values.double().numpy()
-        norm = embedding_normalization(table, source="input vectors of the stream")
-        positions = np.arange(T)
+    if warmup is not None and (not isinstance(warmup, (int, np.integer))
+                               or isinstance(warmup, bool) or warmup < 0):
+        raise MemlensError(f"warmup must be a non-negative integer, got {warmup!r}")
+    group = distributed.current() if distributed_run else None
+    if group is not None:  # every rank must see the same stream
+        import torch.distributed as dist
 
-    memberships, names = None, []
-    if stream.labels is not None:
-        if label_names is None:
-            found = set()
-            for lab in stream.labels:
-                if lab is None:
-                    continue
-                found.update([lab] if isinstance(lab, str) else lab)
-            names = sorted(found)
-        else:
-            names = list(label_names)
-        memberships = encode_memberships(names, stream.labels)
-    mask = None
-    if target_mask is not None:
-        mask = torch.as_tensor(np.asarray(target_mask), dtype=torch.bool)
-        if mask.numel() != T:
-            raise MemlensError(f"target_mask has {mask.numel()} entries for {T} tokens")
+        lengths = torch.tensor([T, -T], dtype=torch.int64, device=group.device)
+        dist.all_reduce(lengths, op=dist.ReduceOp.MAX)
+        if int(lengths[0]) != -int(lengths[1]):
+            raise MemlensError(f"the {group.world} processes got streams of different lengths "
+                               f"({-int(lengths[1])}..{int(lengths[0])} positions)")
+    try:  # an error on one rank must reach the others before they start
+        if direction_weighting not in metrics.WEIGHTINGS:
+            raise MemlensError(f"unknown direction weighting {direction_weighting!r}: choose "
+                               f"{' or '.join(metrics.WEIGHTINGS)}")
+        if not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
+            raise MemlensError(f"bootstrap resamples must be a non-negative integer, got "
+                               f"{bootstrap!r}")
+        if blocks < 1 or chunk_size < 1 or flush_every < 1:
+            raise MemlensError("blocks, chunk_size and flush_every must be positive")
+        if stream.is_tokens:
+            table = enc.input_table().detach().cpu().double().numpy()
+            norm = embedding_normalization(table)
+            positions = values.numpy()
+        else:  # continuous inputs: statistics of the analysed stream's vectors
+            table = values.double().numpy()
+            norm = embedding_normalization(table, source="input vectors of the stream")
+            positions = np.arange(T)
 
-    ci_delays: list[int] = []
-    if names:
-        wanted = class_ci_delays if class_ci_delays is not None else (0, 1, 2, 5, 10, 20,
-                                                                      int(max_delay))
-        ci_delays = sorted({int(d) for d in wanted if 0 <= d <= max_delay})
-        H = enc.layers[L].readout_size(readout)
-        need = min(blocks, T) * H * (len(names) + 1) * len(ci_delays) * enc.input_size * 8
-        if need > 1e9:
-            ci_delays = []
-    H, E, S = enc.layers[L].readout_size(readout), enc.input_size, int(max_delay) + 1
-    width = dtype.itemsize if isinstance(dtype, torch.dtype) else 4
-    check_memory(H * S * E * ((len(names) + 1) * (width + 8) * 2 + min(blocks, T) * 8
-                              + (L + 1) * 2 * width), "the state-gradient accumulators")
-    sums = accumulate(enc, values, int(max_delay), L, readout, memberships, len(names), dtype=dtype,
-                      device=device, method=method, blocks=blocks, flush_every=flush_every,
-                      chunk_size=chunk_size, checkpoint=checkpoint,
-                      checkpoint_every=checkpoint_every, resume=resume, stop_after=stop_after,
-                      progress=progress, target_mask=mask, on_chunk=on_chunk,
-                      ci_delays=ci_delays, keep_checkpoint=keep_checkpoint, segment=segment)
+        memberships, names = None, []
+        if stream.labels is not None:
+            if label_names is None:
+                found = set()
+                for lab in stream.labels:
+                    if lab is None:
+                        continue
+                    found.update([lab] if isinstance(lab, str) else lab)
+                names = sorted(found)
+            else:
+                names = list(label_names)
+            memberships = encode_memberships(names, stream.labels)
+        mask = None
+        if target_mask is not None:
+            mask = torch.as_tensor(np.asarray(target_mask), dtype=torch.bool)
+            if mask.numel() != T:
+                raise MemlensError(f"target_mask has {mask.numel()} entries for {T} tokens")
+
+        ci_delays: list[int] = []
+        if names:
+            wanted = class_ci_delays if class_ci_delays is not None else (0, 1, 2, 5, 10, 20,
+                                                                          int(max_delay))
+            ci_delays = sorted({int(d) for d in wanted if 0 <= d <= max_delay})
+            H = enc.layers[L].readout_size(readout)
+            need = min(blocks, T) * H * (len(names) + 1) * len(ci_delays) * enc.input_size * 8
+            if need > 1e9:
+                ci_delays = []
+        H, E, S = enc.layers[L].readout_size(readout), enc.input_size, int(max_delay) + 1
+        width = dtype.itemsize if isinstance(dtype, torch.dtype) else 4
+        check_memory(H * S * E * ((len(names) + 1) * (width + 8) * 2 + min(blocks, T) * 8
+                                  + (L + 1) * 2 * width), "the state-gradient accumulators")
+        shard, W = None, None
+        if group is not None:
+            shard = group.shard(T)
+            W = distributed.default_warmup(max_delay) if warmup is None else int(warmup)
+            if checkpoint is not None:
+                checkpoint = distributed.rank_path(checkpoint, group.rank)
+            progress = progress and group.rank == 0
+    except BaseException as exc:
+        if group is not None:
+            distributed.agree(group, exc, "before the state-gradient accumulation")
+        raise
+    if group is not None:
+        distributed.agree(group, None, "before the state-gradient accumulation")
+    try:
+        sums = accumulate(enc, values, int(max_delay), L, readout, memberships, len(names),
+                          dtype=dtype, device=device, method=method, blocks=blocks,
+                          flush_every=flush_every, chunk_size=chunk_size, checkpoint=checkpoint,
+                          checkpoint_every=checkpoint_every, resume=resume,
+                          stop_after=stop_after, progress=progress, target_mask=mask,
+                          on_chunk=on_chunk, ci_delays=ci_delays,
+                          keep_checkpoint=keep_checkpoint or group is not None,
+                          segment=segment, shard=shard, warmup=W or 0)
+    except BaseException as exc:
+        if group is not None:
+            distributed.agree(group, exc, "during the state-gradient accumulation")
+        raise
+    if group is not None:
+        distributed.agree(group, None, "during the state-gradient accumulation")
+        _reduce(group, sums)
+        if checkpoint is not None and not keep_checkpoint:
+            Path(checkpoint).unlink(missing_ok=True)
     class_emb = probe = None
     if names:
         class_emb = metrics.class_mean_embeddings(table, positions, memberships, len(names),
@@ -177,7 +229,30 @@ def state_gradients(model: nn.Module, inputs, max_delay: int, readout: str | Non
                 "input": enc.input_kind, "dtype": str(dtype).replace("torch.", ""),
                 "method": sums.stats["method"], "blocks": int(min(blocks, T)),
                 "bootstrap": int(bootstrap), "classes": len(names), "segment": segment,
-                "direction_weighting": direction_weighting}
+                "direction_weighting": direction_weighting,
+                "world_size": 1 if group is None else group.world, "warmup": W}
     return GradientResult(max_delay=int(max_delay), layer=L, state=readout, class_names=names,
                           raw=sums, normalization=norm, settings=settings,
                           class_embeddings=class_emb, probe=probe)
+
+
+def _reduce(group: distributed.Group, sums) -> None:
+    """Replace the rank-local sums, counts and block sums by their sums over the ranks."""
+    names = ("sums", "counts", "class_sums", "class_counts", "block_sums", "block_counts",
+             "class_block_sums", "class_block_counts")
+    reduced = distributed.all_reduce_arrays(group, [getattr(sums, n) for n in names])
+    for n, v in zip(names, reduced):
+        setattr(sums, n, v)
+    st = sums.stats
+    local = [float(st["tokens_processed"]), float(st["seconds"]), float(st["warmup_tokens"])]
+    tot, = distributed.all_reduce_arrays(group, [np.array(local)])
+    slow, = distributed.all_reduce_arrays(group, [np.array([st["seconds"]]) *
+                                                  np.eye(group.world)[group.rank]])
+    seconds = float(slow.max())
+    st.update({"tokens_processed": int(tot[0]), "warmup_tokens": int(tot[2]),
+               "seconds": seconds, "processes": group.world,
+               "tokens_per_second": (tot[0] - tot[2]) / seconds if seconds > 0 else float("nan"),
+               "tokens_per_second_per_process": tot[0] / tot[1] if tot[1] > 0
+               else float("nan")})
+    if seconds > 0:
+        st["macs_per_second"] = st["macs_per_token"] * tot[0] / seconds

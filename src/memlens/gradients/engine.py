@@ -29,6 +29,17 @@ master sums every ``flush_every`` steps and at block boundaries; flush points ar
 stream positions, so the result is bit-identical however the work is split into chunks or
 interrupted and resumed. Memory is O(K * buckets * H * E), independent of the corpus length.
 
+Shards (``shard=(start, stop)``, ``warmup=W``; used by :mod:`memlens.distributed`): only
+targets start <= t < stop are accumulated, but the stream is processed from
+w0 = max(0, start - W): the W warm-up steps run the primal and all tangents from a zero state and
+accumulate nothing, so a target near the shard start still sees its sources before the start
+(delays reach back up to K across the boundary) and the pair set and counts are exactly the
+single stream's. A pair whose source lies before w0 (only when W < K) is counted with a zero
+gradient. The primal state at ``start`` and the tangents of sources >= w0 are exact once W
+exceeds the model's effective memory (a contracting recurrence forgets its zero start).
+Ring slots, segment starts, blocks and flush points are absolute stream positions (plus one
+flush at the shard end), so the shards' sums add up to the single stream's.
+
 Checkpoints (``checkpoint=path``) hold primal states, live tangents, all accumulators, the
 position and a SHA-256 digest of all of them; SIGINT / SIGTERM during a run save one and raise
 :class:`GradientsInterrupted`. A finished run saves a final one (position T) and, with
@@ -137,7 +148,8 @@ def _payload_digest(payload: dict) -> str:
     return h.hexdigest()
 
 
-def _check_partial(ck: object, expected: dict, path: str | Path, total: int) -> int:
+def _check_partial(ck: object, expected: dict, path: str | Path, total: int,
+                   first: int = 0) -> int:
     """Validate a loaded checkpoint against freshly allocated ``expected`` tensors; return
     its position. Any mismatch is a one-line :class:`MemlensError`."""
     def bad(why: str) -> MemlensError:
@@ -147,8 +159,8 @@ def _check_partial(ck: object, expected: dict, path: str | Path, total: int) -> 
     if not isinstance(ck, dict):
         raise bad("not a mapping")
     pos = ck.get("position")
-    if isinstance(pos, bool) or not isinstance(pos, int) or not 0 <= pos <= total:
-        raise bad(f"position {pos!r} outside 0..{total}")
+    if isinstance(pos, bool) or not isinstance(pos, int) or not first <= pos <= total:
+        raise bad(f"position {pos!r} outside {first}..{total}")
     for key in ("states", "tangents"):
         got, want = ck.get(key), expected[key]
         if not isinstance(got, list) or len(got) != len(want) or any(
@@ -189,7 +201,8 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
                stop_after: int | None = None, progress: bool = False,
                target_mask: Tensor | None = None, ci_delays: Sequence[int] = (),
                on_chunk: Callable[[int], None] | None = None,
-               keep_checkpoint: bool = False, segment: int | None = None) -> Sums:
+               keep_checkpoint: bool = False, segment: int | None = None,
+               shard: tuple[int, int] | None = None, warmup: int = 0) -> Sums:
     """Exact sums of d s_t / d x_{t-tau} over the stream ``ids`` (see module docstring).
 
     ``ids``: 1-D token ids (x_t = embedding row) or T x I input vectors (x_t = the row).
@@ -201,7 +214,9 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
     ``on_chunk(position)`` is called after every chunk. With ``keep_checkpoint`` a finished
     run leaves its final checkpoint (position T; resuming from it skips the accumulation) for
     the caller to delete; otherwise it is deleted here. ``segment``: keep only pairs inside one
-    segment of that many tokens (module docstring). Arguments are assumed validated.
+    segment of that many tokens (module docstring). ``shard=(start, stop)`` accumulates only
+    targets start <= t < stop after ``warmup`` steps from a zero state (module docstring).
+    Arguments are assumed validated.
     """
     device = torch.device(device)
     tokens = ids.dim() == 1
@@ -212,6 +227,8 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
     E = encoder.input_size
     H = encoder.layers[L].readout_size(readout)
     nb = max(1, min(blocks, T))
+    start, stop = (0, T) if shard is None else (int(shard[0]), int(shard[1]))
+    first = max(0, start - max(0, int(warmup))) if start < stop else start
     # class buckets: pass 0 = first class or C ("none"); extra passes r >= 1 -> class or dump C
     bucket = torch.full((T,), C, dtype=torch.long)
     extras: list[Tensor] = []
@@ -245,9 +262,11 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
                 "ci_delays": tuple(ci_delays)}
     if segment is not None:  # absent key for None keeps earlier checkpoints valid
         settings["segment"] = int(segment)
+    if shard is not None:
+        settings["shard"] = (start, stop, first)
     fp = _fingerprint(encoder, ids, [bucket, *extras] + ([mask] if mask is not None else []),
                       settings) if checkpoint is not None else ""
-    pos = 0
+    pos = first
 
     def payload() -> dict:
         return {"format": CHECKPOINT_FORMAT, "fingerprint": fp, "position": pos,
@@ -268,7 +287,7 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
                 ck.get("fingerprint") != fp:
             raise MemlensError(f"checkpoint {checkpoint} was made with a different model, "
                                "corpus or settings: delete it or run without --resume")
-        pos = _check_partial(ck, payload(), checkpoint, T)
+        pos = _check_partial(ck, payload(), checkpoint, stop, first)
         for p, state, tans in zip(props, ck["states"], ck["tangents"]):
             p.state = tuple(state)
             p.tangents = list(tans)
@@ -309,18 +328,20 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
 
     macs = sum(p.macs_per_step() for p in props)
     start_pos, started, last_save = pos, time.perf_counter(), time.perf_counter()
-    end = T if stop_after is None else min(T, pos + max(0, stop_after))
+    end = stop if stop_after is None else min(stop, pos + max(0, stop_after))
     arange_s = torch.arange(S)
-    bar = tqdm(total=T, initial=pos, unit="tok", desc="state gradients", disable=not progress,
-               dynamic_ncols=True, smoothing=0.1)
+    bar = tqdm(total=stop - first, initial=pos - first, unit="tok", desc="state gradients",
+               disable=not progress, dynamic_ncols=True, smoothing=0.1)
     stopped = False
-    with _StopFlag(checkpoint is not None) as stop, torch.no_grad():
+    with _StopFlag(checkpoint is not None) as halt, torch.no_grad():
         while pos < end and not stopped:
             a, b = pos, min(end, (pos // chunk_size + 1) * chunk_size)
             tvec = torch.arange(a, b)
             delays = (tvec.unsqueeze(1) - arange_s) % S          # n x S: delay of each slot
             src = tvec.unsqueeze(1) - delays                      # source position of each slot
             live = src >= 0
+            if start > 0:  # warm-up steps accumulate nothing
+                live &= (tvec >= start).unsqueeze(1)
             if segment is not None:
                 live &= delays <= (tvec % segment).unsqueeze(1)
             if mask is not None:
@@ -350,10 +371,11 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
                     st.index_add_(1, idx0_d[k], R)
                     for ix in idx_x_d:
                         st_x.index_add_(1, ix[k], R)
-                if (t + 1) % flush_every == 0 or t + 1 == T or block_of(t + 1) != block_of(t):
+                if (t + 1) % flush_every == 0 or t + 1 == stop or \
+                        block_of(t + 1) != block_of(t):
                     flush(t)
                 done = t + 1
-                if stop.flag:
+                if halt.flag:
                     stopped = True
                     break
             n = done - a  # count the pairs of the steps actually done, one op per chunk
@@ -372,13 +394,13 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
             pos = done
             if on_chunk is not None:
                 on_chunk(pos)
-            if checkpoint is not None and pos < T and not stopped and \
+            if checkpoint is not None and pos < stop and not stopped and \
                     time.perf_counter() - last_save > checkpoint_every:
                 save()
                 last_save = time.perf_counter()
     bar.close()
     elapsed = time.perf_counter() - started
-    if pos < T:
+    if pos < stop:
         if checkpoint is None:
             raise KeyboardInterrupt
         save()
@@ -404,6 +426,7 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, max_delay: int, layer: in
              "macs_per_token": macs, "macs_per_second": macs * processed / elapsed
              if elapsed > 0 else float("nan"),
              "nominal_flops_per_token": 2 * 4 * H * H * K * E,
+             "warmup_tokens": start - first,
              "dtype": str(dtype).replace("torch.", ""),
              "method": "generic" if props[0].generic else "hand"}
     return Sums(sums=sums, counts=cnt.sum(0).numpy(), class_sums=class_sums,

@@ -44,7 +44,8 @@ class RecurrentEncoder(nn.Module):
     """
 
     def __init__(self, embedding: nn.Embedding | None, layers: Sequence[RecurrentLayer],
-                 dropout: float = 0.0, vocab: Vocab | None = None):
+                 dropout: float = 0.0, vocab: Vocab | None = None,
+                 head: nn.Module | None = None):
         super().__init__()
         if not layers:
             raise MemlensError("a recurrent encoder needs at least one layer")
@@ -63,6 +64,24 @@ class RecurrentEncoder(nn.Module):
         self.vocab = None
         if vocab is not None:
             self.set_vocab(vocab)
+        self.set_head(head)
+
+    def set_head(self, head: nn.Module | None) -> None:
+        """Attach a next-token head: a module mapping the top layer's output (B x H) to logits
+        over the vocabulary (B x V), used by context ablation only.
+
+        The head is kept *out* of the encoder's modules (``parameters()``, ``state_dict()``,
+        ``.to()``, checkpoints): the analyses of the state never see it.
+        """
+        if head is not None and not isinstance(head, nn.Module):
+            raise MemlensError(f"head= must be an nn.Module mapping B x H outputs to B x V "
+                               f"logits, got {type(head).__name__}")
+        object.__setattr__(self, "_next_token_head", head)  # unregistered on purpose
+
+    @property
+    def head(self) -> nn.Module | None:
+        """The next-token head given to :func:`wrap` (``head=``), or None."""
+        return self.__dict__.get("_next_token_head")
 
     def set_vocab(self, vocab: Vocab | Sequence[str]) -> None:
         """Attach a vocabulary (a Vocab or symbols in id order) to a token-input encoder."""
@@ -255,7 +274,8 @@ def as_encoder(model: nn.Module) -> RecurrentEncoder:
 
 
 def wrap(embedding: nn.Embedding | None, rnn: nn.RNNBase | Sequence[RecurrentLayer],
-         vocab: Vocab | Sequence[str] | None = None) -> RecurrentEncoder:
+         vocab: Vocab | Sequence[str] | None = None, head: nn.Module | None = None
+         ) -> RecurrentEncoder:
     """Give a user's model the memlens interface.
 
     ``embedding``: an ``nn.Embedding`` (token inputs) or None (continuous inputs T x I, with
@@ -265,7 +285,10 @@ def wrap(embedding: nn.Embedding | None, rnn: nn.RNNBase | Sequence[RecurrentLay
     cell; generic tangents). ``vocab``: symbols in id order (or a Vocab), so that results show
     words and frequency/word-list/lexicon classes work. Parameters are shared, not copied: the
     wrapped encoder always sees the user's current weights. Bidirectional modules, LSTMs with
-    ``proj_size`` and modules without bias are refused.
+    ``proj_size`` and modules without bias are refused. ``head``: optional next-token head
+    (e.g. the user's decoder ``nn.Linear(H, V)``), mapping the top layer's output B x H to
+    logits B x V; needed by :func:`memlens.context_ablation` only and kept out of everything
+    else (see :meth:`RecurrentEncoder.set_head`).
     """
     if embedding is not None and not isinstance(embedding, nn.Embedding):
         raise MemlensError(f"wrap() needs an nn.Embedding or None (continuous inputs), got "
@@ -274,7 +297,7 @@ def wrap(embedding: nn.Embedding | None, rnn: nn.RNNBase | Sequence[RecurrentLay
         if not all(isinstance(layer, RecurrentLayer) for layer in rnn):
             raise MemlensError("wrap() needs RecurrentLayer objects in a layer list (use "
                                "memlens.StepLayer to adapt a step function)")
-        return RecurrentEncoder(embedding, list(rnn), vocab=vocab).eval()
+        return RecurrentEncoder(embedding, list(rnn), vocab=vocab, head=head).eval()
     if not isinstance(rnn, (nn.LSTM, nn.GRU, nn.RNN)):
         raise MemlensError(f"wrap() needs an nn.LSTM, nn.GRU or nn.RNN (or a list of "
                            f"RecurrentLayer), got {type(rnn).__name__}")
@@ -300,4 +323,4 @@ def wrap(embedding: nn.Embedding | None, rnn: nn.RNNBase | Sequence[RecurrentLay
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
             setattr(single, f"{name}_l0", getattr(rnn, f"{name}_l{k}"))
         layers.append(TorchLayer(single))
-    return RecurrentEncoder(embedding, layers, vocab=vocab).eval()
+    return RecurrentEncoder(embedding, layers, vocab=vocab, head=head).eval()

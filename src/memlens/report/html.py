@@ -1,10 +1,23 @@
 """One static, self-contained HTML page from any set of result directories.
 
-A result directory (written by ``memlens gradients`` or ``memlens signatures``) holds
-``result.json`` (kind, model, corpus, settings, summary, table, plots) plus the PNG files that
-``plots`` names. The page embeds every PNG as a ``data:`` URI, uses inline CSS only, contains no
-script and fetches nothing (a Content-Security-Policy forbids it as well), so it opens from disk.
-Every string that comes from the data (paths, tokens, class names, captions) is HTML-escaped.
+A result directory (written by ``Result.save``: ``memlens gradients``, ``memlens signatures``,
+the demo, or any new analysis kind) is read with :func:`memlens.results.load_result`. The page
+renders every result only from what its ``result.json`` declares, with no per-kind code:
+
+* model, corpus, headline numbers (``summary``), settings and any further sections;
+* every PNG listed in ``plots`` with its title and caption;
+* per declared ``series``: a table with one row per x value and one column per curve (one
+  curve per distinct value of the series' ``group`` columns), titled by the series' title and
+  caption, plus the full table behind a fold;
+* a side-by-side comparison: the curves of every series with the same (kind, name) in two or
+  more results overlaid in one plot, and the scalar headline numbers of each kind in one table.
+
+A further section whose value is ``{"title", "paragraphs", "items", "table"}`` (see
+:class:`ReportSection`) is shown as prose, open; any other dict or list sits behind a fold.
+
+The page embeds every PNG as a ``data:`` URI, uses inline CSS only, contains no script and
+fetches nothing (a Content-Security-Policy forbids it as well), so it opens from disk. Every
+string that comes from the data (paths, tokens, class names, captions) is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -23,12 +36,12 @@ from typing import Any
 from memlens.errors import MemlensError
 from memlens.io import write_atomic
 from memlens.plotting import plain_text, pyplot
+from memlens.results import SavedResult, curves, load_result, plot_series
 
-KINDS = ("gradients", "signatures")
-STANDARD_KEYS = ("kind", "memlens_version", "model", "corpus", "settings", "summary", "table",
-                 "plots")
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+SOURCE = "memlens report: result"  # the grouping column the overlays add (never a real one)
+MAX_OVERLAY_CURVES = 24
+MAX_DEPTH = 4  # nesting shown for dicts and lists inside sections
 
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1200px;margin:0 auto;
@@ -47,35 +60,36 @@ details{margin:.5em 0}summary{cursor:pointer;color:#245}
 
 
 @dataclass
-class ResultDir:
-    """A loaded result directory: its path, parsed ``result.json`` and plot PNG bytes."""
-
-    path: Path
-    data: dict[str, Any]
-    images: dict[str, bytes] = field(default_factory=dict)
-    label: str = ""
-
-    @property
-    def kind(self) -> str:
-        return self.data["kind"]
-
-    @property
-    def table(self) -> list[dict[str, Any]]:
-        return self.data.get("table") or []
-
-
-@dataclass
 class ReportSection:
-    """An extra section (e.g. the demo's planted-vs-recovered summary).
+    """A prose section: given to :func:`build_report`, or declared by a result as a further
+    section of result.json with the same keys (``{"title", "paragraphs", "items", "table"}``).
 
-    ``paragraphs`` are plain-language sentences; ``table`` is a list of flat dicts;
-    ``plots`` are (png bytes, title, caption) triples. All text is escaped on output.
+    ``paragraphs`` are plain-language sentences; ``items`` a bulleted list of sentences;
+    ``table`` a list of flat dicts; ``plots`` (only when given in Python) are (png bytes,
+    title, caption) triples. All text is escaped on output.
     """
 
     title: str
     paragraphs: list[str] = field(default_factory=list)
     table: list[dict[str, Any]] | None = None
     plots: list[tuple[bytes, str, str]] = field(default_factory=list)
+    items: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_data(cls, value: Any) -> ReportSection | None:
+        """The section a result.json value declares, or None when it is no prose section."""
+        if not (isinstance(value, dict) and isinstance(value.get("title"), str)
+                and set(value) <= {"title", "paragraphs", "items", "table"}):
+            return None
+        paragraphs, items = value.get("paragraphs") or [], value.get("items") or []
+        table = value.get("table")
+        if not (isinstance(paragraphs, list) and isinstance(items, list)):
+            return None
+        if table is not None and not (isinstance(table, list)
+                                      and all(isinstance(r, dict) for r in table)):
+            return None
+        return cls(value["title"], [str(p) for p in paragraphs], table,
+                   items=[str(i) for i in items])
 
 
 def _esc(value: Any) -> str:
@@ -102,113 +116,49 @@ def _fmt(value: Any) -> str:
     return _esc(value)
 
 
-def load_result(path: str | os.PathLike) -> ResultDir:
-    """Read and check one result directory; raise :class:`MemlensError` on bad input."""
-    path = Path(path)
-    if not path.exists():
-        raise MemlensError(f"result directory not found: {path}")
-    if not path.is_dir():
-        raise MemlensError(f"not a result directory: {path}")
-    rfile = path / "result.json"
-    if not rfile.is_file():
-        raise MemlensError(f"{path} has no result.json (not a memlens result directory)")
-    try:
-        data = json.loads(rfile.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MemlensError(f"malformed result.json in {path}: {exc}") from None
-    except RecursionError:
-        raise MemlensError(f"malformed result.json in {path}: nested too deeply") from None
-    except OSError as exc:
-        raise MemlensError(f"cannot read {rfile}: {exc.strerror or exc}") from None
-    if not isinstance(data, dict):
-        raise MemlensError(f"malformed result.json in {path}: top level is not an object")
-    kind = data.get("kind")
-    if kind not in KINDS:
-        raise MemlensError(f"unknown result kind {kind!r} in {rfile}: expected gradients or "
-                           "signatures")
-    for key in ("model", "corpus", "settings", "summary"):
-        if not isinstance(data.get(key, {}), dict):
-            raise MemlensError(f"malformed result.json in {path}: {key!r} is not an object")
-    table = data.get("table", [])
-    if not isinstance(table, list) or not all(isinstance(r, dict) for r in table):
-        raise MemlensError(f"malformed result.json in {path}: 'table' is not a list of objects")
-    plots = data.get("plots", [])
-    if not isinstance(plots, list) or not all(isinstance(p, dict) and isinstance(
-            p.get("file"), str) for p in plots):
-        raise MemlensError(f"malformed result.json in {path}: 'plots' entries need a 'file'")
-    images: dict[str, bytes] = {}
-    root = path.resolve()
-    for plot in plots:
-        file = (path / plot["file"]).resolve()
-        if root not in file.parents:
-            raise MemlensError(f"plot {plot['file']!r} in {rfile} lies outside the directory")
-        if not file.is_file():
-            raise MemlensError(f"plot {plot['file']!r} listed in {rfile} is missing")
-        blob = file.read_bytes()
-        if not blob.startswith(PNG_MAGIC):
-            raise MemlensError(f"plot {plot['file']!r} in {path} is not a PNG image")
-        images[plot["file"]] = blob
-    return ResultDir(path, data, images)
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
 
 
-# -- labels and series -------------------------------------------------------------------------
-def _label(res: ResultDir) -> str:
-    model = res.data.get("model") or {}
+# -- labels ------------------------------------------------------------------------------------
+def _label(res: SavedResult) -> str:
+    model = res.model_info()
     name = Path(str(model.get("path") or res.path.name)).name or res.path.name
     arch = model.get("arch")
     return f"{name} ({arch})" if arch and str(arch) not in name else name
 
 
-def _assign_labels(results: Sequence[ResultDir]) -> None:
-    seen: dict[str, int] = {}
-    for res in results:
-        base = _label(res)
-        if sum(1 for r in results if r.kind == res.kind and _label(r) == base) > 1:
+def _labels(results: Sequence[SavedResult]) -> list[str]:
+    """One distinct label per result (model name and architecture; the directory name and a
+    counter where two results of a kind would share one)."""
+    bases = [_label(r) for r in results]
+    out, seen = [], {}
+    for res, base in zip(results, bases):
+        if sum(1 for r, b in zip(results, bases) if r.kind == res.kind and b == base) > 1:
             base = f"{base} [{res.path.name}]"
-        n = seen.get(f"{res.kind}:{base}", 0)
-        seen[f"{res.kind}:{base}"] = n + 1
-        res.label = base if n == 0 else f"{base} #{n + 1}"
-
-
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
-
-
-def _grad_class(row: dict) -> str:
-    cls = row.get("class")
-    return "all" if cls in (None, "") else str(cls)
-
-
-def _sig_series(row: dict) -> str:
-    parts = [str(row.get("model", "model"))]
-    for key in ("layer", "readout", "units"):
-        if row.get(key) not in (None, "", "all"):
-            parts.append(f"{key} {row[key]}")
-    return ", ".join(parts)
-
-
-def _series(res: ResultDir) -> dict[str, list[tuple[float, float]]]:
-    """x/y points per series: gradients sum_sv vs delay per class; signatures accuracy vs lag."""
-    out: dict[str, list[tuple[float, float]]] = {}
-    if res.kind == "gradients":
-        xkey, ykey, name = "delay", "sum_sv", _grad_class
-    else:
-        xkey, ykey, name = "lag", "accuracy", _sig_series
-    for row in res.table:
-        x, y = _num(row.get(xkey)), _num(row.get(ykey))
-        if x is None or y is None:
-            continue
-        out.setdefault(name(row), []).append((x, y))
-    return {k: sorted(v) for k, v in out.items()}
+        n = seen.get((res.kind, base), 0)
+        seen[(res.kind, base)] = n + 1
+        out.append(base if n == 0 else f"{base} #{n + 1}")
+    return out
 
 
 # -- pieces of HTML ----------------------------------------------------------------------------
-def _kv_table(d: dict[str, Any]) -> str:
+def _value(value: Any, depth: int = 0) -> str:
+    """Any JSON value: dicts as key/value tables, lists of dicts as tables, else one cell."""
+    if depth < MAX_DEPTH and isinstance(value, dict):
+        return _kv_table(value, depth + 1)
+    if depth < MAX_DEPTH and isinstance(value, list) and value \
+            and all(isinstance(r, dict) for r in value):
+        return _table(value)
+    if isinstance(value, list) and all(_is_scalar(v) for v in value):
+        return ", ".join(_fmt(v) for v in value) if value else "&ndash;"
+    return _fmt(value)
+
+
+def _kv_table(d: dict[str, Any], depth: int = 0) -> str:
     if not d:
         return "<p class='note'>(none)</p>"
-    rows = "".join(f"<tr><th class='k'>{_esc(k)}</th><td class='k'>{_fmt(v)}</td></tr>"
+    rows = "".join(f"<tr><th class='k'>{_esc(k)}</th><td class='k'>{_value(v, depth)}</td></tr>"
                    for k, v in d.items())
     return f"<table>{rows}</table>"
 
@@ -228,22 +178,16 @@ def _table(rows: Sequence[dict[str, Any]], max_rows: int | None = None) -> str:
     return f"<div class='scroll'><table><tr>{head}</tr>{body}</table></div>{more}"
 
 
-def _pivot(rows: Sequence[dict], xkey: str, colname, ykey: str) -> list[dict[str, Any]]:
-    """rows x = ``xkey``, one column per ``colname(row)``, cell = ``ykey`` (first seen)."""
-    grid: dict[Any, dict[str, Any]] = {}
-    cols: list[str] = []
-    for r in rows:
-        if xkey not in r:
-            continue
-        c = colname(r)
-        if c not in cols:
-            cols.append(c)
-        grid.setdefault(r[xkey], {}).setdefault(c, r.get(ykey))
-    try:
-        keys = sorted(grid)
-    except TypeError:
-        keys = list(grid)
-    return [{xkey: k, **{c: grid[k].get(c) for c in cols}} for k in keys]
+def series_table(rows: Sequence[dict[str, Any]], decl: dict[str, Any]) -> list[dict[str, Any]]:
+    """One declared series as a table: a row per x value, a column per curve (y values)."""
+    grid: dict[float, dict[str, float]] = {}
+    found = curves(rows, decl)
+    for name, points in found.items():
+        for x, y, _, _ in points:
+            grid.setdefault(x, {}).setdefault(name, y)
+    xkey = str(decl["x"])
+    return [{xkey: int(x) if float(x).is_integer() else x,
+             **{name: grid[x].get(name) for name in found}} for x in sorted(grid)]
 
 
 def _img(blob: bytes, alt: str) -> str:
@@ -265,101 +209,12 @@ def _figure(blob: bytes, title: str, caption: str) -> str:
     return f"<figure{wide}>{_img(blob, title)}<figcaption>{cap}</figcaption></figure>"
 
 
-def _result_section(res: ResultDir, index: int) -> str:
-    d = res.data
-    parts = [f"<h2 id='r{index}'>{_esc(res.kind.capitalize())}: {_esc(res.label)}</h2>",
-             f"<p class='note'>Result directory <code>{_esc(res.path)}</code>; memlens "
-             f"{_esc(d.get('memlens_version', '?'))}.</p>"]
-    parts.append("<div class='grid'><div><h3>Model</h3>" + _kv_table(d.get("model") or {})
-                 + "</div><div><h3>Corpus</h3>" + _kv_table(d.get("corpus") or {})
-                 + "</div></div>")
-    parts.append("<h3>Headline numbers</h3>" + _kv_table(d.get("summary") or {}))
-    if d.get("plots"):
-        figs = "".join(_figure(res.images[p["file"]], str(p.get("title") or p["file"]),
-                               str(p.get("caption") or "")) for p in d["plots"])
-        parts.append(f"<h3>Plots</h3><div class='grid'>{figs}</div>")
-    table = res.table
-    if table:
-        if res.kind == "gradients" and any("delay" in r for r in table):
-            parts.append("<h3>Sum of singular values by delay and class</h3>"
-                         "<p class='note'>How strongly the state still reacts to the input "
-                         "that many steps back (larger = remembered more).</p>"
-                         + _table(_pivot(table, "delay", _grad_class, "sum_sv")))
-        elif res.kind == "signatures" and any("lag" in r for r in table):
-            parts.append("<h3>Decoding accuracy by lag</h3>"
-                         "<p class='note'>How often a decoder reading the state recovers the "
-                         "symbol that many steps back; compare with the majority baseline.</p>"
-                         + _table(_pivot(table, "lag", _sig_series, "accuracy")))
-        parts.append(f"<details><summary>Full table ({len(table)} rows)</summary>"
-                     f"{_table(table)}</details>")
-    parts.append("<details><summary>Settings</summary>" + _kv_table(d.get("settings") or {})
-                 + "</details>")
-    for key, value in d.items():  # anything else the analysis recorded (probe, timing, ...)
-        if key not in STANDARD_KEYS and isinstance(value, dict) and value:
-            parts.append(f"<details><summary>{_esc(key.capitalize())}</summary>"
-                         f"{_kv_table(value)}</details>")
-    return "\n".join(parts)
-
-
-@plain_text
-def _overlay_png(curves: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str,
-                 title: str, logy: bool = False) -> bytes:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=90)
-    for name, pts in curves.items():
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=name)
-    if logy and all(p[1] > 0 for pts in curves.values() for p in pts):
-        ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _comparison(results: Sequence[ResultDir]) -> str:
-    parts: list[str] = []
-    for kind, xlabel, ylabel, caption, logy in (
-            ("gradients", "delay (steps back)", "sum of singular values",
-             "Each line is one model or word class: how strongly its state still reacts to "
-             "input that many steps back. Higher and flatter lines mean longer memory.", True),
-            ("signatures", "lag (steps back)", "decoding accuracy",
-             "Each line is one model (or control): how often the symbol that many steps back "
-             "can be read from the state. Where a line meets its baseline, memory has run "
-             "out.", False)):
-        curves: dict[str, list[tuple[float, float]]] = {}
-        for res in results:
-            if res.kind != kind:
-                continue
-            for name, pts in _series(res).items():
-                curves[f"{res.label}: {name}"] = pts
-        if len(curves) < 2:
-            continue
-        png = _overlay_png(curves, xlabel, ylabel, f"{kind}: side by side", logy)
-        parts.append(_figure(png, f"{kind.capitalize()} side by side", caption))
-    for kind in KINDS:
-        group = [r for r in results if r.kind == kind]
-        if len(group) < 2:
-            continue
-        keys: list[str] = []
-        for res in group:
-            keys += [k for k in (res.data.get("summary") or {}) if k not in keys]
-        rows = [{"headline": k, **{res.label: (res.data.get("summary") or {}).get(k)
-                                   for res in group}} for k in keys]
-        parts.append(f"<h3>Headline numbers side by side: {_esc(kind)}</h3>" + _table(rows))
-    if not parts:
-        return ""
-    return "<h2 id='compare'>Side-by-side comparison</h2>" + "".join(parts)
-
-
-def _extra_section(sec: ReportSection) -> str:
-    parts = [f"<h2>{_esc(sec.title)}</h2>"]
+def _prose(sec: ReportSection, level: int = 2) -> str:
+    parts = [f"<h{level}>{_esc(sec.title)}</h{level}>"]
     parts += [f"<p>{_esc(p)}</p>" for p in sec.paragraphs]
+    if sec.items:
+        parts.append("<ul class='findings'>" + "".join(f"<li>{_esc(i)}</li>" for i in sec.items)
+                     + "</ul>")
     if sec.table:
         parts.append(_table(sec.table))
     if sec.plots:
@@ -368,29 +223,125 @@ def _extra_section(sec: ReportSection) -> str:
     return "\n".join(parts)
 
 
-def render_report(results: Sequence[ResultDir], title: str = "memlens report",
+def _result_section(res: SavedResult, label: str, index: int) -> str:
+    parts = [f"<h2 id='r{index}'>{_esc(res.kind.capitalize())}: {_esc(label)}</h2>",
+             f"<p class='note'>Result directory <code>{_esc(res.path)}</code>; memlens "
+             f"{_esc(res.data.get('memlens_version', '?'))}.</p>"]
+    extra = res.extra()
+    prose = {k: ReportSection.from_data(v) for k, v in extra.items()}
+    parts += [_prose(sec, 3) for sec in prose.values() if sec is not None]
+    if res.model_info() or res.corpus_info():
+        parts.append("<div class='grid'><div><h3>Model</h3>" + _kv_table(res.model_info())
+                     + "</div><div><h3>Corpus</h3>" + _kv_table(res.corpus_info())
+                     + "</div></div>")
+    parts.append("<h3>Headline numbers</h3>" + _kv_table(res.summary()))
+    if res.plots:
+        figs = "".join(_figure(res.images[p["file"]], str(p.get("title") or p["file"]),
+                               str(p.get("caption") or "")) for p in res.plots)
+        parts.append(f"<h3>Plots</h3><div class='grid'>{figs}</div>")
+    table = res.rows()
+    for decl in res.series():
+        pivot = series_table(table, decl)
+        if pivot:
+            caption = decl.get("caption")
+            parts.append(f"<h3>{_esc(decl.get('title') or decl.get('name') or decl['y'])}</h3>"
+                         + (f"<p class='note'>{_esc(caption)}</p>" if caption else "")
+                         + f"<p class='note'>Column values: {_esc(decl['y'])}.</p>"
+                         + _table(pivot))
+    if table:
+        parts.append(f"<details><summary>Full table ({len(table)} rows)</summary>"
+                     f"{_table(table)}</details>")
+    parts.append("<details><summary>Settings</summary>" + _kv_table(res.settings_info())
+                 + "</details>")
+    for key, value in extra.items():  # anything else the analysis recorded (probe, timing, ...)
+        if prose[key] is None and isinstance(value, (dict, list)) and value:
+            parts.append(f"<details><summary>{_esc(key.capitalize())}</summary>"
+                         f"{_value(value)}</details>")
+    return "\n".join(parts)
+
+
+@plain_text
+def _png(draw) -> bytes:
+    """Render ``draw(ax)`` into PNG bytes (Agg, labels as plain text, no file)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=90)
+    try:
+        draw(ax)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def _overlays(results: Sequence[SavedResult], labels: Sequence[str]) -> list[str]:
+    """One figure per (kind, series name) that two or more results declare: all their curves,
+    each named by its result's label and then its own curve name."""
+    groups: dict[tuple[str, str], list[tuple[str, SavedResult, dict]]] = {}
+    for res, label in zip(results, labels):
+        for decl in res.series():
+            key = (res.kind, str(decl.get("name") or decl["y"]))
+            groups.setdefault(key, []).append((label, res, decl))
+    figs = []
+    for (kind, _), members in groups.items():
+        first = members[0][2]
+        members = [m for m in members if (m[2]["x"], m[2]["y"]) == (first["x"], first["y"])
+                   and curves(m[1].rows(), m[2])]
+        if len(members) < 2:
+            continue
+        rows = [{**row, SOURCE: label} for label, res, _ in members for row in res.rows()]
+        title = str(first.get("title") or first.get("name") or first["y"])
+        merged = {**first, "group": [SOURCE, *(first.get("group") or [])],
+                  "title": f"{kind}: {title}, side by side"}
+        png = _png(lambda ax, rows=rows, merged=merged:
+                   plot_series(ax, rows, merged, MAX_OVERLAY_CURVES))
+        caption = (f"{first.get('caption') or ''} Each line is one curve of one result "
+                   "(result label first).").strip()
+        figs.append(_figure(png, f"{kind.capitalize()} side by side: {title}", caption))
+    return figs
+
+
+def _comparison(results: Sequence[SavedResult], labels: Sequence[str]) -> str:
+    parts = _overlays(results, labels)
+    kinds = list(dict.fromkeys(r.kind for r in results))
+    for kind in kinds:
+        group = [(label, r) for r, label in zip(results, labels) if r.kind == kind]
+        if len(group) < 2:
+            continue
+        keys: list[str] = []
+        for _, res in group:
+            keys += [k for k, v in res.summary().items() if _is_scalar(v) and k not in keys]
+        rows = [{"headline": k, **{label: res.summary().get(k) for label, res in group}}
+                for k in keys]
+        if rows:
+            parts.append(f"<h3>Headline numbers side by side: {_esc(kind)}</h3>" + _table(rows))
+    if not parts:
+        return ""
+    return "<h2 id='compare'>Side-by-side comparison</h2>" + "".join(parts)
+
+
+def render_report(results: Sequence[SavedResult], title: str = "memlens report",
                   findings: Sequence[str] | None = None,
                   sections: Sequence[ReportSection] = ()) -> str:
     """The HTML text of the report (see module docstring)."""
-    _assign_labels(results)
     from memlens import __version__
 
+    labels = _labels(results)
     body = [f"<h1>{_esc(title)}</h1>",
             "<p class='note'>Generated by memlens " + _esc(__version__) + ". State gradients: "
             "how strongly the recurrent state reacts to input some steps back (Verwimp et al., "
             "2020). Memory signatures: how well a decoder reads the input some steps back out "
             "of the state (Koppula et al., 2018; the decoders are memlens' own design).</p>"]
     if findings:
-        body.append("<h2>Findings</h2><ul class='findings'>"
-                    + "".join(f"<li>{_esc(f)}</li>" for f in findings) + "</ul>")
-    for sec in sections:
-        body.append(_extra_section(sec))
+        body.append(_prose(ReportSection("Findings", items=list(findings))))
+    body += [_prose(sec) for sec in sections]
     if results:
-        toc = "".join(f"<li><a href='#r{i}'>{_esc(r.kind)}: {_esc(r.label)}</a></li>"
-                      for i, r in enumerate(results))
+        toc = "".join(f"<li><a href='#r{i}'>{_esc(r.kind)}: {_esc(label)}</a></li>"
+                      for i, (r, label) in enumerate(zip(results, labels)))
         body.append(f"<h2>Results</h2><ul>{toc}</ul>")
-    body.append(_comparison(results))
-    body += [_result_section(r, i) for i, r in enumerate(results)]
+    body.append(_comparison(results, labels))
+    body += [_result_section(r, label, i) for i, (r, label) in enumerate(zip(results, labels))]
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\">"
             f'<meta name="generator" content="memlens {_esc(__version__)}">'

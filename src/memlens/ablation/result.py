@@ -1,0 +1,170 @@
+"""The result of :func:`memlens.context_ablation`: losses per (perturbation, distance).
+
+Rows: one per (perturbation, distance k) with the mean loss under the perturbation (nats,
+bits), the unperturbed loss on the same targets, the paired increase
+Delta(p, k) = mean_t [l_t(p, k) - l_t] (nats, bits, percent of the unperturbed loss) and its
+block-bootstrap interval, and the number of targets. Summary: the unperturbed loss and
+perplexity, the effective context per perturbation and the tolerance that defines it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from memlens.results import Result
+
+PERTURBATIONS = ("shuffle", "replace", "drop")
+LN2 = math.log(2.0)
+
+
+def block_mean_interval(values: np.ndarray, blocks: int = 20, resamples: int = 1000,
+                        seed: int = 0, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval of the mean of each row of ``values`` (R x N, columns in stream
+    order) by resampling ``blocks`` contiguous blocks of columns with replacement; the same
+    resampled blocks for every row. NaN when ``resamples`` is 0 or N < 2."""
+    R, N = values.shape
+    low, high = np.full(R, np.nan), np.full(R, np.nan)
+    if resamples < 1 or N < 2:
+        return low, high
+    blocks = max(2, min(blocks, N))
+    edges = np.linspace(0, N, blocks + 1).astype(int)
+    sums = np.add.reduceat(values, edges[:-1], axis=1)                    # R x B
+    counts = np.diff(edges).astype(np.float64)                            # B
+    rng = np.random.default_rng(seed)
+    w = rng.multinomial(blocks, np.full(blocks, 1.0 / blocks), size=resamples).astype(float)
+    means = (w @ sums.T) / (w @ counts)[:, None]                          # resamples x R
+    q = (1 - level) / 2
+    low, high = np.quantile(means, [q, 1 - q], axis=0)
+    return low, high
+
+
+def effective_context(distances: list[int], increase: np.ndarray, tol: float) -> int | None:
+    """Smallest k such that |increase(k')| <= tol for every measured k' >= k (None: none)."""
+    eff = None
+    for k, inc in sorted(zip(distances, increase), reverse=True):
+        if abs(inc) > tol:
+            break
+        eff = k
+    return eff
+
+
+@dataclass(repr=False)
+class ContextAblationResult(Result):
+    """Losses of one model on N targets under perturbations of the far context.
+
+    ``base_nll``: N unperturbed losses (nats); ``nll``: P x D x N losses under each
+    perturbation and distance; ``positions``: the N target positions in the stream.
+    """
+
+    kind = "ablation"
+    arrays_file = "ablation.npz"
+
+    perturbations: list[str]
+    distances: list[int]
+    base_nll: np.ndarray
+    nll: np.ndarray
+    positions: np.ndarray
+    settings: dict = field(default_factory=dict)
+    model_meta: dict = field(default_factory=dict)
+    corpus_meta: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+
+    # -- numbers -----------------------------------------------------------------------------
+    @property
+    def base_loss(self) -> float:
+        return float(self.base_nll.mean())
+
+    @property
+    def increase(self) -> np.ndarray:
+        """P x D mean paired increase (nats)."""
+        return (self.nll - self.base_nll[None, None, :]).mean(-1)
+
+    def intervals(self) -> tuple[np.ndarray, np.ndarray]:
+        """P x D low and high ends of the increase's block-bootstrap interval (nats)."""
+        if not hasattr(self, "_intervals"):
+            P, D, N = self.nll.shape
+            diffs = (self.nll - self.base_nll[None, None, :]).reshape(P * D, N)
+            lo, hi = block_mean_interval(diffs, int(self.settings.get("blocks", 20)),
+                                         int(self.settings.get("bootstrap", 1000)),
+                                         int(self.settings.get("seed", 0)))
+            self._intervals = (lo.reshape(P, D), hi.reshape(P, D))
+        return self._intervals
+
+    @property
+    def tolerance_nats(self) -> float:
+        return float(self.settings.get("tolerance", 0.01)) * self.base_loss
+
+    def effective_context(self) -> dict[str, int | None]:
+        """Per perturbation: the smallest k from which every |Delta(k')| <= tolerance."""
+        inc = self.increase
+        return {p: effective_context(self.distances, inc[i], self.tolerance_nats)
+                for i, p in enumerate(self.perturbations)}
+
+    def last_significant(self) -> dict[str, int | None]:
+        """Per perturbation: the largest k whose interval lies above 0 (None: none, or no
+        intervals)."""
+        lo, _ = self.intervals()
+        return {p: max((k for k, low in zip(self.distances, lo[i]) if low > 0), default=None)
+                for i, p in enumerate(self.perturbations)}
+
+    # -- the result format -------------------------------------------------------------------
+    def rows(self) -> list[dict]:
+        inc, (lo, hi) = self.increase, self.intervals()
+        base, out = self.base_loss, []
+        for i, p in enumerate(self.perturbations):
+            for j, k in enumerate(self.distances):
+                loss = float(self.nll[i, j].mean())
+                out.append({"perturbation": p, "distance": int(k), "loss_nats": loss,
+                            "loss_bits": loss / LN2, "base_nats": base,
+                            "increase_nats": float(inc[i, j]),
+                            "increase_low": float(lo[i, j]), "increase_high": float(hi[i, j]),
+                            "increase_bits": float(inc[i, j]) / LN2,
+                            "increase_percent": 100 * float(inc[i, j]) / base if base else None,
+                            "targets": int(self.nll.shape[-1])})
+        return out
+
+    def series(self) -> list[dict]:
+        L = self.settings.get("context")
+        return [
+            {"name": "increase", "title": "Loss increase when the context beyond k is perturbed",
+             "x": "distance", "y": "increase_nats", "group": ["perturbation"],
+             "low": "increase_low", "high": "increase_high", "log_x": True,
+             "xlabel": "distance k (tokens kept intact)", "ylabel": "loss increase (nats)",
+             "caption": f"Mean increase of the loss on the same targets when the tokens "
+                        f"farther than k are shuffled, replaced by unigram draws or dropped "
+                        f"(context window {L}); 95% block-bootstrap bands; 0 = context "
+                        f"beyond k unused."},
+            {"name": "loss", "title": "Loss vs intact context", "x": "distance",
+             "y": "loss_bits", "group": ["perturbation"], "log_x": True,
+             "xlabel": "distance k (tokens kept intact)", "ylabel": "loss (bits per token)",
+             "caption": f"Mean loss under each perturbation; unperturbed: "
+                        f"{self.base_loss / LN2:.3f} bits."},
+        ]
+
+    def summary(self) -> dict:
+        eff = self.effective_context()
+        return {"targets": int(self.nll.shape[-1]), "context": self.settings.get("context"),
+                "base_loss_nats": self.base_loss, "base_loss_bits": self.base_loss / LN2,
+                "base_perplexity": math.exp(self.base_loss),
+                "effective_context": eff,
+                "last_significant_distance": self.last_significant(),
+                "tolerance": self.settings.get("tolerance"),
+                "tolerance_nats": self.tolerance_nats,
+                "effective_context_definition":
+                    "smallest measured k such that |loss increase| <= tolerance x unperturbed "
+                    "loss at k and every larger measured k (null: none)",
+                "last_significant_definition":
+                    "largest measured k whose 95% interval of the increase lies above 0",
+                **({"tokens_per_second": self.stats["token_steps_per_second"]}
+                   if self.stats.get("token_steps_per_second") else {})}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"base_nll": self.base_nll, "nll": self.nll, "positions": self.positions,
+                "distances": np.asarray(self.distances),
+                "perturbations": np.asarray(self.perturbations, dtype=str)}
+
+    def extra(self) -> dict:
+        return {"performance": dict(self.stats)} if self.stats else {}
