@@ -343,16 +343,18 @@ class FastLinearDecoder(JointDecoder):
        the early-stopping rows (the last ``val_fraction`` of the training states, which the
        LDA did not see). The logits are linear in the scales, so the problem is convex; its
        overall scale is a temperature, so no separate calibration is needed (T = 1).
-    3. Optional (``max_epochs`` > 0, default 0): epochs of the joint decoder's Adam
-       training from this start (``lr`` 0.003), with the start as "epoch 0" candidate of
-       early stopping, then temperature calibration (a ternary search over the same grid).
+    3. ``max_epochs`` (default 2) epochs of the joint decoder's Adam training from this
+       start (``lr`` 0.01), with the start as "epoch 0" candidate of early stopping, then
+       temperature calibration (a ternary search over the same grid). Measured on the word
+       case: without them lags 1-4 stay 9-12 points below the joint decoder; with 2 they
+       are within 1.5 points below / 2.2 above (README).
 
     Index (one-hot window) states have no covariance to whiten: they get the joint
     decoder's training from its random start.
     """
 
-    lr: float = 0.003
-    max_epochs: int = 0
+    lr: float = 0.01
+    max_epochs: int = 2
     shrinkage: float = 0.02
     scale_groups: bool = True
     scale_iters: int = 50
