@@ -82,10 +82,9 @@ def test_constant_state_learns_nothing():
     assert (sig.bits < 0.03).all()  # H(train prior) - CE(held-out) is only sampling noise
 
 
-def test_joint_decoder_agrees_with_per_lag_logistic_regression():
-    from sklearn.linear_model import LogisticRegression
-
-    v, k_max = 4, 3
+def _noisy_lagged_states(v: int = 4, k_max: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """States (4000 x 12) that linearly mix one-hots of the last k_max + 1 symbols with noise,
+    and their lag targets: a case where per-lag logistic regression is the optimum."""
     ids = iid(4000, v, 5)
     y = lag_targets(ids, k_max)
     rng = np.random.default_rng(6)
@@ -93,6 +92,13 @@ def test_joint_decoder_agrees_with_per_lag_logistic_regression():
                               for k in range(k_max + 1)], 1)
     x = (onehots @ rng.standard_normal((onehots.shape[1], 12))
          + 1.5 * rng.standard_normal((len(ids), 12))).astype(np.float32)
+    return x, y
+
+
+def test_joint_decoder_agrees_with_per_lag_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    v, k_max, x, y = 4, 3, *_noisy_lagged_states()
     tr, he = slice(0, 3000), slice(3000, None)
     dec = JointDecoder(max_epochs=30).fit(x[tr], y[tr], v)
     pred, _ = dec.evaluate(x[he], y[he])
@@ -367,14 +373,7 @@ def test_fast_decoder_agrees_with_joint_decoder_and_sklearn_on_lags():
     and at least as accurate as the joint decoder, less half a point."""
     from sklearn.linear_model import LogisticRegression
 
-    v, k_max = 4, 3
-    ids = iid(4000, v, 5)
-    y = lag_targets(ids, k_max)
-    rng = np.random.default_rng(6)
-    onehots = np.concatenate([np.eye(v + 1)[np.where(y[:, k] >= 0, y[:, k], v)]
-                              for k in range(k_max + 1)], 1)
-    x = (onehots @ rng.standard_normal((onehots.shape[1], 12))
-         + 1.5 * rng.standard_normal((len(ids), 12))).astype(np.float32)
+    v, k_max, x, y = 4, 3, *_noisy_lagged_states()
     tr, he = slice(0, 3000), slice(3000, None)
     acc = {}
     for name in ("linear", "linear-fast"):

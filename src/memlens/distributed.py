@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +115,22 @@ def agree(group: Group, error: BaseException | None = None, what: str = "") -> N
         raise KeyboardInterrupt(f"another process was interrupted{where}")
     raise MemlensError(f"another process of the {group.world} failed{where} (its message "
                        "says why)")
+
+
+@contextmanager
+def agreed(group: Group | None, what: str = "") -> Iterator[None]:
+    """Run the block, then :func:`agree` on its outcome on every rank (no-op without a group):
+    a failure on this rank is reported to the others and re-raised; a failure elsewhere
+    raises here after the block succeeded."""
+    if group is None:
+        yield
+        return
+    try:
+        yield
+    except BaseException as exc:
+        agree(group, exc, what)
+        raise
+    agree(group, None, what)
 
 
 def broadcast_object(group: Group, obj: object, src: int = 0) -> object:

@@ -140,7 +140,8 @@ def state_gradients(model: nn.Module, inputs, max_delay: int, readout: str | Non
         if int(lengths[0]) != -int(lengths[1]):
             raise MemlensError(f"the {group.world} processes got streams of different lengths "
                                f"({-int(lengths[1])}..{int(lengths[0])} positions)")
-    try:  # an error on one rank must reach the others before they start
+    # an error on one rank must reach the others before they start
+    with distributed.agreed(group, "before the state-gradient accumulation"):
         if direction_weighting not in metrics.WEIGHTINGS:
             raise MemlensError(f"unknown direction weighting {direction_weighting!r}: choose "
                                f"{' or '.join(metrics.WEIGHTINGS)}")
@@ -196,13 +197,7 @@ def state_gradients(model: nn.Module, inputs, max_delay: int, readout: str | Non
             if checkpoint is not None:
                 checkpoint = distributed.rank_path(checkpoint, group.rank)
             progress = progress and group.rank == 0
-    except BaseException as exc:
-        if group is not None:
-            distributed.agree(group, exc, "before the state-gradient accumulation")
-        raise
-    if group is not None:
-        distributed.agree(group, None, "before the state-gradient accumulation")
-    try:
+    with distributed.agreed(group, "during the state-gradient accumulation"):
         sums = accumulate(enc, values, int(max_delay), L, readout, memberships, len(names),
                           dtype=dtype, device=device, method=method, blocks=blocks,
                           flush_every=flush_every, chunk_size=chunk_size, checkpoint=checkpoint,
@@ -211,12 +206,7 @@ def state_gradients(model: nn.Module, inputs, max_delay: int, readout: str | Non
                           on_chunk=on_chunk, ci_delays=ci_delays,
                           keep_checkpoint=keep_checkpoint or group is not None,
                           segment=segment, shard=shard, warmup=W or 0)
-    except BaseException as exc:
-        if group is not None:
-            distributed.agree(group, exc, "during the state-gradient accumulation")
-        raise
     if group is not None:
-        distributed.agree(group, None, "during the state-gradient accumulation")
         _reduce(group, sums)
         if checkpoint is not None and not keep_checkpoint:
             Path(checkpoint).unlink(missing_ok=True)
