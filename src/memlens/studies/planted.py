@@ -1032,12 +1032,12 @@ def recovered_text(value: int | None, max_delay: int) -> str:
     return str(value) if value <= max_delay else f"not over by {max_delay}"
 
 
-def _both(rows: dict[str, int | None], say: Callable[[int | None], str]) -> str:
-    """"for the LSTM at 5 and for the GRU at 6", or "for both models at 5"."""
+def _both(rows: dict[str, Any], say: Callable[[Any], str]) -> str:
+    """"5 for both models", or "5 for the LSTM and 6 for the GRU"."""
     vals = list(rows.values())
     if len(vals) > 1 and all(v == vals[0] for v in vals):
-        return f"for {'both' if len(vals) == 2 else 'all'} models {say(vals[0])}"
-    parts = [f"for the {m} {say(v)}" for m, v in rows.items()]
+        return f"{say(vals[0])} for {'both' if len(vals) == 2 else 'all'} models"
+    parts = [f"{say(v)} for the {m}" for m, v in rows.items()]
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
@@ -1045,7 +1045,7 @@ def findings(cfg: PlantedConfig, recovered: Sequence[dict[str, Any]],
              curves: Sequence[dict[str, Any]] = ()) -> list[str]:
     """The findings as sentences: one per view for the length readings, one per contrast
     saying what it shows instead, and the references (``curves``: the per-delay rows, for
-    the size of the ablation's effect)."""
+    the size of the effects quoted)."""
     d, K = cfg.distance, cfg.max_delay
     by: dict[str, dict[str, int | None]] = {}
     for r in recovered:
@@ -1053,74 +1053,96 @@ def findings(cfg: PlantedConfig, recovered: Sequence[dict[str, Any]],
             by.setdefault(r["method"], {})[r["model"]] = r["recovered"]
 
     def at(v: int | None) -> str:
-        return "never" if v is None else f"at {v}" if v <= K else f"not by {K}"
+        return "never" if v is None else f"at {v}" if v <= K else f"only beyond {K}"
+
+    def tokens(v: int | None) -> str:
+        return f"{v} tokens" if v is not None and v <= K else f"more than {K} tokens"
 
     out = []
     trained = [r for r in recovered if r["role"] == "trained"]
     ok = [r for r in trained if r["match"]]
     if len(ok) == len(trained):
-        out.append(f"All three views find the planted memory: each length reading recovers "
-                   f"{d} steps within one step for every trained model.")
+        out.append(f"All three views find the planted memory: every length reading recovers "
+                   f"the planted {d} steps within one step, for every trained model.")
     else:
         miss = sorted({f"{r['model']} ({r['method']})" for r in trained if not r["match"]})
         out.append(f"{len(ok)} of {len(trained)} length readings recover the planted {d} "
-                   f"steps within one step; the others miss it: {'; '.join(miss)}.")
+                   f"steps within one step; these miss it: {'; '.join(miss)}.")
     m = by.get("state gradients: strength along the number direction", {})
     if m:
         out.append(f"State gradients: the state's reaction along the noun's number direction "
-                   f"reaches half its peak for the last time just before it is over, "
-                   f"{_both(m, at)} (planted {d}): the number is held while the verb is "
-                   f"still to come and let go once it has been used.")
+                   f"stays at half its peak or more while the verb is still to come and "
+                   f"collapses once the verb has been read; the memory is over "
+                   f"{_both(m, at)} (planted {d}).")
     m = by.get("memory signature vs random-init control", {})
     if m:
         out.append(f"Memory signatures: the trained networks decode the noun's number better "
-                   f"than their untrained copies up to the step before the verb; the advantage "
-                   f"ends {_both(m, at)} (planted {d}).")
+                   f"than their untrained copies until the verb; the advantage ends "
+                   f"{_both(m, at)} (planted {d}).")
     m = by.get("context ablation: swap the context beyond k", {})
     if m:
         out.append(f"Context ablation: swapping everything farther than k tokens before the "
                    f"verb for the same stretch before another verb costs "
-                   f"{_swap_cost(curves, cfg)} bits while the noun is among the swapped "
-                   f"tokens and nothing once it is kept: the effective context is "
-                   f"{_both(m, lambda v: str(v) if v is not None and v <= K else f'beyond {K}')}"
-                   f" tokens (planted {d}).")
+                   f"{_swap_cost(curves, cfg)} bits at the verb while the noun is among the "
+                   f"swapped tokens and almost nothing once it is kept; the effective context "
+                   f"is {_both(m, tokens)} (planted {d}).")
     n = by.get("state gradients: number direction dominant, normalised space", {})
-    r = by.get("state gradients: number direction dominant, raw space", {})
-    if n and r:
-        def dom(v: int | None) -> str:
-            return ("it never dominates" if v is None else
-                    f"it dominates up to delay {v - 1}" if v <= K else
-                    f"it dominates up to delay {K} and beyond")
-
-        out.append(f"Normalisation changes what looks dominant. In normalised embedding space "
-                   f"(every direction scaled to its spread over the vocabulary) the number "
-                   f"direction is the strongest part of a noun's memory only around the step "
-                   f"before the verb, if at all ({_both(n, dom)}; relative memory >= "
-                   f"{DOMINANCE:g}). In raw space the number lives on a low-variance "
-                   f"coordinate that the network must amplify to use, so per unit of raw "
-                   f"input it looks strongest long after its strength has collapsed "
-                   f"({_both(r, dom)}): that is the variance artefact normalisation removes. "
-                   f"Such ratios say what is remembered, not how long: when everything fades "
-                   f"together they stay put, so the length is read from the strength.")
+    if n:
+        out.append(_normalisation_sentence(n, curves, cfg))
     m = by.get("memory signature vs majority baseline", {})
     if m:
         out.append(f"Against the majority baseline the signature runs on past the planted "
-                   f"distance ({_both(m, at)}): from lag {d} on the verb, which repeats the "
-                   f"number, is in view and any network keeps it for a few steps; the "
-                   f"untrained copy is the baseline that isolates what training added.")
+                   f"distance (it ends {_both(m, at)}; analysed up to lag {K}): from lag {d} "
+                   f"on the verb, which "
+                   f"repeats the number, is in view, and any network keeps it for a few "
+                   f"steps; the untrained copy is the baseline that isolates what training "
+                   f"added.")
     m = by.get("context ablation: drop the context beyond k", {})
     if m:
         out.append(f"Dropping the context instead of swapping it (reading only the last k "
-                   f"tokens from a zero state) overstates the context used "
-                   f"({_both(m, lambda v: str(v) if v is not None and v <= K else f'beyond {K}')}"
-                   f" tokens): the models were trained on an unbroken stream and need a few "
-                   f"tokens to recover from a zero state.")
+                   f"tokens, from a zero state) overstates the context used "
+                   f"({_both(m, tokens)}): the models were trained on an unbroken stream and "
+                   f"need a few tokens to recover from a zero state.")
     for row in recovered:
         if row["role"] == "oracle":
             out.append(f"Oracle check: the {row['model']} reads the number back for "
                        f"{row['recovered']} lags, its window, as it must.")
             break
     return out
+
+
+def _normalisation_sentence(dominance: dict[str, int | None], curves: Sequence[dict[str, Any]],
+                            cfg: PlantedConfig) -> str:
+    """What normalisation changes, in plain words, with the numbers of this run."""
+    K = cfg.max_delay
+
+    def dom(v: int | None) -> str:
+        return ("never" if v is None else f"up to delay {v - 1}" if v <= K else
+                f"up to delay {K} and beyond")
+
+    start = {r["model"]: (r["relmem_normalised"], r["relmem_unnormalised"])
+             for r in curves if r["delay"] == 0}
+    late = [r["relmem_unnormalised"] for r in curves
+            if r["delay"] > 0 and r["strength_of_peak"] < 0.25]
+    text = ("Normalisation changes what looks dominant. In raw embedding space the number "
+            "lives on a low-variance coordinate, so a unit step along it is a large step "
+            "compared with how words differ, and the network's strong weights on it make it "
+            "look dominant")
+    if start:
+        text += (" from the start: its relative memory at delay 0 is " + _both(
+            {m: v[1] for m, v in start.items()}, lambda x: f"{x:.2f}")
+            + " in raw space, against " + _both({m: v[0] for m, v in start.items()},
+                                                lambda x: f"{x:.2f}")
+            + " in normalised space, where the noun's other features dominate")
+    text += (". In normalised space (every direction scaled to its spread over the "
+             "vocabulary) the number direction dominates (relative memory >= "
+             f"{DOMINANCE:g}) {_both(dominance, dom)}")
+    if late:
+        text += (f"; in raw space it keeps a relative memory of {min(late):.2f} to "
+                 f"{max(late):.2f} even after its strength has fallen below a quarter of the "
+                 "peak")
+    return text + (". Such ratios say what is remembered, not for how long: when everything "
+                   "fades together they stay put, so the length is read from the strength.")
 
 
 def _swap_cost(curves: Sequence[dict[str, Any]], cfg: PlantedConfig) -> str:
