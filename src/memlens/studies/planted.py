@@ -787,7 +787,9 @@ class PlantedResult(Result):
                 "paragraphs": [lead, "Role: trained = a reading of the memory length of a "
                                "trained model; contrast = a reading shown beside it because "
                                "it does not measure that length (the findings say why); "
-                               "control and oracle = reference models."],
+                               "control and oracle = reference models (the oracle's match is "
+                               f"against its own window, {NGRAM_ORDER - 1}; the control has "
+                               "no known answer)."],
                 "table": table, "figures": ["three_views.png"],
                 "findings": findings(cfg, self.recovered, self.curves)}
 
@@ -898,8 +900,9 @@ def measure_ablation(model: LanguageModel, ckpt: str, corpus: Corpus, cfg: Plant
 def recovered_rows(arch: str, g: dict[str, int | None], s: dict[str, int],
                    a: dict[str, int], cfg: PlantedConfig) -> list[dict[str, Any]]:
     """What each reading recovered for one model: its length readings (role "trained"), the
-    contrasts, then the references (random-init control, trigram window). ``match``: within
-    one step of the planted distance."""
+    contrasts, then the references (random-init control, trigram window), as records with
+    ``model``, ``role``, ``method``, ``planted``, ``recovered``, ``expected`` and ``match``
+    (within one step of ``expected``; None for the control, which has no known answer)."""
     values = {
         "state gradients: strength along the number direction": g["strength"],
         "memory signature vs random-init control": s["trained_vs_control"],
@@ -913,17 +916,21 @@ def recovered_rows(arch: str, g: dict[str, int | None], s: dict[str, int],
     for method, value in values.items():
         rows.append(_row(arch, METHODS[method]["role"], method, value, cfg))
     rows.append(_row(f"{arch} random-init control", "control",
-                     "memory signature vs majority baseline", s["random-init"], cfg))
+                     "memory signature vs majority baseline", s["random-init"], cfg, None))
     rows.append(_row(f"{NGRAM_ORDER}-gram window (oracle: memory {NGRAM_ORDER - 1})", "oracle",
-                     "memory signature vs majority baseline", s["trigram"], cfg))
+                     "memory signature vs majority baseline", s["trigram"], cfg,
+                     NGRAM_ORDER - 1))
     return rows
 
 
-def _row(model: str, role: str, method: str, value: int | None, cfg: PlantedConfig
-         ) -> dict[str, Any]:
-    match = value is not None and abs(value - cfg.distance) <= 1
+def _row(model: str, role: str, method: str, value: int | None, cfg: PlantedConfig,
+         expected: int | None | str = "planted") -> dict[str, Any]:
+    """One record of ``recovered``. ``match``: within one step of ``expected`` (the planted
+    distance; the window for the n-gram oracle; None, no match at all, for the control)."""
+    exp = cfg.distance if expected == "planted" else expected
+    match = None if exp is None else value is not None and abs(value - int(exp)) <= 1
     return {"model": model, "role": role, "method": method, "planted": cfg.distance,
-            "recovered": value, "match": bool(match),
+            "recovered": value, "expected": exp, "match": match,
             "difference": None if value is None else value - cfg.distance,
             "definition": METHODS[method]["definition"]}
 
