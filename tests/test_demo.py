@@ -145,3 +145,54 @@ def test_demo_end_to_end(tmp_path, capsys):
             capture_output=True, text=True, timeout=120).stdout
         assert len(IMG.findall(dom)) == len(IMG.findall(text))
         assert "What was planted" in dom
+
+
+def test_planted_result_verdict_figure_and_findings(tmp_path):
+    """The study's own result, from known per-delay readings (no training): the verdict table,
+    the one combined figure and the findings as sentences, rendered first by the report."""
+    from memlens.report import build_report
+    from memlens.studies.planted import PlantedResult, recovered_rows
+
+    cfg = DemoConfig(distance=3)
+    curves = []
+    for model in ("LSTM", "GRU"):
+        for tau in range(cfg.max_delay + 1):
+            held = tau < 3
+            curves.append({
+                "model": model, "delay": tau, "lag": tau, "rank_normalised": 1,
+                "rank_unnormalised": 1, "relmem_normalised": 0.95 if tau == 2 else 0.5,
+                "relmem_unnormalised": 0.95, "strength": 1.0 if held else 0.1,
+                "strength_of_peak": 1.0 if held else 0.1, "accuracy": 1.0 if held else 0.6,
+                "control_accuracy": 0.6, "window_accuracy": 0.5, "majority": 0.5,
+                "accuracy_over_control": 0.4 if held else 0.0,
+                "ablation_swap_bits": None if tau == 0 else 3.0 if held else 0.0,
+                "ablation_swap_low_bits": None if tau == 0 else 2.5 if held else -0.1,
+                "ablation_swap_high_bits": None if tau == 0 else 3.5 if held else 0.1,
+                "ablation_drop_bits": None if tau == 0 else 3.0 if tau < 5 else 0.0})
+    rec = []
+    for model in ("LSTM", "GRU"):
+        rec += recovered_rows(model, {"strength": 3, "normalised": 3 if model == "LSTM"
+                                      else None, "unnormalised": 8},
+                              {"trained_vs_control": 3, "trained": 8, "random-init": 4,
+                               "trigram": 2}, {"swap": 3, "drop": 5}, cfg)
+    res = PlantedResult(cfg, curves=curves, recovered=rec,
+                        training={"lstm": {"valid_ppl": 9.0, "epoch": 6},
+                                  "gru": {"valid_ppl": 9.5, "epoch": 6}})
+    d = res.save(tmp_path / "planted-memory")
+    v = json.loads((d / "result.json").read_text())["verdict"]
+    assert v["figures"] == ["three_views.png"] and (d / "three_views.png").is_file()
+    trained = [r for r in v["table"] if r["role"] == "trained"]
+    assert len(trained) == 6 and all(r["match"] for r in trained)
+    assert {r["recovered"] for r in v["table"]} >= {"3", "never dominant",
+                                                    "not over by 7"}
+    oracle = [r for r in rec if r["role"] == "oracle"]
+    assert all(r["match"] and r["expected"] == 2 for r in oracle)
+    assert all(r["match"] is None for r in rec if r["role"] == "control")
+    text = " ".join(v["findings"])
+    assert text.startswith("All three views find the planted memory")
+    assert "the effective context is 3 tokens for both models" in text
+    assert "up to delay 2 for the LSTM and never for the GRU" in text
+    assert "costs about 3.0 bits" in text
+    page = build_report([d], tmp_path / "report.html").read_text()
+    assert page.index("Verdict: planted 3 steps") < page.index("<h2>Results</h2>")
+    assert len(IMG.findall(page)) == 1  # the combined figure, once

@@ -1157,7 +1157,10 @@ def _swap_cost(curves: Sequence[dict[str, Any]], cfg: PlantedConfig) -> str:
     one, over the models: "2.9 to 4.1", or "over a bit" without curves."""
     cost = [r["ablation_swap_bits"] for r in curves if r.get("ablation_swap_bits") is not None
             and 1 <= r["delay"] < cfg.distance]
-    return f"{min(cost):.1f} to {max(cost):.1f}" if cost else "over a bit"
+    if not cost:
+        return "over a bit"
+    lo, hi = f"{min(cost):.1f}", f"{max(cost):.1f}"
+    return f"about {lo}" if lo == hi else f"{lo} to {hi}"
 
 
 def description(cfg: PlantedConfig, training: dict[str, dict[str, Any]]) -> list[str]:
