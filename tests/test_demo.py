@@ -196,3 +196,18 @@ def test_planted_result_verdict_figure_and_findings(tmp_path):
     page = build_report([d], tmp_path / "report.html").read_text()
     assert page.index("Verdict: planted 3 steps") < page.index("<h2>Results</h2>")
     assert len(IMG.findall(page)) == 1  # the combined figure, once
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("distance", [3, 8])
+def test_other_distances_recovered_by_every_view(tmp_path, distance):
+    """`memlens demo --distance 3 / 8` through the Python API (the demo's own sizes, no
+    report): every length reading of the trained LSTM and GRU within one step, none 0."""
+    from memlens.studies.planted import run_planted
+
+    res = run_planted(DemoConfig(out=str(tmp_path / "d"), distance=distance, progress=False))
+    trained = [r for r in res.recovered if r["role"] == "trained"]
+    assert len(trained) == 6 and {r["model"] for r in trained} == {"LSTM", "GRU"}
+    for r in trained:
+        assert r["recovered"] not in (0, None) and r["match"], r
+        assert abs(r["recovered"] - distance) <= 1, r
