@@ -126,7 +126,7 @@ class PlantedConfig:
     decoder_sentences: int = 500   # sentences for training the signature decoders
     heldout_sentences: int = 300   # held-out sentences (signature scores, state gradients)
     gradient_sentences: int = 250  # sentences streamed through the state-gradient engine
-    ablation_targets: int = 300    # verbs (held-out sentences) scored by context ablation
+    ablation_targets: int = 150    # verbs (held-out sentences) scored by context ablation
     epochs: int = 6
     emb: int = 16
     hidden: int = 32
