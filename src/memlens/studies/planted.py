@@ -10,21 +10,27 @@ embedding space's variance is dominated by a direction that carries no informati
 (DESIGN.md section 3). The planted direction is the difference of the class-mean embeddings of
 plural and singular nouns.
 
-What is measured, for a small LSTM and a GRU trained on the corpus (``memlens.train``):
+What is measured, for a small LSTM and a GRU trained on the corpus (``memlens.train``), three
+ways; every reading gives the first delay / lag / distance at which the memory is *over*
+(held through d - 1 for planted distance d: the state that predicts the verb):
 
-* state gradients (``memlens.state_gradients``, class "noun" at the source): for each delay,
-  the rank of the planted direction among the right singular vectors of the average gradient,
-  in normalised and in unnormalised embedding space. Recovered memory = the first delay at
-  which the planted direction no longer ranks first; and the first delay at which the state's
-  reaction along the planted direction, |Gn(tau) dn|, falls (after its peak) below half of the
-  peak.
+* state gradients (``memlens.state_gradients``, class "noun" at the source): the strength
+  |Gn(tau) dn| of the state's reaction along the planted direction; recovered = 1 + the last
+  delay at which it is at least half its peak (:func:`end_of_strength`). Beside it, as
+  contrasts, the relative memory |G d| / sigma_1 in normalised and raw embedding space;
+  1 + the last delay at which it is >= 0.9 (:func:`end_of_dominance`);
 * memory signatures (``memlens.memory_signature``) of the number of the noun k steps back, for
   the trained model, a random-init control (same fixed embeddings, untrained recurrent weights)
-  and a trigram window (an oracle that sees exactly the last 2 tokens). Recovered memory = the
-  first lag at which accuracy falls to the majority baseline (+ a margin), and the first lag
-  >= 1 at which it falls to the accuracy of the random-init control (memory that training
-  added; the verb repeats the number, so past the planted distance every network can read the
-  number off the verb for a while).
+  and a trigram window (an oracle that sees exactly the last 2 tokens). Recovered = the first
+  lag >= 1 at which accuracy falls to that of the random-init control (memory that training
+  added); as a contrast, the first lag at which it falls to the majority baseline (the verb
+  repeats the number, so past the planted distance every network can read the number off the
+  verb for a while);
+* context ablation (``memlens.context_ablation`` through the LM's next-token head) at the verb
+  positions: the tokens farther than k before the verb are swapped for those before another
+  verb (``swap``) or dropped (``drop``, from a zero state: a contrast); recovered = the
+  effective context, the smallest k from which the verb's loss rises by at most half a bit
+  (:class:`PlantedAblation`).
 
 Every output is a :class:`~memlens.results.Result` written by ``save``: per model a gradients
 and a signatures result directory, and one ``planted-memory`` result (kind of its own) with the
