@@ -1,0 +1,234 @@
+"""Mamba, RWKV and xLSTM from Hugging Face transformers (issue 11).
+
+Oracles: the models' own forward (hidden states, final cache states, logits) on tiny random
+configs; autograd Jacobians through that forward w.r.t. ``inputs_embeds`` for the state
+gradients. Nothing is downloaded: configs are built here and saved to tmp dirs with a tiny
+tokenizer trained offline.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import memlens  # noqa: E402
+from memlens.errors import MemlensError  # noqa: E402
+from memlens.models.hf import from_hf, tokenize_corpus  # noqa: E402
+
+V = 40
+VX = 72  # xLSTM: more embedding rows than its 64 dimensions (normalisation)
+
+
+def tiny(family: str, dtype=torch.float32, seed: int = 0):
+    """A tiny random model of one family (eval mode)."""
+    torch.manual_seed(seed)
+    if family == "mamba":
+        cfg = transformers.MambaConfig(vocab_size=V, hidden_size=6, state_size=3,
+                                       num_hidden_layers=2, expand=2, conv_kernel=3,
+                                       time_step_rank=2, residual_in_fp32=False)
+        model = transformers.MambaForCausalLM(cfg)
+    elif family == "rwkv":
+        cfg = transformers.RwkvConfig(vocab_size=V, hidden_size=6, num_hidden_layers=2,
+                                      attention_hidden_size=6, intermediate_size=8,
+                                      context_length=32, rescale_every=1)
+        model = transformers.RwkvForCausalLM(cfg)
+        with torch.no_grad():  # random decays and bonuses, so the WKV sums matter
+            for b in model.rwkv.blocks:
+                b.attention.time_decay.normal_(0, 1)
+                b.attention.time_first.normal_(0, 1)
+    else:
+        # qk and v sizes of 64 (the HF cache rounds them up to multiples of 64), 8 heads
+        float64 = dtype == torch.float64
+        cfg = transformers.xLSTMConfig(
+            vocab_size=VX, hidden_size=64, num_hidden_layers=2, num_heads=8,
+            qk_dim_factor=1.0, v_dim_factor=1.0, ffn_proj_factor=0.25,
+            ffn_round_up_to_multiple_of=8, chunk_size=64,
+            inference_state_dtype="float64" if float64 else "float32",
+            norm_reduction_force_float32=not float64)
+        model = transformers.xLSTMForCausalLM(cfg)
+        with torch.no_grad():  # gates away from their init, so the stabiliser m moves
+            for b in model.backbone.blocks:
+                b.mlstm_layer.igate_preact.bias.normal_(0, 2)
+                b.mlstm_layer.fgate_preact.bias.normal_(2, 1)
+    return model.to(dtype).eval()
+
+
+FAMILIES = ["mamba", "rwkv", "xlstm"]
+COMPONENTS = {"mamba": ["hidden", "ssm", "conv"],
+              "rwkv": ["hidden", "numerator", "denominator", "max", "att_shift", "ffn_shift"],
+              "xlstm": ["hidden", "C", "n", "m"]}
+
+
+def model_states(model, family: str, X: torch.Tensor) -> dict[tuple[int, str], torch.Tensor]:
+    """Every block's output and state components after the last position of X (T x E), from
+    the model's own forward (hidden states, cache), each flattened."""
+    blocks = {"mamba": lambda: model.backbone.layers, "rwkv": lambda: model.rwkv.blocks,
+              "xlstm": lambda: model.backbone.blocks}[family]()
+    outs: dict[int, torch.Tensor] = {}
+    hooks = [b.register_forward_hook(
+        lambda _m, _i, o, i=i: outs.__setitem__(i, o[0] if isinstance(o, tuple) else o))
+        for i, b in enumerate(blocks)]
+    seen: dict = {}
+    if family == "rwkv":  # RWKV's cached state is written in place (autograd cannot follow):
+        # run without a cache, capture the inputs of the WKV recurrence and the shift states
+        for i, b in enumerate(blocks):
+            for name, mod in (("att_shift", b.ln1), ("ffn_shift", b.ln2),
+                              ("k", b.attention.key), ("v", b.attention.value)):
+                hooks.append(mod.register_forward_hook(
+                    lambda _m, _i, o, key=(i, name): seen.__setitem__(key, o)))
+    try:
+        res = model(inputs_embeds=X[None], use_cache=family != "rwkv",
+                    output_hidden_states=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    L = len(blocks)
+    got = {}
+    for i in range(L):
+        if family in ("mamba", "rwkv"):  # hidden_states: block outputs (RWKV: rescaled), norm
+            got[(i, "hidden")] = res.hidden_states[i][0, -1]
+        else:  # xLSTM's hidden_states start with the embeddings and end normalised: hooks
+            got[(i, "hidden")] = outs[i][0, -1]
+        if family == "mamba":
+            c = res.cache_params
+            got[(i, "ssm")] = c.get_recurrent_state(i)[0].flatten()
+            got[(i, "conv")] = c.get_conv_state(i)[0][:, 1:].flatten()
+        elif family == "rwkv":  # the model's own WKV function on the captured keys, values
+            from transformers.models.rwkv.modeling_rwkv import rwkv_linear_attention_cpu
+
+            att = blocks[i].attention
+            _, (num, den, mx) = rwkv_linear_attention_cpu(
+                att.time_decay, att.time_first, seen[(i, "k")], seen[(i, "v")],
+                return_state=True)
+            got[(i, "numerator")], got[(i, "denominator")], got[(i, "max")] = \
+                num[0], den[0], mx[0]
+            got[(i, "att_shift")] = seen[(i, "att_shift")][0, -1]
+            got[(i, "ffn_shift")] = seen[(i, "ffn_shift")][0, -1]
+        else:
+            C, n, m = res.cache_params.rnn_state[i]
+            got[(i, "C")], got[(i, "n")], got[(i, "m")] = C[0].flatten(), n[0].flatten(), \
+                m[0].flatten()
+    return got
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_step_equals_model_forward(family):
+    model = tiny(family)
+    enc = from_hf(model)
+    assert [lay.readouts for lay in enc.layers][0] == tuple(COMPONENTS[family])
+    ids = torch.randint(0, V, (17,), generator=torch.Generator().manual_seed(1))  # < VX
+    seqs, _ = enc.states(ids[:, None])
+    X = model.get_input_embeddings().weight.detach()[ids]
+    with torch.no_grad():
+        for t in (0, 7, 16):
+            want = model_states(model, family, X[:t + 1])
+            for (i, name), w in want.items():
+                got = seqs[(i, name)][t, 0]
+                assert got.shape == w.shape, (i, name)
+                err = (got - w).abs().max().item()
+                assert err <= 1e-5 * max(1.0, w.abs().max().item()), (family, t, i, name, err)
+        # the head gives the model's logits
+        logits = model(ids[None]).logits[0]
+        assert (enc.head(seqs[(enc.num_layers - 1, "hidden")][:, 0]) - logits).abs().max() < 1e-5
+    assert enc.default_readout(-1, "gradients") == "hidden"
+    assert enc.default_readout(0, "signatures") == "hidden"
+
+
+def autograd_average(model, family, X: torch.Tensor, K: int, pairs) -> dict:
+    """Mean over t of d r_t / d x_{t-tau} (tau = 0..K) by autograd through the model's own
+    forward on each prefix X[:t+1]: {(layer, readout): (K+1) x D x E}."""
+    sums: dict = {}
+    count = np.zeros(K + 1)
+    T = X.shape[0]
+    for t in range(T):
+        def f(Xp, t=t):
+            st = model_states(model, family, Xp)
+            return torch.cat([st[p] for p in pairs])
+
+        J = torch.autograd.functional.jacobian(f, X[:t + 1], vectorize=True)  # D x t+1 x E
+        off = 0
+        for p in pairs:
+            d = model_states_size[p]
+            blockJ = J[off:off + d].detach().numpy()
+            off += d
+            acc = sums.setdefault(p, np.zeros((K + 1, d, X.shape[1])))
+            for tau in range(min(t, K) + 1):
+                acc[tau] += blockJ[:, t - tau]
+        for tau in range(min(t, K) + 1):
+            count[tau] += 1
+    return {p: s / count[:, None, None] for p, s in sums.items()}
+
+
+model_states_size: dict = {}
+
+
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-4), ("float64", 1e-9)])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_state_gradients_equal_autograd_through_model(family, dtype, tol):
+    """Every readout of every block against autograd Jacobians through the model's forward.
+
+    In float64 the oracle runs the model in float64; Mamba's RMSNorm and RWKV's WKV cast to
+    float32 inside the models' own code, so there the float64 oracle is the adapter's step
+    sequence under autograd (float32 already checked against the model) and the model's
+    float64 forward agrees to float32 precision."""
+    tdt = getattr(torch, dtype)
+    model = tiny(family, tdt)
+    enc = from_hf(model)
+    ids = torch.randint(0, V, (7,), generator=torch.Generator().manual_seed(2))
+    K = 2
+    X = model.get_input_embeddings().weight.detach()[ids].to(tdt)
+    pairs = [(i, n) for i in range(enc.num_layers) for n in COMPONENTS[family]]
+    for p in pairs:
+        model_states_size[p] = enc.layers[p[0]].readout_size(p[1])
+    casts = family in ("mamba", "rwkv") and dtype == "float64"
+    if casts:
+        want = adapter_average(enc, X, K, pairs)
+        with torch.no_grad():  # the model's own float64 forward: float32-precise
+            ref = model_states(model, family, X)
+            st = enc.init_state(1, dtype=tdt)
+            for t in range(X.shape[0]):
+                st = enc.step(X[t:t + 1], st)
+        assert max(rel_err(enc.readout(st, i, n)[0], ref[(i, n)]) for i, n in pairs) < 1e-5
+    else:
+        want = autograd_average(model, family, X, K, pairs)
+    for layer, readout in pairs:
+        r = memlens.state_gradients(enc, ids, K, readout=readout, layer=layer, dtype=dtype,
+                                    bootstrap=0)
+        assert r.settings["method"] == "generic"
+        assert rel_err(r.means(), want[(layer, readout)]) <= tol, (layer, readout)
+
+
+def adapter_average(enc, X, K, pairs) -> dict:
+    """The same average by autograd through the adapter's step sequence (float64)."""
+    def f(Xa):
+        st, out = enc.init_state(1, dtype=Xa.dtype), []
+        for t in range(Xa.shape[0]):
+            st = enc.step(Xa[t:t + 1], st)
+            out.append(torch.cat([enc.readout(st, i, n)[0] for i, n in pairs]))
+        return torch.stack(out)
+
+    J = torch.autograd.functional.jacobian(f, X, vectorize=True).numpy()  # T x D x T x E
+    out, off = {}, 0
+    for p in pairs:
+        d = model_states_size[p]
+        sums = np.zeros((K + 1, d, X.shape[1]))
+        cnt = np.zeros(K + 1)
+        for t in range(X.shape[0]):
+            for tau in range(min(t, K) + 1):
+                sums[tau] += J[t, off:off + d, t - tau]
+                cnt[tau] += 1
+        out[p] = sums / cnt[:, None, None]
+        off += d
+    return out
