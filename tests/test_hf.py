@@ -9,9 +9,6 @@ tokenizer trained offline.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -245,3 +242,150 @@ def adapter_average(enc, X, K, pairs) -> dict:
         out[p] = sums / cnt[:, None, None]
         off += d
     return out
+
+
+# -- tokenizers, CLI, unsupported architectures ----------------------------------------------
+
+def ewt_words(path, sentences: int) -> list[str]:
+    """The words of the first sentences of a CoNLL-U file (one sentence per line)."""
+    from memlens.data import load_corpus
+
+    toks = load_corpus(path, "conllu").tokens
+    lines, cur = [], []
+    for t in toks:
+        if t == "<eos>":
+            lines.append(" ".join(cur))
+            cur = []
+            if len(lines) == sentences:
+                break
+        else:
+            cur.append(t)
+    return lines
+
+
+def bpe_tokenizer(lines: list[str], size: int = 150):
+    """A tiny byte-pair tokenizer trained offline on ``lines`` (whitespace pre-tokenised, so
+    rare words split into several sub-tokens), as a PreTrainedTokenizerFast."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.BPEDecoder()
+    tok.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=size,
+                                                       special_tokens=["[UNK]", "[EOS]"]))
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]",
+                                                eos_token="[EOS]")
+
+
+@pytest.fixture
+def hf_dir(tmp_path, ewt_dev):
+    """A tiny random Mamba with a BPE tokenizer trained on EWT dev, saved as a directory."""
+    tok = bpe_tokenizer(ewt_words(ewt_dev, 400))
+    torch.manual_seed(0)
+    model = transformers.MambaForCausalLM(transformers.MambaConfig(
+        vocab_size=len(tok) + 2, hidden_size=8, state_size=4, num_hidden_layers=2,
+        expand=2, conv_kernel=3, time_step_rank=2))
+    model.save_pretrained(tmp_path / "mamba")
+    tok.save_pretrained(tmp_path / "mamba")
+    return tmp_path / "mamba"
+
+
+def test_own_tokenizer_and_first_subtoken_classes(hf_dir, ewt_dev):
+    from memlens.data import load_corpus
+
+    enc = from_hf(str(hf_dir))
+    assert enc.vocab is not None and len(enc.vocab) == enc.vocab_size
+    assert enc.vocab.itos[-1] == f"<id:{enc.vocab_size - 1}>"  # a row beyond the tokenizer
+    words = load_corpus(ewt_dev, "conllu")
+    words.tokens, words.tags = words.tokens[:600], {k: v[:600] for k, v in words.tags.items()}
+    sub = tokenize_corpus(words, enc.tokenizer, enc.vocab)
+    assert len(sub.tokens) > len(words.tokens)  # rare words split
+    assert len(sub.first) == len(words.tokens)
+    ends = sub.first[1:] + [len(sub.tokens)]
+    for w, a, b in zip(words.tokens, sub.first, ends):
+        if w == "<eos>":
+            assert sub.tokens[a:b] == ["[EOS]"]
+        else:  # the decoded sub-tokens spell the word; its tag sits on the first one
+            assert "".join(sub.tokens[a:b]) == w
+    upos = sub.tags["upos"]
+    assert [upos[i] for i in sub.first] == words.tags["upos"]
+    assert all(upos[i] is None for i in set(range(len(sub.tokens))) - set(sub.first))
+    names, per = sub.classes("upos")
+    assert "NOUN" in names and len(per) == len(sub.tokens)
+    assert sum(1 for p in per if p) == sum(1 for t in words.tags["upos"] if t not in (None,
+                                                                                     "_"))
+    names, per = sub.classes("freq:3")
+    assert names == ["freq1of3", "freq2of3", "freq3of3"]
+    assert all(not per[i] for i in set(range(len(sub.tokens))) - set(sub.first))
+
+
+def cli(args, capsys):
+    from memlens.cli import main
+
+    rc = main([str(a) for a in args])
+    return rc, capsys.readouterr()
+
+
+def test_cli_hf_gradients_signatures_ablation_report(hf_dir, ewt_dev, tmp_path, capsys):
+    model = f"hf:{hf_dir}"
+    rc, io = cli(["gradients", "--model", model, "--corpus", ewt_dev, "--format", "conllu",
+                  "--labels", "upos", "--max-tokens", "300", "--max-delay", "3",
+                  "--bootstrap", "10", "--no-progress", "--out", tmp_path / "g"], capsys)
+    assert rc == 0, io.err
+    doc = json.loads((tmp_path / "g" / "result.json").read_text())
+    assert doc["model"]["arch"] == "hf-mamba" and doc["settings"]["readout"] == "hidden"
+    assert "NOUN" in {r["class"] for r in doc["table"]}
+    rc, io = cli(["signatures", "--model", model, "--corpus", ewt_dev, "--format", "conllu",
+                  "--layers", "0,1", "--train-tokens", "600", "--heldout-tokens", "300",
+                  "--max-delay", "2", "--bootstrap", "10", "--control", "none",
+                  "--out", tmp_path / "s"], capsys)
+    assert rc == 0, io.err
+    with np.load(tmp_path / "s" / "recall.npz") as npz:
+        symbols = set(npz["symbols"].tolist())
+    assert "[EOS]" in symbols or "the" in symbols  # decoded tokens, not ids
+    rc, io = cli(["ablation", "--model", model, "--corpus", ewt_dev, "--format", "conllu",
+                  "--max-tokens", "400", "--context", "8", "--distances", "2,4",
+                  "--targets", "40", "--bootstrap", "10", "--blocks", "4", "--no-progress",
+                  "--out", tmp_path / "a"], capsys)
+    assert rc == 0, io.err
+    rc, io = cli(["report", tmp_path / "g", tmp_path / "s", tmp_path / "a", "--out",
+                  tmp_path / "r.html"], capsys)
+    assert rc == 0, io.err
+    page = (tmp_path / "r.html").read_text()
+    assert "hf-mamba" in page and "NOUN" in page
+
+
+def test_unsupported_architectures_one_line(tmp_path, capsys):
+    torch.manual_seed(0)
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=30, n_embd=8, n_layer=1, n_head=2, n_positions=16))
+    gpt2.save_pretrained(tmp_path / "gpt2")
+    bert = transformers.BertModel(transformers.BertConfig(
+        vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=8))
+    for m in (gpt2, bert):
+        with pytest.raises(MemlensError, match="supported: .*MambaForCausalLM.*"
+                                               "RwkvForCausalLM.*xLSTMForCausalLM"):
+            from_hf(m)
+    (tmp_path / "c.txt").write_text("a b c\n" * 20)
+    rc, io = cli(["gradients", "--model", f"hf:{tmp_path / 'gpt2'}", "--corpus",
+                  tmp_path / "c.txt", "--out", tmp_path / "o"], capsys)
+    assert rc == 2 and len(io.err.strip().splitlines()) == 1
+    assert "gpt2" in io.err and "MambaForCausalLM" in io.err and "Traceback" not in io.err
+    rc, io = cli(["gradients", "--model", f"hf:{tmp_path / 'nothing'}", "--corpus",
+                  tmp_path / "c.txt", "--out", tmp_path / "o"], capsys)
+    assert rc == 2 and len(io.err.strip().splitlines()) == 1 and "hf:" in io.err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_memory_signatures_per_block(family):
+    model = tiny(family)
+    enc = from_hf(model)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 8, 900)  # 8 symbols, so every lag has something to decode
+    for layer in range(enc.num_layers):
+        sig = memlens.memory_signature(enc, ids[:600], ids[600:], max_delay=2, layer=layer,
+                                       bootstrap=10, blocks=5, max_epochs=3)
+        assert sig.info["readout"] == "hidden" and len(sig.accuracy) == 3
+        assert sig.accuracy[0] > sig.majority[0]  # the current token is readable

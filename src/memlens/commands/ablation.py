@@ -97,7 +97,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, out: Path) -> int:
     from memlens.ablation import AblationInterrupted, context_ablation
-    from memlens.data import load_corpus
     from memlens.models.loading import load_model
     from memlens.train import resolve_device
 
@@ -111,7 +110,7 @@ def _run(args: argparse.Namespace, out: Path) -> int:
     if loaded.vocab is None:
         raise MemlensError(f"the model {args.model} has no vocabulary: give --vocab FILE "
                            "(its symbols, one per line in id order)")
-    corpus = load_corpus(args.corpus, args.format, loaded.unit)
+    corpus = loaded.read_corpus(args.corpus, args.format)
     tokens = corpus.tokens[: args.max_tokens] if args.max_tokens else corpus.tokens
     oov = loaded.vocab.oov_rate(tokens)
     if oov > 0.5:

@@ -450,6 +450,8 @@ def load_hf(path: str | os.PathLike) -> tuple[nn.Module, Any]:
     """(model, tokenizer or None) from a directory or a name ``from_pretrained`` resolves;
     the config's architecture is checked before any weights are read."""
     transformers = _require_transformers()
+    transformers.utils.logging.disable_progress_bar()  # no bars or warnings among memlens'
+    transformers.utils.logging.set_verbosity_error()  # own lines (errors stay one line)
     spec = str(path)
     try:
         config = transformers.AutoConfig.from_pretrained(spec)
