@@ -9,6 +9,7 @@ tokenizer trained offline.
 from __future__ import annotations
 
 import json
+
 import numpy as np
 import pytest
 import torch

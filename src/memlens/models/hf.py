@@ -223,7 +223,10 @@ class RwkvLayer(HFBlockLayer):
 
     @staticmethod
     def _ln(x: Tensor, ln: nn.LayerNorm) -> Tensor:
-        return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+        """LayerNorm written out (F.layer_norm is slow on tiny CPU tensors)."""
+        mu = x.mean(-1, keepdim=True)
+        var = (x - mu).pow(2).mean(-1, keepdim=True)
+        return (x - mu) * torch.rsqrt(var + ln.eps) * ln.weight + ln.bias
 
     def step(self, x: Tensor, state: HFState) -> HFState:
         blk = self.block
@@ -302,7 +305,7 @@ class XLSTMLayer(HFBlockLayer):
         k = k.reshape(bsz, nh, self.dqk)
         v = v.reshape(bsz, nh, self.dv)
         m = state["m"]
-        flog = F.logsigmoid(f)
+        flog = -F.softplus(-f)  # log sigmoid (F.logsigmoid is slow on tiny CPU tensors)
         m2 = torch.maximum(flog + m, i)
         fa = torch.exp(flog + m - m2).unsqueeze(-1)
         ia = torch.exp(i - m2).unsqueeze(-1)
@@ -314,7 +317,9 @@ class XLSTMLayer(HFBlockLayer):
         qn = (qs * n).sum(-1, keepdim=True)
         h = num / (torch.maximum(qn.abs(), torch.exp(-m2).unsqueeze(-1)) + cfg.eps)
         mh = lay.multihead_norm
-        h = F.layer_norm(h, (self.dv,), eps=mh.eps).reshape(bsz, nh * self.dv)
+        mu = h.mean(-1, keepdim=True)
+        var = (h - mu).pow(2).mean(-1, keepdim=True)
+        h = ((h - mu) * torch.rsqrt(var + mh.eps)).reshape(bsz, nh * self.dv)  # per-head LN
         if mh.weight is not None:
             h = h * mh.weight
         if mh.bias is not None:
