@@ -14,7 +14,7 @@ agree. Printed from one run:
   memlens tokens/s against the model width (hidden size) on a longer stream.
 
 Run:  python benchmarks/bench_hf.py [--family mamba] [--tokens 64] [--max-delay 8]
-      [--widths 16,32,64,128] [--width-tokens 200] [--threads 2]
+      [--widths 16,32,64,128] [--width-tokens 100] [--threads 1]
 """
 
 from __future__ import annotations
@@ -93,8 +93,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64, help="stream length of the comparison")
     ap.add_argument("--max-delay", type=int, default=8)
     ap.add_argument("--widths", default="16,32,64,128", help="widths for tokens/s")
-    ap.add_argument("--width-tokens", type=int, default=200)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--width-tokens", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     transformers.utils.logging.set_verbosity_error()
