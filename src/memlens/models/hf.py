@@ -407,7 +407,7 @@ def hf_symbols(tokenizer, size: int) -> list[str]:
             if raw is not None:
                 cands.append(str(raw))
         cands.append(f"<id:{i}>")
-        sym = next(c for c in cands if c and c not in seen and c != EOS)
+        sym = next(c for c in cands if c and c not in seen)
         seen.add(sym)
         symbols.append(sym)
     return symbols
