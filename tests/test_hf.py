@@ -330,14 +330,14 @@ def cli(args, capsys):
 def test_cli_hf_gradients_signatures_ablation_report(hf_dir, ewt_dev, tmp_path, capsys):
     model = f"hf:{hf_dir}"
     rc, io = cli(["gradients", "--model", model, "--corpus", ewt_dev, "--format", "conllu",
-                  "--labels", "upos", "--max-tokens", "300", "--max-delay", "3",
+                  "--labels", "upos", "--max-tokens", "150", "--max-delay", "3",
                   "--bootstrap", "10", "--no-progress", "--out", tmp_path / "g"], capsys)
     assert rc == 0, io.err
     doc = json.loads((tmp_path / "g" / "result.json").read_text())
     assert doc["model"]["arch"] == "hf-mamba" and doc["settings"]["readout"] == "hidden"
     assert "NOUN" in {r["class"] for r in doc["table"]}
     rc, io = cli(["signatures", "--model", model, "--corpus", ewt_dev, "--format", "conllu",
-                  "--layers", "0,1", "--train-tokens", "600", "--heldout-tokens", "300",
+                  "--layers", "0,1", "--train-tokens", "400", "--heldout-tokens", "200",
                   "--max-delay", "2", "--bootstrap", "10", "--control", "none",
                   "--out", tmp_path / "s"], capsys)
     assert rc == 0, io.err
