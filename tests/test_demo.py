@@ -191,7 +191,7 @@ def test_planted_result_verdict_figure_and_findings(tmp_path):
     text = " ".join(v["findings"])
     assert text.startswith("All three views find the planted memory")
     assert "the effective context is 3 tokens for both models" in text
-    assert "up to delay 2 for the LSTM and never for the GRU" in text
+    assert "last at delay 2 for the LSTM and never for the GRU" in text
     assert "costs about 3.0 bits" in text
     page = build_report([d], tmp_path / "report.html").read_text()
     assert page.index("Verdict: planted 3 steps") < page.index("<h2>Results</h2>")

@@ -1130,8 +1130,8 @@ def _normalisation_sentence(dominance: dict[str, int | None], curves: Sequence[d
     K = cfg.max_delay
 
     def dom(v: int | None) -> str:
-        return ("never" if v is None else f"up to delay {v - 1}" if v <= K else
-                f"up to delay {K} and beyond")
+        return ("never" if v is None else f"last at delay {v - 1}" if v <= K else
+                f"still at delay {K}")
 
     start = {r["model"]: (r["relmem_normalised"], r["relmem_unnormalised"])
              for r in curves if r["delay"] == 0}
