@@ -14,18 +14,16 @@ checkpoint .OUT.partial.rank<r>.pt and resumes from it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from memlens.cli import add_overwrite
-from memlens.commands.common import add_model_arguments, load_vectors
+from memlens.commands.common import add_model_arguments, load_vectors, sharded_output
 from memlens.data import load_corpus
 from memlens.data.vocab import EOS
 from memlens.errors import MemlensError
-from memlens.io import claim_output
 
 
 def register(sub) -> None:
@@ -99,35 +97,16 @@ def run(args: argparse.Namespace) -> int:
         raise MemlensError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
     if args.warmup is not None and args.warmup < 0:
         raise MemlensError(f"--warmup must be >= 0, got {args.warmup}")
-    from memlens import distributed
     from memlens.train import resolve_device
 
     device = resolve_device(args.device)
-    created = distributed.launched() and distributed.current() is None
-    device = distributed.init_from_env(device)
-    group = distributed.current()
-    _QUIET[0] = group is not None and group.rank != 0
     try:
-        with contextlib.ExitStack() as stack:
-            out, err = None, None
-            if group is None or group.rank == 0:  # only rank 0 claims --out
-                try:
-                    out = stack.enter_context(claim_output(args.out, args.overwrite,
-                                                           args.resume))
-                except BaseException as exc:
-                    if group is None:
-                        raise
-                    err = exc
-            if group is not None:
-                distributed.agree(group, err, "checking --out")
-                if err is not None:
-                    raise err
-                out = Path(distributed.broadcast_object(group, str(out)))
+        with sharded_output(args.out, args.overwrite, args.resume, device) as (out, device,
+                                                                              group):
+            _QUIET[0] = group is not None and group.rank != 0
             return _run(args, out, device, group)
     finally:
         _QUIET[0] = False
-        if created:
-            distributed.finish()
 
 
 def _run(args: argparse.Namespace, out: Path, device, group) -> int:

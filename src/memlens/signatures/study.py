@@ -5,6 +5,11 @@ states of all requested views in one streaming pass per model; train and score t
 decoders per view; add the random-init control, the n-gram window state and the fixed-window
 neural LM when asked; write the result directory atomically (see :mod:`.result`).
 
+Several processes: inside a torch.distributed process group (``torchrun ... -m memlens
+signatures``) every rank extracts the states of its contiguous shard of each stream, after a
+warm-up of ``warmup`` positions (:func:`memlens.distributed.extract_states_sharded`); the
+shards are all-gathered and rank 0 alone trains and scores the decoders and the comparisons.
+
 Progress: with a ``progress`` directory (``memlens signatures`` uses ``.<OUT>.partial/``
 beside OUT) every finished signature is saved there as it completes (``entry-<i>.npz`` plus
 its SHA-256 in ``state.json``, with a fingerprint of the options and of the model and corpus
@@ -24,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from memlens import distributed
 from memlens.data import load_corpus
 from memlens.errors import MemlensError
 from memlens.io import write_atomic, write_json
@@ -40,7 +46,7 @@ from memlens.signatures.signature import (
     signature_from_states,
     to_ids,
 )
-from memlens.signatures.states import View, check_view, extract_states
+from memlens.signatures.states import View, check_view
 from memlens.signatures.symbols import build_symbols, parse_symbols
 from memlens.signatures.window_lm import WindowLM
 
@@ -74,6 +80,8 @@ class StudyConfig:
     vocab: str | None = None
     unit: str | None = None
     device: str = "cpu"
+    warmup: int | None = None
+    world_size: int = 1
 
 
 @dataclass
@@ -390,19 +398,28 @@ def run_study(cfg: StudyConfig, log=print, progress: StudyProgress | None = None
             f"({time.time() - t0:.0f}s, {sig.epochs} epochs)")
 
     # ---- the model and its random-init control ----------------------------------------------
+    group = distributed.current()
+    rank0 = group is None or group.rank == 0
+    warmup = distributed.default_warmup(cfg.max_delay) if cfg.warmup is None else cfg.warmup
     runs = [(arch, "model", model)]
     if cfg.control == "random-init":
         runs.append((f"{arch} (random init)", "control", random_init_copy(model, cfg.seed)))
     for label, role, net in runs:
         todo = [v for v in views if not done(label, role, v)]
+        if group is not None:  # rank 0 alone knows the saved progress
+            todo = [views[i] for i in distributed.broadcast_object(
+                group, [views.index(v) for v in todo])]
         if not todo:
             continue
         enc = as_encoder(net)
-        tr_states = extract_states(enc, tr_ids, todo)
-        he_states = extract_states(enc, he_ids, todo)
-        for v in todo:
-            score(label, role, v, tr_states[v], he_states[v])
+        tr_states = distributed.extract_states_sharded(enc, tr_ids, todo, warmup, group)
+        he_states = distributed.extract_states_sharded(enc, he_ids, todo, warmup, group)
+        with distributed.agreed(group, "while rank 0 trained the decoders"):
+            for v in todo if rank0 else ():
+                score(label, role, v, tr_states[v], he_states[v])
         del tr_states, he_states
+    if not rank0:  # the comparisons need no states of the model: rank 0 computes them
+        return result
     result.entries.sort(key=lambda e: (e.role != "model", views.index(e.view)))
 
     # ---- non-recurrent comparisons -------------------------------------------------------------
