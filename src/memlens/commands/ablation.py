@@ -109,7 +109,6 @@ def _run(args: argparse.Namespace, out: Path, device, group) -> int:
     """Load, compute (sharded over the ranks of ``group`` when given), rank 0 writes OUT."""
     from memlens import distributed
     from memlens.ablation import AblationInterrupted, context_ablation
-    from memlens.data import load_corpus
     from memlens.models.loading import load_model
 
     base = checkpoint_path(out)
@@ -123,7 +122,7 @@ def _run(args: argparse.Namespace, out: Path, device, group) -> int:
         if loaded.vocab is None:
             raise MemlensError(f"the model {args.model} has no vocabulary: give --vocab FILE "
                                "(its symbols, one per line in id order)")
-        corpus = load_corpus(args.corpus, args.format, loaded.unit)
+        corpus = loaded.read_corpus(args.corpus, args.format)
         tokens = corpus.tokens[: args.max_tokens] if args.max_tokens else corpus.tokens
         oov = loaded.vocab.oov_rate(tokens)
         if oov > 0.5:

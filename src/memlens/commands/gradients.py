@@ -21,7 +21,6 @@ import numpy as np
 
 from memlens.cli import add_overwrite
 from memlens.commands.common import add_model_arguments, load_vectors, sharded_output
-from memlens.data import load_corpus
 from memlens.data.vocab import EOS
 from memlens.errors import MemlensError
 
@@ -141,6 +140,7 @@ def _compute(args: argparse.Namespace, out: Path, device, group) -> int:
     from memlens import distributed
     from memlens.gradients import GradientsInterrupted, state_gradients
     from memlens.gradients.classes import token_classes
+    from memlens.models.hf import SubwordCorpus
     from memlens.models.loading import load_model
 
     rank0 = group is None or group.rank == 0
@@ -155,7 +155,7 @@ def _compute(args: argparse.Namespace, out: Path, device, group) -> int:
         corpus, tokens, tags = None, None, {}
         inputs, oov = load_vectors(args.corpus, enc.input_size, args.max_tokens), 0.0
     else:
-        corpus = load_corpus(args.corpus, args.format, loaded.unit)
+        corpus = loaded.read_corpus(args.corpus, args.format)
         tokens = corpus.tokens[: args.max_tokens] if args.max_tokens else corpus.tokens
         tags = {k: v[: len(tokens)] for k, v in corpus.tags.items()}
         vocab = enc.vocab
@@ -179,7 +179,10 @@ def _compute(args: argparse.Namespace, out: Path, device, group) -> int:
     if args.classes:
         if tokens is None:
             raise MemlensError("--labels needs a token corpus (this model reads vectors)")
-        names, classes = token_classes(args.classes, tokens, tags, enc.vocab, log=_log)
+        if isinstance(corpus, SubwordCorpus):  # word classes on each word's first sub-token
+            names, classes = corpus.classes(args.classes, len(tokens), log=_log)
+        else:
+            names, classes = token_classes(args.classes, tokens, tags, enc.vocab, log=_log)
     directions = _directions(args.direction, names)
     for name, vec in directions.items():
         if not isinstance(vec, tuple) and vec.size != enc.input_size:

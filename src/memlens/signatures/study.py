@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from memlens import distributed
-from memlens.data import load_corpus
 from memlens.errors import MemlensError
 from memlens.io import write_atomic, write_json
 from memlens.models.encoder import as_encoder
@@ -324,9 +323,9 @@ def run_study(cfg: StudyConfig, log=print, progress: StudyProgress | None = None
     layers = parse_layers(cfg.layers, encoder.num_layers, encoder)
     views = [check_view(encoder, layer, cfg.readout, u)
              for layer in layers for u in expand_units(encoder, layer, cfg.units)]
-    corpus = load_corpus(cfg.corpus, cfg.format, unit)
+    corpus = loaded.read_corpus(cfg.corpus, cfg.format)
     if cfg.heldout:
-        held = load_corpus(cfg.heldout, cfg.format, unit)
+        held = loaded.read_corpus(cfg.heldout, cfg.format)
         tr_tokens, tr_tags = corpus.tokens, corpus.tags.get("upos")
         he_tokens, he_tags = held.tokens, held.tags.get("upos")
         if cfg.train_tokens:
@@ -358,7 +357,7 @@ def run_study(cfg: StudyConfig, log=print, progress: StudyProgress | None = None
     if cfg.ngram or cfg.window_lm:
         lm_path = cfg.lm_train or loaded.extra.get("train", {}).get("train")
         if lm_path and Path(lm_path).exists():
-            lm_tokens = load_corpus(lm_path, cfg.format, unit).tokens
+            lm_tokens = loaded.read_corpus(lm_path, cfg.format).tokens
         else:
             lm_path, lm_tokens = cfg.corpus + " (decoder-training part)", tr_tokens
         if cfg.lm_max_tokens:
