@@ -358,6 +358,10 @@ class FastLinearDecoder(JointDecoder):
 
     Index (one-hot window) states have no covariance to whiten: they get the joint
     decoder's training from its random start.
+
+    After ``fit`` on dense states, ``timings`` maps "lda" (and "scales" where fitted) to
+    (wall seconds, CPU seconds of the process) of that phase, for the word benchmark's
+    breakdown.
     """
 
     lr: float = 0.01
