@@ -21,7 +21,9 @@ def register(sub) -> None:
     p = sub.add_parser("signatures", help="memory signatures (what states remember, per lag)",
                        description=__doc__)
     add_model_arguments(p)
-    p.add_argument("--corpus", required=True, help="text whose states train the decoders")
+    p.add_argument("--corpus", required=True, help="text whose states train the decoders; "
+                   "or a speech corpus directory (manifest.tsv with a train/test split, or "
+                   "LibriSpeech layout) for a memlens train-asr model: lags in graphemes")
     p.add_argument("--heldout", help="held-out text for the reported numbers (default: the "
                    "part of --corpus after the training part)")
     p.add_argument("--format", choices=["text", "conllu"], default="text")
@@ -93,7 +95,12 @@ def run(args: argparse.Namespace) -> int:
     with claim_output(args.out, args.overwrite, args.resume) as out:
         progress = StudyProgress(progress_path(out), cfg, args.resume)
         try:
-            result = run_study(cfg, progress=progress)
+            if _is_speech(args):  # a speech recogniser on a speech corpus (no --resume)
+                from memlens.speech.analysis import speech_signature_study
+
+                result = speech_signature_study(cfg)
+            else:
+                result = run_study(cfg, progress=progress)
             path = write_result(result, out, __version__)
         except KeyboardInterrupt:
             raise KeyboardInterrupt(f"interrupted; finished signatures are saved in "
@@ -106,3 +113,10 @@ def run(args: argparse.Namespace) -> int:
         progress.discard()  # only now: the result directory is in place
     print(f"wrote {path}/result.json ({len(result.entries)} signatures)")
     return 0
+
+
+def _is_speech(args: argparse.Namespace) -> bool:
+    """True when --corpus is a speech corpus directory (manifest.tsv / *.trans.txt)."""
+    from memlens.speech.data import is_speech_corpus
+
+    return is_speech_corpus(args.corpus) or str(args.corpus).endswith(".tsv")

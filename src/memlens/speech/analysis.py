@@ -180,3 +180,81 @@ def speech_gradients(model: nn.Module, data: SpeechData, max_delay: int, layer: 
                                          labels=data.types()),
                            max_delay, readout=readout, layer=layer, target_mask=mask,
                            bootstrap=bootstrap, blocks=blocks, **options)
+
+
+def _limit(data: SpeechData, max_steps: int | None) -> SpeechData:
+    """The first utterances of ``data`` holding at most ``max_steps`` steps (at least one)."""
+    if not max_steps:
+        return data
+    n, total = 0, 0
+    while n < len(data.inputs) and (n == 0 or total + len(data.inputs[n]) <= max_steps):
+        total += len(data.inputs[n])
+        n += 1
+    return SpeechData(data.inputs[:n], data.positions[:n], data.targets[:n], data.ids[:n])
+
+
+def speech_signature_study(cfg, log=print):
+    """``memlens signatures --model ASR.pt --corpus SPEECHDIR``: grapheme-lag signatures of
+    the chosen layers of the recogniser and of its random-init control, as a
+    :class:`~memlens.signatures.study.StudyResult` (``cfg``: a StudyConfig; the decoders
+    train on the corpus's ``train`` split (or all of --corpus) and are scored on its ``test``
+    split (or --heldout); ``train_tokens`` / ``heldout_tokens`` cap the steps)."""
+    import time
+
+    from memlens.signatures.signature import random_init_copy
+    from memlens.signatures.states import View
+    from memlens.signatures.study import StudyResult, parse_layers
+    from memlens.speech.model import load_asr
+
+    if cfg.symbols not in (None, "graphemes"):
+        raise MemlensError("a speech recogniser's signatures decode graphemes: leave --labels "
+                           "out (or --labels graphemes)")
+    if cfg.units != "all" or cfg.ngram or cfg.window_lm:
+        raise MemlensError("--units, --ngram and --window-lm are not available for speech "
+                           "corpora")
+    asr = load_asr(cfg.model)
+    corpus = sdata.read_corpus(cfg.corpus)
+    has_split = all("split" in u.meta for u in corpus.utterances)
+    if cfg.heldout:
+        train = prepare_speech(asr, corpus)
+        held = prepare_speech(asr, cfg.heldout)
+    elif has_split:
+        train = prepare_speech(asr, corpus, "train")
+        held = prepare_speech(asr, corpus, "test")
+    else:
+        raise MemlensError(f"{cfg.corpus}: give --heldout (the manifest has no split column)")
+    train, held = _limit(train, cfg.train_tokens), _limit(held, cfg.heldout_tokens)
+    enc = asr.encoder
+    layers = parse_layers(cfg.layers, enc.num_layers, enc)
+    views = [View(i, cfg.readout or enc.default_readout(i, "signatures"), "all")
+             for i in layers]
+    for v in views:
+        enc.check_readout(v.layer, v.readout)
+    runs = [(f"{asr.kind} CTC", "model", enc)]
+    if cfg.control == "random-init":
+        runs.append((f"{asr.kind} CTC (random init)", "control",
+                     random_init_copy(enc, cfg.seed)))
+    from memlens.signatures.study import Entry
+
+    result = StudyResult(config=cfg, model_meta={"path": str(cfg.model), "arch": asr.kind,
+                                                 "layers": enc.num_layers,
+                                                 "hidden": enc.hidden_sizes[-1],
+                                                 "input": "vectors", "stack": asr.stack},
+                         corpus_meta={"path": str(cfg.corpus), "kind": "speech",
+                                      "train_utterances": len(train.inputs),
+                                      "train_steps": train.steps,
+                                      "heldout_utterances": len(held.inputs),
+                                      "heldout_steps": held.steps},
+                         extras={"lag_unit": "graphemes (k-th previous grapheme of the one "
+                                             "being spoken, CTC forced alignment)",
+                                 "step_ms": 10 * asr.stack})
+    for label, role, net in runs:
+        for v in views:
+            t0 = time.time()
+            sig = grapheme_signature(net, train, held, cfg.max_delay, v.layer, v.readout,
+                                     cfg.decoder, cfg.seed, cfg.blocks, cfg.bootstrap)
+            result.entries.append(Entry(label, role, v, sig))
+            log(f"{label} {v.label}: lag0 {sig.accuracy[0]:.3f}, lag1 "
+                f"{sig.accuracy[min(1, cfg.max_delay)]:.3f}, memory span {sig.memory_span()} "
+                f"graphemes ({time.time() - t0:.0f}s)")
+    return result
