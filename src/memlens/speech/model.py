@@ -281,8 +281,6 @@ def train_asr(cfg: ASRConfig, log=print) -> ASRModel:
                   "wer": rates["wer"], "seconds": seconds, "utterances": n,
                   "complete": not stopped}
         history.append(record)
-        log(f"epoch {epoch}: CTC loss {total / max(n, 1):.3f}, held-out CER "
-            f"{100 * rates['cer']:.1f}% WER {100 * rates['wer']:.1f}%, {seconds:.0f}s")
         if rates["cer"] < best:
             best = rates["cer"]
             save_asr(cfg.out, model, {"train_asr": asdict(cfg), "history": history,
@@ -291,9 +289,13 @@ def train_asr(cfg: ASRConfig, log=print) -> ASRModel:
                  "history": history, "model": model.state_dict(), "optimizer": opt.state_dict(),
                  "rng": torch.get_rng_state(), "elapsed": elapsed}
         write_atomic(partial, lambda p, state=state: torch.save(state, p))
+        log(f"epoch {epoch}: CTC loss {total / max(n, 1):.3f}, held-out CER "
+            f"{100 * rates['cer']:.1f}% WER {100 * rates['wer']:.1f}%, {seconds:.0f}s")
         if stopped or (cfg.time_limit is not None and elapsed > 60 * cfg.time_limit):
             log(f"time limit of {cfg.time_limit} min reached after epoch {epoch}")
             break
+    if not stopped:
+        partial.unlink(missing_ok=True)  # kept after a time-limit stop: --resume continues
     best_model = load_asr(cfg.out)
     best_model.history = history
     return best_model
