@@ -253,3 +253,54 @@ def test_torchrun_cli_writes_once_and_matches(trained, tmp_path):
     b = np.load(tmp_path / "one" / "gradients.npz")
     np.testing.assert_array_equal(a["counts"], b["counts"])
     assert np.abs(a["mean"] - b["mean"]).max() <= 1e-6 * np.abs(b["mean"]).max()
+
+
+def _torchrun_command(command: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node", "2", "-m", "memlens", command, *args],
+                          capture_output=True, text=True, env=env, timeout=180)
+
+
+@pytest.mark.slow
+def test_torchrun_signatures_and_ablation_match_one_process(trained, tmp_path):
+    """Signatures: sharded state extraction (warm-up covering the stream: the states are the
+    single stream's), rank 0 trains the decoders -> the single-process signature. Ablation:
+    batches shared out over the ranks -> bit-identical losses."""
+    from memlens.cli import main
+
+    root, _, _ = trained
+    corpus = root / "sig.txt"
+    corpus.write_text(_corpus(150, seed=2))
+    sig_args = ["--model", str(root / "lm.pt"), "--corpus", str(corpus), "--max-delay", "3",
+                "--labels", "top:12", "--control", "none", "--bootstrap", "50", "--blocks", "5",
+                "--device", "cpu"]
+    proc = _torchrun_command("signatures", *sig_args, "--warmup", "2000",
+                             "--out", str(tmp_path / "sig2"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("wrote ") == 1  # rank 0 only
+    assert main(["signatures", *sig_args, "--out", str(tmp_path / "sig1")]) == 0
+    one = json.loads((tmp_path / "sig1" / "result.json").read_text())
+    two = json.loads((tmp_path / "sig2" / "result.json").read_text())
+    assert two["settings"]["world_size"] == 2 and one["settings"]["world_size"] == 1
+    a, b = np.load(tmp_path / "sig1" / "recall.npz"), np.load(tmp_path / "sig2" / "recall.npz")
+    assert sorted(a.files) == sorted(b.files)
+    for key in a.files:
+        if a[key].dtype.kind in "fiu":
+            np.testing.assert_allclose(b[key], a[key], atol=1e-6, err_msg=key)
+        else:
+            np.testing.assert_array_equal(b[key], a[key], err_msg=key)
+
+    abl_args = ["--model", str(root / "lm.pt"), "--corpus", str(corpus), "--context", "40",
+                "--distances", "1,3,10", "--targets", "60", "--batch-size", "16",
+                "--bootstrap", "100", "--blocks", "5", "--device", "cpu", "--no-progress"]
+    proc = _torchrun_command("ablation", *abl_args, "--out", str(tmp_path / "abl2"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("wrote ") == 1
+    assert not list(tmp_path.glob(".abl2.partial*"))  # per-rank checkpoints removed
+    assert main(["ablation", *abl_args, "--out", str(tmp_path / "abl1")]) == 0
+    a, b = np.load(tmp_path / "abl1" / "ablation.npz"), np.load(tmp_path / "abl2" / "ablation.npz")
+    for key in a.files:
+        np.testing.assert_array_equal(b[key], a[key], err_msg=key)  # exact
+    doc = json.loads((tmp_path / "abl2" / "result.json").read_text())
+    assert doc["settings"]["world_size"] == 2

@@ -21,9 +21,9 @@ from memlens.train import TrainConfig, evaluate, train  # noqa: E402
 
 __all__ = ["Corpus", "LanguageModel", "MemlensError", "RecurrentEncoder", "RecurrentLayer",
            "Result", "StepLayer", "Stream", "TorchLayer", "TrainConfig", "Vocab", "as_encoder",
-           "context_ablation", "evaluate", "load_checkpoint", "load_corpus", "load_result",
-           "make_synthetic", "memory_signature", "save_checkpoint", "state_gradients", "train",
-           "wrap"]
+           "context_ablation", "evaluate", "from_hf", "load_checkpoint", "load_corpus",
+           "load_result", "make_synthetic", "memory_signature", "save_checkpoint",
+           "state_gradients", "train", "wrap"]
 
 
 def __getattr__(name: str):
@@ -32,6 +32,10 @@ def __getattr__(name: str):
         from memlens.gradients import state_gradients
 
         return state_gradients
+    if name == "from_hf":  # needs the optional transformers package only when called
+        from memlens.models.hf import from_hf
+
+        return from_hf
     if name == "context_ablation":
         from memlens.ablation import context_ablation
 

@@ -18,7 +18,8 @@ from memlens.errors import MemlensError
 
 COMMANDS = ("train", "evaluate", "gradients", "signatures", "ablation", "ngram", "demo",
             "report", "speech-corpus", "train-asr")
-DISTRIBUTED = ("gradients",)  # commands that shard their work under torchrun
+# commands that shard their work under torchrun
+DISTRIBUTED = ("gradients", "signatures", "ablation")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -66,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command not in DISTRIBUTED and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         print(f"memlens: error: memlens {args.command} does not run under torchrun (only "
-              f"{', '.join(DISTRIBUTED)} does): run it as one process", file=sys.stderr)
+              f"{', '.join(DISTRIBUTED)} shard their work): run it as one process", file=sys.stderr)
         return 2
     old = None
     if threading.current_thread() is threading.main_thread():

@@ -178,8 +178,8 @@ def extract_states_sharded(encoder, ids, views, warmup: int = 1000,
     of the process group: each rank extracts its contiguous shard of positions, starting from
     a zero state ``warmup`` positions before the shard start (those rows are dropped), and the
     shards are all-gathered, so every rank returns the full {view: N x D float32} arrays.
-    Without a process group it is ``extract_states`` itself. (Building block: the
-    ``signatures`` command does not use it yet.)"""
+    Without a process group it is ``extract_states`` itself. Used by ``memlens signatures``
+    (:func:`memlens.signatures.study.run_study`)."""
     import torch.distributed as dist
 
     from memlens.signatures.states import extract_states

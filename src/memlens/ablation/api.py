@@ -27,6 +27,11 @@ independent of batching, of the order of the options and of the other targets. C
 (target, perturbation, distance) is one forward pass over its context (L steps; k for drop) plus
 one over the intact window per target: N (1 + |shuffle, replace| D) L + N sum_k k token-steps for
 D distances; the contexts run as columns of batches of ``batch_size``.
+
+Inside an initialised torch.distributed process group (``torchrun ... -m memlens ablation``)
+rank r scores the batches r, r + N_proc, r + 2 N_proc, ... and the per-context losses are
+all-reduced: every context is scored exactly as in one process (same batch, same randomness),
+so the result is identical to the single-process one, only faster.
 """
 
 from __future__ import annotations
@@ -182,8 +187,8 @@ def context_ablation(model, tokens, distances: Sequence[int] | str = DEFAULT_DIS
                      device: str | torch.device | None = None,
                      checkpoint: str | Path | None = None, checkpoint_every: float = 300.0,
                      resume: bool = False, keep_checkpoint: bool = False,
-                     on_batch: Callable[[int, int], None] | None = None
-                     ) -> ContextAblationResult:
+                     on_batch: Callable[[int, int], None] | None = None,
+                     distributed_run: bool = True) -> ContextAblationResult:
     """Loss increase on the same targets when the context beyond distance k is perturbed.
 
     See the module docstring for the definitions. ``model``: a memlens LanguageModel, an
@@ -199,8 +204,13 @@ def context_ablation(model, tokens, distances: Sequence[int] | str = DEFAULT_DIS
     contexts per forward pass; ``unigram``: V weights for "replace" (default: the stream's
     counts); ``device``: where a torch model runs (default: where it is). ``checkpoint`` /
     ``checkpoint_every`` / ``resume``: save finished batches (every so many seconds and on an
-    interrupt, which then raises :class:`AblationInterrupted`) and continue from them.
+    interrupt, which then raises :class:`AblationInterrupted`) and continue from them. Inside
+    a process group the batches are shared out over the ranks (module docstring; per-rank
+    checkpoints ``<checkpoint>.rank<r>``); ``distributed_run=False`` computes everything here.
     """
+    from memlens import distributed
+
+    group = distributed.current() if distributed_run else None
     scorer: NextTokenScorer = as_scorer(model)
     distances = parse_list(distances, "distances")
     perts = parse_list(perturbation, "perturbation", str)
@@ -246,48 +256,61 @@ def context_ablation(model, tokens, distances: Sequence[int] | str = DEFAULT_DIS
                 "batch_size": batch_size}
     fp_settings = {k: v for k, v in settings.items() if k not in ("bootstrap", "blocks",
                                                                   "tolerance", "batch_size")}
+    rank, world = (0, 1) if group is None else (group.rank, group.world)
+    settings["world_size"] = world
+    if checkpoint is not None and group is not None:
+        checkpoint = distributed.rank_path(checkpoint, rank)
+    mine = list(range(rank, len(batches), world))  # this rank's batches
     progress = _Progress(checkpoint, _fingerprint({**fp_settings, "pos": pos.tolist(),
-                                                   "batch_size": batch_size}, ids, scorer),
+                                                   "batch_size": batch_size,
+                                                   "rank": rank, "world": world}, ids, scorer),
                          N * (1 + P * D))
     nll, done = np.full(N * (1 + P * D), np.nan), 0
     if resume:
         nll, done = progress.load()
-    steps = sum(len(b) * b[0][0] for b in batches[done:])
+    steps = sum(len(batches[b]) * batches[b][0][0] for b in mine[done:])
     start = last = time.perf_counter()
     try:
-        for bi in range(done, len(batches)):
-            batch = batches[bi]
-            width = batch[0][0]
-            ctx = np.empty((len(batch), width), dtype=np.int64)
-            tgt = np.empty(len(batch), dtype=np.int64)
-            for r, (_, _, code, k, i) in enumerate(batch):
-                t = int(pos[i])
-                window = ids[t - context:t]
-                if code < 0:
-                    ctx[r] = window
-                else:
-                    rng = np.random.default_rng([seed, code, t, k])
-                    ctx[r] = perturbed_window(window, PERTURBATIONS[code], k, rng, cdf)
-                tgt[r] = ids[t]
-            lp = scorer.target_logprobs(torch.from_numpy(ctx), torch.from_numpy(tgt))
-            nll[[it[1] for it in batch]] = -lp.double().numpy()
-            done = bi + 1
-            if on_batch is not None:
-                on_batch(done, len(batches))
-            if checkpoint is not None and time.perf_counter() - last > checkpoint_every:
-                progress.save(nll, done)
-                last = time.perf_counter()
+        with distributed.agreed(group, "during the context ablation"):
+            for j in range(done, len(mine)):
+                batch = batches[mine[j]]
+                width = batch[0][0]
+                ctx = np.empty((len(batch), width), dtype=np.int64)
+                tgt = np.empty(len(batch), dtype=np.int64)
+                for r, (_, _, code, k, i) in enumerate(batch):
+                    t = int(pos[i])
+                    window = ids[t - context:t]
+                    if code < 0:
+                        ctx[r] = window
+                    else:
+                        rng = np.random.default_rng([seed, code, t, k])
+                        ctx[r] = perturbed_window(window, PERTURBATIONS[code], k, rng, cdf)
+                    tgt[r] = ids[t]
+                lp = scorer.target_logprobs(torch.from_numpy(ctx), torch.from_numpy(tgt))
+                nll[[it[1] for it in batch]] = -lp.double().numpy()
+                done = j + 1
+                if on_batch is not None:
+                    on_batch(done, len(mine))
+                if checkpoint is not None and time.perf_counter() - last > checkpoint_every:
+                    progress.save(nll, done)
+                    last = time.perf_counter()
     except KeyboardInterrupt:
         if checkpoint is None:
             raise
         progress.save(nll, done)
-        raise AblationInterrupted(str(checkpoint), done, len(batches)) from None
+        raise AblationInterrupted(str(checkpoint), done, len(mine)) from None
     seconds = time.perf_counter() - start
     if checkpoint is not None:
         if keep_checkpoint:
             progress.save(nll, done)
         else:
             Path(checkpoint).unlink(missing_ok=True)
+    if group is not None:  # each context was scored on one rank: x + 0 + ... = x exactly
+        scored = np.isfinite(nll) | np.isinf(nll)
+        total, count, all_steps = distributed.all_reduce_arrays(
+            group, [np.where(scored, nll, 0.0), scored.astype(np.int64),
+                    np.array([steps], dtype=np.int64)])
+        nll, steps = np.where(count == 1, total, np.nan), int(all_steps[0])
     if not np.isfinite(nll).all():
         raise MemlensError("the model gave a zero or non-finite probability to some target "
                            "(infinite loss)")
@@ -298,7 +321,7 @@ def context_ablation(model, tokens, distances: Sequence[int] | str = DEFAULT_DIS
         model_meta=describe() if callable(describe) else {},
         stats={"seconds": seconds, "token_steps": steps,
                "token_steps_per_second": steps / seconds if seconds > 0 else None,
-               "contexts": len(items), "batches": len(batches)})
+               "contexts": len(items), "batches": len(batches), "processes": world})
 
 
 def _split_widths(items: list) -> list[list]:

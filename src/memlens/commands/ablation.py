@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 
 from memlens.cli import add_overwrite
-from memlens.commands.common import add_model_arguments
+from memlens.commands.common import add_model_arguments, sharded_output
 from memlens.errors import MemlensError
-from memlens.io import claim_output
 
 DISTANCES = "1,2,3,5,10,20,50,100,200"
 
@@ -55,8 +54,12 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+_QUIET = [False]
+
+
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr)
+    if not _QUIET[0]:  # ranks other than 0 stay silent
+        print(msg, file=sys.stderr)
 
 
 def checkpoint_path(out: str | Path) -> Path:
@@ -91,38 +94,46 @@ def run(args: argparse.Namespace) -> int:
         raise MemlensError(f"--tolerance must be a fraction in [0, 1), got {args.tolerance}")
     if not args.checkpoint_every > 0:
         raise MemlensError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
-    with claim_output(args.out, args.overwrite, args.resume) as out:
-        return _run(args, out)
-
-
-def _run(args: argparse.Namespace, out: Path) -> int:
-    from memlens.ablation import AblationInterrupted, context_ablation
-    from memlens.data import load_corpus
-    from memlens.models.loading import load_model
     from memlens.train import resolve_device
 
-    device = resolve_device(args.device)
-    ck = checkpoint_path(out)
-    if args.resume and not ck.exists():
-        raise MemlensError(f"nothing to resume: no checkpoint {ck} (run without --resume)")
-    loaded = load_model(args.model, args.vocab, device, args.unit)
-    if loaded.encoder.input_kind != "tokens":
-        raise MemlensError("context ablation needs a token model; this one reads vectors")
-    if loaded.vocab is None:
-        raise MemlensError(f"the model {args.model} has no vocabulary: give --vocab FILE "
-                           "(its symbols, one per line in id order)")
-    corpus = load_corpus(args.corpus, args.format, loaded.unit)
-    tokens = corpus.tokens[: args.max_tokens] if args.max_tokens else corpus.tokens
-    oov = loaded.vocab.oov_rate(tokens)
-    if oov > 0.5:
-        _log(f"memlens: warning: vocabulary mismatch? {100 * oov:.1f}% of the corpus tokens "
-             "are unknown to the model")
-    if len(tokens) <= args.context:
-        raise MemlensError(f"the corpus has {len(tokens)} tokens: --context {args.context} "
-                           "leaves no target")
-    if not args.resume and ck.exists():
-        _log(f"memlens: warning: starting afresh; removing the old checkpoint {ck}")
-        ck.unlink()
+    try:
+        with sharded_output(args.out, args.overwrite, args.resume,
+                            resolve_device(args.device)) as (out, device, group):
+            _QUIET[0] = group is not None and group.rank != 0
+            return _run(args, out, device, group)
+    finally:
+        _QUIET[0] = False
+
+
+def _run(args: argparse.Namespace, out: Path, device, group) -> int:
+    """Load, compute (sharded over the ranks of ``group`` when given), rank 0 writes OUT."""
+    from memlens import distributed
+    from memlens.ablation import AblationInterrupted, context_ablation
+    from memlens.models.loading import load_model
+
+    base = checkpoint_path(out)
+    ck = base if group is None else distributed.rank_path(base, group.rank)
+    with distributed.agreed(group, "before the context ablation"):
+        if args.resume and not ck.exists():
+            raise MemlensError(f"nothing to resume: no checkpoint {ck} (run without --resume)")
+        loaded = load_model(args.model, args.vocab, device, args.unit)
+        if loaded.encoder.input_kind != "tokens":
+            raise MemlensError("context ablation needs a token model; this one reads vectors")
+        if loaded.vocab is None:
+            raise MemlensError(f"the model {args.model} has no vocabulary: give --vocab FILE "
+                               "(its symbols, one per line in id order)")
+        corpus = loaded.read_corpus(args.corpus, args.format)
+        tokens = corpus.tokens[: args.max_tokens] if args.max_tokens else corpus.tokens
+        oov = loaded.vocab.oov_rate(tokens)
+        if oov > 0.5:
+            _log(f"memlens: warning: vocabulary mismatch? {100 * oov:.1f}% of the corpus tokens "
+                 "are unknown to the model")
+        if len(tokens) <= args.context:
+            raise MemlensError(f"the corpus has {len(tokens)} tokens: --context {args.context} "
+                               "leaves no target")
+        if not args.resume and ck.exists():
+            _log(f"memlens: warning: starting afresh; removing the old checkpoint {ck}")
+            ck.unlink()
     step = [0]
 
     def progress(done: int, total: int) -> None:
@@ -135,7 +146,7 @@ def _run(args: argparse.Namespace, out: Path) -> int:
                                   context=args.context, targets=args.targets,
                                   bootstrap=args.bootstrap, blocks=args.blocks,
                                   tolerance=args.tolerance, seed=args.seed,
-                                  batch_size=args.batch_size, device=device, checkpoint=ck,
+                                  batch_size=args.batch_size, device=device, checkpoint=base,
                                   checkpoint_every=args.checkpoint_every, resume=args.resume,
                                   keep_checkpoint=True, on_batch=progress)
     except AblationInterrupted as exc:
@@ -145,12 +156,16 @@ def _run(args: argparse.Namespace, out: Path) -> int:
     result.corpus_meta = {"path": str(args.corpus), "tokens": len(tokens), "oov_rate": oov,
                           "format": args.format}
     try:
-        result.save(out)
+        with distributed.agreed(group, "while rank 0 wrote the result"):
+            if group is None or group.rank == 0:
+                result.save(out)
     except KeyboardInterrupt:
         _log(f"memlens: interrupted while writing; progress saved to {ck}; rerun with "
              "--resume")
         return 130
     ck.unlink(missing_ok=True)  # only now: the result directory is in place
+    if group is not None and group.rank != 0:
+        return 0
     s = result.summary()
     print(f"targets: {s['targets']}, context {s['context']}: unperturbed loss "
           f"{s['base_loss_nats']:.4f} nats (perplexity {s['base_perplexity']:.1f}); "

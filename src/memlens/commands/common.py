@@ -1,8 +1,14 @@
-"""What several sub-commands share: the model options and reading input-vector files."""
+"""What several sub-commands share: the model options, reading input-vector files, and the
+output directory of a run that may be sharded over torchrun processes."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
+import torch
 
 from memlens.errors import MemlensError
 
@@ -31,3 +37,41 @@ def load_vectors(path: str, size: int, max_rows: int | None = None):
         raise MemlensError(f"{path}: expected a T x {size} float array, got {arr.dtype} "
                            f"{arr.shape}")
     return np.array(arr[:max_rows] if max_rows else arr, dtype=np.float64)
+
+
+@contextlib.contextmanager
+def sharded_output(out: str, overwrite: bool, resume: bool, device: torch.device
+                   ) -> Iterator[tuple[Path, torch.device, object]]:
+    """Claim ``--out`` for a command that shards its work under torchrun.
+
+    Yields (out, device, group): without torchrun, ``io.claim_output`` as every command uses it
+    and group None. Under torchrun it initialises the process group (gloo on CPU, NCCL on
+    GPU; ``device`` becomes cuda:LOCAL_RANK), only rank 0 claims OUT (the others learn its
+    path, and stop with a one-line error when rank 0 could not claim it), and the group is
+    destroyed on the way out.
+    """
+    from memlens import distributed
+    from memlens.io import claim_output
+
+    created = distributed.launched() and distributed.current() is None
+    device = distributed.init_from_env(device)
+    group = distributed.current()
+    try:
+        with contextlib.ExitStack() as stack:
+            claimed, err = None, None
+            if group is None or group.rank == 0:
+                try:
+                    claimed = stack.enter_context(claim_output(out, overwrite, resume))
+                except BaseException as exc:
+                    if group is None:
+                        raise
+                    err = exc
+            if group is not None:
+                distributed.agree(group, err, "checking --out")
+                if err is not None:
+                    raise err
+                claimed = Path(distributed.broadcast_object(group, str(claimed)))
+            yield claimed, device, group
+    finally:
+        if created:
+            distributed.finish()

@@ -14,18 +14,15 @@ checkpoint .OUT.partial.rank<r>.pt and resumes from it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from memlens.cli import add_overwrite
-from memlens.commands.common import add_model_arguments, load_vectors
-from memlens.data import load_corpus
+from memlens.commands.common import add_model_arguments, load_vectors, sharded_output
 from memlens.data.vocab import EOS
 from memlens.errors import MemlensError
-from memlens.io import claim_output
 
 
 def register(sub) -> None:
@@ -99,35 +96,16 @@ def run(args: argparse.Namespace) -> int:
         raise MemlensError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
     if args.warmup is not None and args.warmup < 0:
         raise MemlensError(f"--warmup must be >= 0, got {args.warmup}")
-    from memlens import distributed
     from memlens.train import resolve_device
 
     device = resolve_device(args.device)
-    created = distributed.launched() and distributed.current() is None
-    device = distributed.init_from_env(device)
-    group = distributed.current()
-    _QUIET[0] = group is not None and group.rank != 0
     try:
-        with contextlib.ExitStack() as stack:
-            out, err = None, None
-            if group is None or group.rank == 0:  # only rank 0 claims --out
-                try:
-                    out = stack.enter_context(claim_output(args.out, args.overwrite,
-                                                           args.resume))
-                except BaseException as exc:
-                    if group is None:
-                        raise
-                    err = exc
-            if group is not None:
-                distributed.agree(group, err, "checking --out")
-                if err is not None:
-                    raise err
-                out = Path(distributed.broadcast_object(group, str(out)))
+        with sharded_output(args.out, args.overwrite, args.resume, device) as (out, device,
+                                                                              group):
+            _QUIET[0] = group is not None and group.rank != 0
             return _run(args, out, device, group)
     finally:
         _QUIET[0] = False
-        if created:
-            distributed.finish()
 
 
 def _run(args: argparse.Namespace, out: Path, device, group) -> int:
@@ -162,6 +140,7 @@ def _compute(args: argparse.Namespace, out: Path, device, group) -> int:
     from memlens import distributed
     from memlens.gradients import GradientsInterrupted, state_gradients
     from memlens.gradients.classes import token_classes
+    from memlens.models.hf import SubwordCorpus
     from memlens.models.loading import load_model
 
     rank0 = group is None or group.rank == 0
@@ -181,7 +160,7 @@ def _compute(args: argparse.Namespace, out: Path, device, group) -> int:
         corpus, tokens, tags = None, None, {}
         inputs, oov = load_vectors(args.corpus, enc.input_size, args.max_tokens), 0.0
     else:
-        corpus = load_corpus(args.corpus, args.format, loaded.unit)
+        corpus = loaded.read_corpus(args.corpus, args.format)
         tokens = corpus.tokens[: args.max_tokens] if args.max_tokens else corpus.tokens
         tags = {k: v[: len(tokens)] for k, v in corpus.tags.items()}
         vocab = enc.vocab
@@ -211,7 +190,10 @@ def _compute(args: argparse.Namespace, out: Path, device, group) -> int:
     elif args.classes:
         if tokens is None:
             raise MemlensError("--labels needs a token corpus (this model reads vectors)")
-        names, classes = token_classes(args.classes, tokens, tags, enc.vocab, log=_log)
+        if isinstance(corpus, SubwordCorpus):  # word classes on each word's first sub-token
+            names, classes = corpus.classes(args.classes, len(tokens), log=_log)
+        else:
+            names, classes = token_classes(args.classes, tokens, tags, enc.vocab, log=_log)
     directions = _directions(args.direction, names)
     for name, vec in directions.items():
         if not isinstance(vec, tuple) and vec.size != enc.input_size:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from memlens.cli import add_overwrite
 from memlens.commands.common import add_model_arguments
+from memlens.errors import MemlensError
 from memlens.signatures.decoders import DECODERS
 
 
@@ -60,6 +61,9 @@ def register(sub) -> None:
     p.add_argument("--bootstrap", "--resamples", dest="bootstrap", type=int, default=1000,
                    help="bootstrap resamples (0: no intervals; --resamples is the old name)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (state extraction)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="under torchrun: positions each process reads before its shard of the "
+                   "streams (default max(1000, 4 K))")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="result directory")
     p.add_argument("--resume", action="store_true",
@@ -76,43 +80,61 @@ def progress_path(out: str | Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Check --out, compute the study (saving progress), write OUT, drop the progress."""
-    from memlens import __version__
-    from memlens.io import claim_output
+    from memlens import __version__, distributed
+    from memlens.commands.common import sharded_output
     from memlens.signatures.result import write_result
     from memlens.signatures.study import StudyConfig, StudyProgress, run_study
     from memlens.train import resolve_device
 
-    cfg = StudyConfig(model=args.model, corpus=args.corpus, out=args.out, heldout=args.heldout,
-                      format=args.format, layers=args.layers, readout=args.readout,
-                      units=args.units, max_delay=args.max_delay, decoder=args.decoder,
-                      symbols=args.symbols, control=args.control, ngram=args.ngram,
-                      window_lm=args.window_lm, lm_train=args.lm_train,
-                      lm_max_tokens=args.lm_max_tokens, lm_epochs=args.lm_epochs,
-                      train_tokens=args.train_tokens, heldout_tokens=args.heldout_tokens,
-                      blocks=args.blocks, bootstrap=args.bootstrap, seed=args.seed,
-                      vocab=args.vocab, unit=args.unit,
-                      device=str(resolve_device(args.device)))
-    with claim_output(args.out, args.overwrite, args.resume) as out:
-        progress = StudyProgress(progress_path(out), cfg, args.resume)
+    if args.warmup is not None and args.warmup < 0:
+        raise MemlensError(f"--warmup must be >= 0, got {args.warmup}")
+    with sharded_output(args.out, args.overwrite, args.resume,
+                        resolve_device(args.device)) as (out, device, group):
+        rank0 = group is None or group.rank == 0
+        cfg = StudyConfig(model=args.model, corpus=args.corpus, out=args.out,
+                          heldout=args.heldout, format=args.format, layers=args.layers,
+                          readout=args.readout, units=args.units, max_delay=args.max_delay,
+                          decoder=args.decoder, symbols=args.symbols, control=args.control,
+                          ngram=args.ngram, window_lm=args.window_lm, lm_train=args.lm_train,
+                          lm_max_tokens=args.lm_max_tokens, lm_epochs=args.lm_epochs,
+                          train_tokens=args.train_tokens, heldout_tokens=args.heldout_tokens,
+                          blocks=args.blocks, bootstrap=args.bootstrap, seed=args.seed,
+                          vocab=args.vocab, unit=args.unit, device=str(device),
+                          warmup=args.warmup, world_size=1 if group is None else group.world)
+        progress = None
+        with distributed.agreed(group, "checking the saved progress"):
+            if rank0:
+                progress = StudyProgress(progress_path(out), cfg, args.resume)
         try:
             if _is_speech(args):  # a speech recogniser on a speech corpus (no --resume)
                 from memlens.speech.analysis import speech_signature_study
 
+                if group is not None:
+                    raise MemlensError("signatures of a speech corpus run as one process "
+                                       "(not under torchrun)")
                 result = speech_signature_study(cfg)
             else:
-                result = run_study(cfg, progress=progress)
+                result = run_study(cfg, progress=progress, log=print if rank0 else _silent)
+            if not rank0:
+                return 0
             path = write_result(result, out, __version__)
         except KeyboardInterrupt:
+            if not rank0:
+                raise
             raise KeyboardInterrupt(f"interrupted; finished signatures are saved in "
                                     f"{progress.path}; rerun with --resume to continue"
                                     ) from None
         except BaseException:
-            if not progress.state["entries"]:
+            if progress is not None and not progress.state["entries"]:
                 progress.discard()
             raise
         progress.discard()  # only now: the result directory is in place
     print(f"wrote {path}/result.json ({len(result.entries)} signatures)")
     return 0
+
+
+def _silent(*_args) -> None:
+    """The log of ranks other than 0."""
 
 
 def _is_speech(args: argparse.Namespace) -> bool:

@@ -399,7 +399,7 @@ class StepLayer(RecurrentLayer):
         """Readouts ``names`` (default: all) at every step by looping ``step``: T x B x D."""
         if state is None:
             state = self.init_state(x.shape[1], x.device, x.dtype)
-        names = tuple(names or self.readouts)
+        names = tuple(dict.fromkeys(names or self.readouts))  # a name asked twice: once
         out: dict[str, list[Tensor]] = {n: [] for n in names}
         for t in range(x.shape[0]):
             state = self.step(x[t], state)

@@ -2,6 +2,10 @@
 
 * ``PATH.pt``: a memlens checkpoint (weights + config + vocabulary; loaded with
   ``torch.load(weights_only=True)``: a checkpoint never executes code).
+* ``hf:DIR``: a Hugging Face Mamba / RWKV / xLSTM causal LM (a directory or a name that
+  ``from_pretrained`` resolves; needs ``pip install 'memlens[hf]'``), through
+  :func:`memlens.models.hf.from_hf`, with its own tokenizer: corpora are tokenised with it
+  (:meth:`LoadedModel.read_corpus`).
 * ``FILE.py:FUNCTION``: memlens imports the user's file and calls ``FUNCTION()``, which returns
   a model the protocol accepts (``memlens.wrap(...)``, a :class:`RecurrentEncoder`, or an
   object with an ``.encoder``). This runs the user's own code, because they named it.
@@ -23,11 +27,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from memlens.data.corpus import Corpus, load_corpus
 from memlens.data.vocab import Vocab
 from memlens.errors import MemlensError
 from memlens.models.encoder import RecurrentEncoder, as_encoder
 
-SPEC_HELP = "a memlens checkpoint (.pt) or FILE.py:FUNCTION returning a wrapped model"
+SPEC_HELP = ("a memlens checkpoint (.pt), FILE.py:FUNCTION returning a wrapped model, or "
+             "hf:DIR (a Hugging Face Mamba/RWKV/xLSTM causal LM)")
 
 
 @dataclass
@@ -47,6 +53,18 @@ class LoadedModel:
     @property
     def arch(self) -> str:
         return str(self.info.get("arch", "model"))
+
+    def read_corpus(self, path: str | os.PathLike, format: str = "text") -> Corpus:
+        """Read a corpus for this model: in its unit, and through its own tokenizer for a
+        Hugging Face model (a :class:`~memlens.models.hf.SubwordCorpus`: word tags on the
+        first sub-token of each word)."""
+        corpus = load_corpus(path, format, self.unit)
+        tokenizer = getattr(self.encoder, "tokenizer", None)
+        if tokenizer is None:
+            return corpus
+        from memlens.models.hf import tokenize_corpus
+
+        return tokenize_corpus(corpus, tokenizer, self.encoder.vocab)
 
 
 def is_python_spec(spec: str) -> bool:
@@ -111,6 +129,8 @@ def load_model(spec: str | os.PathLike, vocab: str | os.PathLike | None = None,
     from memlens.models.checkpoint import load_checkpoint
 
     spec = str(spec)
+    if spec.startswith("hf:"):
+        return _load_hf(spec, vocab, device, unit)
     if is_python_spec(spec):
         built = _call_builder(spec)
         try:
@@ -143,3 +163,23 @@ def load_model(spec: str | os.PathLike, vocab: str | os.PathLike | None = None,
     model = model.to(device).eval()
     info["unit"] = model_unit
     return LoadedModel(model, encoder, model_unit, info, extra)
+
+
+def _load_hf(spec: str, vocab, device, unit) -> LoadedModel:
+    """``hf:DIR``: a Hugging Face recurrent causal LM with its own tokenizer (see
+    :func:`memlens.models.hf.from_hf`)."""
+    from memlens.models.hf import from_hf
+
+    if not spec[3:]:
+        raise MemlensError("--model hf: needs a directory or a model name (hf:DIR)")
+    if unit == "char":
+        raise MemlensError("a Hugging Face model reads text through its own tokenizer: "
+                           "--unit char does not apply")
+    encoder = from_hf(spec[3:])
+    if vocab is not None:
+        encoder.set_vocab(Vocab.read(vocab))
+        object.__setattr__(encoder, "tokenizer", None)  # the user's symbols, as given
+    info = describe(encoder, spec)
+    info["arch"] = f"hf-{encoder.hf_model_type}"
+    encoder = encoder.to(device).eval()
+    return LoadedModel(encoder, encoder, "word", info, {})

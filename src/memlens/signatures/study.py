@@ -5,6 +5,11 @@ states of all requested views in one streaming pass per model; train and score t
 decoders per view; add the random-init control, the n-gram window state and the fixed-window
 neural LM when asked; write the result directory atomically (see :mod:`.result`).
 
+Several processes: inside a torch.distributed process group (``torchrun ... -m memlens
+signatures``) every rank extracts the states of its contiguous shard of each stream, after a
+warm-up of ``warmup`` positions (:func:`memlens.distributed.extract_states_sharded`); the
+shards are all-gathered and rank 0 alone trains and scores the decoders and the comparisons.
+
 Progress: with a ``progress`` directory (``memlens signatures`` uses ``.<OUT>.partial/``
 beside OUT) every finished signature is saved there as it completes (``entry-<i>.npz`` plus
 its SHA-256 in ``state.json``, with a fingerprint of the options and of the model and corpus
@@ -24,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memlens.data import load_corpus
+from memlens import distributed
 from memlens.errors import MemlensError
 from memlens.io import write_atomic, write_json
 from memlens.models.encoder import as_encoder
@@ -40,7 +45,7 @@ from memlens.signatures.signature import (
     signature_from_states,
     to_ids,
 )
-from memlens.signatures.states import View, check_view, extract_states
+from memlens.signatures.states import View, check_view
 from memlens.signatures.symbols import build_symbols, parse_symbols
 from memlens.signatures.window_lm import WindowLM
 
@@ -74,6 +79,8 @@ class StudyConfig:
     vocab: str | None = None
     unit: str | None = None
     device: str = "cpu"
+    warmup: int | None = None
+    world_size: int = 1
 
 
 @dataclass
@@ -316,9 +323,9 @@ def run_study(cfg: StudyConfig, log=print, progress: StudyProgress | None = None
     layers = parse_layers(cfg.layers, encoder.num_layers, encoder)
     views = [check_view(encoder, layer, cfg.readout, u)
              for layer in layers for u in expand_units(encoder, layer, cfg.units)]
-    corpus = load_corpus(cfg.corpus, cfg.format, unit)
+    corpus = loaded.read_corpus(cfg.corpus, cfg.format)
     if cfg.heldout:
-        held = load_corpus(cfg.heldout, cfg.format, unit)
+        held = loaded.read_corpus(cfg.heldout, cfg.format)
         tr_tokens, tr_tags = corpus.tokens, corpus.tags.get("upos")
         he_tokens, he_tags = held.tokens, held.tags.get("upos")
         if cfg.train_tokens:
@@ -350,7 +357,7 @@ def run_study(cfg: StudyConfig, log=print, progress: StudyProgress | None = None
     if cfg.ngram or cfg.window_lm:
         lm_path = cfg.lm_train or loaded.extra.get("train", {}).get("train")
         if lm_path and Path(lm_path).exists():
-            lm_tokens = load_corpus(lm_path, cfg.format, unit).tokens
+            lm_tokens = loaded.read_corpus(lm_path, cfg.format).tokens
         else:
             lm_path, lm_tokens = cfg.corpus + " (decoder-training part)", tr_tokens
         if cfg.lm_max_tokens:
@@ -390,19 +397,28 @@ def run_study(cfg: StudyConfig, log=print, progress: StudyProgress | None = None
             f"({time.time() - t0:.0f}s, {sig.epochs} epochs)")
 
     # ---- the model and its random-init control ----------------------------------------------
+    group = distributed.current()
+    rank0 = group is None or group.rank == 0
+    warmup = distributed.default_warmup(cfg.max_delay) if cfg.warmup is None else cfg.warmup
     runs = [(arch, "model", model)]
     if cfg.control == "random-init":
         runs.append((f"{arch} (random init)", "control", random_init_copy(model, cfg.seed)))
     for label, role, net in runs:
         todo = [v for v in views if not done(label, role, v)]
+        if group is not None:  # rank 0 alone knows the saved progress
+            todo = [views[i] for i in distributed.broadcast_object(
+                group, [views.index(v) for v in todo])]
         if not todo:
             continue
         enc = as_encoder(net)
-        tr_states = extract_states(enc, tr_ids, todo)
-        he_states = extract_states(enc, he_ids, todo)
-        for v in todo:
-            score(label, role, v, tr_states[v], he_states[v])
+        tr_states = distributed.extract_states_sharded(enc, tr_ids, todo, warmup, group)
+        he_states = distributed.extract_states_sharded(enc, he_ids, todo, warmup, group)
+        with distributed.agreed(group, "while rank 0 trained the decoders"):
+            for v in todo if rank0 else ():
+                score(label, role, v, tr_states[v], he_states[v])
         del tr_states, he_states
+    if not rank0:  # the comparisons need no states of the model: rank 0 computes them
+        return result
     result.entries.sort(key=lambda e: (e.role != "model", views.index(e.view)))
 
     # ---- non-recurrent comparisons -------------------------------------------------------------

@@ -1,0 +1,154 @@
+"""Experiment 7 (issue 11): does a selective state-space model's memory decay like an LSTM's?
+
+A small Mamba (transformers ``MambaConfig``; hidden 192, 6 blocks, tied embeddings: about
+3.4M parameters, comparable to the experiment-1 LSTM's 3.6M) is trained on the same text
+(WikiText-2 valid) with the same 10k word vocabulary (the LSTM checkpoint's memlens ``Vocab``,
+given to the Mamba as a WordLevel tokenizer, so one word = one token), then evaluated on
+WikiText-2 test (target: perplexity within 20% of the LSTM's 135.3) and analysed with the same
+commands as experiment 1 (state gradients on UD EWT dev, K = 50, UPOS classes) and the
+signatures of experiment 4, through ``--model hf:DIR``.
+
+    python experiments/exp7_mamba.py train [--epochs 10] [--max-train-tokens N]
+    python experiments/exp7_mamba.py analyse           # after train; slow on CPU (generic path)
+
+Training: Adam (lr 2e-3, linear warm-up 200 steps, cosine decay), batches of 32 windows of 128
+tokens, no state carried between windows (Mamba's training path has no carried state);
+evaluation: the test stream in windows of 512 tokens, each from a zero state (a Mamba of this
+size forgets within far fewer tokens; the LSTM's evaluation carries state, so this slightly
+favours the LSTM). Output: runs/wt2-mamba-h192/ (save_pretrained + tokenizer), its log and
+experiments/results/exp7.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+import torch
+from analysis import DATA, EWT_DEV, RESULTS, RUNS, run_memlens
+
+import memlens
+from memlens.data import Vocab, load_corpus
+
+LSTM = RUNS / "wt2-lstm-h256-e10.pt"
+OUT = RUNS / "wt2-mamba-h192"
+WT = DATA / "wikitext-2"
+
+
+def vocabulary() -> Vocab:
+    """The experiment-1 LSTM's vocabulary (or the same construction when it is absent)."""
+    if LSTM.exists():
+        return memlens.load_checkpoint(LSTM).vocab
+    return Vocab.build(load_corpus(WT / "valid.txt").tokens, 10000)
+
+
+def word_tokenizer(vocab: Vocab):
+    """A memlens Vocab as a Hugging Face WordLevel tokenizer (same ids)."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({s: i for i, s in enumerate(vocab.itos)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>",
+                                                eos_token="<eos>")
+
+
+def build(vocab_size: int):
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.MambaConfig(vocab_size=vocab_size, hidden_size=192, state_size=16,
+                                   num_hidden_layers=6, expand=2, conv_kernel=4,
+                                   tie_word_embeddings=True, residual_in_fp32=False)
+    return transformers.MambaForCausalLM(cfg)
+
+
+@torch.no_grad()
+def perplexity(model, ids: torch.Tensor, window: int = 512) -> float:
+    model.eval()
+    total, n = 0.0, 0
+    for a in range(0, ids.numel() - 1, window):
+        x = ids[a:a + window + 1]
+        if x.numel() < 2:
+            break
+        logits = model(x[None, :-1], use_cache=False).logits[0]
+        total += torch.nn.functional.cross_entropy(logits, x[1:], reduction="sum").item()
+        n += x.numel() - 1
+    return math.exp(total / n)
+
+
+def train(args) -> None:
+    vocab = vocabulary()
+    tok = word_tokenizer(vocab)
+    model = build(len(vocab))
+    n_params = sum(p.numel() for p in model.parameters())
+    train_ids = vocab.encode(load_corpus(WT / "valid.txt").tokens)
+    if args.max_train_tokens:
+        train_ids = train_ids[: args.max_train_tokens]
+    test_ids = vocab.encode(load_corpus(WT / "test.txt").tokens)
+    if args.max_test_tokens:
+        test_ids = test_ids[: args.max_test_tokens]
+    L, B = args.window, args.batch
+    starts = torch.arange(0, train_ids.numel() - L - 1, L)
+    steps = args.epochs * math.ceil(len(starts) / B)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200) * 0.5
+                                              * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    g = torch.Generator().manual_seed(0)
+    log = []
+    print(f"Mamba: {n_params} parameters, {train_ids.numel()} training tokens, {steps} steps",
+          flush=True)
+    for epoch in range(args.epochs):
+        model.train()
+        t0, tot, cnt = time.time(), 0.0, 0
+        for chunk in starts[torch.randperm(len(starts), generator=g)].split(B):
+            x = torch.stack([train_ids[s:s + L + 1] for s in chunk.tolist()])
+            loss = model(x, labels=x, use_cache=False).loss  # shifted inside the model
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            tot, cnt = tot + loss.item(), cnt + 1
+        ppl = perplexity(model, test_ids)
+        log.append({"epoch": epoch + 1, "train_ppl": math.exp(tot / cnt), "test_ppl": ppl,
+                    "seconds": time.time() - t0})
+        print(json.dumps(log[-1]), flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(OUT)
+    tok.save_pretrained(OUT)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "exp7_train.json").write_text(json.dumps(
+        {"parameters": n_params, "log": log, "settings": vars(args)}, indent=1))
+
+
+def analyse(_args) -> None:
+    """Experiment 1's state-gradient run and experiment 4's signatures on the Mamba."""
+    model = f"hf:{OUT}"
+    run_memlens(RUNS / "exp7-mamba-ewt-upos", "gradients", "--model", model, "--corpus",
+                str(EWT_DEV), "--format", "conllu", "--classes", "upos", "--max-delay", "50",
+                "--max-tokens", "22000", "--no-progress")
+    run_memlens(RUNS / "exp7-mamba-signatures", "signatures", "--model", model, "--corpus",
+                str(WT / "valid.txt"), "--heldout", str(WT / "test.txt"), "--max-delay", "10",
+                "--train-tokens", "50000", "--heldout-tokens", "20000")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("phase", choices=["train", "analyse"])
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--window", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--max-train-tokens", type=int)
+    ap.add_argument("--max-test-tokens", type=int)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    (train if args.phase == "train" else analyse)(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
