@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 from analysis import RESULTS, RUNS, need_model
@@ -31,11 +32,11 @@ from memlens.speech.model import error_rates, load_asr, transcribe
 
 QUICK = bool(os.environ.get("EXP6_QUICK"))
 CORPUS = RUNS / "speech-wt2"
-MODEL = RUNS / "asr-lstm3.pt"
-N_TRAIN, N_HELD = (40, 20) if QUICK else (300, 150)     # utterances for the decoders
-MAX_LAG = 4 if QUICK else 8                              # graphemes back
-N_GRAD, GRAD_K = (3, 4) if QUICK else (12, 10)           # utterances, delays (30 ms steps)
-BOOT = 50 if QUICK else 500
+MODEL = Path(os.environ.get("EXP6_MODEL", RUNS / "asr-lstm3.pt"))
+N_TRAIN, N_HELD = (40, 20) if QUICK else (120, 60)      # utterances for the decoders
+MAX_LAG = 4 if QUICK else 6                              # graphemes back
+N_GRAD, GRAD_K = (2, 4) if QUICK else (3, 8)             # utterances, delays (30 ms steps)
+BOOT = 50 if QUICK else 200
 SEED = 0
 
 
@@ -113,7 +114,7 @@ def main() -> None:
         out["gradients"][role] = per
     out["seconds"] = time.time() - t0
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "exp6-quick.json" if QUICK else "exp6.json"
+    name = os.environ.get("EXP6_OUT", "exp6-quick.json" if QUICK else "exp6.json")
     (RESULTS / name).write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {RESULTS / name} ({out['seconds']:.0f}s)")
 
