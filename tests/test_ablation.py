@@ -66,6 +66,30 @@ def test_ngram_oracle_exact_zero_from_window(order):
     assert r.summary()["effective_context"]["drop"] == order - 1
 
 
+def test_swap_oracle_and_definition():
+    """swap (the far context of another target in place of this one's): an n-gram LM of
+    order n is untouched from k = n-1 on; the swapped-in tokens are another target's."""
+    from memlens.ablation.api import perturbed_window
+
+    toks = markov_text()
+    lm = KneserNeyLM(3).fit(toks)
+    ks = [1, 2, 3, 6]
+    r = context_ablation(lm, lm.encode(toks), distances=ks, context=12, targets=200,
+                         perturbation="swap", bootstrap=50)
+    assert r.perturbations == ["swap"]
+    assert np.all(r.increase[0, 1:] == 0.0) and r.increase[0, 0] > 0.05
+    assert r.effective_context() == {"swap": 2}
+    window, other = np.arange(10), np.arange(100, 110)
+    s = perturbed_window(window, "swap", 3, np.random.default_rng(0), np.ones(1), other)
+    assert list(s) == [100, 101, 102, 103, 104, 105, 106, 7, 8, 9]
+    with pytest.raises(MemlensError, match="at least 2 targets"):
+        context_ablation(lm, lm.encode(toks), distances=[1], context=12, targets=1,
+                         perturbation="swap")
+    # not in the default set: the defaults (and their seeds) are unchanged
+    d = context_ablation(lm, lm.encode(toks), distances=[1], context=12, targets=20)
+    assert d.perturbations == ["shuffle", "replace", "drop"]
+
+
 def test_model_ignoring_input_zero_everywhere():
     enc = small_lm(ConstantHead(12))
     r = context_ablation(enc, markov_text(600), distances=[1, 2, 5, 10], context=12,

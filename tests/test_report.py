@@ -205,6 +205,60 @@ def test_new_kind_renders_without_report_code(tmp_path):
     assert "<script" not in text.lower()
 
 
+class VerdictToy(ToyResult):
+    """A toy that knows the answer it expected: declares a verdict (generic report feature)."""
+
+    def figures(self, out: Path) -> list[dict]:
+        made = super().figures(out)
+        fig, ax = plt.subplots(figsize=(3, 2))
+        ax.plot([0, 1], [1, 0])
+        fig.savefig(out / "answer.png")
+        plt.close(fig)
+        return made + [{"file": "answer.png", "title": "The answer in one figure <i>",
+                        "caption": "expected vs found"}]
+
+    def verdict(self) -> dict:
+        return {"title": "Verdict: the echo dies where expected",
+                "paragraphs": ["Expected 5 m, found 5 m."],
+                "table": [{"method": "loudness < 80 dB", "expected": 5, "found": 5,
+                           "match": True},
+                          {"method": "loudness < 60 dB", "expected": 5, "found": 9,
+                           "match": False}],
+                "figures": ["answer.png"],
+                "findings": ["Stone walls echo for 5 m, as expected."]}
+
+
+def test_verdict_leads_the_report(tmp_path):
+    from memlens.results import check_verdict
+
+    plain = ToyResult(2.0, "cave").save(tmp_path / "cave")
+    toy = VerdictToy(1.0, "hall").save(tmp_path / "hall")
+    text = build_report([plain, toy], tmp_path / "r.html").read_text()
+    head = text.index("Verdict: the echo dies where expected")
+    # the verdict comes before the table of contents and every result's own section
+    assert head < text.index("<h2>Results</h2>") < text.index("Toy: cave.toy (echo)")
+    verdict = text[head:text.index("</section>", head)]
+    assert "<th>method</th><th>expected</th><th>found</th><th>match</th>" in verdict
+    assert "<td>9</td><td>no</td>" in verdict and "<td>5</td><td>yes</td>" in verdict
+    assert "The answer in one figure &lt;i&gt;" in verdict and IMG.search(verdict)
+    assert "<li>Stone walls echo for 5 m, as expected.</li>" in verdict
+    # its figure is shown once (not again in the result's section); the other PNGs are
+    assert "The answer in one figure" not in text[text.index("</section>", head):]
+    assert len(IMG.findall(text)) == 1 + 2 + 1  # verdict figure, 2 toy PNGs, one overlay
+    # a malformed verdict is bad input: one line, exit 2, no page
+    rj = Path(toy) / "result.json"
+    data = json.loads(rj.read_text())
+    for bad in ({"paragraphs": ["no title"]}, {**data["verdict"], "figures": ["nope.png"]},
+                {**data["verdict"], "table": "rows"}, {**data["verdict"], "colour": 1}):
+        rj.write_text(json.dumps({**data, "verdict": bad}))
+        with pytest.raises(MemlensError):
+            load_result(toy)
+        out = tmp_path / "bad.html"
+        assert main(["report", str(toy), "--out", str(out)]) == 2 and not out.exists()
+    with pytest.raises(MemlensError, match="not one of the result's plots"):
+        check_verdict({"title": "t", "figures": ["x.png"]}, [], "here")
+
+
 @pytest.mark.parametrize("problem", ["missing", "file", "no_json", "bad_json", "not_object",
                                      "bad_kind", "missing_plot", "bad_table", "not_png",
                                      "outside"])

@@ -21,6 +21,8 @@ from memlens.studies.planted import (
     IRRELEVANT_COORD,
     NUMBER_COORD,
     PlantedConfig,
+    end_of_dominance,
+    end_of_strength,
     first_delay_not_first,
     first_delay_weak,
     first_lag_at_baseline,
@@ -46,15 +48,16 @@ class DemoResult:
 
     @property
     def matches(self) -> list[dict[str, Any]]:
-        """Trained-model rows whose recovered memory length is within one step of the planted
-        one."""
-        return [r for r in self.recovered if r["within_one_step"] and r["role"] == "trained"]
+        """Trained-model length readings within one step of the planted distance."""
+        return [r for r in self.recovered if r["match"] and r["role"] == "trained"]
 
 
 def run_demo(cfg: DemoConfig | None = None, log: Callable[[str], None] = print) -> DemoResult:
     """Run the study, write ``cfg.out``/report.html and ``cfg.out``/demo.json (the run's
-    configuration, what was recovered and the seconds per stage). ``cfg.out`` is built
-    atomically: complete or absent, an interrupted demo leaves nothing."""
+    configuration, ``recovered``: one record per (model, method) with ``model``, ``role``
+    (trained / contrast / control / oracle), ``method``, ``planted``, ``recovered`` (int, or
+    None for "never dominant") and ``match`` (within one step), and the seconds per stage).
+    ``cfg.out`` is built atomically: complete or absent, an interrupted demo leaves nothing."""
     cfg = cfg or DemoConfig()
     cfg.check()
     start = time.time()
@@ -75,6 +78,6 @@ def run_demo(cfg: DemoConfig | None = None, log: Callable[[str], None] = print) 
     return DemoResult(out, report, cfg.distance, study.recovered, time.time() - start)
 
 
-__all__ = ["IRRELEVANT_COORD", "NUMBER_COORD", "DemoConfig", "DemoResult",
-           "first_delay_not_first", "first_delay_weak", "first_lag_at_baseline",
+__all__ = ["IRRELEVANT_COORD", "NUMBER_COORD", "DemoConfig", "DemoResult", "end_of_dominance",
+           "end_of_strength", "first_delay_not_first", "first_delay_weak", "first_lag_at_baseline",
            "planted_direction", "planted_embeddings", "planted_ranks", "run_demo"]

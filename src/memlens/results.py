@@ -9,7 +9,10 @@ writer, the loader, ``plot`` and the HTML report need no per-kind code:
   ``group`` columns, y against x, with an interval band where ``low``/``high`` are given;
 * ``summary`` (headline numbers), ``settings``, ``model`` and ``corpus`` descriptions;
 * optional arrays (saved as ``<kind>.npz`` or the name in ``arrays_file``) and extra PNG
-  figures (``figures(dir)``), plus any other JSON-able sections (``extra``).
+  figures (``figures(dir)``), plus any other JSON-able sections (``extra``);
+* optionally a ``verdict`` (:meth:`Result.verdict`): the answer a report leads with, a title,
+  sentences, a table (e.g. expected vs found, match yes/no), figures (names of its own PNGs)
+  and findings as sentences. See :data:`VERDICT_KEYS`.
 
 ``result.save(dir)`` writes the standard result directory (``result.json``, ``table.csv``,
 arrays, PNGs) atomically through one writer; :func:`load_result` reads any kind back as a
@@ -34,7 +37,10 @@ from memlens.plotting import plain_text, pyplot
 RESULT_FILE = "result.json"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STANDARD_KEYS = ("kind", "memlens_version", "model", "corpus", "settings", "summary", "table",
-                 "series", "plots", "arrays_file")
+                 "series", "plots", "arrays_file", "verdict")
+# what a verdict may hold: title (str), paragraphs and findings (lists of sentences), table (a
+# list of flat objects), figures (file names among the result's plots)
+VERDICT_KEYS = ("title", "paragraphs", "table", "figures", "findings")
 MAX_JSON_DEPTH = 64
 
 
@@ -171,6 +177,16 @@ class Result:
         """Further JSON-able sections of result.json (e.g. probe, performance)."""
         return {}
 
+    def verdict(self) -> dict[str, Any]:
+        """The answer a report shows first, before any result's own section (empty: none).
+
+        Keys (all optional but ``title``): ``title``; ``paragraphs``: sentences; ``table``: a
+        list of flat dicts (e.g. expected vs found per method, with a yes/no column);
+        ``figures``: file names of PNGs that :meth:`figures` writes (shown with the verdict,
+        not again in the result's section); ``findings``: sentences, one finding each.
+        """
+        return {}
+
     # -- the common interface --------------------------------------------------------------
     def to_frame(self):
         """The result table as a pandas DataFrame (one row per table row)."""
@@ -205,6 +221,9 @@ class Result:
                "summary": self.summary(), "table": self.rows(), "series": self.series()}
         if self.arrays_file:
             doc["arrays_file"] = self.arrays_file
+        verdict = self.verdict()
+        if verdict:
+            doc["verdict"] = verdict
         for key, value in self.extra().items():
             if key in STANDARD_KEYS:
                 raise MemlensError(f"extra section {key!r} clashes with a standard key")
@@ -232,6 +251,7 @@ def write_result_dir(result: Result, out: str | os.PathLike, overwrite: bool = F
         plots = clean(result.figures(tmp))  # first: figures may add numbers to the summary
         doc = result.document()
         doc["plots"] = plots
+        check_verdict(doc.get("verdict"), plots, f"{result.kind} result")
         write_table_csv(tmp / "table.csv", doc["table"])
         arrays = result.arrays()
         if arrays:
@@ -277,6 +297,9 @@ class SavedResult(Result):
     def extra(self) -> dict[str, Any]:
         return {k: v for k, v in self.data.items() if k not in STANDARD_KEYS}
 
+    def verdict(self) -> dict[str, Any]:
+        return self.data.get("verdict") or {}
+
     @property
     def plots(self) -> list[dict[str, Any]]:
         return self.data.get("plots") or []
@@ -288,6 +311,32 @@ class SavedResult(Result):
             return {}
         with np.load(file, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
+
+
+def check_verdict(verdict: Any, plots: Sequence[dict], where: str) -> None:
+    """Raise :class:`MemlensError` (message starting with ``where``) unless ``verdict`` (None
+    or a dict) is a well-formed verdict (see :meth:`Result.verdict`) whose figures are among
+    ``plots``."""
+    if verdict is None:
+        return
+    bad = f"{where}: 'verdict'"
+    if not isinstance(verdict, dict) or not isinstance(verdict.get("title"), str):
+        raise MemlensError(f"{bad} must be an object with a 'title'")
+    unknown = sorted(set(verdict) - set(VERDICT_KEYS))
+    if unknown:
+        raise MemlensError(f"{bad} has unknown keys {', '.join(map(repr, unknown))} "
+                           f"(allowed: {', '.join(VERDICT_KEYS)})")
+    for key in ("paragraphs", "findings", "figures"):
+        value = verdict.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise MemlensError(f"{bad}: {key!r} must be a list of strings")
+    table = verdict.get("table", [])
+    if not isinstance(table, list) or not all(isinstance(r, dict) for r in table):
+        raise MemlensError(f"{bad}: 'table' must be a list of objects")
+    files = {p.get("file") for p in plots}
+    for name in verdict.get("figures", []):
+        if name not in files:
+            raise MemlensError(f"{bad}: figure {name!r} is not one of the result's plots")
 
 
 def _depth_ok(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
@@ -361,4 +410,5 @@ def load_result(path: str | os.PathLike) -> SavedResult:
         if not blob.startswith(PNG_MAGIC):
             raise MemlensError(f"plot {plot['file']!r} in {path} is not a PNG image")
         images[plot["file"]] = blob
+    check_verdict(data.get("verdict"), plots, f"malformed result.json in {path}")
     return SavedResult(path, data, images)

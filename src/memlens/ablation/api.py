@@ -11,7 +11,14 @@ are perturbed while the last k tokens x_{t-k} .. x_{t-1} stay intact:
 * ``replace``: each far token is replaced by an independent draw from the unigram
   distribution (default: the analysed stream's token frequencies);
 * ``drop``: the far tokens are removed: the model reads only the last k tokens, from a zero
-  state (a truncated context).
+  state (a truncated context);
+* ``swap`` (not in the default set): the far tokens are replaced by the tokens in the same
+  window slots of *another* target, chosen at random among the analysed targets: real text
+  of the same stream, in its own order and at the same offsets from its own target, but
+  unrelated to this one. The state stays warmed up on in-distribution text (no zero state,
+  no unnatural token sequence); when the targets share a structure (e.g. every target is the
+  verb of a sentence) the swapped context is aligned with it. Unlike the others, which other
+  targets exist decides what is swapped in.
 
 With l_t = -log P(x_t | intact window) and l_t(p, k) the loss under perturbation p at distance
 k, the result is, per (p, k), the mean loss and the paired increase
@@ -25,8 +32,8 @@ every measured k' >= k, with tol = ``tolerance`` x the unperturbed mean loss (de
 Randomness is seeded per (seed, perturbation, target position, distance), so every number is
 independent of batching, of the order of the options and of the other targets. Cost: every
 (target, perturbation, distance) is one forward pass over its context (L steps; k for drop) plus
-one over the intact window per target: N (1 + |shuffle, replace| D) L + N sum_k k token-steps for
-D distances; the contexts run as columns of batches of ``batch_size``.
+one over the intact window per target: N (1 + |shuffle, replace, swap| D) L + N sum_k k
+token-steps for D distances; the contexts run as columns of batches of ``batch_size``.
 
 Inside an initialised torch.distributed process group (``torchrun ... -m memlens ablation``)
 rank r scores the batches r, r + N_proc, r + 2 N_proc, ... and the per-context losses are
@@ -45,7 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memlens.ablation.result import PERTURBATIONS, ContextAblationResult
+from memlens.ablation.result import DEFAULT_PERTURBATIONS, PERTURBATIONS, ContextAblationResult
 from memlens.ablation.scorers import NextTokenScorer, RecurrentLMScorer, as_scorer
 from memlens.errors import MemlensError
 from memlens.io import atomic_path
@@ -113,14 +120,19 @@ def unigram_cdf(ids: np.ndarray, V: int, unigram=None) -> np.ndarray:
 
 
 def perturbed_window(window: np.ndarray, perturbation: str, k: int, rng: np.random.Generator,
-                     cdf: np.ndarray) -> np.ndarray:
+                     cdf: np.ndarray, other: np.ndarray | None = None) -> np.ndarray:
     """The context seen at distance k: ``window`` (x_{t-L} .. x_{t-1}) with its first L-k
-    tokens shuffled or replaced by unigram draws, or dropped (see module docstring)."""
+    tokens shuffled, replaced by unigram draws or by the same slots of ``other`` (another
+    target's window, for ``swap``), or dropped (see module docstring)."""
     far = len(window) - k
     if perturbation == "drop":
         return window[far:]
     out = window.copy()
-    if perturbation == "shuffle":
+    if perturbation == "swap":
+        if other is None or len(other) != len(window):
+            raise MemlensError("swap needs another target's window of the same length")
+        out[:far] = other[:far]
+    elif perturbation == "shuffle":
         out[:far] = window[:far][rng.permutation(far)]
     elif perturbation == "replace":
         out[:far] = np.searchsorted(cdf, rng.random(far), side="right")
@@ -180,7 +192,7 @@ class _Progress:
 
 
 def context_ablation(model, tokens, distances: Sequence[int] | str = DEFAULT_DISTANCES,
-                     perturbation: Sequence[str] | str = PERTURBATIONS, *,
+                     perturbation: Sequence[str] | str = DEFAULT_PERTURBATIONS, *,
                      context: int = 300, targets: int | Sequence[int] | None = 1000,
                      bootstrap: int = 1000, blocks: int = 20, tolerance: float = 0.01,
                      seed: int = 0, batch_size: int = 256, unigram=None,
@@ -197,8 +209,9 @@ def context_ablation(model, tokens, distances: Sequence[int] | str = DEFAULT_DIS
     ``lm.encode(words)``) or any :class:`~memlens.ablation.scorers.NextTokenScorer`.
     ``tokens``: one stream (ids, symbols, a Corpus or a Stream, as every analysis takes).
     ``distances``: k values, 1 <= k < ``context`` (L); ``perturbation``: any of "shuffle",
-    "replace", "drop"; ``targets``: how many evenly spaced targets (None: every position with a
-    full window; or explicit positions); ``bootstrap`` resamples over ``blocks`` contiguous
+    "replace", "drop" (the default set) and "swap" (needs two or more targets); ``targets``: how
+    many evenly spaced targets (None: every position with a full window; or explicit
+    positions); ``bootstrap`` resamples over ``blocks`` contiguous
     blocks of targets (0: no intervals); ``tolerance``: the effective-context criterion as a
     fraction of the unperturbed loss; ``seed``: the perturbations' randomness; ``batch_size``:
     contexts per forward pass; ``unigram``: V weights for "replace" (default: the stream's
@@ -232,6 +245,9 @@ def context_ablation(model, tokens, distances: Sequence[int] | str = DEFAULT_DIS
     ids = _stream_ids(model, scorer, tokens)
     pos = target_positions(len(ids), context, targets)
     N, P, D, V = len(pos), len(perts), len(distances), scorer.vocab_size
+    if "swap" in perts and N < 2:
+        raise MemlensError("the swap perturbation needs at least 2 targets (it takes the far "
+                           "context of another target)")
     if isinstance(scorer, RecurrentLMScorer):
         if device is not None:
             scorer.to(device)
@@ -284,7 +300,12 @@ def context_ablation(model, tokens, distances: Sequence[int] | str = DEFAULT_DIS
                         ctx[r] = window
                     else:
                         rng = np.random.default_rng([seed, code, t, k])
-                        ctx[r] = perturbed_window(window, PERTURBATIONS[code], k, rng, cdf)
+                        other = None
+                        if PERTURBATIONS[code] == "swap":  # another target, never this one
+                            o = (i + int(rng.integers(1, N))) % N
+                            other = ids[int(pos[o]) - context:int(pos[o])]
+                        ctx[r] = perturbed_window(window, PERTURBATIONS[code], k, rng, cdf,
+                                                  other)
                     tgt[r] = ids[t]
                 lp = scorer.target_logprobs(torch.from_numpy(ctx), torch.from_numpy(tgt))
                 nll[[it[1] for it in batch]] = -lp.double().numpy()

@@ -16,7 +16,8 @@ import numpy as np
 
 from memlens.results import Result
 
-PERTURBATIONS = ("shuffle", "replace", "drop")
+PERTURBATIONS = ("shuffle", "replace", "drop", "swap")  # every known one (codes by index)
+DEFAULT_PERTURBATIONS = ("shuffle", "replace", "drop")
 LN2 = math.log(2.0)
 
 

@@ -29,7 +29,8 @@ def register(sub) -> None:
     p.add_argument("--distances", default=DISTANCES,
                    help=f"distances k, each below --context (default {DISTANCES})")
     p.add_argument("--perturbation", default="shuffle,replace,drop",
-                   help="any of shuffle, replace, drop (comma-separated; default all three)")
+                   help="any of shuffle, replace, drop, swap (comma-separated; default "
+                        "shuffle,replace,drop)")
     p.add_argument("--context", type=int, default=300,
                    help="context window L read before every target (default 300)")
     p.add_argument("--targets", type=int, default=1000,

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +42,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from memlens.errors import MemlensError
+
+
+def _since(clock: tuple[float, float]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) since ``clock`` = (perf_counter,
+    process_time)."""
+    return time.perf_counter() - clock[0], time.process_time() - clock[1]
 
 DECODERS = ("linear", "mlp", "linear-fast")
 
@@ -351,6 +358,10 @@ class FastLinearDecoder(JointDecoder):
 
     Index (one-hot window) states have no covariance to whiten: they get the joint
     decoder's training from its random start.
+
+    After ``fit`` on dense states, ``timings`` maps "lda" (and "scales" where fitted) to
+    (wall seconds, CPU seconds of the process) of that phase, for the word benchmark's
+    breakdown.
     """
 
     lr: float = 0.01
@@ -420,6 +431,7 @@ class FastLinearDecoder(JointDecoder):
         self.scales = None
         if isinstance(x, IndexStates):
             return False
+        clock = (time.perf_counter(), time.process_time())
         heads = y.shape[1]
         z = torch.cat([self._rows(x, lo, min(n_tr, lo + self.block)).double()
                        for lo in range(0, n_tr, self.block)])
@@ -449,8 +461,11 @@ class FastLinearDecoder(JointDecoder):
             bias[k] = torch.where(present, b, torch.full((), floor, dtype=torch.float64))
         self.net.inp.weight.copy_(weight.reshape(heads * classes, d).float())
         self.net.inp.bias.copy_(bias.reshape(-1).float())
+        self.timings = {"lda": _since(clock)}
         if self.scale_groups and len(y) > n_tr:
+            clock = (time.perf_counter(), time.process_time())
             self._fit_scales(x, y, n_tr, classes)
+            self.timings["scales"] = _since(clock)
         return True
 
     def _fit_scales(self, x, y: np.ndarray, n_tr: int, classes: int) -> None:
