@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from memlens.errors import MemlensError
 
 COMMANDS = ("train", "evaluate", "gradients", "signatures", "ablation", "ngram", "demo",
-            "report")
+            "report", "speech-corpus", "train-asr")
 # commands that shard their work under torchrun
 DISTRIBUTED = ("gradients", "signatures", "ablation")
 
@@ -39,9 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"memlens.commands.{name}")
+            module = importlib.import_module(f"memlens.commands.{name.replace('-', '_')}")
         except ModuleNotFoundError as exc:
-            if exc.name == f"memlens.commands.{name}":
+            if exc.name == f"memlens.commands.{name.replace('-', '_')}":
                 continue
             raise
         module.register(sub)

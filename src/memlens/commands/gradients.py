@@ -151,7 +151,12 @@ def _compute(args: argparse.Namespace, out: Path, device, group) -> int:
     loaded = load_model(args.model, args.vocab, device, args.unit)
     model, enc = loaded.model, loaded.encoder
     layer, readout = enc.check_readout(args.layer, args.readout, "gradients")
-    if enc.input_kind == "vectors":
+    speech = None
+    if enc.input_kind == "vectors" and _speech_corpus(args.corpus):
+        speech = _speech_inputs(args, loaded)
+        corpus, tokens, tags = None, None, {}
+        inputs, oov = speech["values"], 0.0
+    elif enc.input_kind == "vectors":
         corpus, tokens, tags = None, None, {}
         inputs, oov = load_vectors(args.corpus, enc.input_size, args.max_tokens), 0.0
     else:
@@ -176,7 +181,13 @@ def _compute(args: argparse.Namespace, out: Path, device, group) -> int:
         raise MemlensError(f"--max-delay {args.max_delay} is not shorter than the stream "
                            f"({len(ids)} tokens)")
     classes, names = None, None
-    if args.classes:
+    if speech is not None:
+        if args.classes not in (None, "grapheme-type"):
+            raise MemlensError("a speech corpus has one class set: --labels grapheme-type "
+                               "(vowel, consonant, space of the aligned grapheme; the default)")
+        classes = speech["labels"]
+        names = sorted({c for c in classes if c is not None})
+    elif args.classes:
         if tokens is None:
             raise MemlensError("--labels needs a token corpus (this model reads vectors)")
         if isinstance(corpus, SubwordCorpus):  # word classes on each word's first sub-token
@@ -203,7 +214,8 @@ def _compute(args: argparse.Namespace, out: Path, device, group) -> int:
                                  resume=args.resume, progress=not args.no_progress,
                                  keep_checkpoint=True, segment=args.segment,
                                  direction_weighting=args.direction_weighting,
-                                 warmup=args.warmup)
+                                 warmup=args.warmup,
+                                 target_mask=None if speech is None else speech["mask"])
     except GradientsInterrupted as exc:
         print(f"memlens: {exc}", file=sys.stderr)
         return 130
@@ -272,3 +284,31 @@ def _directions(spec: str | None, names: list[str] | None) -> dict:
         raise MemlensError(f"--direction {spec!r}: give two classes A,B among the --classes "
                            "names, or a .npy file")
     return {f"{parts[0]}-{parts[1]}": (parts[0], parts[1])}
+
+
+def _speech_corpus(path: str) -> bool:
+    from memlens.speech.data import is_speech_corpus
+
+    return is_speech_corpus(path) or str(path).endswith(".tsv")
+
+
+def _speech_inputs(args: argparse.Namespace, loaded) -> dict:
+    """A speech corpus through a train-asr model: its input frames (one stream), the
+    grapheme type of each step (CTC forced alignment) and the target mask that keeps every
+    (t, t - tau) pair inside one utterance (see memlens.speech.analysis)."""
+    from memlens.speech.analysis import prepare_speech
+    from memlens.speech.model import asr_settings, load_asr
+
+    if asr_settings(loaded.extra) is None:
+        raise MemlensError(f"{args.corpus} is a speech corpus: --model must be a memlens "
+                           "train-asr checkpoint (its features and output layer align the "
+                           "frames)")
+    data = prepare_speech(load_asr(args.model), args.corpus)
+    values, labels = data.values(), data.types()
+    mask = data.offsets() >= args.max_delay
+    if args.max_tokens:
+        values, labels, mask = (values[: args.max_tokens], labels[: args.max_tokens],
+                                mask[: args.max_tokens])
+    if not mask.any():
+        raise MemlensError(f"no utterance is longer than --max-delay {args.max_delay} steps")
+    return {"values": values.double(), "labels": labels, "mask": mask}

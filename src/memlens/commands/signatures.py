@@ -22,7 +22,9 @@ def register(sub) -> None:
     p = sub.add_parser("signatures", help="memory signatures (what states remember, per lag)",
                        description=__doc__)
     add_model_arguments(p)
-    p.add_argument("--corpus", required=True, help="text whose states train the decoders")
+    p.add_argument("--corpus", required=True, help="text whose states train the decoders; "
+                   "or a speech corpus directory (manifest.tsv with a train/test split, or "
+                   "LibriSpeech layout) for a memlens train-asr model: lags in graphemes")
     p.add_argument("--heldout", help="held-out text for the reported numbers (default: the "
                    "part of --corpus after the training part)")
     p.add_argument("--format", choices=["text", "conllu"], default="text")
@@ -104,7 +106,15 @@ def run(args: argparse.Namespace) -> int:
             if rank0:
                 progress = StudyProgress(progress_path(out), cfg, args.resume)
         try:
-            result = run_study(cfg, progress=progress, log=print if rank0 else _silent)
+            if _is_speech(args):  # a speech recogniser on a speech corpus (no --resume)
+                from memlens.speech.analysis import speech_signature_study
+
+                if group is not None:
+                    raise MemlensError("signatures of a speech corpus run as one process "
+                                       "(not under torchrun)")
+                result = speech_signature_study(cfg)
+            else:
+                result = run_study(cfg, progress=progress, log=print if rank0 else _silent)
             if not rank0:
                 return 0
             path = write_result(result, out, __version__)
@@ -125,3 +135,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _silent(*_args) -> None:
     """The log of ranks other than 0."""
+
+
+def _is_speech(args: argparse.Namespace) -> bool:
+    """True when --corpus is a speech corpus directory (manifest.tsv / *.trans.txt)."""
+    from memlens.speech.data import is_speech_corpus
+
+    return is_speech_corpus(args.corpus) or str(args.corpus).endswith(".tsv")

@@ -153,9 +153,22 @@ def signature_from_states(train_x, train_cls: np.ndarray, held_x, held_cls: np.n
     if not (held_cls >= 0).any():
         raise MemlensError("the held-out text has no symbol known to the decoders (only "
                            "unknown or untagged tokens)")
+    return signature_from_targets(train_x, lag_targets(train_cls, max_lag), held_x,
+                                  lag_targets(held_cls, max_lag), symbols, decoder, seed,
+                                  blocks, resamples, **decoder_options)
+
+
+def signature_from_targets(train_x, y_tr: np.ndarray, held_x, y_he: np.ndarray,
+                           symbols: SymbolSet, decoder: str = "linear", seed: int = 0,
+                           blocks: int = 20, resamples: int = 1000,
+                           **decoder_options) -> Signature:
+    """The signature from given per-lag targets: ``y_tr`` (N x (K+1)) and ``y_he``
+    (M x (K+1)) class ids, -1 = no target (e.g. lags counted in graphemes of a speech
+    encoder's frames, :mod:`memlens.speech.analysis`); ``lag_targets`` gives the usual ones."""
+    if not (y_he >= 0).any():
+        raise MemlensError("the held-out stream has no target known to the decoders")
     n_cls = symbols.size
-    y_tr = lag_targets(train_cls, max_lag)
-    y_he = lag_targets(held_cls, max_lag)
+    max_lag = y_tr.shape[1] - 1
     dec = make_decoder(decoder, seed=seed, **decoder_options).fit(train_x, y_tr, n_cls)
     pred, nll = dec.evaluate(held_x, y_he)
     valid = y_he >= 0
@@ -184,7 +197,7 @@ def signature_from_states(train_x, train_cls: np.ndarray, held_x, held_cls: np.n
                      bits_high=bhi, bits_fraction=np.where(entropy > 0, bits / entropy, 0.0),
                      cross_entropy=ce, entropy=entropy, majority=majority, prior=prior,
                      recall=recall, support=support, symbols=list(symbols.names),
-                     n_train=len(train_cls), n_heldout=len(held_cls), decoder=decoder,
+                     n_train=len(y_tr), n_heldout=len(y_he), decoder=decoder,
                      epochs=dec.epochs, temperature=dec.temperature)
 
 
