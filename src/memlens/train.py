@@ -174,7 +174,7 @@ def train(cfg: TrainConfig | None = None, *, train_corpus: Corpus | None = None,
     partial = progress_path(cfg.out)
     fp = _fingerprint(cfg, train_ids, valid_ids)
     if cfg.resume:
-        best, history, first = _restore(partial, fp, model, opt)
+        best, history, first = load_progress(partial, fp, model, opt, PROGRESS_FORMAT)[:3]
         log(f"resuming after epoch {first - 1} from {partial}")
     for epoch in range(first, cfg.epochs + 1):
         if cfg.optimizer == "sgd" and epoch > cfg.decay_after:
@@ -232,15 +232,19 @@ def _fingerprint(cfg: TrainConfig, train_ids: torch.Tensor, valid_ids: torch.Ten
     return h.hexdigest()
 
 
-def _restore(partial: Path, fp: str, model: LanguageModel, opt) -> tuple[float, list, int]:
-    """Load the per-epoch training state into ``model`` / ``opt``; return (best, history,
-    next epoch). Refuse a missing, foreign or damaged file with a one-line error."""
+def load_progress(partial: Path, fp: str, model: torch.nn.Module, opt, progress_format: str,
+                  kind: str = "training", extra: tuple[str, ...] = ()
+                  ) -> tuple[float, list, int, dict]:
+    """Load a per-epoch training state (``memlens train``, ``memlens train-asr``) into
+    ``model`` / ``opt`` and the torch RNG; return (best, history, next epoch, {name: float} for
+    the ``extra`` fields). Refuse a missing, foreign (other ``progress_format`` or
+    fingerprint ``fp``) or damaged file with a one-line error."""
     if not partial.is_file():
         raise MemlensError(f"nothing to resume: no training progress {partial} (run without "
                            "--resume)")
     st = load_checked(partial, "training progress file")
-    if not isinstance(st, dict) or st.get("format") != PROGRESS_FORMAT:
-        raise MemlensError(f"not a memlens training progress file: {partial}")
+    if not isinstance(st, dict) or st.get("format") != progress_format:
+        raise MemlensError(f"not a memlens {kind} progress file: {partial}")
     if st.get("fingerprint") != fp:
         raise MemlensError(f"training progress {partial} was made with other data or options: "
                            "delete it or run without --resume")
@@ -249,12 +253,13 @@ def _restore(partial: Path, fp: str, model: LanguageModel, opt) -> tuple[float, 
         opt.load_state_dict(st["optimizer"])
         torch.set_rng_state(st["rng"])
         epoch, best, history = int(st["epoch"]), float(st["best"]), list(st["history"])
+        values = {name: float(st[name]) for name in extra}
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         raise MemlensError(f"training progress {partial} is damaged: "
                            f"{str(exc).splitlines()[0][:200]}") from None
     if not 1 <= epoch or len(history) != epoch:
         raise MemlensError(f"training progress {partial} is damaged (epoch {epoch})")
-    return best, history, epoch + 1
+    return best, history, epoch + 1, values
 
 
 def corpus_ids(model: LanguageModel, corpus: Corpus, log=None) -> torch.Tensor:

@@ -10,11 +10,11 @@ seconds and on Ctrl-C / SIGTERM (exit code 130); --resume continues to the same 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from memlens.cli import add_overwrite
 from memlens.commands.common import add_model_arguments, sharded_output
+from memlens.commands.common import log as _log
 from memlens.errors import MemlensError
 
 DISTANCES = "1,2,3,5,10,20,50,100,200"
@@ -55,14 +55,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-_QUIET = [False]
-
-
-def _log(msg: str) -> None:
-    if not _QUIET[0]:  # ranks other than 0 stay silent
-        print(msg, file=sys.stderr)
-
-
 def checkpoint_path(out: str | Path) -> Path:
     out = Path(out)
     return out.parent / f".{out.name}.partial.npz"
@@ -97,13 +89,9 @@ def run(args: argparse.Namespace) -> int:
         raise MemlensError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
     from memlens.train import resolve_device
 
-    try:
-        with sharded_output(args.out, args.overwrite, args.resume,
-                            resolve_device(args.device)) as (out, device, group):
-            _QUIET[0] = group is not None and group.rank != 0
-            return _run(args, out, device, group)
-    finally:
-        _QUIET[0] = False
+    with sharded_output(args.out, args.overwrite, args.resume,
+                        resolve_device(args.device)) as (out, device, group):
+        return _run(args, out, device, group)
 
 
 def _run(args: argparse.Namespace, out: Path, device, group) -> int:

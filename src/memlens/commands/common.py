@@ -4,6 +4,7 @@ output directory of a run that may be sharded over torchrun processes."""
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +40,15 @@ def load_vectors(path: str, size: int, max_rows: int | None = None):
     return np.array(arr[:max_rows] if max_rows else arr, dtype=np.float64)
 
 
+_QUIET = [False]  # set by sharded_output on ranks other than 0
+
+
+def log(msg: str) -> None:
+    """A message on stderr, from rank 0 only inside :func:`sharded_output`."""
+    if not _QUIET[0]:
+        print(msg, file=sys.stderr)
+
+
 @contextlib.contextmanager
 def sharded_output(out: str, overwrite: bool, resume: bool, device: torch.device
                    ) -> Iterator[tuple[Path, torch.device, object]]:
@@ -48,7 +58,7 @@ def sharded_output(out: str, overwrite: bool, resume: bool, device: torch.device
     and group None. Under torchrun it initialises the process group (gloo on CPU, NCCL on
     GPU; ``device`` becomes cuda:LOCAL_RANK), only rank 0 claims OUT (the others learn its
     path, and stop with a one-line error when rank 0 could not claim it), and the group is
-    destroyed on the way out.
+    destroyed on the way out. Inside, :func:`log` is silent on ranks other than 0.
     """
     from memlens import distributed
     from memlens.io import claim_output
@@ -71,7 +81,9 @@ def sharded_output(out: str, overwrite: bool, resume: bool, device: torch.device
                 if err is not None:
                     raise err
                 claimed = Path(distributed.broadcast_object(group, str(claimed)))
+            _QUIET[0] = group is not None and group.rank != 0
             yield claimed, device, group
     finally:
+        _QUIET[0] = False
         if created:
             distributed.finish()

@@ -21,6 +21,7 @@ import numpy as np
 
 from memlens.cli import add_overwrite
 from memlens.commands.common import add_model_arguments, load_vectors, sharded_output
+from memlens.commands.common import log as _log
 from memlens.data.vocab import EOS
 from memlens.errors import MemlensError
 
@@ -71,14 +72,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-_QUIET = [False]
-
-
-def _log(msg: str) -> None:
-    if not _QUIET[0]:  # ranks other than 0 stay silent
-        print(msg, file=sys.stderr)
-
-
 def checkpoint_path(out: str | Path) -> Path:
     out = Path(out)
     return out.parent / f".{out.name}.partial.pt"
@@ -99,13 +92,8 @@ def run(args: argparse.Namespace) -> int:
     from memlens.train import resolve_device
 
     device = resolve_device(args.device)
-    try:
-        with sharded_output(args.out, args.overwrite, args.resume, device) as (out, device,
-                                                                              group):
-            _QUIET[0] = group is not None and group.rank != 0
-            return _run(args, out, device, group)
-    finally:
-        _QUIET[0] = False
+    with sharded_output(args.out, args.overwrite, args.resume, device) as (out, device, group):
+        return _run(args, out, device, group)
 
 
 def _run(args: argparse.Namespace, out: Path, device, group) -> int:

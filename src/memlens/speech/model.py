@@ -29,11 +29,12 @@ from torch import Tensor, nn
 
 from memlens.errors import MemlensError
 from memlens.io import write_atomic
-from memlens.models.checkpoint import load_checked, load_checkpoint, save_checkpoint
+from memlens.models.checkpoint import load_checkpoint, save_checkpoint
 from memlens.models.encoder import RecurrentEncoder
 from memlens.models.layers import TorchLayer
 from memlens.speech import data as sdata
 from memlens.speech.graphemes import GRAPHEMES, decode, encode
+from memlens.train import load_progress
 
 PROGRESS_FORMAT = "memlens-train-asr-partial"
 
@@ -250,7 +251,10 @@ def train_asr(cfg: ASRConfig, log=print) -> ASRModel:
     partial, fp = progress_path(cfg.out), _fingerprint(cfg, tr_x)
     best, history, first, elapsed = math.inf, [], 1, 0.0
     if cfg.resume:
-        best, history, first, elapsed = _restore(partial, fp, model, opt)
+        best, history, first, extra = load_progress(partial, fp, model, opt,
+                                                    PROGRESS_FORMAT, "train-asr",
+                                                    ("elapsed",))
+        elapsed = extra["elapsed"]
         log(f"resuming after epoch {first - 1} from {partial}")
     rng = np.random.default_rng(cfg.seed)
     for _ in range(first - 1):
@@ -299,24 +303,3 @@ def train_asr(cfg: ASRConfig, log=print) -> ASRModel:
     best_model = load_asr(cfg.out)
     best_model.history = history
     return best_model
-
-
-def _restore(partial: Path, fp: str, model: ASRModel, opt) -> tuple[float, list, int, float]:
-    if not partial.is_file():
-        raise MemlensError(f"nothing to resume: no training progress {partial} (run without "
-                           "--resume)")
-    st = load_checked(partial, "training progress file")
-    if not isinstance(st, dict) or st.get("format") != PROGRESS_FORMAT:
-        raise MemlensError(f"not a memlens train-asr progress file: {partial}")
-    if st.get("fingerprint") != fp:
-        raise MemlensError(f"training progress {partial} was made with other data or options: "
-                           "delete it or run without --resume")
-    try:
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        torch.set_rng_state(st["rng"])
-        return float(st["best"]), list(st["history"]), int(st["epoch"]) + 1, \
-            float(st["elapsed"])
-    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-        raise MemlensError(f"training progress {partial} is damaged: "
-                           f"{str(exc).splitlines()[0][:200]}") from None
