@@ -390,3 +390,33 @@ def test_memory_signatures_per_block(family):
                                        bootstrap=10, blocks=5, max_epochs=3)
         assert sig.info["readout"] == "hidden" and len(sig.accuracy) == 3
         assert sig.accuracy[0] > sig.majority[0]  # the current token is readable
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mamba_written_out_jvp_equals_torch_func_jvp(dtype):
+    """MambaLayer.jvp_step (primal once, SSM tangent in place) against torch.func.jvp of its
+    step, at a state reached after a few tokens, for random tangents of every state part."""
+    model = tiny("mamba", dtype)
+    enc = from_hf(model)
+    layer = enc.layers[1]
+    g = torch.Generator().manual_seed(5)
+    st = layer.init_state(1, dtype=dtype)
+    for _ in range(4):
+        st = layer.step(torch.randn(1, layer.input_size, generator=g, dtype=dtype), st)
+    x = torch.randn(1, layer.input_size, generator=g, dtype=dtype)
+    n = 7
+    dx = torch.randn(n, layer.input_size, generator=g, dtype=dtype)
+    dst = {k: torch.randn(n, *v.shape[1:], generator=g, dtype=dtype) for k, v in st.items()}
+    new, tan = layer.jvp_step(x, st, dx, dst)
+    names = list(st)
+
+    def fn(xx, *leaves):
+        out = layer.step(xx, dict(zip(names, leaves)))
+        return tuple(out[k] for k in names)
+
+    batch = [v.expand(n, *v.shape[1:]).contiguous() for v in st.values()]
+    primal, want = torch.func.jvp(fn, (x.expand(n, -1).contiguous(), *batch), (dx, *dst.values()))
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for k, p, w in zip(names, primal, want):
+        assert torch.allclose(new[k].expand_as(p), p, atol=tol, rtol=tol), k
+        assert rel_err(tan[k].detach(), w.detach()) < tol, k

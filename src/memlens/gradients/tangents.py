@@ -256,6 +256,10 @@ class GenericPropagator:
     each) with one tangent tensor per leaf (N x ..., N = S*E columns riding as a batch).
     A readout's tangent is the jvp of the readout function at the new state, so readouts may
     be any differentiable function of the state (a flattened matrix memory, y = C h, ...).
+    A layer may declare ``readout_is_linear`` (the readout of the tangents is the tangent of
+    the readout) and provide ``jvp_step(x, state, dx, dstate) -> (state', dstate')``, its
+    step and derivative written out (Mamba: the primal is computed once instead of once per
+    tangent column, and the SSM tangent updated in place); they replace the jvp calls.
     """
 
     generic = True
@@ -310,6 +314,9 @@ class GenericPropagator:
 
     def readout(self, name: str) -> Tensor:
         """Tangent matrix (D x S*E) of readout ``name`` (its jvp at the current state)."""
+        if name not in self._cache and getattr(self.layer, "readout_is_linear", False):
+            out = self.call("readout", self._unflatten(self.tangents), name)
+            self._cache[name] = out.reshape(self.N, -1).T.contiguous()
         if name not in self._cache:
             def fn(*leaves: Tensor) -> Tensor:
                 return self.call("readout", self._unflatten(leaves), name)
@@ -335,6 +342,12 @@ class GenericPropagator:
         else:
             tx = dx.T
         x1 = x.unsqueeze(0)
+        if hasattr(self.layer, "jvp_step"):  # the layer's own written-out derivative
+            new, out = self.call("jvp_step", x1, self._unflatten(self.state), tx,
+                                 self._unflatten(self.tangents))
+            self.tangents = [o.contiguous() for o in pytree.tree_flatten(out)[0]]
+            self.state = [s.detach() for s in pytree.tree_flatten(new)[0]]
+            return
 
         # step() is row-wise independent over the batch, so the N tangent columns ride as a
         # batch of N copies of the primal point: one forward-mode call instead of a vmap.

@@ -119,6 +119,10 @@ class HFBlockLayer(RecurrentLayer):
     def readout_size(self, name: str) -> int:
         return math.prod(self.components[name])
 
+    #: ``readout`` is linear in the state (a flatten), so a readout's tangent is the readout
+    #: of the state's tangents (the generic propagator then skips a jvp)
+    readout_is_linear = True
+
     def readout(self, state: HFState, name: str) -> Tensor:
         return state[name].flatten(1)
 
@@ -191,6 +195,60 @@ class MambaLayer(HFBlockLayer):
         y = y * F.silu(z)
         out = F.linear(y, mix.out_proj.weight, mix.out_proj.bias)
         return {"hidden": x + out, "ssm": ssm, "conv": window[..., 1:]}
+
+    @torch.no_grad()
+    def jvp_step(self, x: Tensor, state: HFState, dx: Tensor, dstate: HFState
+                 ) -> tuple[HFState, HFState]:
+        """``step`` at one point (x: 1 x H, state batch 1) and its forward-mode derivative
+        for N tangents at once (dx: N x H, dstate: N x ...), written out so that the primal
+        is computed once and the (N x d_inner x d_state) SSM tangent is updated in place:
+
+            dssm' = E dssm + ddt (a E ssm + B c) + (dt c) dB + (dt B) dc,   E = exp(a dt)
+            dy = dssm' C + ssm' dC + D dc;   d(y silu(z)) = dy silu(z) + y silu'(z) dz
+
+        with dc = act'(pre) (conv taps . [dconv, du]), ddt = sigmoid(.) dt_proj(d dt_r), and the
+        RMSNorm derivative d(x r) = r dx - r^3 x mean(x dx). Equal to ``torch.func.jvp`` of
+        ``step`` (tests/test_hf.py)."""
+        mix = self.block.mixer
+        w_norm = self.block.norm.weight
+        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        xn = x * r * w_norm
+        dxn = (dx * r - x * r.pow(3) * (dx * x).mean(-1, keepdim=True)) * w_norm
+        u, z = F.linear(xn, mix.in_proj.weight, mix.in_proj.bias).chunk(2, dim=-1)
+        du, dz = F.linear(dxn, mix.in_proj.weight).chunk(2, dim=-1)
+        taps = mix.conv1d.weight[:, 0, :]
+        window = torch.cat([state["conv"], u.unsqueeze(-1)], -1)
+        dwindow = torch.cat([dstate["conv"], du.unsqueeze(-1)], -1)
+        pre = (window * taps).sum(-1)
+        if mix.conv1d.bias is not None:
+            pre = pre + mix.conv1d.bias
+        c, act_slope = _value_and_slope(self.act, pre)
+        dc = (dwindow * taps).sum(-1) * act_slope
+        dt_r, b, cc = torch.split(F.linear(c, mix.x_proj.weight), [self.rank, self.n, self.n],
+                                  dim=-1)
+        ddt_r, db, dcc = torch.split(F.linear(dc, mix.x_proj.weight),
+                                     [self.rank, self.n, self.n], dim=-1)
+        dt_raw = F.linear(dt_r, mix.dt_proj.weight, mix.dt_proj.bias)
+        dt = F.softplus(dt_raw)
+        ddt = F.linear(ddt_r, mix.dt_proj.weight) * torch.sigmoid(dt_raw)
+        a = -torch.exp(mix.A_log)
+        decay = torch.exp(a * dt.unsqueeze(-1))                       # 1 x Di x n
+        drive = dt.unsqueeze(-1) * b.unsqueeze(1)                     # dt B: 1 x Di x n
+        ssm = decay * state["ssm"] + drive * c.unsqueeze(-1)
+        dssm = dstate["ssm"] * decay
+        dssm.addcmul_(ddt.unsqueeze(-1),
+                      a * decay * state["ssm"] + b.unsqueeze(1) * c.unsqueeze(-1))
+        dssm.addcmul_(db.unsqueeze(1), (dt * c).unsqueeze(-1))
+        dssm.addcmul_(dc.unsqueeze(-1), drive)
+        y = (ssm * cc.unsqueeze(1)).sum(-1) + c * mix.D
+        dy = (dssm @ cc[0]) + dcc @ ssm[0].T + dc * mix.D
+        gate, gate_slope = _value_and_slope(F.silu, z)
+        dy2 = dy * gate + (y * gate_slope) * dz
+        out = F.linear(y * gate, mix.out_proj.weight, mix.out_proj.bias)
+        new = {"hidden": x + out, "ssm": ssm, "conv": window[..., 1:]}
+        tangent = {"hidden": dx + F.linear(dy2, mix.out_proj.weight), "ssm": dssm,
+                   "conv": dwindow[..., 1:]}
+        return new, tangent
 
 
 class RwkvLayer(HFBlockLayer):
@@ -328,6 +386,16 @@ class XLSTMLayer(HFBlockLayer):
         nf = blk.norm_ffn
         x = x + blk.ffn(_rms(x, nf.weight, nf.eps, nf.bias))
         return {"hidden": x, "C": C, "n": n, "m": m2}
+
+
+def _value_and_slope(fn: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
+    """fn(x) and its elementwise derivative fn'(x), for an elementwise ``fn`` (autograd of
+    sum fn(x))."""
+    with torch.enable_grad():
+        leaf = x.detach().requires_grad_()
+        value = fn(leaf)
+        (slope,) = torch.autograd.grad(value.sum(), leaf)
+    return value.detach(), slope
 
 
 def _activation(name: str) -> Callable[[Tensor], Tensor]:
