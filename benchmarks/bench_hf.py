@@ -9,7 +9,9 @@ agree. Printed from one run:
   (``inputs_embeds``), then ``torch.autograd.functional.jacobian`` (vectorised reverse mode)
   of the top block's output at t w.r.t. the prefix; the K+1 blocks of delays are summed.
 * memlens: ``memlens.state_gradients(from_hf(model), ids, K, bootstrap=0)`` (streaming
-  forward-mode tangents through the adapter's step, ``torch.func.jvp``).
+  forward-mode tangents through the adapter's step: Mamba's written-out ``jvp_step``,
+  ``torch.func.jvp`` for RWKV and xLSTM), and with ``method="generic"`` (``torch.func.jvp``
+  for every family), to show what the written-out derivative gains.
 * the ratio of the two times (wall and CPU), the relative difference of the averages, and
   memlens tokens/s against the model width (hidden size) on a longer stream.
 
@@ -106,14 +108,19 @@ def main() -> None:
     want, bw, bc = timed(lambda: brute_force(model, args.family, X, K))
     res, mw, mc = timed(lambda: memlens.state_gradients(enc, ids, K, bootstrap=0))
     err = np.abs(res.means() - want).max() / np.abs(want).max()
+    gen, gw, gc = timed(lambda: memlens.state_gradients(enc, ids, K, bootstrap=0,
+                                                        method="generic"))
+    gerr = np.abs(gen.means() - want).max() / np.abs(want).max()
     print(f"{args.family}, hidden {args.width}, {args.layers} blocks, {args.tokens} tokens, "
           f"K={K}, top block 'hidden' readout, float32, {args.threads} threads")
     print(f"brute force (autograd through the model's forward, per prefix): wall {bw:.2f} s, "
           f"CPU {bc:.2f} s ({args.tokens / bw:.1f} positions/s)")
-    print(f"memlens generic jvp path: wall {mw:.2f} s, CPU {mc:.2f} s "
-          f"({args.tokens / mw:.1f} tokens/s)")
-    print(f"ratio brute/memlens: wall {bw / mw:.1f}x, CPU {bc / mc:.1f}x; relative difference "
-          f"{err:.1e}")
+    print(f"memlens ({res.settings['method']} path): wall {mw:.2f} s, CPU {mc:.2f} s "
+          f"({args.tokens / mw:.1f} tokens/s); relative difference {err:.1e}")
+    print(f"memlens (generic path, torch.func.jvp): wall {gw:.2f} s, CPU {gc:.2f} s "
+          f"({args.tokens / gw:.1f} tokens/s); relative difference {gerr:.1e}")
+    print(f"ratio brute/memlens: wall {bw / mw:.1f}x, CPU {bc / mc:.1f}x; "
+          f"generic/memlens: wall {gw / mw:.1f}x, CPU {gc / mc:.1f}x")
     print(f"\nmemlens tokens/s against width ({args.width_tokens} tokens, K={K}):")
     print("width  params   wall s  CPU s  tokens/s (wall)  tokens/s (CPU)")
     for w in [int(x) for x in args.widths.split(",")]:

@@ -43,14 +43,17 @@ HAND_KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 def make_propagator(layer: RecurrentLayer, slots: int, block: int, first: bool,
                     dtype: torch.dtype, device: torch.device, method: str = "auto"
                     ) -> LayerPropagator | GenericPropagator:
-    """The propagator of one layer: hand-derived tangents for LSTM/GRU/RNN layers (unless
-    ``method="generic"``), ``torch.func.jvp`` on ``layer.step`` for everything else."""
+    """The propagator of one layer: hand-derived tangents for LSTM/GRU/RNN layers and for
+    layers with their own ``jvp_step`` (Mamba), unless ``method="generic"``;
+    ``torch.func.jvp`` on ``layer.step`` for everything else."""
     if method not in ("auto", "hand", "generic"):
         raise MemlensError(f"unknown tangent method {method!r}: choose auto, hand or generic")
-    if method == "hand" and layer.kind not in HAND_KINDS:
+    written = hasattr(layer, "jvp_step")
+    if method == "hand" and layer.kind not in HAND_KINDS and not written:
         raise MemlensError(f"no hand-derived tangents for layer kind {layer.kind!r}")
     if method == "generic" or layer.kind not in HAND_KINDS:
-        return GenericPropagator(layer, slots, block, first, dtype, device)
+        return GenericPropagator(layer, slots, block, first, dtype, device,
+                                 use_jvp_step=written and method != "generic")
     return LayerPropagator(layer, slots, block, first, dtype, device)
 
 
@@ -259,15 +262,16 @@ class GenericPropagator:
     A layer may declare ``readout_is_linear`` (the readout of the tangents is the tangent of
     the readout) and provide ``jvp_step(x, state, dx, dstate) -> (state', dstate')``, its
     step and derivative written out (Mamba: the primal is computed once instead of once per
-    tangent column, and the SSM tangent updated in place); they replace the jvp calls.
+    tangent column, and the SSM tangent updated in place); with ``use_jvp_step`` (method
+    "auto" or "hand") it replaces the jvp call of ``step``.
     """
 
-    generic = True
-
     def __init__(self, layer: RecurrentLayer, slots: int, block: int, first: bool,
-                 dtype: torch.dtype, device: torch.device):
+                 dtype: torch.dtype, device: torch.device, use_jvp_step: bool = False):
         self.kind = layer.kind
         self.first = first
+        self.use_jvp_step = use_jvp_step
+        self.generic = not use_jvp_step  # "hand" in the run's settings when written out
         self.I = layer.input_size
         self.S, self.E = slots, block
         self.N = slots * block
@@ -342,7 +346,7 @@ class GenericPropagator:
         else:
             tx = dx.T
         x1 = x.unsqueeze(0)
-        if hasattr(self.layer, "jvp_step"):  # the layer's own written-out derivative
+        if self.use_jvp_step:  # the layer's own written-out derivative
             new, out = self.call("jvp_step", x1, self._unflatten(self.state), tx,
                                  self._unflatten(self.tangents))
             self.tangents = [o.contiguous() for o in pytree.tree_flatten(out)[0]]
