@@ -13,7 +13,7 @@ accuracy difference. ``--skip-old`` reuses the joint decoder's result cached in 
 by a previous run of the same case (its seconds are then not re-measured: say so when quoting).
 
     python benchmarks/bench_word_signatures.py [--model CKPT] [--train 20000] [--heldout 5000]
-        [--max-lag 10] [--skip-old] [--cache runs/bench_word_old.json]
+        [--max-lag 10] [--skip-old] [--cache runs/bench_word_old.json] [--scale-stride 1]
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ def main() -> None:
                     help="reuse the joint decoder's cached result instead of re-running it")
     ap.add_argument("--old-only", action="store_true",
                     help="only run (and cache) the joint decoder")
+    ap.add_argument("--scale-stride", type=int, default=1,
+                    help="linear-fast: fit the group scales on every N-th early-stopping row")
     ap.add_argument("--cache", default=str(HERE.parent / "runs" / "bench_word_old.json"))
     args = ap.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -93,7 +95,8 @@ def main() -> None:
 
     if not args.old_only:
         t0, c0 = time.perf_counter(), time.process_time()
-        fast = make_decoder("linear-fast").fit(x_tr, y_tr, sym.size)
+        fast = make_decoder("linear-fast", scale_stride=args.scale_stride).fit(x_tr, y_tr,
+                                                                               sym.size)
         t_fit, c_fit = time.perf_counter() - t0, time.process_time() - c0
         acc_fast = accuracy(fast, x_he, y_he)
         t_fast, c_fast = time.perf_counter() - t0, time.process_time() - c0

@@ -369,6 +369,7 @@ class FastLinearDecoder(JointDecoder):
     shrinkage: float = 0.02
     scale_groups: bool = True
     scale_iters: int = 50
+    scale_stride: int = 1  # fit the scales on every scale_stride-th early-stopping row
 
     def __post_init__(self):
         self.kind = "linear"
@@ -476,10 +477,11 @@ class FastLinearDecoder(JointDecoder):
         heads = y.shape[1]
         with torch.no_grad():
             self.net.eval()
-            feats = self.net(self._rows(x, n_tr, len(y))) - self.net.inp.bias.view(
+            stride = max(1, self.scale_stride)
+            feats = self.net(self._rows(x, n_tr, len(y))[::stride]) - self.net.inp.bias.view(
                 1, heads, classes)
             bias = self.net.inp.bias.view(heads, classes).clone()
-        yv = torch.from_numpy(y[n_tr:])
+        yv = torch.from_numpy(y[n_tr:][::stride])
         valid = yv >= 0
         index = yv.clamp(min=0)
         count = valid.sum(0).clamp(min=1)
