@@ -14,6 +14,7 @@ by a previous run of the same case (its seconds are then not re-measured: say so
 
     python benchmarks/bench_word_signatures.py [--model CKPT] [--train 20000] [--heldout 5000]
         [--max-lag 10] [--skip-old] [--cache runs/bench_word_old.json] [--scale-stride 1]
+        [--fast-lr 0.01]
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def main() -> None:
                     help="only run (and cache) the joint decoder")
     ap.add_argument("--scale-stride", type=int, default=1,
                     help="linear-fast: fit the group scales on every N-th early-stopping row")
+    ap.add_argument("--fast-lr", type=float, default=None,
+                    help="linear-fast: Adam learning rate of its refinement epochs (default 0.01)")
     ap.add_argument("--cache", default=str(HERE.parent / "runs" / "bench_word_old.json"))
     args = ap.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -95,8 +98,10 @@ def main() -> None:
 
     if not args.old_only:
         t0, c0 = time.perf_counter(), time.process_time()
-        fast = make_decoder("linear-fast", scale_stride=args.scale_stride).fit(x_tr, y_tr,
-                                                                               sym.size)
+        options = {"scale_stride": args.scale_stride}
+        if args.fast_lr is not None:
+            options["lr"] = args.fast_lr
+        fast = make_decoder("linear-fast", **options).fit(x_tr, y_tr, sym.size)
         t_fit, c_fit = time.perf_counter() - t0, time.process_time() - c0
         acc_fast = accuracy(fast, x_he, y_he)
         t_fast, c_fast = time.perf_counter() - t0, time.process_time() - c0
