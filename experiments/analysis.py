@@ -42,6 +42,14 @@ def need_model(path: Path) -> Path:
     return path
 
 
+def law_summary(fit: dict) -> dict:
+    """The headline numbers of a :func:`memlens.decay.fit_decay` result: which law fits
+    better, the power-law exponent, the exponential decay length and both R^2."""
+    return {"better": fit["better"], "power_exponent": fit["power"]["exponent"],
+            "exp_decay_length": fit["exponential"]["decay_length"],
+            "r2_power": fit["power"]["r2"], "r2_exponential": fit["exponential"]["r2"]}
+
+
 def load_result(result_dir: str | Path) -> dict:
     """A memlens result directory's result.json."""
     return json.loads((Path(result_dir) / "result.json").read_text())

@@ -19,6 +19,7 @@ from analysis import (
     curve,
     fit_decay,
     fmt_ci,
+    law_summary,
     load_result,
     markdown_header,
     need_model,
@@ -59,9 +60,7 @@ def main() -> None:
             "relative_to_tau1": {int(t): float(m[t] / m[1]) for t in HEADLINE_DELAYS},
             "delay_below_1pct_of_tau0": int(np.argmax(m < 0.01 * m[0])) if (m < 0.01 * m[0]).any()
             else None,
-            "fit": {"better": fit["better"], "power_exponent": fit["power"]["exponent"],
-                    "exp_decay_length": fit["exponential"]["decay_length"],
-                    "r2_power": fit["power"]["r2"], "r2_exponential": fit["exponential"]["r2"]},
+            "fit": law_summary(fit),
             "curve": [float(v) for v in m], "ci_low": [float(v) for v in lo],
             "ci_high": [float(v) for v in hi]}
     comparisons = {}

@@ -37,7 +37,21 @@ import time
 
 import numpy as np
 import torch
-from analysis import DATA, EWT_DEV, RESULTS, RUNS, run_memlens
+from analysis import (
+    DATA,
+    EWT_DEV,
+    HEADLINE_DELAYS,
+    IMG,
+    RESULTS,
+    RUNS,
+    curve,
+    fit_decay,
+    law_summary,
+    load_result,
+    plt,
+    run_memlens,
+    save_summary,
+)
 
 import memlens
 from memlens.data import Vocab, load_corpus
@@ -185,35 +199,18 @@ def train(args) -> None:
             break
 
 
-#: label -> (model argument, gradient readout or None for the default, signature layer)
 def compared_models() -> dict[str, tuple[str, str | None, str]]:
+    """label -> (model argument, gradient readout or None for the default, signature layer)."""
     return {"Mamba": (f"hf:{OUT}", None, "5"),
             "LSTM H256": (str(LSTM), "hidden", "0"),
             "LSTM H256 cell": (str(LSTM), None, "0"),
             "GRU H256": (str(RUNS / "wt2-gru-h256-e10.pt"), None, "0")}
 
 
-def law(fit: dict) -> dict:
-    """The headline numbers of a :func:`memlens.decay.fit_decay` result."""
-    return {"better": fit["better"], "power_exponent": fit["power"]["exponent"],
-            "exp_decay_length": fit["exponential"]["decay_length"],
-            "r2_power": fit["power"]["r2"], "r2_exponential": fit["exponential"]["r2"]}
-
-
 def analyse(args) -> None:
     """Experiment 4's state gradients (UD EWT dev, overall average, top block's output) and
     word signatures (top:100 symbols, WikiText-2 test: decoders on the first 20k tokens,
     held-out the next 5k, K = 10) for the Mamba, the LSTM and the GRU, on the same tokens."""
-    from analysis import (
-        HEADLINE_DELAYS,
-        IMG,
-        curve,
-        fit_decay,
-        load_result,
-        plt,
-        save_summary,
-    )
-
     models = compared_models()
     train_log = json.loads((RESULTS / "exp7_train.json").read_text())
     per_model: dict[str, dict] = {}
@@ -234,10 +231,10 @@ def analyse(args) -> None:
             "relative_to_tau1": {int(t): float(m[t] / m[1]) for t in HEADLINE_DELAYS
                                  if t < len(m)},
             "delay_below_1pct_of_tau1": int(np.argmax(below)) if below.any() else None,
-            "fit": law(fit),
+            "fit": law_summary(fit),
             # the Mamba's causal convolution (conv_kernel 4) sees inputs t-3..t directly: the
             # same fit from delay 4, beyond that window
-            "fit_from_delay_4": law(fit_decay(tau, m, start=4)),
+            "fit_from_delay_4": law_summary(fit_decay(tau, m, start=4)),
             "ratio_tau20_to_tau10": float(m[20] / m[10]) if len(m) > 20 else None,
             "curve": [float(v) for v in m], "ci_low": [float(v) for v in lo],
             "ci_high": [float(v) for v in hi]}
