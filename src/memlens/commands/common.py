@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from memlens.errors import MemlensError
+
+T = TypeVar("T")
 
 
 def add_model_arguments(p) -> None:
@@ -41,6 +44,25 @@ def load_vectors(path: str, size: int, max_rows: int | None = None):
 
 
 _QUIET = [False]  # set by sharded_output on ranks other than 0
+
+
+def train_into(out: str, overwrite: bool, resume: bool, fit: Callable[[], T]) -> T:
+    """Run ``fit()``, a training that writes the checkpoint OUT and keeps its per-epoch state
+    in :func:`memlens.train.progress_path` (OUT), with OUT claimed as memlens output (refused
+    if it is not one, unless ``overwrite``); an interrupt names the saved state and says how to
+    continue (``memlens train`` and ``memlens train-asr``)."""
+    from memlens.io import claim_output
+    from memlens.train import progress_path
+
+    with claim_output(out, overwrite, resume, directory=False) as path:
+        try:
+            return fit()
+        except KeyboardInterrupt:
+            partial = progress_path(path)
+            if partial.exists():
+                raise KeyboardInterrupt(f"interrupted; finished epochs are saved in {partial}; "
+                                        "rerun with --resume to continue") from None
+            raise
 
 
 def log(msg: str) -> None:

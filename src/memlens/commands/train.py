@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 
 from memlens.cli import add_overwrite
-from memlens.io import claim_output
+from memlens.commands.common import train_into
 from memlens.models.lm import ARCHITECTURES
-from memlens.train import TrainConfig, progress_path, train
+from memlens.train import TrainConfig, train
 
 
 def register(sub) -> None:
@@ -57,15 +57,7 @@ def run(args: argparse.Namespace) -> int:
                       clip=args.clip, dropout=args.dropout, tied=args.tied,
                       pretrained=args.pretrained, max_tokens=args.max_tokens, seed=args.seed,
                       device=args.device, resume=args.resume)
-    with claim_output(args.out, args.overwrite, args.resume, directory=False) as out:
-        partial = progress_path(out)
-        try:
-            model = train(cfg)
-        except KeyboardInterrupt:
-            if partial.exists():
-                raise KeyboardInterrupt(f"interrupted; finished epochs are saved in {partial}; "
-                                        "rerun with --resume to continue") from None
-            raise
+    model = train_into(args.out, args.overwrite, args.resume, lambda: train(cfg))
     best = min(model.history, key=lambda r: r.get("valid_loss", r["train_loss"]))
     print(f"best epoch {best['epoch']}: perplexity {best['valid_ppl']:.2f}; saved {args.out}")
     return 0

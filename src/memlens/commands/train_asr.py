@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from memlens.cli import add_overwrite
-from memlens.io import claim_output
+from memlens.commands.common import train_into
 
 
 def register(sub) -> None:
@@ -48,22 +48,14 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from memlens.speech.model import ASRConfig, progress_path, train_asr
+    from memlens.speech.model import ASRConfig, train_asr
 
     cfg = ASRConfig(data=args.data, out=args.out, arch=args.arch, layers=args.layers,
                     hidden=args.hidden, stack=args.stack, norm=args.norm,
                     dropout=args.dropout, epochs=args.epochs, batch=args.batch, lr=args.lr,
                     clip=args.clip, seed=args.seed, max_train=args.max_train,
                     time_limit=args.time_limit, threads=args.threads, resume=args.resume)
-    with claim_output(args.out, args.overwrite, args.resume, directory=False) as out:
-        partial = progress_path(out)
-        try:
-            model = train_asr(cfg)
-        except KeyboardInterrupt:
-            if partial.exists():
-                raise KeyboardInterrupt(f"interrupted; finished epochs are saved in {partial}; "
-                                        "rerun with --resume to continue") from None
-            raise
+    model = train_into(args.out, args.overwrite, args.resume, lambda: train_asr(cfg))
     best = min(model.history, key=lambda r: r["cer"])
     print(f"best epoch {best['epoch']}: held-out CER {100 * best['cer']:.2f}% WER "
           f"{100 * best['wer']:.2f}%; saved {args.out}")

@@ -34,7 +34,7 @@ from memlens.models.encoder import RecurrentEncoder
 from memlens.models.layers import TorchLayer
 from memlens.speech import data as sdata
 from memlens.speech.graphemes import GRAPHEMES, decode, encode
-from memlens.train import load_progress
+from memlens.train import load_progress, progress_path
 
 PROGRESS_FORMAT = "memlens-train-asr-partial"
 
@@ -184,12 +184,6 @@ class ASRConfig:
     time_limit: float | None = None   # minutes of training; checked before every batch
     threads: int | None = None
     resume: bool = False
-
-
-def progress_path(out: str | Path) -> Path:
-    """``.<name>.partial.pt`` beside the checkpoint (as ``memlens train``)."""
-    out = Path(out)
-    return out.parent / f".{out.name}.partial.pt"
 
 
 def prepare(cfg: ASRConfig, log=print):
