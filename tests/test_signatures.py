@@ -347,6 +347,8 @@ def test_fast_decoder_scale_stride_keeps_bayes_accuracy():
     fast = FastLinearDecoder(seed=0, scale_stride=2).fit(x_tr, y_tr[:, None], c)
     acc = (fast.evaluate(x_he, y_he[:, None])[0][:, 0] == y_he).mean()
     assert acc > bayes(x_he, y_he) - 0.02, (acc, bayes(x_he, y_he))
+    with pytest.raises(MemlensError, match="scale_stride"):
+        FastLinearDecoder(scale_stride=0)
 
 
 @pytest.mark.parametrize("make", ["delay", "window", "constant"])

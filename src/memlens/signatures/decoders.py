@@ -373,6 +373,9 @@ class FastLinearDecoder(JointDecoder):
 
     def __post_init__(self):
         self.kind = "linear"
+        if int(self.scale_stride) < 1:
+            raise MemlensError(f"scale_stride must be a positive integer, got "
+                               f"{self.scale_stride!r}")
 
     def fit(self, x, y: np.ndarray, classes: int) -> JointDecoder:
         """As :meth:`JointDecoder.fit`; one-hot index states (n-gram windows) have no
@@ -477,7 +480,7 @@ class FastLinearDecoder(JointDecoder):
         heads = y.shape[1]
         with torch.no_grad():
             self.net.eval()
-            stride = max(1, self.scale_stride)
+            stride = int(self.scale_stride)
             feats = self.net(self._rows(x, n_tr, len(y))[::stride]) - self.net.inp.bias.view(
                 1, heads, classes)
             bias = self.net.inp.bias.view(heads, classes).clone()
