@@ -15,7 +15,7 @@ import torch
 import torch.multiprocessing as mp
 
 import memlens
-from memlens.distributed import default_warmup
+from memlens.distributed import default_warmup, finish
 from memlens.models.loading import load_model
 from memlens.train import TrainConfig, train
 
@@ -144,7 +144,7 @@ def _worker(rank: int, world: int, root: str, ids, labels) -> None:
                                      "--out", str(foreign), "--no-progress"])
         report["cli_stderr"] = err.getvalue()
     finally:
-        dist.destroy_process_group()
+        finish()
     with open(f"{root}/report{rank}.json", "w") as f:
         json.dump(report, f)
 

@@ -87,11 +87,24 @@ def init_from_env(device: torch.device, timeout_s: float | None = None) -> torch
     return device
 
 
-def finish() -> None:
-    """Destroy the default process group if one is initialised."""
+def finish(timeout_s: float = 30.0) -> None:
+    """Leave together, then destroy the default process group if one is initialised.
+
+    A rank that tears down its gloo connections while a peer still uses them can make the peer
+    abort at exit ("terminate called without an active exception", SIGABRT; seen once in the
+    2-process test). On gloo the ranks therefore meet at a monitored barrier first; a rank that
+    does not arrive within ``timeout_s`` (it failed) does not hold the others (no barrier on
+    other backends, whose barrier cannot be bounded)."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=timeout_s))
+    except RuntimeError:  # a rank did not arrive: it failed, and says so itself
+        pass
+    finally:
         dist.destroy_process_group()
 
 
