@@ -13,7 +13,7 @@ accuracy difference. ``--skip-old`` reuses the joint decoder's result cached in 
 by a previous run of the same case (its seconds are then not re-measured: say so when quoting).
 
     python benchmarks/bench_word_signatures.py [--model CKPT] [--train 20000] [--heldout 5000]
-        [--max-lag 10] [--skip-old] [--cache runs/bench_word_old.json] [--scale-stride 1]
+        [--max-lag 10] [--skip-old] [--cache runs/bench_word_old.json] [--scale-stride N]
         [--fast-lr 0.01]
 """
 
@@ -60,8 +60,9 @@ def main() -> None:
                     help="reuse the joint decoder's cached result instead of re-running it")
     ap.add_argument("--old-only", action="store_true",
                     help="only run (and cache) the joint decoder")
-    ap.add_argument("--scale-stride", type=int, default=1,
-                    help="linear-fast: fit the group scales on every N-th early-stopping row")
+    ap.add_argument("--scale-stride", type=int, default=None,
+                    help="linear-fast: fit the group scales on every N-th early-stopping row "
+                         "(default: the decoder's, 2)")
     ap.add_argument("--fast-lr", type=float, default=None,
                     help="linear-fast: Adam learning rate of its refinement epochs (default 0.01)")
     ap.add_argument("--cache", default=str(HERE.parent / "runs" / "bench_word_old.json"))
@@ -98,7 +99,9 @@ def main() -> None:
 
     if not args.old_only:
         t0, c0 = time.perf_counter(), time.process_time()
-        options = {"scale_stride": args.scale_stride}
+        options = {}
+        if args.scale_stride is not None:
+            options["scale_stride"] = args.scale_stride
         if args.fast_lr is not None:
             options["lr"] = args.fast_lr
         fast = make_decoder("linear-fast", **options).fit(x_tr, y_tr, sym.size)

@@ -40,9 +40,9 @@ def register(sub) -> None:
                    help="largest lag K (--max-lag is the old name)")
     p.add_argument("--decoder", choices=DECODERS, default="linear",
                    help="linear: joint softmax trained by Adam from a random start; "
-                   "linear-fast: the same softmax from a closed-form (LDA) start, a few "
-                   "epochs, for large symbol sets (thousands of word types); mlp: one "
-                   "shared hidden layer")
+                   "linear-fast: the same softmax from a closed-form (LDA) start and 3 "
+                   "epochs, for large symbol sets (thousands of word types: 5x faster at "
+                   "equal held-out accuracy, README); mlp: one shared hidden layer")
     p.add_argument("--labels", "--symbols", dest="symbols", help="what is decoded: chars, "
                    "top:N or upos (default: chars for character models, top:1000 for word "
                    "models; --symbols is the old name)")

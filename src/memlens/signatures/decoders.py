@@ -25,7 +25,10 @@ states); each head keeps the weights of its best validation epoch. Calibration (
 scaling, Guo et al. 2017): per head a softmax temperature T_k from a grid is fitted on the
 same early-stopping rows after training, p_k = softmax((W_k z + b_k) / T_k). It leaves the
 argmax (accuracy) unchanged and makes the held-out cross-entropy, hence the information in
-bits, that of a calibrated decoder rather than of an over-confident one.
+bits, that of a calibrated decoder rather than of an over-confident one. With
+``early_stopping="calibrated"`` (the ``linear-fast`` default) the epochs are compared by
+that calibrated loss instead of the loss at T = 1, and T_k is the exact optimum in the
+grid's range (:func:`calibrate`).
 Seeded and deterministic on CPU.
 """
 
@@ -103,6 +106,62 @@ TEMPERATURES = np.concatenate([np.geomspace(0.25, 1.0, 21)[:-1], [1.0],
                                np.geomspace(1.0, 16.0, 41)[1:]])
 
 
+@torch.no_grad()
+def calibrate(logits: torch.Tensor, y: torch.Tensor, beta: np.ndarray | None = None,
+              iters: int = 30, tol: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+    """Temperature scaling, solved exactly: per head k, the inverse temperature beta_k in
+    [1/16, 4] (the range of TEMPERATURES) that minimises
+
+        CE_k(beta) = mean_t [ log sum_c exp(beta s_tkc) - beta s_tky ]
+
+    over the rows t with y_tk >= 0, for logits s (R x K' x C) and targets y (R x K').
+    CE_k is convex in beta, with CE' = mean_t [E_p s - s_y] and CE'' = mean_t Var_p s
+    (p = softmax(beta s)), so a Newton iteration safeguarded by bisection (in log beta)
+    of the bracket kept by the sign of CE' converges in a few passes (a step past an end
+    of the range tries that end once); ``beta`` (K') is the
+    start (1 if None; the previous epoch's optimum is a good one). The logits are shifted
+    by their row maximum once, d = s - max_c s <= 0, so each pass is exp(beta d) and two
+    weighted sums, in one preallocated buffer. Returns (CE at the optimum, +inf for a head
+    without targets; beta), each (K',) float64.
+    """
+    heads = logits.shape[1]
+    valid = (y >= 0).double()
+    count = valid.sum(0)
+    d = logits - logits.amax(-1, keepdim=True)
+    d_target = d.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1).double()
+    buf = torch.empty_like(d)
+    beta = np.ones(heads) if beta is None else np.asarray(beta, dtype=np.float64).copy()
+    lo, hi = np.full(heads, 1 / 16), np.full(heads, 4.0)
+    lo_seen, hi_seen = np.zeros(heads, dtype=bool), np.zeros(heads, dtype=bool)
+    beta = np.clip(beta, lo, hi)
+
+    def mean(v: torch.Tensor) -> np.ndarray:
+        return ((v.double() * valid).sum(0) / count.clamp(min=1)).numpy()
+
+    for _ in range(iters):
+        at = beta
+        b = torch.from_numpy(beta).float()[None, :, None]
+        e = torch.mul(d, b, out=buf).exp_()
+        z = e.sum(-1)
+        m1 = e.mul_(d).sum(-1) / z
+        m2 = e.mul_(d).sum(-1) / z
+        ce = mean(z.log()) - beta * mean(d_target)
+        slope = mean(m1) - mean(d_target)
+        curvature = np.maximum(mean(m2 - m1 * m1), 1e-12)
+        lo, lo_seen = np.where(slope < 0, beta, lo), lo_seen | (slope < 0)
+        hi, hi_seen = np.where(slope > 0, beta, hi), hi_seen | (slope > 0)
+        step = beta - slope / curvature
+        # a step past an end of the range not yet evaluated tries that end
+        new = np.where((step > lo) & (step < hi), step,
+                       np.where((step >= hi) & ~hi_seen, hi,
+                                np.where((step <= lo) & ~lo_seen, lo, np.sqrt(lo * hi))))
+        if (np.abs(new - beta) <= tol * beta).all():
+            break
+        beta = new
+    ce = np.where(count.numpy() > 0, ce, math.inf)
+    return ce, np.where(count.numpy() > 0, at, 1.0)
+
+
 @dataclass
 class JointDecoder:
     """Trains all K+1 lag heads together; see the module docstring for the objective."""
@@ -120,9 +179,13 @@ class JointDecoder:
     seed: int = 0
     block: int = 65536
     calibrate: bool = True
+    early_stopping: str = "ce"  # or "calibrated"; see _head_loss
     history: list[dict] = field(default_factory=list)
 
     def __post_init__(self):
+        if self.early_stopping not in ("ce", "calibrated"):
+            raise MemlensError(f"unknown early_stopping {self.early_stopping!r}: choose ce or "
+                               "calibrated")
         if self.kind not in ("linear", "mlp"):
             raise MemlensError(f"unknown decoder {self.kind!r}: choose linear, mlp or "
                                "linear-fast")
@@ -187,16 +250,19 @@ class JointDecoder:
         self.net = _Net(dim, heads, classes, self.kind, self.hidden, sparse)
         start = self._init_net(x, y, n_tr, classes)
         decay = 1.0 / n_tr if self.weight_decay is None else self.weight_decay
-        opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, weight_decay=decay)
+        opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, weight_decay=decay,
+                               fused=True)  # one kernel per step: 7x faster on CPU
         best = np.full(heads, math.inf)
         best_epoch = np.zeros(heads, dtype=np.int64)
         since = np.zeros(heads, dtype=np.int64)
         self._snapshots: dict[int, dict] = {}
         self.history = []
         sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=self.decay)
+        self._beta = None  # warm start of the calibrated early-stopping loss
+        val_temperature: dict[int, np.ndarray] = {}  # per epoch, each head's temperature
         if start:  # the initialisation is a candidate too (epoch 0)
             if self.max_epochs > 0:  # nothing to compare it with otherwise
-                best = self._head_loss(x, y, n_tr, n)
+                best, val_temperature[0] = self._head_loss(x, y, n_tr, n)
             self._snapshots[0] = copy.deepcopy(self.net.state_dict())
         for epoch in range(1, self.max_epochs + 1):
             self.net.train()
@@ -221,7 +287,7 @@ class JointDecoder:
                     total += loss.item() * len(sel)
                     count += len(sel)
             sched.step()
-            val = self._head_loss(x, y, n_tr, n)
+            val, val_temperature[epoch] = self._head_loss(x, y, n_tr, n)
             improved = val < best - self.min_delta
             best = np.where(improved, val, best)
             best_epoch = np.where(improved, epoch, best_epoch)
@@ -237,7 +303,12 @@ class JointDecoder:
         self.best_epoch = best_epoch
         self.epochs = len(self.history)
         self.temperature = np.ones(heads)
-        if self.calibrate:
+        if self.calibrate and self.early_stopping == "calibrated" and all(
+                e in val_temperature for e in used):
+            # each head's temperature was fitted with its best-epoch weights already
+            self.temperature = np.array([val_temperature[e][h]
+                                         for h, e in enumerate(best_epoch)])
+        elif self.calibrate:
             self.temperature = self._fit_temperature(x, y, n_tr, n)
         return self
 
@@ -268,17 +339,32 @@ class JointDecoder:
             cnt += valid.sum(0).numpy()
         return np.where(cnt > 0, tot / np.maximum(cnt, 1), math.inf)
 
-    def _head_loss(self, x, y: np.ndarray, lo: int, hi: int) -> np.ndarray:
-        """Per head, the validation cross-entropy used for early stopping (T = 1)."""
+    def _head_loss(self, x, y: np.ndarray, lo: int, hi: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """Per head, the validation loss used for early stopping and the temperature it was
+        taken at: ``early_stopping="ce"``, the cross-entropy at T = 1; ``"calibrated"``, the
+        cross-entropy at each head's best temperature (:func:`calibrate`, warm-started from
+        the previous epoch's), i.e. the loss that calibration will leave. The argmax does not
+        depend on T, so the calibrated loss judges an epoch by its ranking of the classes,
+        not by how over-confident its logits have grown."""
         self.net.eval()
-        return self._ce_grid(lambda a, b: self.net(self._rows(x, a, b)), y, lo, hi,
-                             np.ones(1))[0]
+        if self.early_stopping == "calibrated":
+            with torch.no_grad():
+                logits = self.net(self._rows(x, lo, hi))
+            ce, self._beta = calibrate(logits, torch.from_numpy(y[lo:hi]), self._beta)
+            return ce, 1.0 / self._beta
+        ce = self._ce_grid(lambda a, b: self.net(self._rows(x, a, b)), y, lo, hi, np.ones(1))
+        return ce[0], np.ones(y.shape[1])
 
     def _fit_temperature(self, x, y: np.ndarray, lo: int, hi: int) -> np.ndarray:
-        """Per head, the temperature T on the grid TEMPERATURES that minimises the mean
-        cross-entropy of softmax(logits / T) on the early-stopping rows lo..hi, with each
-        head's best-epoch weights (T = 1 is on the grid, so calibration never raises that
-        loss; argmax, hence accuracy, is unchanged)."""
+        """Per head, the temperature T that minimises the mean cross-entropy of
+        softmax(logits / T) on the early-stopping rows lo..hi, with each head's best-epoch
+        weights: ``early_stopping="ce"``, the best T of the grid TEMPERATURES (T = 1 is on
+        it, so calibration never raises that loss); ``"calibrated"``, the exact optimum in
+        the grid's range (:func:`calibrate`). The argmax, hence accuracy, is unchanged."""
+        if self.early_stopping == "calibrated":
+            _, beta = calibrate(self._logits(x, lo, hi), torch.from_numpy(y[lo:hi]))
+            return 1.0 / beta
         ce = self._ce_grid(lambda a, b: self._logits(x, a, b), y, lo, hi, TEMPERATURES)
         best = TEMPERATURES[np.argmin(ce, axis=0)]
         return np.where(np.isfinite(ce[0]), best, 1.0)
@@ -346,15 +432,22 @@ class FastLinearDecoder(JointDecoder):
        word case, below the majority class). A discriminative correction with few
        parameters: per lag and class-frequency group g (absent, 1, 2-3, 4-7, 8-15, 16-63,
        64+ training occurrences) a weight scale a_g and a bias scale b_g, logits_c =
-       a_g(c) W_c z + b_g(c) b_c, fitted by L-BFGS (``scale_iters``) on the cross-entropy of
-       the early-stopping rows (the last ``val_fraction`` of the training states, which the
-       LDA did not see). The logits are linear in the scales, so the problem is convex; its
-       overall scale is a temperature, so no separate calibration is needed (T = 1).
-    3. ``max_epochs`` (default 2) epochs of the joint decoder's Adam training from this
-       start (``lr`` 0.01), with the start as "epoch 0" candidate of early stopping, then
-       temperature calibration (a ternary search over the same grid). Measured on the word
-       case: without them lags 1-4 stay 9-12 points below the joint decoder; with 2 they
-       are within 1.5 points below / 2.2 above (README).
+       a_g(c) W_c z + b_g(c) b_c, fitted by L-BFGS (``scale_iters``; loss and gradient
+       written out in :class:`_GroupScaleLoss`) on the cross-entropy of every
+       ``scale_stride``-th early-stopping row (the last ``val_fraction`` of the training
+       states, which the LDA did not see; default 2: 14 scalars per lag need far fewer
+       rows than the 2,000 of the word case, and the measured accuracies did not move).
+       The logits are linear in the scales, so the problem is convex.
+    3. ``max_epochs`` (default 3) epochs of the joint decoder's Adam training from this
+       start (``lr`` 0.01), with the start as "epoch 0" candidate of early stopping.
+       Early stopping judges each epoch by its *calibrated* cross-entropy
+       (``early_stopping="calibrated"``: each head at its own optimal temperature, found by
+       :func:`calibrate`), and each head keeps the temperature of its best epoch. From this
+       start the epochs make the long-lag heads more accurate and more over-confident at
+       once, so the loss at T = 1 rises while the ranking improves: judged at T = 1, lags
+       >= 2 kept epoch 1 and lag 2 stayed 1.4 points below the joint decoder on the word
+       case; judged calibrated, they keep epoch 3 and every lag is within 0.5 points
+       below (README).
 
     Index (one-hot window) states have no covariance to whiten: they get the joint
     decoder's training from its random start.
@@ -365,13 +458,15 @@ class FastLinearDecoder(JointDecoder):
     """
 
     lr: float = 0.01
-    max_epochs: int = 2
+    max_epochs: int = 3
+    early_stopping: str = "calibrated"
     shrinkage: float = 0.02
     scale_groups: bool = True
     scale_iters: int = 50
-    scale_stride: int = 1  # fit the scales on every scale_stride-th early-stopping row
+    scale_stride: int = 2  # fit the scales on every scale_stride-th early-stopping row
 
     def __post_init__(self):
+        super().__post_init__()
         self.kind = "linear"
         if int(self.scale_stride) < 1:
             raise MemlensError(f"scale_stride must be a positive integer, got "
@@ -384,51 +479,6 @@ class FastLinearDecoder(JointDecoder):
         if isinstance(x, IndexStates):
             self.lr, self.max_epochs = JointDecoder.lr, JointDecoder.max_epochs
         return super().fit(x, y, classes)
-
-    def _fit_temperature(self, x, y: np.ndarray, lo: int, hi: int) -> np.ndarray:
-        """The grid temperature of :meth:`JointDecoder._fit_temperature`, found with a few
-        evaluations instead of all 61: the cross-entropy of softmax(beta * logits) is convex
-        in beta = 1/T (a log-sum-exp of functions linear in beta, minus a linear one), so
-        on the grid sorted by beta it falls then rises, and a ternary search over grid
-        indices, per head, finds the grid minimum in about 2 log_1.5(61) ~ 20 evaluations
-        instead of 61 (each a log-softmax over (K+1) x C logits of every calibration row).
-        The logits are computed once. After the frequency-group scales are fitted (their
-        overall scale is a temperature, already at its cross-entropy optimum on these rows)
-        and without refinement epochs, T = 1."""
-        heads = y.shape[1]
-        if getattr(self, "scales", None) is not None and self.epochs == 0:
-            return np.ones(heads)
-        logits = self._logits(x, lo, hi)
-        yv = torch.from_numpy(y[lo:hi])
-        valid = yv >= 0
-        index = yv.clamp(min=0).unsqueeze(-1)
-        count = valid.sum(0).double().clamp(min=1)
-        # the gathered target logit does not depend on the normaliser: precompute it
-        target = logits.gather(-1, index).squeeze(-1)
-        cache: dict[int, np.ndarray] = {}
-
-        def ce(g: int) -> np.ndarray:  # mean CE per head at grid point g
-            if g not in cache:
-                t = float(TEMPERATURES[g])
-                lse = torch.logsumexp(logits / t, dim=-1)
-                nll = torch.where(valid, lse - target / t, torch.zeros(()))
-                cache[g] = (nll.double().sum(0) / count).numpy()
-            return cache[g]
-
-        lo_i, hi_i = np.zeros(heads, dtype=int), np.full(heads, len(TEMPERATURES) - 1)
-        while (hi_i - lo_i > 2).any():
-            m1 = lo_i + (hi_i - lo_i) // 3
-            m2 = hi_i - (hi_i - lo_i) // 3
-            for h in range(heads):
-                if hi_i[h] - lo_i[h] > 2:
-                    if ce(int(m1[h]))[h] <= ce(int(m2[h]))[h]:
-                        hi_i[h] = m2[h] - 1 if ce(int(m1[h]))[h] < ce(int(m2[h]))[h] else m2[h]
-                    else:
-                        lo_i[h] = m1[h] + 1
-        best = np.array([min(range(lo_i[h], hi_i[h] + 1), key=lambda g: (ce(g)[h], g))
-                         for h in range(heads)])
-        ok = valid.any(0).numpy()
-        return np.where(ok, TEMPERATURES[best], 1.0)
 
     @torch.no_grad()
     def _init_net(self, x, y: np.ndarray, n_tr: int, classes: int) -> bool:
@@ -485,9 +535,6 @@ class FastLinearDecoder(JointDecoder):
                 1, heads, classes)
             bias = self.net.inp.bias.view(heads, classes).clone()
         yv = torch.from_numpy(y[n_tr:][::stride])
-        valid = yv >= 0
-        index = yv.clamp(min=0)
-        count = valid.sum(0).clamp(min=1)
         group = torch.zeros(heads, classes, dtype=torch.int64)
         edges = torch.tensor([1, 2, 4, 8, 16, 64], dtype=torch.float64)
         for k in range(heads):
@@ -495,37 +542,84 @@ class FastLinearDecoder(JointDecoder):
             cnt = torch.bincount(yk[yk >= 0], minlength=classes).double()
             group[k] = torch.bucketize(cnt, edges, right=True)  # 0: absent
         groups = len(edges) + 1
-        scale_w = torch.ones(heads, groups, dtype=torch.float32, requires_grad=True)
-        scale_b = torch.ones(heads, groups, dtype=torch.float32, requires_grad=True)
-        rows = torch.arange(heads)[:, None].expand(heads, classes)
-        opt = torch.optim.LBFGS([scale_w, scale_b], lr=1.0, max_iter=self.scale_iters,
-                                line_search_fn="strong_wolfe")
-
-        def loss_fn():
-            opt.zero_grad()
-            a = scale_w[rows, group]
-            b = scale_b[rows, group]
-            logits = feats * a[None] + (bias * b)[None]
-            lse = torch.logsumexp(logits, dim=-1)
-            tgt = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1)
-            loss = (torch.where(valid, lse - tgt, torch.zeros(())).sum(0) / count).sum()
-            loss.backward()
-            return loss
-
+        loss_of = _GroupScaleLoss(feats, bias, group, yv, groups)
+        scale_w = torch.full((heads, groups), 1 / 16, dtype=torch.float64)
+        scale_b = torch.full((heads, groups), 1 / 16, dtype=torch.float64)
         # start at temperature 16 (the top of the calibration grid): the raw LDA logits
         # (scales 1) are over-confident by tens of bits. (Measured: starting from the prior,
         # a_g = 0, L-BFGS diverged on the word case.)
+        scale_w.requires_grad_(True)
+        scale_b.requires_grad_(True)
+        opt = torch.optim.LBFGS([scale_w, scale_b], lr=1.0, max_iter=self.scale_iters,
+                                line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            loss, grad_w, grad_b = loss_of(scale_w.detach(), scale_b.detach())
+            scale_w.grad, scale_b.grad = grad_w, grad_b
+            return loss
+
+        opt.step(closure)
+        scale_w, scale_b = scale_w.detach(), scale_b.detach()
+        rows = torch.arange(heads)[:, None].expand(heads, classes)
         with torch.no_grad():
-            scale_w.fill_(1 / 16)
-            scale_b.fill_(1 / 16)
-        opt.step(loss_fn)
-        with torch.no_grad():
-            a = scale_w.detach()[rows, group]
-            b = scale_b.detach()[rows, group]
+            a = scale_w[rows, group].float()
+            b = scale_b[rows, group].float()
             w = self.net.inp.weight.view(heads, classes, -1)
             self.net.inp.weight.copy_((w * a[..., None]).view(heads * classes, -1))
             self.net.inp.bias.copy_((bias * b).view(-1))
-        self.scales = (scale_w.detach().numpy(), scale_b.detach().numpy())
+        self.scales = (scale_w.numpy(), scale_b.numpy())
+
+
+class _GroupScaleLoss:
+    """The group-scale objective of :meth:`FastLinearDecoder._fit_scales` and its gradient,
+    written out (no autograd: 5x faster, no per-call temporaries).
+
+    With features f (R x K' x C; K' heads), bias beta (K' x C), class groups g (K' x C) and
+    targets y (R x K', -1 excluded), the logits are s_tc = a_g(c) f_tc + b_g(c) beta_c and
+
+        L = sum_k mean_t [ logsumexp_c s_tkc - s_tky ],
+        dL/da_g = sum_k mean_t [ sum_{c in g} p_tkc f_tkc - [g(y) = g] f_tky ],
+        dL/db_g = sum_k mean_t [ sum_{c in g} p_tkc beta_kc - [g(y) = g] beta_ky ],
+
+    with p = softmax(s). The target terms are linear in the scales, so their sums per group
+    are computed once. Scales and gradients are (K' x G) float64; the softmax runs in one
+    preallocated float32 buffer of f's size.
+    """
+
+    def __init__(self, feats: torch.Tensor, bias: torch.Tensor, group: torch.Tensor,
+                 y: torch.Tensor, groups: int):
+        heads = bias.shape[0]
+        self.feats, self.bias, self.group, self.groups = feats, bias, group, groups
+        valid = y >= 0
+        self.valid = valid.float()
+        self.count = valid.sum(0).clamp(min=1).double()
+        index = y.clamp(min=0)
+        target_f = (feats.gather(-1, index.unsqueeze(-1)).squeeze(-1) * self.valid).double()
+        target_b = (bias.gather(1, index.T).T * self.valid).double()
+        target_g = group.gather(1, index.T)  # K' x R
+        zero = torch.zeros(heads, groups, dtype=torch.float64)
+        self.target_w = zero.scatter_add(1, target_g, target_f.T)
+        self.target_b = zero.scatter_add(1, target_g, target_b.T)
+        self.buf = torch.empty_like(feats)
+
+    def __call__(self, scale_w: torch.Tensor, scale_b: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(L, dL/da, dL/db) at the scales a = ``scale_w``, b = ``scale_b`` (K' x G)."""
+        a = scale_w.gather(1, self.group).float()
+        b = scale_b.gather(1, self.group).float() * self.bias
+        p = torch.mul(self.feats, a, out=self.buf).add_(b)
+        top = p.amax(-1, keepdim=True)
+        total = p.sub_(top).exp_().sum(-1, keepdim=True)
+        lse = (top + total.log()).squeeze(-1)
+        loss = ((lse * self.valid).double().sum(0) - (self.target_w * scale_w).sum(1)
+                - (self.target_b * scale_b).sum(1)) / self.count
+        p.mul_(self.valid.unsqueeze(-1) / total)  # softmax, zero on excluded rows
+        mass = p.sum(0).double()  # K' x C
+        mass_f = p.mul_(self.feats).sum(0).double()
+        zero = torch.zeros_like(scale_w)
+        grad_w = zero.scatter_add(1, self.group, mass_f) - self.target_w
+        grad_b = zero.scatter_add(1, self.group, mass * self.bias) - self.target_b
+        return (loss.sum(), grad_w / self.count[:, None], grad_b / self.count[:, None])
 
 
 def make_decoder(name: str, seed: int = 0, **options) -> JointDecoder:

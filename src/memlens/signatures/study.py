@@ -173,6 +173,9 @@ def expand_units(encoder, layer: int, units: str) -> list[str]:
     return [f"group:{g}" for g in range(lay.groups)]
 
 
+# a symbol count from which the joint decoder's cost is worth a hint (word types)
+LARGE_SYMBOL_SET = 1000
+
 PROGRESS_FORMAT = "memlens-signatures-partial"
 _ARRAYS = ("accuracy", "acc_low", "acc_high", "bits", "bits_low", "bits_high", "bits_fraction",
            "cross_entropy", "entropy", "majority", "prior", "recall", "support", "temperature")
@@ -353,6 +356,10 @@ def run_study(cfg: StudyConfig, log=print, progress: StudyProgress | None = None
     if not (he_cls >= 0).any():
         raise MemlensError("the held-out text has no symbol known to the decoders (only "
                            "unknown or untagged tokens)")
+    if cfg.decoder == "linear" and sym.size >= LARGE_SYMBOL_SET:
+        log(f"{sym.size} symbols: the joint decoder's cost grows with the number of symbols; "
+            "--decoder linear-fast fits the same softmax several times faster (README, "
+            "'Large symbol sets')")
     lm_tokens = None
     if cfg.ngram or cfg.window_lm:
         lm_path = cfg.lm_train or loaded.extra.get("train", {}).get("train")
