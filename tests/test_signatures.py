@@ -23,8 +23,7 @@ from memlens.signatures import (
     make_decoder,
     signature_from_states,
 )
-from memlens.signatures.decoders import TEMPERATURES, _GroupScaleLoss
-from memlens.signatures.decoders import calibrate as calibrate_temperature
+from memlens.signatures.decoders import TEMPERATURES, _GroupScaleLoss, calibrated_cross_entropy
 from memlens.signatures.ngram import KneserNeyLM, window_states
 from memlens.signatures.states import View, allocate
 from memlens.signatures.window_lm import WindowLM
@@ -483,8 +482,8 @@ def test_group_scale_loss_gradient_equals_autograd():
 
 
 def test_calibrate_finds_the_cross_entropy_optimum():
-    """calibrate_temperature() (safeguarded Newton in beta = 1/T) against brute force: per head, the
-    cross-entropy on a fine grid of 4,001 values of beta over [1/16, 4]. Head 0 is
+    """calibrated_cross_entropy() (safeguarded Newton in beta = 1/T) against brute force:
+    per head, the cross-entropy on a fine grid of 4,001 values of beta over [1/16, 4]. Head 0 is
     over-confident (optimum inside the range), head 1 under-confident (optimum inside),
     head 2 has targets independent of the logits (optimum at the range's end 1/16), head 3
     no targets (CE +inf, T = 1); an under-confident head whose optimum lies beyond 4 gets 4.
@@ -498,7 +497,7 @@ def test_calibrate_finds_the_cross_entropy_optimum():
                           3 * signal[:, 1] + 1.5 * noise[:, 1],  # under-confident
                           5 * noise[:, 2], noise[:, 3]], 1)
     y[:, 3] = -1
-    ce, beta = calibrate_temperature(logits, y)
+    ce, beta = calibrated_cross_entropy(logits, y)
     assert np.isinf(ce[3]) and beta[3] == 1.0
     grid = np.geomspace(1 / 16, 4, 4001)
     for h in range(3):
@@ -508,21 +507,21 @@ def test_calibrate_finds_the_cross_entropy_optimum():
         assert ce[h] <= brute[best] + 1e-5, (h, ce[h], brute[best])
         assert abs(np.log(beta[h] / grid[best])) < 3e-3, (h, beta[h], grid[best])
     assert 1 / 16 < beta[0] < 1 < beta[1] < 4 and beta[2] == pytest.approx(1 / 16)
-    _, beta_end = calibrate_temperature(0.05 * logits[:, :1], y[:, :1])
+    _, beta_end = calibrated_cross_entropy(0.05 * logits[:, :1], y[:, :1])
     assert beta_end[0] == 4.0
-    ce_warm, beta_warm = calibrate_temperature(logits, y, beta * 1.3)
+    ce_warm, beta_warm = calibrated_cross_entropy(logits, y, beta * 1.3)
     assert np.allclose(beta_warm[:3], beta[:3], rtol=1e-3)
     assert np.allclose(ce_warm[:3], ce[:3], rtol=1e-6)
 
 
 def test_calibrated_early_stopping_keeps_each_heads_best_epoch_temperature():
-    """early_stopping="calibrated": each head's temperature is what calibrate() gives for
+    """early_stopping="calibrated": each head's temperature is what calibrated_cross_entropy() gives
     its best-epoch weights on the early-stopping rows, within the range of TEMPERATURES,
     and predictions are those of those weights; an unknown criterion is refused."""
     v, _, x, y = 4, 3, *_noisy_lagged_states()
     dec = JointDecoder(seed=0, max_epochs=6, early_stopping="calibrated").fit(x, y, v)
     n_tr = len(x) - int(round(len(x) * dec.val_fraction))
-    _, beta = calibrate_temperature(dec._logits(x, n_tr, len(x)), torch.from_numpy(y[n_tr:]))
+    _, beta = calibrated_cross_entropy(dec._logits(x, n_tr, len(x)), torch.from_numpy(y[n_tr:]))
     assert np.allclose(dec.temperature, 1 / beta, rtol=1e-3), (dec.temperature, 1 / beta)
     assert (dec.temperature >= TEMPERATURES[0]).all()
     assert (dec.temperature <= TEMPERATURES[-1]).all()
