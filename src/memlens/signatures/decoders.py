@@ -106,6 +106,9 @@ TEMPERATURES = np.concatenate([np.geomspace(0.25, 1.0, 21)[:-1], [1.0],
                                np.geomspace(1.0, 16.0, 41)[1:]])
 
 
+CHUNK_ELEMENTS = 2**24  # 64 MB of float32: the working buffer of calibrated_cross_entropy
+
+
 @torch.no_grad()
 def calibrated_cross_entropy(logits: torch.Tensor, y: torch.Tensor,
                              beta: np.ndarray | None = None, iters: int = 30,
@@ -121,16 +124,18 @@ def calibrated_cross_entropy(logits: torch.Tensor, y: torch.Tensor,
     of the bracket kept by the sign of CE' converges in a few passes (a step past an end
     of the range tries that end once); ``beta`` (K') is the start (1 if None; the previous
     epoch's optimum is a good one). The logits are shifted
-    by their row maximum once, d = s - max_c s <= 0, so each pass is exp(beta d) and two
-    weighted sums, in one preallocated buffer. Returns (CE at the optimum, +inf for a head
-    without targets; beta), each (K',) float64.
+    by their row maximum once, in place (``logits`` is overwritten: no second full-size
+    copy), d = s - max_c s <= 0, so each pass is exp(beta d) and two weighted sums, in row
+    chunks through one buffer of at most CHUNK_ELEMENTS floats. Returns (CE at the optimum,
+    +inf for a head without targets; beta), each (K',) float64.
     """
     heads = logits.shape[1]
     valid = (y >= 0).double()
     count = valid.sum(0)
-    d = logits - logits.amax(-1, keepdim=True)
+    d = logits.sub_(logits.amax(-1, keepdim=True))  # in place: no second full-size copy
     d_target = d.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1).double()
-    buf = torch.empty_like(d)
+    chunk = max(1, CHUNK_ELEMENTS // max(1, heads * logits.shape[2]))
+    buf = torch.empty_like(d[:chunk])
     beta = np.ones(heads) if beta is None else np.asarray(beta, dtype=np.float64).copy()
     lo, hi = np.full(heads, 1 / 16), np.full(heads, 4.0)
     lo_seen, hi_seen = np.zeros(heads, dtype=bool), np.zeros(heads, dtype=bool)
@@ -142,10 +147,14 @@ def calibrated_cross_entropy(logits: torch.Tensor, y: torch.Tensor,
     for _ in range(iters):
         at = beta
         b = torch.from_numpy(beta).float()[None, :, None]
-        e = torch.mul(d, b, out=buf).exp_()
-        z = e.sum(-1)
-        m1 = e.mul_(d).sum(-1) / z
-        m2 = e.mul_(d).sum(-1) / z
+        z, m1, m2 = (torch.empty(d.shape[:2]) for _ in range(3))
+        for r in range(0, len(d), chunk):  # row chunks through one bounded buffer
+            dr = d[r:r + chunk]
+            e = torch.mul(dr, b, out=buf[:len(dr)]).exp_()
+            z[r:r + chunk] = e.sum(-1)
+            m1[r:r + chunk] = e.mul_(dr).sum(-1)
+            m2[r:r + chunk] = e.mul_(dr).sum(-1)
+        m1, m2 = m1 / z, m2 / z
         ce = mean(z.log()) - beta * mean(d_target)
         slope = mean(m1) - mean(d_target)
         curvature = np.maximum(mean(m2 - m1 * m1), 1e-12)
