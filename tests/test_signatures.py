@@ -121,6 +121,8 @@ def test_mlp_decoder_and_index_states():
                                 decoder="mlp", **FAST)
     assert (sig.accuracy[:2] > 0.99).all() and sig.accuracy[3] < sig.majority[3] + 0.05
     assert isinstance(window_states(tr, n, v), IndexStates)
+    fast = FastLinearDecoder().fit(window_states(tr, n, v), lag_targets(sym.classes(tr), 2), v)
+    assert fast.early_stopping == "ce" and fast.lr == JointDecoder.lr  # the joint schedule
 
 
 def _model(arch: str, **cfg) -> LanguageModel:
@@ -509,6 +511,10 @@ def test_calibrate_finds_the_cross_entropy_optimum():
     assert 1 / 16 < beta[0] < 1 < beta[1] < 4 and beta[2] == pytest.approx(1 / 16)
     _, beta_end = calibrated_cross_entropy(0.05 * logits[:, :1], y[:, :1])
     assert beta_end[0] == 4.0
+    ruled_out = logits[:, :1].clone()
+    ruled_out[y[:, 0] != 0, 0, 0] = -torch.inf  # class 0 ruled out where it is not the target
+    ce_inf, beta_inf = calibrated_cross_entropy(ruled_out, y[:, :1])
+    assert np.isfinite(ce_inf).all() and 1 / 16 < beta_inf[0] < 4, (ce_inf, beta_inf)
     ce_warm, beta_warm = calibrated_cross_entropy(logits, y, beta * 1.3)
     assert np.allclose(beta_warm[:3], beta[:3], rtol=1e-3)
     assert np.allclose(ce_warm[:3], ce[:3], rtol=1e-6)
@@ -527,3 +533,5 @@ def test_calibrated_early_stopping_keeps_each_heads_best_epoch_temperature():
     assert (dec.temperature <= TEMPERATURES[-1]).all()
     with pytest.raises(MemlensError, match="early_stopping"):
         JointDecoder(early_stopping="accuracy")
+    with pytest.raises(MemlensError, match="max_epochs"):  # nothing would be trained
+        JointDecoder(max_epochs=0).fit(x, y, v)
