@@ -52,6 +52,7 @@ def _since(clock: tuple[float, float]) -> tuple[float, float]:
     process_time)."""
     return time.perf_counter() - clock[0], time.process_time() - clock[1]
 
+
 def _adam(params: list[torch.Tensor], **options) -> torch.optim.Adam:
     """Adam with the fused kernel (one kernel per step: the step took 1.6 s instead of 0.2 s
     per epoch on the word benchmark) where this torch has it for these tensors (CPU: torch
@@ -133,12 +134,11 @@ def calibrated_cross_entropy(logits: torch.Tensor, y: torch.Tensor,
     (p = softmax(beta s)), so a Newton iteration safeguarded by bisection (in log beta)
     of the bracket kept by the sign of CE' converges in a few passes (a step past an end
     of the range tries that end once); ``beta`` (K') is the start (1 if None; the previous
-    epoch's optimum is a good one). The logits are shifted
-    by their row maximum once, in place (``logits`` is overwritten: no second full-size
-    copy), d = s - max_c s <= 0, so each pass is exp(beta d) and two weighted sums, in row
-    chunks through one buffer of about CHUNK_ELEMENTS floats (at least one row). -inf
-    logits count as exp(-inf) = 0. Returns (CE at the optimum,
-    +inf for a head without targets; beta), each (K',) float64.
+    epoch's optimum is a good one). The logits are shifted by their row maximum once, in
+    place (``logits`` is overwritten: no second full-size copy), d = s - max_c s <= 0, so
+    each pass is exp(beta d) and two weighted sums, in row chunks through one buffer of
+    about CHUNK_ELEMENTS floats (at least one row). -inf logits count as exp(-inf) = 0.
+    Returns (CE at the optimum, +inf for a head without targets; beta), each (K',) float64.
     """
     if iters < 1:
         raise MemlensError(f"iters must be >= 1, got {iters}")
@@ -158,6 +158,8 @@ def calibrated_cross_entropy(logits: torch.Tensor, y: torch.Tensor,
     def mean(v: torch.Tensor) -> np.ndarray:
         return ((v.double() * valid).sum(0) / count.clamp(min=1)).numpy()
 
+    target = mean(d_target)  # mean_t d_ty: the same at every beta
+
     for _ in range(iters):
         at = beta
         b = torch.from_numpy(beta).float()[None, :, None]
@@ -169,8 +171,8 @@ def calibrated_cross_entropy(logits: torch.Tensor, y: torch.Tensor,
             m1[r:r + chunk] = e.mul_(dr).sum(-1)
             m2[r:r + chunk] = e.mul_(dr).sum(-1)
         m1, m2 = m1 / z, m2 / z
-        ce = mean(z.log()) - beta * mean(d_target)
-        slope = mean(m1) - mean(d_target)
+        ce = mean(z.log()) - beta * target
+        slope = mean(m1) - target
         curvature = np.maximum(mean(m2 - m1 * m1), 1e-12)
         lo, lo_seen = np.where(slope < 0, beta, lo), lo_seen | (slope < 0)
         hi, hi_seen = np.where(slope > 0, beta, hi), hi_seen | (slope > 0)
@@ -591,10 +593,9 @@ class FastLinearDecoder(JointDecoder):
 
         opt.step(closure)
         scale_w, scale_b = scale_w.detach(), scale_b.detach()
-        rows = torch.arange(heads)[:, None].expand(heads, classes)
         with torch.no_grad():
-            a = scale_w[rows, group].float()
-            b = scale_b[rows, group].float()
+            a = scale_w.gather(1, group).float()
+            b = scale_b.gather(1, group).float()
             w = self.net.inp.weight.view(heads, classes, -1)
             self.net.inp.weight.copy_((w * a[..., None]).view(heads * classes, -1))
             self.net.inp.bias.copy_((bias * b).view(-1))
