@@ -52,6 +52,18 @@ def accuracy(dec, x, y) -> np.ndarray:
     return ((pred == y) & valid).sum(0) / np.maximum(valid.sum(0), 1)
 
 
+def lag_list(text: str) -> list[int]:
+    """``--sklearn-lags``: comma-separated non-negative lags."""
+    try:
+        lags = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of lags: {text!r}"
+                                         ) from None
+    if any(k < 0 for k in lags):
+        raise argparse.ArgumentTypeError(f"lags must be >= 0: {text!r}")
+    return lags
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(DEFAULT_MODEL),
@@ -70,10 +82,12 @@ def main() -> None:
                          "(default: the decoder's, 2)")
     ap.add_argument("--fast-lr", type=float, default=None,
                     help="linear-fast: Adam learning rate of its refinement epochs (default 0.01)")
-    ap.add_argument("--sklearn-lags", default="",
+    ap.add_argument("--sklearn-lags", type=lag_list, default=[],
                     help="comma-separated lags to also fit with scikit-learn, e.g. 2,5")
     ap.add_argument("--cache", default=str(HERE.parent / "runs" / "bench_word_old.json"))
     args = ap.parse_args()
+    if any(k > args.max_lag for k in args.sklearn_lags):
+        ap.error(f"--sklearn-lags beyond --max-lag {args.max_lag}")
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
     if not Path(args.model).exists():
@@ -160,7 +174,7 @@ def main() -> None:
     print(f"speed-up: {t_old / t_fast:.1f}x; max per-lag accuracy difference: "
           f"{100 * diff:.2f} points; largest shortfall of linear-fast below linear: "
           f"{max(0.0, -100 * worst):.2f} points")
-    for k in [int(v) for v in args.sklearn_lags.split(",") if v.strip()]:
+    for k in args.sklearn_lags:
         acc, seconds, iters = sklearn_lag(fast, x_tr, y_tr, x_he, y_he, k)
         print(f"sklearn LogisticRegression lag {k}: {acc:.4f} ({iters} iterations, "
               f"{seconds:.0f} s); linear-fast {acc_fast[k] - acc:+.4f}, linear "

@@ -515,6 +515,8 @@ def test_calibrate_finds_the_cross_entropy_optimum():
     ruled_out[y[:, 0] != 0, 0, 0] = -torch.inf  # class 0 ruled out where it is not the target
     ce_inf, beta_inf = calibrated_cross_entropy(ruled_out, y[:, :1])
     assert np.isfinite(ce_inf).all() and 1 / 16 < beta_inf[0] < 4, (ce_inf, beta_inf)
+    with pytest.raises(MemlensError, match="iters"):
+        calibrated_cross_entropy(logits, y, iters=0)
     ce_warm, beta_warm = calibrated_cross_entropy(logits, y, beta * 1.3)
     assert np.allclose(beta_warm[:3], beta[:3], rtol=1e-3)
     assert np.allclose(ce_warm[:3], ce[:3], rtol=1e-6)
