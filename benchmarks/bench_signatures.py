@@ -29,7 +29,7 @@ from memlens.models import load_checkpoint
 from memlens.signatures.decoders import JointDecoder, lag_targets
 from memlens.signatures.states import View, extract_states
 from memlens.signatures.symbols import build_symbols
-from memlens.train import TrainConfig, train
+from memlens.training import TrainConfig, train
 
 HERE = Path(__file__).resolve().parent
 TEXT = HERE.parent.parent / "shared" / "data" / "wikitext-2" / "valid.txt"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memlens.decay import fit_decay  # noqa: F401  (re-exported for the scripts)
+from memlens.analyses.decay import fit_decay  # noqa: F401  (re-exported for the scripts)
 from memlens.io import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def need_model(path: Path) -> Path:
 
 
 def law_summary(fit: dict) -> dict:
-    """The headline numbers of a :func:`memlens.decay.fit_decay` result: which law fits
+    """The headline numbers of a :func:`memlens.analyses.decay.fit_decay` result: which law fits
     better, the power-law exponent, the exponential decay length and both R^2."""
     return {"better": fit["better"], "power_exponent": fit["power"]["exponent"],
             "exp_decay_length": fit["exponential"]["decay_length"],

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 from analysis import RESULTS, RUNS, need_model
 
+from memlens.analyses.speech.analysis import grapheme_signature, prepare_speech, speech_gradients
+from memlens.data.speech.corpus import read_corpus
+from memlens.models.asr import error_rates, load_asr, transcribe
 from memlens.signatures.signature import random_init_copy
-from memlens.speech.analysis import grapheme_signature, prepare_speech, speech_gradients
-from memlens.speech.data import read_corpus
-from memlens.speech.model import error_rates, load_asr, transcribe
 
 QUICK = bool(os.environ.get("EXP6_QUICK"))
 CORPUS = RUNS / "speech-wt2"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from memlens.decay import fit_decay
+from memlens.analyses.decay import fit_decay
 
 
 def test_recovers_a_power_law():

@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 import memlens
 from memlens.distributed import default_warmup, finish
 from memlens.models.loading import load_model
-from memlens.train import TrainConfig, train
+from memlens.training import TrainConfig, train
 
 K = 12
 WARMUPS = (0, 16, 64, None)  # None: the documented default max(1000, 4 K)

@@ -27,7 +27,7 @@ from memlens.data import Vocab
 from memlens.io import MANIFEST, output_lock
 from memlens.models import LanguageModel, save_checkpoint
 from memlens.models.checkpoint import _digest
-from memlens.train import TrainConfig, train
+from memlens.training import TrainConfig, train
 
 WORDS = ["the", "cat", "sees", "dogs", "a", "bird", "runs", "and", "big", "$x^"]
 TAGS = {"the": "DET", "cat": "NOUN", "sees": "VERB", "dogs": "NOUN", "a": "DET",
@@ -457,7 +457,7 @@ def test_signatures_progress_is_validated(env, capsys, monkeypatch):
 
 
 def test_train_resume_equals_uninterrupted(env, monkeypatch):
-    tr = sys.modules["memlens.train"]  # the module (memlens.train is also the function)
+    tr = sys.modules["memlens.training.lm"]  # the module (memlens.train is the function)
 
     cfg = dict(train=str(env / "c.txt"), valid=str(env / "c.txt"), emb=4, hidden=8, epochs=3,
                bptt=5, batch=4, dropout=0.3, progress=False)

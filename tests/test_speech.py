@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from memlens.data.speech.graphemes import GRAPHEMES, normalize_transcript, speakable
 from memlens.errors import MemlensError
-from memlens.speech.graphemes import GRAPHEMES, normalize_transcript, speakable
-from memlens.speech.model import edit_distance, error_rates, greedy_decode
+from memlens.models.asr import edit_distance, error_rates, greedy_decode
 
 sf = pytest.importorskip("soundfile", reason="speech extra not installed (pip install "
                          "-e '.[speech]')")
@@ -66,7 +66,7 @@ def test_grapheme_set_and_transcript_policy():
 
 
 def test_manifest_and_librispeech_readers(tmp_path):
-    from memlens.speech.data import read_corpus
+    from memlens.data.speech.corpus import read_corpus
 
     tone(tmp_path / "a.wav")
     tone(tmp_path / "b.flac")
@@ -83,7 +83,7 @@ def test_manifest_and_librispeech_readers(tmp_path):
 
 
 def test_features_shape_and_resampling(tmp_path):
-    from memlens.speech.data import load_audio, logmel, stack_frames
+    from memlens.data.speech.corpus import load_audio, logmel, stack_frames
 
     tone(tmp_path / "x.wav", seconds=1.0, sr=22050)
     x = load_audio(str(tmp_path / "x.wav"))
@@ -167,7 +167,7 @@ def tiny(tmp_path_factory):
 
 @needs_espeak
 def test_speech_corpus_is_synthetic_with_voices_and_unseen_test_sentences(tiny):
-    from memlens.speech.data import read_corpus
+    from memlens.data.speech.corpus import read_corpus
 
     doc = json.loads((tiny / "corpus" / "result.json").read_text())
     assert doc["settings"]["synthetic"] is True and "synthetic" in doc["summary"]["speech"]
@@ -195,8 +195,8 @@ def test_speech_corpus_refuses_bad_text(tmp_path):
 def test_train_asr_seeded_resume_and_protocol(tiny, tmp_path):
     import torch
 
+    from memlens.models.asr import load_asr
     from memlens.models.loading import load_model
-    from memlens.speech.model import load_asr
 
     args = ["--data", tiny / "corpus", "--layers", 2, "--hidden", 8, "--batch", 2, "--seed", 0]
     r = memlens("train-asr", *args, "--epochs", 2, "--out", tmp_path / "a.pt")
@@ -204,7 +204,7 @@ def test_train_asr_seeded_resume_and_protocol(tiny, tmp_path):
     assert "held-out CER" in r.stdout
     # interrupted (Ctrl-C) right after epoch 1 was saved, then resumed to 2 epochs: the same
     # weights as the uninterrupted run
-    from memlens.speech.model import ASRConfig, progress_path, train_asr
+    from memlens.training.asr import ASRConfig, progress_path, train_asr
 
     cfg = ASRConfig(data=str(tiny / "corpus"), out=str(tmp_path / "b.pt"), layers=2, hidden=8,
                     batch=2, seed=0, epochs=2)
@@ -257,7 +257,7 @@ def test_speech_analyses_cli(tiny):
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is absent")
 def test_wikitext_has_enough_speakable_sentences():
-    from memlens.speech.synth import sentences
+    from memlens.data.speech.synth import sentences
 
     s = sentences((SHARED / "valid.txt").read_text(encoding="utf-8"))
     assert len(s) > 1000 and all(set(x) <= set(GRAPHEMES[1:]) for x in s[:500])

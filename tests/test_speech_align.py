@@ -8,14 +8,14 @@ import itertools
 import numpy as np
 import pytest
 
-from memlens.errors import MemlensError
-from memlens.speech.align import (
+from memlens.analyses.speech.align import (
     boundaries,
     ctc_viterbi,
     frame_positions,
     lag_labels,
     path_labels,
 )
+from memlens.errors import MemlensError
 
 
 def collapse(seq, blank=0):
@@ -81,7 +81,7 @@ def test_tone_boundaries_within_one_frame():
     frame whose window is centred on it); emissions built from the tones' log-mel bands;
     >= 95% of the forced alignment's boundaries within one 10 ms frame of the truth."""
     pytest.importorskip("librosa")
-    from memlens.speech.data import HOP, SAMPLE_RATE, WIN, logmel
+    from memlens.data.speech.corpus import HOP, SAMPLE_RATE, WIN, logmel
 
     rng = np.random.default_rng(0)
     freqs = {s: 300.0 * 1.25 ** (s - 1) for s in range(1, 9)}    # 8 symbols, 300..1430 Hz

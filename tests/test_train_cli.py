@@ -13,7 +13,7 @@ import torch
 from memlens.cli import main
 from memlens.models import load_checkpoint, save_checkpoint
 from memlens.models.lm import LanguageModel
-from memlens.train import TrainConfig, train
+from memlens.training import TrainConfig, train
 
 TEXT = "\n".join(
     " ".join(f"w{(i * 7 + j * 3) % 13}" for j in range(8)) for i in range(120)) + "\n"

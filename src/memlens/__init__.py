@@ -17,7 +17,10 @@ from memlens.models import (  # noqa: E402
     wrap,
 )
 from memlens.results import Result, load_result  # noqa: E402
-from memlens.train import TrainConfig, evaluate, train  # noqa: E402
+
+__import__("memlens.train")  # transitional alias, loaded first: a later import must not
+# rebind memlens.train (the function below) to the module; removed with the alias
+from memlens.training import TrainConfig, evaluate, train  # noqa: E402
 
 __all__ = ["Corpus", "LanguageModel", "MemlensError", "RecurrentEncoder", "RecurrentLayer",
            "Result", "StepLayer", "Stream", "TorchLayer", "TrainConfig", "Vocab", "as_encoder",

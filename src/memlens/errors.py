@@ -1,9 +1,5 @@
-"""The one exception type that memlens raises for bad input and impossible options.
+import sys
 
-The CLI turns a :class:`MemlensError` into a single line on stderr and a non-zero exit;
-the Python API lets it propagate so that callers can catch it.
-"""
+from memlens.core import errors as _moved  # moved; alias removed before release
 
-
-class MemlensError(Exception):
-    """A user-facing error: bad input file, impossible option, foreign checkpoint."""
+sys.modules[__name__] = _moved

@@ -48,11 +48,11 @@ _QUIET = [False]  # set by sharded_output on ranks other than 0
 
 def train_into(out: str, overwrite: bool, resume: bool, fit: Callable[[], T]) -> T:
     """Run ``fit()``, a training that writes the checkpoint OUT and keeps its per-epoch state
-    in :func:`memlens.train.progress_path` (OUT), with OUT claimed as memlens output (refused
+    in :func:`memlens.training.progress_path` (OUT), with OUT claimed as memlens output (refused
     if it is not one, unless ``overwrite``); an interrupt names the saved state and says how to
     continue (``memlens train`` and ``memlens train-asr``)."""
     from memlens.io import claim_output
-    from memlens.train import progress_path
+    from memlens.training import progress_path
 
     with claim_output(out, overwrite, resume, directory=False) as path:
         try:

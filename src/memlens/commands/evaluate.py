@@ -6,7 +6,8 @@ import argparse
 
 from memlens.data import load_corpus
 from memlens.models.checkpoint import load_checkpoint
-from memlens.train import perplexity_report, resolve_device
+from memlens.runtime.options import resolve_device
+from memlens.training import perplexity_report
 
 
 def register(sub) -> None:

@@ -179,7 +179,7 @@ def _compute(args: argparse.Namespace, out: Path, device, group) -> int:
         if tokens is None:
             raise MemlensError("--labels needs a token corpus (this model reads vectors)")
         if isinstance(corpus, SubwordCorpus):  # word classes on each word's first sub-token
-            names, classes = corpus.classes(args.classes, len(tokens), log=_log)
+            names, classes = corpus.classes(token_classes, args.classes, len(tokens), log=_log)
         else:
             names, classes = token_classes(args.classes, tokens, tags, enc.vocab, log=_log)
     directions = _directions(args.direction, names)
@@ -275,7 +275,7 @@ def _directions(spec: str | None, names: list[str] | None) -> dict:
 
 
 def _speech_corpus(path: str) -> bool:
-    from memlens.speech.data import is_speech_corpus
+    from memlens.data.speech.corpus import is_speech_corpus
 
     return is_speech_corpus(path) or str(path).endswith(".tsv")
 
@@ -283,9 +283,9 @@ def _speech_corpus(path: str) -> bool:
 def _speech_inputs(args: argparse.Namespace, loaded) -> dict:
     """A speech corpus through a train-asr model: its input frames (one stream), the
     grapheme type of each step (CTC forced alignment) and the target mask that keeps every
-    (t, t - tau) pair inside one utterance (see memlens.speech.analysis)."""
-    from memlens.speech.analysis import prepare_speech
-    from memlens.speech.model import asr_settings, load_asr
+    (t, t - tau) pair inside one utterance (see memlens.analyses.speech.analysis)."""
+    from memlens.analyses.speech.analysis import prepare_speech
+    from memlens.models.asr import asr_settings, load_asr
 
     if asr_settings(loaded.extra) is None:
         raise MemlensError(f"{args.corpus} is a speech corpus: --model must be a memlens "

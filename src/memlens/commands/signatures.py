@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
                 progress = StudyProgress(progress_path(out), cfg, args.resume)
         try:
             if _is_speech(args):  # a speech recogniser on a speech corpus (no --resume)
-                from memlens.speech.analysis import speech_signature_study
+                from memlens.analyses.speech.analysis import speech_signature_study
 
                 if group is not None:
                     raise MemlensError("signatures of a speech corpus run as one process "
@@ -139,6 +139,6 @@ def _silent(*_args) -> None:
 
 def _is_speech(args: argparse.Namespace) -> bool:
     """True when --corpus is a speech corpus directory (manifest.tsv / *.trans.txt)."""
-    from memlens.speech.data import is_speech_corpus
+    from memlens.data.speech.corpus import is_speech_corpus
 
     return is_speech_corpus(args.corpus) or str(args.corpus).endswith(".tsv")

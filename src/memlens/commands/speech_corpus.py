@@ -11,7 +11,7 @@ import argparse
 import json
 
 from memlens.cli import add_overwrite
-from memlens.io import atomic_dir, claim_output
+from memlens.runtime.io import atomic_dir, claim_output
 
 
 def register(sub) -> None:
@@ -30,8 +30,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from memlens.errors import MemlensError
-    from memlens.speech.synth import espeak_binary, synthesise_corpus
+    from memlens.core.errors import MemlensError
+    from memlens.data.speech.synth import espeak_binary, synthesise_corpus
 
     if not 0 < args.test_fraction < 1:
         raise MemlensError("--test-fraction must be between 0 and 1")

@@ -11,7 +11,7 @@ import argparse
 from memlens.cli import add_overwrite
 from memlens.commands.common import train_into
 from memlens.models.lm import ARCHITECTURES
-from memlens.train import TrainConfig, train
+from memlens.training import TrainConfig, train
 
 
 def register(sub) -> None:

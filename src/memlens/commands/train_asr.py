@@ -48,7 +48,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from memlens.speech.model import ASRConfig, train_asr
+    from memlens.training.asr import ASRConfig, train_asr
 
     cfg = ASRConfig(data=args.data, out=args.out, arch=args.arch, layers=args.layers,
                     hidden=args.hidden, stack=args.stack, norm=args.norm,

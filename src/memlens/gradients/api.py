@@ -20,17 +20,7 @@ from memlens.gradients.result import GradientResult
 from memlens.limits import check_memory
 from memlens.models.encoder import as_encoder
 from memlens.models.inputs import as_stream
-
-
-def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """"float32"/"float64" (or the torch dtype) -> torch dtype; anything else is refused."""
-    if isinstance(dtype, str):
-        if dtype not in ("float32", "float64"):
-            raise MemlensError(f"unknown dtype {dtype!r}: choose float32 or float64")
-        return getattr(torch, dtype)
-    if dtype not in (torch.float32, torch.float64):
-        raise MemlensError(f"unknown dtype {dtype!r}: choose float32 or float64")
-    return dtype
+from memlens.runtime.options import resolve_dtype  # moved there; still importable here
 
 
 def deprecated_alias(new_value, old_value, new: str, old: str):

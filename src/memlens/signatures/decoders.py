@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memlens.errors import MemlensError
+from memlens.models.states import IndexStates  # moved to models
 
 
 def _since(clock: tuple[float, float]) -> tuple[float, float]:
@@ -64,21 +65,6 @@ def _adam(params: list[torch.Tensor], **options) -> torch.optim.Adam:
 
 
 DECODERS = ("linear", "mlp", "linear-fast")
-
-
-@dataclass
-class IndexStates:
-    """One-hot states stored as indices: ``idx`` (N x m int64) into ``dim`` features."""
-
-    idx: np.ndarray
-    dim: int
-
-    def __len__(self) -> int:
-        return self.idx.shape[0]
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.idx.shape[0], self.dim)
 
 
 def lag_targets(classes: np.ndarray, max_lag: int) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""The analyses: gradients, signatures, ablation, speech, decay."""

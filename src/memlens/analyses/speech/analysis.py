@@ -1,0 +1,260 @@
+"""What the layers of a grapheme CTC recogniser remember: per-layer memory signatures of
+grapheme history and state gradients with respect to the input frames.
+
+* :func:`prepare_speech`: a corpus (or one split of it) through the recogniser's feature
+  pipeline (log-mel, normalisation, stacking), with a CTC forced alignment
+  (:mod:`memlens.analyses.speech.align`) of each transcript under the recogniser's own emissions:
+  per step, the index of the grapheme being spoken.
+* :func:`grapheme_signature`: memory signature of one layer, lag k counted in **graphemes**
+  (the target at step t is the grapheme k positions before the one spoken at t, within the
+  utterance); states are computed per utterance from a zero state, as in training.
+* :func:`speech_gradients`: state gradients d r_t / d x_{t-tau} (tau in steps of
+  ``stack`` x 10 ms), normalised by the covariance of the input frames, classes by the type of
+  the grapheme spoken at the source step (vowel, consonant, space). The utterances are one
+  continuous stream (state carried over); only targets at least ``max_delay`` steps into their
+  utterance are accumulated, so every (t, t - tau) pair lies inside one utterance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from memlens.analyses.speech.align import ctc_viterbi, frame_positions, lag_labels
+from memlens.core.errors import MemlensError
+from memlens.data.speech import corpus as sdata
+from memlens.data.speech.graphemes import GRAPHEMES, encode, grapheme_type
+from memlens.models.asr import ASRModel
+from memlens.models.encoder import as_encoder
+from memlens.signatures.signature import Signature, check_lag, signature_from_targets
+from memlens.signatures.symbols import SymbolSet
+
+
+def grapheme_name(g: str) -> str:
+    """Display name of a grapheme (space -> ``<space>``)."""
+    return "<space>" if g == " " else g
+
+
+@dataclass
+class SpeechData:
+    """Per utterance: ``inputs`` (T_i x I float32), ``positions`` (T_i: index of the grapheme
+    being spoken, -1 before the first), ``targets`` (grapheme ids) and ``ids``."""
+
+    inputs: list[np.ndarray]
+    positions: list[np.ndarray]
+    targets: list[list[int]]
+    ids: list[str]
+
+    @property
+    def steps(self) -> int:
+        return sum(len(x) for x in self.inputs)
+
+    def values(self) -> torch.Tensor:
+        """All utterances as one stream (sum T_i x I)."""
+        return torch.from_numpy(np.concatenate(self.inputs))
+
+    def spoken(self) -> list[str | None]:
+        """Per step: the grapheme being spoken (display name), None before the first."""
+        out: list[str | None] = []
+        for pos, y in zip(self.positions, self.targets):
+            out += [grapheme_name(GRAPHEMES[y[p]]) if p >= 0 else None for p in pos]
+        return out
+
+    def types(self) -> list[str | None]:
+        """Per step: vowel / consonant / space of the grapheme being spoken (None before)."""
+        out: list[str | None] = []
+        for pos, y in zip(self.positions, self.targets):
+            out += [grapheme_type(GRAPHEMES[y[p]]) if p >= 0 else None for p in pos]
+        return out
+
+    def offsets(self) -> np.ndarray:
+        """Per step: its index inside its utterance."""
+        return np.concatenate([np.arange(len(x)) for x in self.inputs])
+
+    def lag_targets(self, max_lag: int) -> np.ndarray:
+        """sum T_i x (K+1) grapheme ids k graphemes back (-1: none), per utterance."""
+        return np.concatenate([lag_labels(p, y, max_lag)
+                               for p, y in zip(self.positions, self.targets)])
+
+
+@torch.no_grad()
+def prepare_speech(model: ASRModel, corpus: str | sdata.SpeechCorpus, split: str | None = None,
+                   max_utterances: int | None = None) -> SpeechData:
+    """Inputs and forced alignments of a corpus (``split``: train/test of the manifest)."""
+    c = sdata.read_corpus(corpus) if not isinstance(corpus, sdata.SpeechCorpus) else corpus
+    if split is not None:
+        c = c.split(split)
+    if max_utterances:
+        c = sdata.SpeechCorpus(c.utterances[:max_utterances], c.source, c.layout)
+    feats = sdata.load_features(c, workers=2)
+    model.eval()
+    inputs, positions, targets = [], [], []
+    for u, f in zip(c.utterances, feats):
+        x = model.inputs(f)
+        y = encode(u.text)
+        if len(x) == 0:
+            raise MemlensError(f"utterance {u.id} is shorter than one model step")
+        logp = model(torch.from_numpy(x)[:, None])[:, 0].double().numpy()
+        try:
+            path, _ = ctc_viterbi(logp, y)
+        except MemlensError as exc:
+            raise MemlensError(f"utterance {u.id}: {exc}") from None
+        inputs.append(x)
+        positions.append(frame_positions(path))
+        targets.append(y)
+    return SpeechData(inputs, positions, targets, [u.id for u in c.utterances])
+
+
+@torch.no_grad()
+def utterance_states(model: nn.Module, data: SpeechData, layer: int = -1,
+                     readout: str | None = None) -> np.ndarray:
+    """States (sum T_i x D float32) of one layer's readout, each utterance from a zero state."""
+    enc = as_encoder(model)
+    layer = enc.resolve_layer(layer)
+    readout = readout or enc.default_readout(layer, "signatures")
+    enc.check_readout(layer, readout)
+    enc.eval()
+    out = []
+    for x in data.inputs:
+        st, _ = enc.states(torch.from_numpy(x).to(torch.float32)[:, None],
+                           readouts=[(layer, readout)])
+        out.append(st[(layer, readout)][:, 0].float().numpy())
+    return np.concatenate(out)
+
+
+def grapheme_symbols(train: SpeechData) -> SymbolSet:
+    """Classes: the graphemes of the training transcripts, most frequent first."""
+    counts = np.bincount(np.concatenate([np.asarray(y) for y in train.targets]),
+                         minlength=len(GRAPHEMES))
+    ids = [i for i in np.argsort(-counts, kind="stable") if counts[i] > 0]
+    names = [grapheme_name(GRAPHEMES[i]) for i in ids]
+    return SymbolSet("labels", names, id_to_class={int(i): c for c, i in enumerate(ids)})
+
+
+def _classes(y: np.ndarray, sym: SymbolSet) -> np.ndarray:
+    lut = np.full(len(GRAPHEMES) + 1, -1, dtype=np.int64)
+    for i, c in (sym.id_to_class or {}).items():
+        lut[i] = c
+    return np.where(y >= 0, lut[np.where(y >= 0, y, len(GRAPHEMES))], -1)
+
+
+def grapheme_signature(model: nn.Module, train: SpeechData, held: SpeechData, max_lag: int,
+                       layer: int = -1, readout: str | None = None, decoder: str = "linear",
+                       seed: int = 0, blocks: int = 20, bootstrap: int = 1000,
+                       **decoder_options) -> Signature:
+    """Memory signature of one layer with lags in graphemes (module docstring): accuracy_k of
+    decoding the grapheme k back from s_t, beside majority / prior baselines, per-grapheme
+    recall and 95% block-bootstrap intervals over held-out utterances' steps."""
+    check_lag(max_lag, train.steps, held.steps)
+    sym = grapheme_symbols(train)
+    y_tr = _classes(train.lag_targets(max_lag), sym)
+    y_he = _classes(held.lag_targets(max_lag), sym)
+    enc = as_encoder(model)
+    layer_i = enc.resolve_layer(layer)
+    readout = readout or enc.default_readout(layer_i, "signatures")
+    tr_x = utterance_states(enc, train, layer_i, readout)
+    he_x = utterance_states(enc, held, layer_i, readout)
+    sig = signature_from_targets(tr_x, y_tr, he_x, y_he, sym, decoder, seed, blocks,
+                                 bootstrap, **decoder_options)
+    sig.info = {"model": type(model).__name__, "layer": layer_i, "readout": readout,
+                "units": "all", "input": "vectors", "lag_unit": "graphemes",
+                "utterances": [len(train.inputs), len(held.inputs)]}
+    return sig
+
+
+def speech_gradients(model: nn.Module, data: SpeechData, max_delay: int, layer: int = -1,
+                     readout: str | None = None, bootstrap: int = 200, blocks: int = 20,
+                     **options):
+    """State gradients of one layer w.r.t. the input frames, classes vowel / consonant / space
+    of the aligned grapheme at the source step (module docstring)."""
+    from memlens.gradients.api import state_gradients
+    from memlens.models.inputs import Stream
+
+    mask = data.offsets() >= max_delay
+    if not mask.any():
+        raise MemlensError(f"no utterance is longer than max_delay={max_delay} steps")
+    return state_gradients(model, Stream(data.values().to(torch.float32),
+                                         labels=data.types()),
+                           max_delay, readout=readout, layer=layer, target_mask=mask,
+                           bootstrap=bootstrap, blocks=blocks, **options)
+
+
+def _limit(data: SpeechData, max_steps: int | None) -> SpeechData:
+    """The first utterances of ``data`` holding at most ``max_steps`` steps (at least one)."""
+    if not max_steps:
+        return data
+    n, total = 0, 0
+    while n < len(data.inputs) and (n == 0 or total + len(data.inputs[n]) <= max_steps):
+        total += len(data.inputs[n])
+        n += 1
+    return SpeechData(data.inputs[:n], data.positions[:n], data.targets[:n], data.ids[:n])
+
+
+def speech_signature_study(cfg, log=print):
+    """``memlens signatures --model ASR.pt --corpus SPEECHDIR``: grapheme-lag signatures of
+    the chosen layers of the recogniser and of its random-init control, as a
+    :class:`~memlens.signatures.study.StudyResult` (``cfg``: a StudyConfig; the decoders
+    train on the corpus's ``train`` split (or all of --corpus) and are scored on its ``test``
+    split (or --heldout); ``train_tokens`` / ``heldout_tokens`` cap the steps)."""
+    import time
+
+    from memlens.models.asr import load_asr
+    from memlens.signatures.signature import random_init_copy
+    from memlens.signatures.states import View
+    from memlens.signatures.study import StudyResult, parse_layers
+
+    if cfg.symbols not in (None, "graphemes"):
+        raise MemlensError("a speech recogniser's signatures decode graphemes: leave --labels "
+                           "out (or --labels graphemes)")
+    if cfg.units != "all" or cfg.ngram or cfg.window_lm:
+        raise MemlensError("--units, --ngram and --window-lm are not available for speech "
+                           "corpora")
+    asr = load_asr(cfg.model)
+    corpus = sdata.read_corpus(cfg.corpus)
+    has_split = all("split" in u.meta for u in corpus.utterances)
+    if cfg.heldout:
+        train = prepare_speech(asr, corpus)
+        held = prepare_speech(asr, cfg.heldout)
+    elif has_split:
+        train = prepare_speech(asr, corpus, "train")
+        held = prepare_speech(asr, corpus, "test")
+    else:
+        raise MemlensError(f"{cfg.corpus}: give --heldout (the manifest has no split column)")
+    train, held = _limit(train, cfg.train_tokens), _limit(held, cfg.heldout_tokens)
+    enc = asr.encoder
+    layers = parse_layers(cfg.layers, enc.num_layers, enc)
+    views = [View(i, cfg.readout or enc.default_readout(i, "signatures"), "all")
+             for i in layers]
+    for v in views:
+        enc.check_readout(v.layer, v.readout)
+    runs = [(f"{asr.kind} CTC", "model", enc)]
+    if cfg.control == "random-init":
+        runs.append((f"{asr.kind} CTC (random init)", "control",
+                     random_init_copy(enc, cfg.seed)))
+    from memlens.signatures.study import Entry
+
+    result = StudyResult(config=cfg, model_meta={"path": str(cfg.model), "arch": asr.kind,
+                                                 "layers": enc.num_layers,
+                                                 "hidden": enc.hidden_sizes[-1],
+                                                 "input": "vectors", "stack": asr.stack},
+                         corpus_meta={"path": str(cfg.corpus), "kind": "speech",
+                                      "train_utterances": len(train.inputs),
+                                      "train_steps": train.steps,
+                                      "heldout_utterances": len(held.inputs),
+                                      "heldout_steps": held.steps},
+                         extras={"lag_unit": "graphemes (k-th previous grapheme of the one "
+                                             "being spoken, CTC forced alignment)",
+                                 "step_ms": 10 * asr.stack})
+    for label, role, net in runs:
+        for v in views:
+            t0 = time.time()
+            sig = grapheme_signature(net, train, held, cfg.max_delay, v.layer, v.readout,
+                                     cfg.decoder, cfg.seed, cfg.blocks, cfg.bootstrap)
+            result.entries.append(Entry(label, role, v, sig))
+            log(f"{label} {v.label}: lag0 {sig.accuracy[0]:.3f}, lag1 "
+                f"{sig.accuracy[min(1, cfg.max_delay)]:.3f}, memory span {sig.memory_span()} "
+                f"graphemes ({time.time() - t0:.0f}s)")
+    return result

@@ -1,0 +1,49 @@
+"""Size limits: hostile or mistaken sizes are refused before anything is allocated.
+
+Model configs (from options or from a checkpoint) must lie within fixed bounds, and the memory
+that an analysis or a model would allocate is estimated and compared with the machine's
+physical memory (or ``MEMLENS_MAX_MEMORY`` bytes, when set) before it is allocated.
+"""
+
+from __future__ import annotations
+
+import os
+
+from memlens.core.errors import MemlensError
+
+MAX_LAYERS = 64
+MAX_WIDTH = 1 << 16        # embedding size, hidden size
+MAX_VOCAB = 1 << 24        # vocabulary entries
+
+
+def memory_budget() -> int:
+    """Bytes memlens may plan to allocate: ``MEMLENS_MAX_MEMORY`` or the physical memory."""
+    env = os.environ.get("MEMLENS_MAX_MEMORY")
+    if env:
+        try:
+            return int(float(env))
+        except ValueError:
+            raise MemlensError(f"MEMLENS_MAX_MEMORY must be a number of bytes, got {env!r}"
+                               ) from None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 16 << 30
+
+
+def check_memory(nbytes: float, what: str) -> None:
+    """Refuse a planned allocation of ``nbytes`` that exceeds :func:`memory_budget`."""
+    budget = memory_budget()
+    if nbytes > budget:
+        raise MemlensError(f"{what} would need about {nbytes / 2**30:.1f} GiB of memory, more "
+                           f"than this machine has ({budget / 2**30:.1f} GiB): use smaller "
+                           "sizes")
+
+
+def check_int(value, name: str, low: int, high: int) -> int:
+    """``value`` as an int in [low, high], or a one-line error naming the option."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MemlensError(f"{name} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise MemlensError(f"{name} must be in {low}..{high}, got {value}")
+    return value

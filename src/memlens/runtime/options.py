@@ -1,0 +1,369 @@
+"""Run options shared by every analysis, and the one schema that validates them.
+
+:class:`RunOptions` bundles what is not about the question an analysis answers but about how it
+runs: the device and dtype, the block bootstrap (:class:`Bootstrap`), checkpointing
+(:class:`Checkpointing`), the progress bar and sharding over a process group.
+
+The option schema: every option is declared once in :data:`OPTIONS` as an :class:`Option`
+(name, Python type, bounds, choices, default, help). :func:`check_option` validates a value
+against its declaration with a one-line :class:`MemlensError` naming the option; the
+dataclasses here validate their fields with it in ``__post_init__``, analyses call it for their
+own options (``check_option("max_delay", 20)``) and the CLI builds its arguments from the same
+declarations. Semantics (those of :func:`memlens.core.limits.check_int`): a bool is not a
+number, an int option takes ints (numpy integers too), a float option takes finite ints or
+floats (NaN and inf are refused), bounds are inclusive unless declared open.
+
+torch is imported only by the functions that need it (the CLI reads the schema without it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from memlens.core.errors import MemlensError
+
+if TYPE_CHECKING:
+    import torch
+
+MAX_SEED = 2**63 - 1          # seeds: 0 <= seed < 2**63
+MAX_COUNT = 1 << 20           # resamples, blocks, batch sizes
+MAX_POSITIONS = 2**62         # stream positions (stop_after, warmup, max_tokens)
+DTYPES = ("float32", "float64")
+_DEVICE = re.compile(r"(auto|cpu|cuda(:\d+)?)")
+
+
+@dataclass(frozen=True)
+class Option:
+    """The declaration of one option.
+
+    ``type``: int, float, bool, str or Path (a str or os.PathLike); ``low`` / ``high``: bounds
+    (inclusive unless ``low_open`` / ``high_open``; None: unbounded); ``choices``: the allowed
+    values of a str option; ``optional``: None is accepted (meaning "not given" / "default");
+    ``parse``: a custom check ``parse(value, name) -> value`` used instead of the generic one
+    (device, dtype); ``flag``: the CLI spelling (default ``--name-with-dashes``).
+    """
+
+    name: str
+    type: type
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] | None = None
+    default: Any = None
+    help: str = ""
+    optional: bool = False
+    low_open: bool = False
+    high_open: bool = False
+    parse: Callable[[Any, str], Any] | None = None
+    flag: str | None = None
+
+    @property
+    def cli_flag(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    def argparse_kwargs(self, **overrides: Any) -> dict[str, Any]:
+        """Keyword arguments of ``parser.add_argument(opt.cli_flag, **kwargs)``: a bool option
+        is a ``store_true`` flag; others take ``type``, ``default``, ``choices`` and ``help``
+        (``overrides`` replace any of them, e.g. a command's own ``default``). argparse only
+        converts the type; validate the parsed value with :func:`check_option`."""
+        if self.type is bool:
+            kwargs: dict[str, Any] = {"action": "store_true", "help": self.help}
+        else:
+            kwargs = {"type": {Path: str}.get(self.type, self.type), "default": self.default,
+                      "help": self.help, "dest": self.name}
+            if self.choices is not None:
+                kwargs["choices"] = list(self.choices)
+        kwargs.update(overrides)
+        return kwargs
+
+
+def _range_text(opt: Option) -> str:
+    """"in 0..20", "in [0, 1)", ">= 0" or "> 0" for the error messages."""
+    lo, hi = opt.low, opt.high
+    if opt.type is int and lo is not None and hi is not None:
+        return f"in {int(lo)}..{int(hi)}"
+    if lo is not None and hi is not None:
+        return f"in {'(' if opt.low_open else '['}{lo:g}, {hi:g}{')' if opt.high_open else ']'}"
+    if lo is not None:
+        return f"{'>' if opt.low_open else '>='} {lo:g}"
+    return f"{'<' if opt.high_open else '<='} {hi:g}"
+
+
+def _check_number(opt: Option, value: Any, name: str) -> int | float:
+    """``value`` as the option's int or finite float within its bounds."""
+    if opt.type is int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise MemlensError(f"{name} must be an integer, got {value!r}")
+        value = int(value)
+    else:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise MemlensError(f"{name} must be a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise MemlensError(f"{name} must be a finite number, got {value!r}")
+    too_low = opt.low is not None and (value <= opt.low if opt.low_open else value < opt.low)
+    too_high = opt.high is not None and (value >= opt.high if opt.high_open
+                                         else value > opt.high)
+    if too_low or too_high:
+        raise MemlensError(f"{name} must be {_range_text(opt)}, got {value}")
+    return value
+
+
+def check_option(name: str, value: Any, what: str | None = None) -> Any:
+    """Validate ``value`` for the option ``name`` of :data:`OPTIONS`; return it normalised
+    (numpy integers -> int, ints -> float for float options, paths as given). ``what``: the
+    name used in the error message (default ``name``; the CLI passes its flag)."""
+    opt = OPTIONS.get(name)
+    if opt is None:
+        raise MemlensError(f"unknown option {name!r}")
+    what = what or name
+    if value is None:
+        if opt.optional:
+            return None
+        raise MemlensError(f"{what} must be given (None is not allowed)")
+    if opt.parse is not None:
+        return opt.parse(value, what)
+    if opt.type in (int, float):
+        return _check_number(opt, value, what)
+    if opt.type is bool:
+        if type(value).__name__ not in ("bool", "bool_"):
+            raise MemlensError(f"{what} must be True or False, got {value!r}")
+        return bool(value)
+    if opt.type is Path:
+        if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+            raise MemlensError(f"{what} must be a file path, got {value!r}")
+        return value
+    if not isinstance(value, str):
+        raise MemlensError(f"{what} must be a string, got {value!r}")
+    if opt.choices is not None and value not in opt.choices:
+        raise MemlensError(f"{what} must be one of {', '.join(opt.choices)}, got {value!r}")
+    return value
+
+
+# -- device and dtype ----------------------------------------------------------------------------
+def _parse_device(value: Any, what: str) -> Any:
+    """A device name (auto, cpu, cuda, cuda:N) or a torch.device; checked, not resolved."""
+    if isinstance(value, str):
+        if not _DEVICE.fullmatch(value):
+            raise MemlensError(f"unknown device {value!r}: choose auto, cpu or cuda")
+        return value
+    if type(value).__name__ == "device" and type(value).__module__.startswith("torch"):
+        return value
+    raise MemlensError(f"{what} must be a device name (auto, cpu, cuda) or a torch.device, "
+                       f"got {value!r}")
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The torch device to run on: None or "auto" -> cuda if available, else cpu; "cpu",
+    "cuda", "cuda:N" or a torch.device as given, once checked (a cuda device must exist)."""
+    import torch
+
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = _parse_device(device, "device")
+    out = torch.device(device)
+    if out.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MemlensError("--device cuda requested but no CUDA device is available")
+        if out.index is not None and out.index >= torch.cuda.device_count():
+            raise MemlensError(f"--device {out} requested but only {torch.cuda.device_count()} "
+                               "CUDA device(s) are available")
+    return out
+
+
+def _parse_dtype(value: Any, what: str) -> Any:  # noqa: ARG001 - the message names the dtype
+    resolve_dtype(value)
+    return value
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """"float32"/"float64" (or the torch dtype) -> torch dtype; anything else is refused."""
+    import torch
+
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise MemlensError(f"unknown dtype {dtype!r}: choose float32 or float64")
+        return getattr(torch, dtype)
+    if dtype not in (torch.float32, torch.float64):
+        raise MemlensError(f"unknown dtype {dtype!r}: choose float32 or float64")
+    return dtype
+
+
+# -- the schema ----------------------------------------------------------------------------------
+def _declare(*options: Option) -> dict[str, Option]:
+    return {o.name: o for o in options}
+
+
+OPTIONS: Mapping[str, Option] = _declare(
+    Option("bootstrap", int, 0, MAX_COUNT, optional=True,
+           help="bootstrap resamples (0: no intervals; default: the analysis' own, 200 for "
+                "gradients, 1000 for the others)"),
+    Option("blocks", int, 1, MAX_COUNT, default=20,
+           help="contiguous blocks of the stream resampled by the bootstrap (default 20)"),
+    Option("seed", int, 0, MAX_SEED, default=0, help="random seed (0 <= seed < 2**63)"),
+    Option("device", str, default="auto", parse=_parse_device,
+           help="auto (cuda if available), cpu, cuda or cuda:N"),
+    Option("dtype", str, choices=DTYPES, default="float32", parse=_parse_dtype,
+           help="compute dtype: float32 or float64"),
+    Option("progress", bool, default=False, help="show a progress bar on stderr"),
+    Option("distributed", bool, default=True,
+           help="shard the work over the torch.distributed process group when one is up"),
+    Option("checkpoint", Path, optional=True, help="checkpoint file of an interruptible run"),
+    Option("checkpoint_every", float, 0.0, None, low_open=True, default=300.0,
+           help="seconds between checkpoints (default 300)"),
+    Option("resume", bool, default=False, help="continue an interrupted run"),
+    Option("keep_checkpoint", bool, default=False,
+           help="leave the final checkpoint of a finished run (the caller deletes it)"),
+    Option("stop_after", int, 0, MAX_POSITIONS, optional=True,
+           help="process at most this many items in this call, save and stop"),
+    Option("max_delay", int, 0, MAX_COUNT, optional=True,
+           help="largest delay K (default: the analysis' own)"),
+    Option("warmup", int, 0, MAX_POSITIONS, optional=True,
+           help="under torchrun: positions each process reads before its shard (default "
+                "max(1000, 4 K))"),
+    Option("max_tokens", int, 1, MAX_POSITIONS, optional=True,
+           help="use only the first N tokens"),
+    Option("chunk_size", int, 1, MAX_COUNT, default=256, help="positions per chunk"),
+    Option("batch_size", int, 1, MAX_COUNT, default=256, help="items per forward pass"),
+    Option("tolerance", float, 0.0, 1.0, high_open=True, default=0.01,
+           help="a fraction in [0, 1)"),
+)
+
+
+# -- the option groups ---------------------------------------------------------------------------
+def _check_fields(obj: Any, names: Mapping[str, str]) -> None:
+    """Validate (and normalise) the fields of a frozen dataclass: field -> option name."""
+    for fname, oname in names.items():
+        object.__setattr__(obj, fname, check_option(oname, getattr(obj, fname), oname))
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """The block bootstrap of a per-position statistic: ``resamples`` resamples (None: the
+    analysis' default, gradients 200, others 1000; 0: no intervals) of ``blocks`` contiguous
+    blocks drawn with replacement, from the random generator seeded with ``seed``."""
+
+    resamples: int | None = None
+    blocks: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_fields(self, {"resamples": "bootstrap", "blocks": "blocks", "seed": "seed"})
+
+    def count(self, default: int) -> int:
+        """The number of resamples: ``resamples``, or the analysis' ``default`` when None."""
+        return default if self.resamples is None else self.resamples
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """Checkpointing of an interruptible run (see :mod:`memlens.runtime.progress`).
+
+    ``path``: the checkpoint file (None: none; an interrupt then just stops the run);
+    ``every``: seconds between saves; ``resume``: continue from ``path``; ``keep``: leave the
+    final checkpoint of a finished run for the caller to delete; ``stop_after``: process at
+    most this many items in this call, then save and raise ``Interrupted``.
+    """
+
+    path: str | Path | None = None
+    every: float = 300.0
+    resume: bool = False
+    keep: bool = False
+    stop_after: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_fields(self, {"path": "checkpoint", "every": "checkpoint_every",
+                             "resume": "resume", "keep": "keep_checkpoint",
+                             "stop_after": "stop_after"})
+        if self.resume and self.path is None:
+            raise MemlensError("resume needs a checkpoint path (nothing to resume from)")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How an analysis runs (not what it computes). ``device``: None / "auto" -> cuda if
+    available, else cpu (:func:`resolve_device`); ``dtype``: "float32" / "float64";
+    ``bootstrap``, ``checkpoint``: see :class:`Bootstrap`, :class:`Checkpointing`;
+    ``progress``: a tqdm bar on stderr; ``distributed``: shard over the torch.distributed group
+    when one is up; ``context``: reserved for the context regime of issue 22 (unused)."""
+
+    device: str | torch.device | None = None
+    dtype: str | torch.dtype = "float32"
+    bootstrap: Bootstrap = field(default_factory=Bootstrap)
+    checkpoint: Checkpointing = field(default_factory=Checkpointing)
+    progress: bool = False
+    distributed: bool = True
+    context: object | None = None
+
+    def __post_init__(self) -> None:
+        if self.device is not None:
+            object.__setattr__(self, "device", check_option("device", self.device))
+        _check_fields(self, {"dtype": "dtype", "progress": "progress",
+                             "distributed": "distributed"})
+        if not isinstance(self.bootstrap, Bootstrap):
+            raise MemlensError(f"bootstrap must be a Bootstrap, got {self.bootstrap!r}")
+        if not isinstance(self.checkpoint, Checkpointing):
+            raise MemlensError(f"checkpoint must be a Checkpointing, got {self.checkpoint!r}")
+
+    def torch_device(self) -> torch.device:
+        """:func:`resolve_device` of ``device``."""
+        return resolve_device(self.device)
+
+    def torch_dtype(self) -> torch.dtype:
+        """:func:`resolve_dtype` of ``dtype``."""
+        return resolve_dtype(self.dtype)
+
+
+# flat override name -> (group, field) for as_options; group None: a RunOptions field
+_FLAT = {"blocks": ("bootstrap", "blocks"), "seed": ("bootstrap", "seed"),
+         "checkpoint_every": ("checkpoint", "every"),
+         "resume": ("checkpoint", "resume"), "keep_checkpoint": ("checkpoint", "keep"),
+         "stop_after": ("checkpoint", "stop_after")}
+
+
+def as_options(options: RunOptions | None = None, **overrides: Any) -> RunOptions:
+    """``options`` (default ``RunOptions()``) with ``overrides`` applied, validated.
+
+    Overrides use the option names: the RunOptions fields (device, dtype, progress,
+    distributed, context), ``bootstrap`` (a :class:`Bootstrap`, or an int: the resamples),
+    ``blocks``, ``seed``, ``checkpoint`` (a :class:`Checkpointing`, or a path),
+    ``checkpoint_every``, ``resume``, ``keep_checkpoint`` and ``stop_after``. An override
+    whose value is None is not given (ignored), so an analysis can pass its keyword arguments
+    through unchanged.
+    """
+    if options is None:
+        options = RunOptions()
+    if not isinstance(options, RunOptions):
+        raise MemlensError(f"options must be a RunOptions, got {options!r}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    top: dict[str, Any] = {}
+    groups: dict[str, dict[str, Any]] = {"bootstrap": {}, "checkpoint": {}}
+    for key, value in given.items():
+        if key == "bootstrap" and not isinstance(value, Bootstrap):
+            groups["bootstrap"]["resamples"] = value
+        elif key == "checkpoint" and not isinstance(value, Checkpointing):
+            groups["checkpoint"]["path"] = value
+        elif key in _FLAT:
+            group, name = _FLAT[key]
+            groups[group][name] = value
+        elif key in {f.name for f in dataclasses.fields(RunOptions)}:
+            top[key] = value
+        else:
+            raise MemlensError(f"unknown run option {key!r}")
+    out = dataclasses.replace(options, **top)
+    for group, changes in groups.items():
+        if changes:
+            out = dataclasses.replace(out, **{group: dataclasses.replace(getattr(out, group),
+                                                                          **changes)})
+    return out
+
+
+__all__ = ["DTYPES", "MAX_SEED", "OPTIONS", "Bootstrap", "Checkpointing", "Option",
+           "RunOptions", "as_options", "check_option", "resolve_device", "resolve_dtype"]

@@ -1,0 +1,311 @@
+"""Training and evaluation of recurrent language models (truncated BPTT, carried state).
+
+(``memlens train`` and ``memlens eval``; was ``memlens.train``.)
+
+The reference recipe (Verwimp et al., after the TensorFlow PTB "medium" setup): SGD with
+lr 1, gradient-norm clip 5, lr x 0.8 per epoch after epoch 6, dropout 0.5; the loss of an
+SGD step is summed over the BPTT window and averaged over the batch, as in that setup.
+Adam uses the mean token loss. Deterministic on CPU for a given seed.
+
+Progress: after every epoch the full training state (weights, optimizer, random-number state,
+history) is saved to ``.<OUT>.partial.pt`` beside the checkpoint OUT; an interrupted run
+(Ctrl-C / SIGTERM) continues from its last finished epoch with ``resume=True`` and ends with
+the same model as an uninterrupted run. The file is deleted when training ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from memlens.core.errors import MemlensError
+from memlens.core.files import write_atomic
+from memlens.data import Corpus, Vocab, batchify, bptt_windows, load_corpus
+from memlens.models.checkpoint import load_checked, load_checkpoint, save_checkpoint
+from memlens.models.embeddings import load_word2vec
+from memlens.models.lm import LanguageModel, check_config
+from memlens.runtime.options import resolve_device
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``memlens train`` accepts (see ``memlens train --help``)."""
+
+    train: str
+    valid: str | None = None
+    out: str = "model.pt"
+    format: str = "text"
+    unit: str = "word"
+    arch: str = "lstm"
+    layers: int = 1
+    emb: int = 64
+    hidden: int = 256
+    vocab_size: int | None = 10000
+    min_freq: int = 1
+    epochs: int = 2
+    bptt: int = 35
+    batch: int = 20
+    optimizer: str = "sgd"
+    lr: float | None = None
+    clip: float = 5.0
+    decay: float = 0.8
+    decay_after: int = 6
+    dropout: float = 0.5
+    tied: bool = False
+    rank: int | None = None
+    groups: int = 2
+    pretrained: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    max_tokens: int | None = None
+    progress: bool | None = None
+    resume: bool = False
+
+PROGRESS_FORMAT = "memlens-train-partial"
+MIN_SYMBOLS = 3
+
+
+def progress_path(out: str | Path) -> Path:
+    """Where training keeps its per-epoch state: ``.<name>.partial.pt`` beside ``out``."""
+    out = Path(out)
+    return out.parent / f".{out.name}.partial.pt"
+
+
+@torch.no_grad()
+def evaluate(model: LanguageModel, ids: torch.Tensor, batch: int = 10, bptt: int = 70,
+             device: torch.device | str = "cpu") -> float:
+    """Mean negative log-likelihood in nats per token of ``ids`` (contiguous streams)."""
+    model.eval()
+    batch = max(1, min(batch, ids.numel() // 2))
+    data = batchify(ids, batch).to(device)
+    state = model.init_state(batch, device)
+    total, count = 0.0, 0
+    for inputs, targets in bptt_windows(data, bptt):
+        logits, state = model(inputs, state)
+        total += F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1),
+                                 reduction="sum").item()
+        count += targets.numel()
+    return total / max(count, 1)
+
+
+def _check(cfg: TrainConfig) -> None:
+    if cfg.optimizer not in ("sgd", "adam"):
+        raise MemlensError(f"unknown optimizer {cfg.optimizer!r}: choose sgd or adam")
+    for key in ("epochs", "bptt", "batch"):
+        if getattr(cfg, key) < 1:
+            raise MemlensError(f"--{key} must be a positive integer, got {getattr(cfg, key)}")
+    if cfg.lr is not None and not cfg.lr > 0:
+        raise MemlensError(f"--lr must be positive, got {cfg.lr}")
+    if not cfg.clip > 0:
+        raise MemlensError(f"--clip must be positive (the largest gradient norm), got {cfg.clip}")
+    if cfg.max_tokens is not None and cfg.max_tokens < 1:
+        raise MemlensError(f"--max-tokens must be positive, got {cfg.max_tokens}")
+    if cfg.min_freq < 1:
+        raise MemlensError(f"--min-freq must be positive, got {cfg.min_freq}")
+    if cfg.vocab_size is not None and cfg.vocab_size < 3:
+        raise MemlensError(f"--vocab-size must be at least 3, got {cfg.vocab_size}")
+
+
+def _vocab_and_ids(cfg: TrainConfig, train_c: Corpus, valid_c: Corpus | None, log
+                   ) -> tuple[Vocab, torch.Tensor, torch.Tensor | None]:
+    """The vocabulary of the (capped) training tokens and the id streams of both corpora."""
+    train_tokens = train_c.tokens[: cfg.max_tokens] if cfg.max_tokens else train_c.tokens
+    vocab = Vocab.build(train_tokens, None if cfg.unit == "char" else cfg.vocab_size,
+                        cfg.min_freq)
+    if len(vocab) - 2 < MIN_SYMBOLS:
+        raise MemlensError(f"the vocabulary has only {len(vocab) - 2} symbol(s) besides <unk> "
+                           f"and <eos> (--min-freq {cfg.min_freq}): at least {MIN_SYMBOLS} are "
+                           "needed for a meaningful language model")
+    train_ids = vocab.encode(train_tokens)
+    if train_ids.numel() < 2 * cfg.batch:
+        raise MemlensError(f"training corpus has {train_ids.numel()} tokens: too short for "
+                           f"batch size {cfg.batch}")
+    valid_ids = None
+    if valid_c is not None:
+        valid_ids = vocab.encode(valid_c.tokens)
+        log(f"validation OOV rate: {100 * vocab.oov_rate(valid_c.tokens):.2f}%")
+    return vocab, train_ids, valid_ids
+
+
+def _build_model(cfg: TrainConfig, model_cfg: dict, vocab: Vocab, device: torch.device, log
+                 ) -> tuple[LanguageModel, list[torch.nn.Parameter], torch.optim.Optimizer,
+                            float]:
+    """The seeded model (with fixed pretrained embeddings when asked), its trainable
+    parameters, the optimizer and its base learning rate."""
+    torch.manual_seed(cfg.seed)
+    model = LanguageModel(model_cfg, len(vocab))
+    model.vocab = vocab
+    if cfg.pretrained:
+        table, found = load_word2vec(cfg.pretrained, vocab, cfg.emb, cfg.seed)
+        model.encoder.embedding.weight.data.copy_(table)
+        log(f"pretrained embeddings (fixed): {found}/{len(vocab)} vocabulary words found")
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    lr = cfg.lr if cfg.lr is not None else (1.0 if cfg.optimizer == "sgd" else 2e-3)
+    opt = (torch.optim.SGD(params, lr=lr) if cfg.optimizer == "sgd"
+           else torch.optim.Adam(params, lr=lr))
+    return model, params, opt, lr
+
+
+def _train_epoch(model: LanguageModel, opt: torch.optim.Optimizer, params: list, data: Tensor,
+                 cfg: TrainConfig, epoch: int, device: torch.device) -> tuple[float, int]:
+    """One pass of truncated BPTT over ``data`` (T x B ids, state carried across windows);
+    returns (summed token loss, tokens). SGD steps on the window loss summed over time
+    (mean token loss x window length), Adam on the mean token loss."""
+    model.train()
+    state = model.init_state(cfg.batch, device)
+    total, count = 0.0, 0
+    n_windows = math.ceil((data.shape[0] - 1) / cfg.bptt)
+    bar = tqdm(bptt_windows(data, cfg.bptt), total=n_windows, desc=f"epoch {epoch}",
+               disable=None if cfg.progress is None else not cfg.progress, unit="win",
+               leave=False)
+    for inputs, targets in bar:
+        state = model.encoder.detach_state(state)
+        logits, state = model(inputs, state)
+        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        (loss * inputs.shape[0] if cfg.optimizer == "sgd" else loss).backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+        opt.step()
+        total += loss.item() * targets.numel()
+        count += targets.numel()
+        bar.set_postfix(loss=f"{total / count:.3f}", ppl=f"{math.exp(total / count):.1f}")
+    return total, count
+
+
+def train(cfg: TrainConfig | None = None, *, train_corpus: Corpus | None = None,
+          valid_corpus: Corpus | None = None, log=print, **kwargs: Any) -> LanguageModel:
+    """Train a language model and write the best checkpoint (by validation loss) to ``cfg.out``.
+
+    Either give paths in ``cfg`` (or as keyword arguments) or ready corpora. Returns the best
+    model (eval mode) with ``.vocab``, ``.config`` and ``.history`` (per-epoch records).
+    """
+    if cfg is None:
+        cfg = TrainConfig(**{"train": "", **kwargs})
+    _check(cfg)
+    model_cfg = check_config({"arch": cfg.arch, "layers": cfg.layers, "emb": cfg.emb,
+                              "hidden": cfg.hidden, "dropout": cfg.dropout, "tied": cfg.tied,
+                              "rank": cfg.rank, "groups": cfg.groups, "unit": cfg.unit,
+                              "fixed_embeddings": cfg.pretrained is not None})
+    device = resolve_device(cfg.device)
+    train_c = train_corpus or load_corpus(cfg.train, cfg.format, cfg.unit)
+    valid_c = valid_corpus or (load_corpus(cfg.valid, cfg.format, cfg.unit) if cfg.valid
+                               else None)
+    vocab, train_ids, valid_ids = _vocab_and_ids(cfg, train_c, valid_c, log)
+    model, params, opt, lr = _build_model(cfg, model_cfg, vocab, device, log)
+    data = batchify(train_ids, cfg.batch).to(device)
+    best, history, first = math.inf, [], 1
+    partial = progress_path(cfg.out)
+    fp = _fingerprint(cfg, train_ids, valid_ids)
+    if cfg.resume:
+        best, history, first = load_progress(partial, fp, model, opt, PROGRESS_FORMAT)[:3]
+        log(f"resuming after epoch {first - 1} from {partial}")
+    for epoch in range(first, cfg.epochs + 1):
+        if cfg.optimizer == "sgd" and epoch > cfg.decay_after:
+            for group in opt.param_groups:
+                group["lr"] = lr * cfg.decay ** (epoch - cfg.decay_after)
+        start = time.time()
+        total, count = _train_epoch(model, opt, params, data, cfg, epoch, device)
+        record = {"epoch": epoch, "train_loss": total / count,
+                  "lr": opt.param_groups[0]["lr"], "seconds": time.time() - start}
+        if valid_ids is not None:
+            record["valid_loss"] = evaluate(model, valid_ids, device=device)
+        key = record.get("valid_loss", record["train_loss"])
+        record["valid_ppl"] = math.exp(key)
+        history.append(record)
+        log(f"epoch {epoch}: train ppl {math.exp(record['train_loss']):.2f}, "
+            + (f"valid ppl {math.exp(record['valid_loss']):.2f}, " if valid_ids is not None
+               else "") + f"{record['seconds']:.0f}s")
+        if key < best:
+            best = key
+            save_checkpoint(cfg.out, model, {"train": asdict(cfg), "history": history})
+        state = {"format": PROGRESS_FORMAT, "fingerprint": fp, "epoch": epoch, "best": best,
+                 "history": history, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                 "rng": torch.get_rng_state()}
+        write_atomic(partial, lambda p, state=state: torch.save(state, p))
+    best_model = load_checkpoint(cfg.out, device)
+    partial.unlink(missing_ok=True)
+    best_model.history = history
+    return best_model
+
+
+def _fingerprint(cfg: TrainConfig, train_ids: torch.Tensor, valid_ids: torch.Tensor | None
+                 ) -> str:
+    """What must not change between an interrupted run and its resumption."""
+    keep = {k: v for k, v in asdict(cfg).items()
+            if k not in ("resume", "progress", "device", "out", "epochs")}
+    h = hashlib.sha256(json.dumps(keep, sort_keys=True).encode())
+    for ids in (train_ids, valid_ids):
+        if ids is not None:
+            h.update(ids.numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_progress(partial: Path, fp: str, model: torch.nn.Module, opt, progress_format: str,
+                  kind: str = "training", extra: tuple[str, ...] = ()
+                  ) -> tuple[float, list, int, dict]:
+    """Load a per-epoch training state (``memlens train``, ``memlens train-asr``) into
+    ``model`` / ``opt`` and the torch RNG; return (best, history, next epoch, {name: float} for
+    the ``extra`` fields). Refuse a missing, foreign (other ``progress_format`` or
+    fingerprint ``fp``) or damaged file with a one-line error."""
+    if not partial.is_file():
+        raise MemlensError(f"nothing to resume: no training progress {partial} (run without "
+                           "--resume)")
+    st = load_checked(partial, "training progress file")
+    if not isinstance(st, dict) or st.get("format") != progress_format:
+        raise MemlensError(f"not a memlens {kind} progress file: {partial}")
+    if st.get("fingerprint") != fp:
+        raise MemlensError(f"training progress {partial} was made with other data or options: "
+                           "delete it or run without --resume")
+    try:
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        torch.set_rng_state(st["rng"])
+        epoch, best, history = int(st["epoch"]), float(st["best"]), list(st["history"])
+        values = {name: float(st[name]) for name in extra}
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise MemlensError(f"training progress {partial} is damaged: "
+                           f"{str(exc).splitlines()[0][:200]}") from None
+    if not 1 <= epoch or len(history) != epoch:
+        raise MemlensError(f"training progress {partial} is damaged (epoch {epoch})")
+    return best, history, epoch + 1, values
+
+
+def corpus_ids(model: LanguageModel, corpus: Corpus, log=None) -> torch.Tensor:
+    """Encode a corpus with the model's vocabulary, reporting the OOV rate through ``log``."""
+    if model.vocab is None:
+        raise MemlensError("the model has no vocabulary")
+    rate = model.vocab.oov_rate(corpus.tokens)
+    if log is not None:
+        log(f"OOV rate: {100 * rate:.2f}% of {len(corpus.tokens)} tokens map to <unk>")
+    return model.vocab.encode(corpus.tokens)
+
+
+def perplexity_report(model: LanguageModel, corpus: Corpus, device="cpu",
+                      log=print) -> dict[str, float]:
+    """Evaluate ``model`` on ``corpus``: nats/token, perplexity and bits per token."""
+    ids = corpus_ids(model, corpus, log)
+    nll = evaluate(model, ids, device=device)
+    return {"tokens": ids.numel(), "nll": nll, "perplexity": math.exp(nll),
+            "bits": nll / math.log(2), "unigram_perplexity": unigram_perplexity(model.vocab, ids)}
+
+
+def unigram_perplexity(vocab: Vocab, ids: torch.Tensor) -> float:
+    """Perplexity of the add-one-smoothed unigram model of the vocabulary's training counts.
+
+    exp(-mean_t log p(w_t)) with p(w) = (count(w) + 1) / (sum of counts + V): the baseline a
+    language model must beat on the same vocabulary.
+    """
+    counts = torch.tensor(vocab.counts, dtype=torch.float64) + 1.0
+    logp = torch.log(counts / counts.sum())
+    return math.exp(-logp[ids].mean().item())
