@@ -138,6 +138,10 @@ def test_step_equals_model_forward(family):
     model = tiny(family)
     enc = from_hf(model)
     assert [lay.readouts for lay in enc.layers][0] == tuple(COMPONENTS[family])
+    assert enc.model_type == family and enc.tokenizer is None
+    lay = enc.layers[0]
+    assert lay.tangent_rule == ("written" if family == "mamba" else "generic")
+    assert all(r.linear for r in lay.readout_specs().values()) and lay.memory_readout == "hidden"
     ids = torch.randint(0, V, (17,), generator=torch.Generator().manual_seed(1))
     seqs, _ = enc.states(ids[:, None])
     X = model.get_input_embeddings().weight.detach()[ids]
@@ -299,6 +303,7 @@ def hf_dir(tmp_path, ewt_dev):
 
 def test_own_tokenizer_and_first_subtoken_classes(hf_dir, ewt_dev):
     from memlens.data import load_corpus
+    from memlens.gradients.classes import token_classes
 
     enc = from_hf(str(hf_dir))
     assert enc.vocab is not None and len(enc.vocab) == enc.vocab_size
@@ -317,11 +322,11 @@ def test_own_tokenizer_and_first_subtoken_classes(hf_dir, ewt_dev):
     upos = sub.tags["upos"]
     assert [upos[i] for i in sub.first] == words.tags["upos"]
     assert all(upos[i] is None for i in set(range(len(sub.tokens))) - set(sub.first))
-    names, per = sub.classes("upos")
+    names, per = sub.classes(token_classes, "upos")
     assert "NOUN" in names and len(per) == len(sub.tokens)
     assert sum(1 for p in per if p) == sum(1 for t in words.tags["upos"] if t not in (None,
                                                                                      "_"))
-    names, per = sub.classes("freq:3")
+    names, per = sub.classes(token_classes, "freq:3")
     assert names == ["freq1of3", "freq2of3", "freq3of3"]
     assert all(not per[i] for i in set(range(len(sub.tokens))) - set(sub.first))
 

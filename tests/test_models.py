@@ -8,10 +8,10 @@ from torch import nn
 
 import memlens
 from memlens.errors import MemlensError
-from memlens.models.layers import GroupedLSTMLayer, RecurrentLayer
+from memlens.models.layers import FactorizedLSTMLayer, GroupedLSTMLayer, RecurrentLayer, TorchLayer
 from memlens.models.lm import LanguageModel
 
-ARCHS = ["lstm", "gru", "rnn", "flstm", "glstm"]
+ARCHS = ("lstm", "gru", "rnn", "flstm", "glstm")
 
 
 def step_vs_fast(encoder, tokens):
@@ -127,3 +127,57 @@ def test_tied_weights_and_config_errors():
         LanguageModel({"arch": "transformer"}, 15)
     with pytest.raises(MemlensError, match="divisible by --groups"):
         LanguageModel({"arch": "glstm", "emb": 9, "hidden": 8, "groups": 2}, 15)
+
+
+def test_unit_sets_are_declared_by_the_layers():
+    """group:G, factor, basis:J and the groups / bases partitions come from the layer types;
+    every other layer refuses them, naming the layer type that has them."""
+    torch.manual_seed(5)
+    grouped = GroupedLSTMLayer(6, 12, groups=3)
+    fact = FactorizedLSTMLayer(8, 12, rank=3)
+    plain = TorchLayer(nn.LSTM(8, 12))
+    h = torch.randn(5, 12)
+    g1 = grouped.units("group:1", "cell")
+    assert (g1.size, g1.index, g1.readout) == (4, tuple(range(4, 8)), "cell")
+    assert torch.equal(grouped.select_units(h, "group:1"), h[:, 4:8])
+    assert grouped.split_units("groups") == ["group:0", "group:1", "group:2"]
+    assert "group:G" in grouped.unit_sets() and "group:G" not in plain.unit_sets()
+    assert fact.units("factor").size == 3 and fact.units("basis:2").size == 1
+    with torch.no_grad():
+        assert torch.allclose(fact.select_units(h, "basis:2"), fact.factor_space(h)[:, 2:3])
+    assert fact.split_units("bases") == ["factor", "basis:0", "basis:1", "basis:2"]
+    assert "factor" in fact.unit_sets("hidden") and "factor" not in fact.unit_sets("cell")
+    assert plain.units("0,3-4").index == (0, 3, 4) and plain.units("all").size == 12
+    assert plain.split_units("0-2") == ["0-2"]
+    for layer, spec, message in [
+            (plain, "group:0", "not a grouped LSTM"), (fact, "group:0", "not a grouped LSTM"),
+            (plain, "factor", "not a factorised LSTM"), (grouped, "basis:0", "not a factorised"),
+            (grouped, "group:3", "group 3 out of range"), (fact, "basis:3", "basis 3 out of "),
+            (fact, "basis:x", "expected basis:J"), (grouped, "group:x", "expected group:G"),
+            (fact, "bases", "bad unit spec"), (plain, "12", "unit 12 out of range")]:
+        with pytest.raises(MemlensError, match=message):
+            layer.units(spec)
+    with pytest.raises(MemlensError, match="hidden readout only"):
+        fact.units("factor", "cell")
+    with pytest.raises(MemlensError, match="not a grouped LSTM"):
+        plain.split_units("groups")
+    with pytest.raises(MemlensError, match="unknown readout 'gate'"):
+        plain.units("all", "gate")
+
+
+def test_layer_registry():
+    from memlens.models.registry import architectures, build_layer, register_layer
+
+    assert architectures()[:5] == ARCHS
+    with pytest.raises(MemlensError, match="already registered"):
+        register_layer("lstm", lambda i, h, cfg: TorchLayer.create("lstm", i, h))
+    register_layer("wrong", lambda i, h, cfg: TorchLayer.create("gru", i, h + 1))
+    try:
+        with pytest.raises(MemlensError, match="built a layer 4 -> 7, asked for 4 -> 6"):
+            build_layer("wrong", 4, 6, {})
+        with pytest.raises(MemlensError, match="layer type 'wrong' built a layer"):
+            LanguageModel({"arch": "wrong", "emb": 4, "hidden": 6}, 10)
+    finally:
+        memlens.models.unregister_layer("wrong")
+    with pytest.raises(MemlensError, match="choose from lstm, gru, rnn, flstm, glstm"):
+        build_layer("wrong", 4, 6, {})

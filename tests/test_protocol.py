@@ -174,3 +174,56 @@ def test_wrapped_vocabulary_shows_words():
         wrap(nn.Embedding(6, 4), nn.LSTM(4, 8), vocab=words[:5])
     v = Vocab.from_symbols(["a", "<unk>", "b"])
     assert v.encode(["b", "zzz"]).tolist() == [2, 1] and v.unk == "<unk>"
+
+
+def test_layers_declare_readouts_tangent_rules_and_memory():
+    from memlens.protocol import Readout, TangentRule
+
+    torch.manual_seed(0)
+    lstm = wrap(nn.Embedding(12, 4), nn.LSTM(4, 5)).layers[0]
+    gru = wrap(nn.Embedding(12, 4), nn.GRU(4, 5)).layers[0]
+    assert lstm.readout_specs() == {"hidden": Readout("hidden", 5, True),
+                                    "cell": Readout("cell", 5, True)}
+    assert (lstm.tangent_rule, lstm.memory_readout, lstm.output_readout) == (
+        TangentRule.GATES, "cell", "hidden")
+    assert (gru.tangent_rule, gru.memory_readout, gru.readouts) == (
+        TangentRule.GATES, "hidden", ("hidden",))
+    ssm = diagonal_ssm()
+    assert ssm.tangent_rule is TangentRule.GENERIC and ssm.tangent_rule == "generic"
+    assert ssm.readout_specs()["state"] == Readout("state", 12, False)
+    assert ssm.memory_readout == ssm.output_readout == "y" and not ssm.readout_is_linear
+    with pytest.raises(MemlensError, match="unknown readout 'z'"):
+        ssm.readout_size("z")
+    d, n = 3, 4
+    flat = StepLayer(step=lambda x, s: (s[0] * 0.5 + x[:, :, None],),
+                     init_state=lambda b, device, dtype: (torch.zeros(b, d, n, dtype=dtype),),
+                     input_size=d, readouts={"state": lambda s: s[0].flatten(1)},
+                     linear=["state"])
+    assert flat.readout_is_linear and flat.readout_specs()["state"].linear
+    with pytest.raises(MemlensError, match="linear= names unknown readouts: y"):
+        StepLayer(step=flat.step, init_state=flat._init, input_size=d,
+                  readouts={"state": lambda s: s[0].flatten(1)}, linear=["y"])
+
+
+def test_sites_resolve_against_an_encoder():
+    from memlens.models.states import View
+    from memlens.protocol import Site
+
+    torch.manual_seed(0)
+    enc = frame_lstm()
+    assert Site().resolve(enc) == Site(1, "hidden", "all")
+    assert Site(0).resolve(enc, "memory") == Site(0, "cell", "all")
+    assert Site(-2, None, "1,3").resolve(enc, lambda layer: "cell").label == "layer0/cell/1,3"
+    assert Site(0, "cell", "2-4").resolve(enc).size(enc) == 3
+    assert View(0) == Site(0, "hidden", "all") and View(1, "cell").units == "all"
+    with pytest.raises(MemlensError, match="unknown readout 'gate' for layer 1"):
+        Site(-1, "gate").resolve(enc)
+    with pytest.raises(MemlensError, match="layer 0: unit 9 out of range"):
+        Site(0, "hidden", "9").resolve(enc)
+    with pytest.raises(MemlensError, match="layer 0: units 'group:0': the layer is not a "
+                                           "grouped LSTM"):
+        Site(0, "hidden", "group:0").resolve(enc)
+    with pytest.raises(MemlensError, match="layer 5 does not exist"):
+        Site(5).resolve(enc)
+    with pytest.raises(MemlensError, match="unknown readout role 'state'"):
+        Site(0).resolve(enc, "state")

@@ -7,7 +7,7 @@ tensor is stored beside them and checked on load, so a tampered file is refused.
 Before anything is unpickled, the archive's members are checked: their declared sizes must
 not add up to more than :data:`MAX_EXPANSION` times the file's size (``torch.save`` stores
 members uncompressed), so a small "zip bomb" cannot make the loader allocate gigabytes. The
-config's sizes are bounded (:mod:`memlens.limits`) and every weight's shape is compared with
+config's sizes are bounded (:mod:`memlens.core.limits`) and every weight's shape is compared with
 the shape the config implies (computed on the ``meta`` device, allocating nothing) before the
 model is built.
 """
@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from memlens.core.errors import MemlensError
+from memlens.core.files import write_atomic
 from memlens.data.vocab import Vocab
-from memlens.errors import MemlensError
-from memlens.io import write_atomic
 from memlens.models.encoder import RecurrentEncoder
 from memlens.models.layers import TorchLayer
 from memlens.models.lm import LanguageModel, check_config

@@ -6,9 +6,9 @@ import os
 
 import torch
 
+from memlens.core.errors import MemlensError
 from memlens.data.files import read_text
 from memlens.data.vocab import Vocab
-from memlens.errors import MemlensError
 
 
 def load_word2vec(path: str | os.PathLike, vocab: Vocab, dim: int,

@@ -26,11 +26,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
+from memlens.core.errors import MemlensError
 from memlens.data.vocab import Vocab
-from memlens.errors import MemlensError
 from memlens.models.layers import RecurrentLayer, State, TorchLayer
+from memlens.protocol import Site, role_readout
 
 ANALYSES = ("gradients", "signatures")
+#: the readout role each analysis reads when none is named (transitional: the analyses ask
+#: ``Site.resolve(encoder, default=role)`` themselves)
+DEFAULT_ROLES = {"gradients": "memory", "signatures": "output"}
 
 
 class RecurrentEncoder(nn.Module):
@@ -40,8 +44,13 @@ class RecurrentEncoder(nn.Module):
     Attributes for analyses: ``embedding`` (the input table, or None), ``input_kind``
     ("tokens" or "vectors"), ``input_size``, ``vocab`` (a :class:`~memlens.data.Vocab` or
     None), ``layers``, ``step(x, state)`` for one time step, ``states(inputs)`` for named
-    readouts per layer, ``default_readout(layer, analysis)``.
+    readouts per layer, ``default_readout(layer, analysis)``. ``tokenizer``: the model's own
+    tokenizer (Hugging Face models; corpora are read through it), else None; ``model_type``:
+    where the model came from ("mamba", "rwkv", ... for Hugging Face models), else None.
     """
+
+    tokenizer: object | None = None
+    model_type: str | None = None
 
     def __init__(self, embedding: nn.Embedding | None, layers: Sequence[RecurrentLayer],
                  dropout: float = 0.0, vocab: Vocab | None = None,
@@ -65,6 +74,12 @@ class RecurrentEncoder(nn.Module):
         if vocab is not None:
             self.set_vocab(vocab)
         self.set_head(head)
+        self.tokenizer = None
+        self.model_type = None
+
+    def set_tokenizer(self, tokenizer: object | None) -> None:
+        """Attach the model's own tokenizer (None: read corpora as symbols of ``vocab``)."""
+        self.tokenizer = tokenizer
 
     def set_head(self, head: nn.Module | None) -> None:
         """Attach a next-token head: a module mapping the top layer's output (B x H) to logits
@@ -134,30 +149,21 @@ class RecurrentEncoder(nn.Module):
         return int(layer) % self.num_layers
 
     def default_readout(self, layer: int = -1, analysis: str = "gradients") -> str:
-        """The readout analysed when none is named; decided here and nowhere else.
-
-        State gradients of an LSTM-type layer: the cell state c_t (as Verwimp et al.); every
-        other case: the layer's output readout ("hidden" for LSTM/GRU/RNN layers).
-        """
+        """The readout an analysis reads when none is named: the role the analysis asks for
+        (:data:`DEFAULT_ROLES`) as the layer declares it. State gradients: the layer's
+        ``memory_readout`` (an LSTM's cell state c_t, as Verwimp et al.); signatures: its
+        ``output_readout`` ("hidden" for LSTM/GRU/RNN layers)."""
         if analysis not in ANALYSES:
             raise MemlensError(f"unknown analysis {analysis!r}")
-        lay = self.layers[self.resolve_layer(layer)]
-        if analysis == "gradients" and lay.kind == "lstm" and "cell" in lay.readouts:
-            return "cell"
-        return lay.output_readout
+        return role_readout(self.layers[self.resolve_layer(layer)], DEFAULT_ROLES[analysis])
 
     def check_readout(self, layer: int, readout: str | None,
                       analysis: str = "gradients") -> tuple[int, str]:
         """Validate a (layer, readout) pair (None = the default); return (layer, readout)."""
-        layer = self.resolve_layer(layer)
         if readout is None:
-            return layer, self.default_readout(layer, analysis)
-        lay = self.layers[layer]
-        names = lay.readouts
-        if readout not in names:
-            raise MemlensError(f"unknown readout {readout!r} for layer {layer} "
-                               f"({lay.kind}): choose from {', '.join(names)}")
-        return layer, readout
+            readout = self.default_readout(layer, analysis)
+        site = Site(layer, readout).resolve(self)
+        return site.layer, site.readout
 
     def readout_size(self, layer: int, readout: str) -> int:
         layer, readout = self.check_readout(layer, readout)

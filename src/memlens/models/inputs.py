@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from memlens.core.errors import MemlensError
 from memlens.data.corpus import Corpus
 from memlens.data.vocab import EOS
-from memlens.errors import MemlensError
 from memlens.models.encoder import RecurrentEncoder
 
 

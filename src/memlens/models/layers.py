@@ -2,8 +2,8 @@
 
 Every layer maps an input sequence x (T x B x I) to states. The contract (what the analyses
 use) is the :class:`RecurrentLayer` base class: ``input_size``, ``hidden_size`` (the size of the
-``output`` readout, which is the next layer's input), ``init_state``, ``step``, named
-``readouts`` with ``readout_size``/``readout``, ``forward`` and ``sequence_states``. State may be
+``output`` readout, which is the next layer's input), ``init_state``, ``step``, declared
+readouts (``readout_specs``, ``readout``), ``forward`` and ``sequence_states``. State may be
 any nested structure (tuple, list, dict) of tensors with the batch first; the built-in layers use
 a tuple of B x H tensors: ``(h, c)`` for LSTM-type layers, ``(h,)`` for GRU and Elman RNN layers.
 :class:`StepLayer` adapts any step function (a state-space layer, a matrix memory, ...).
@@ -18,136 +18,33 @@ a tuple of B x H tensors: ``(h, c)`` for LSTM-type layers, ``(h,)`` for GRU and 
 * ``dense_weights()`` returns (W_ih, W_hh, b_ih, b_hh) as dense matrices in PyTorch's gate
   order (LSTM: i, f, g, o; GRU: r, z, n), which is all the state-gradient engine needs.
 
-LSTM:  [i f g o] = W_ih x + b_ih + W_hh h + b_hh;  i,f,o = sigmoid, g = tanh
-       c' = f * c + i * g;   h' = o * tanh(c')
-GRU:   r = sigmoid(W_ir x + b_ir + W_hr h + b_hr);  z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
-       n = tanh(W_in x + b_in + r * (W_hn h + b_hn));  h' = (1 - z) * n + z * h
-RNN:   h' = tanh(W_ih x + b_ih + W_hh h + b_hh)   (or relu)
+The contract itself (:class:`RecurrentLayer`, readout / tangent / unit-set declarations)
+lives in :mod:`memlens.protocol`; the gate equations in :mod:`memlens.protocol.gates`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from memlens.errors import MemlensError
+from memlens.core.errors import MemlensError
+from memlens.protocol import (
+    GATE_KINDS,
+    Readout,
+    RecurrentLayer,
+    State,
+    UnitSet,
+    lstm_cell,
+    lstm_cell_sequence,
+)
 
-State = tuple[Tensor, ...]
+KINDS = GATE_KINDS
 
-KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
-
-
-def lstm_cell(gates: Tensor, c: Tensor) -> State:
-    """LSTM update from pre-activations ``gates`` (B x 4H, order i f g o) and cell ``c``."""
-    i, f, g, o = gates.chunk(4, dim=-1)
-    c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    h_new = torch.sigmoid(o) * torch.tanh(c_new)
-    return h_new, c_new
-
-
-def lstm_cell_sequence(gates: Tensor, c0: Tensor) -> Tensor:
-    """All cell states of an LSTM given all pre-activations ``gates`` (T x B x 4H) and c0.
-
-    The gates are computed in one matrix product beforehand; only this scan is sequential.
-    Returns T x B x H.
-    """
-    i, f, g, o = gates.chunk(4, dim=-1)
-    forget = torch.sigmoid(f)
-    write = torch.sigmoid(i) * torch.tanh(g)
-    cells = torch.empty_like(write)
-    c = c0
-    for t in range(gates.shape[0]):
-        c = forget[t] * c + write[t]
-        cells[t] = c
-    return cells
-
-
-class RecurrentLayer(nn.Module):
-    """Base class: one recurrent layer (see module docstring for the contract).
-
-    ``kind`` is "lstm", "gru", "rnn_tanh" or "rnn_relu" for layers defined by gate equations
-    over ``dense_weights()`` (these get hand-derived tangents), "custom" otherwise.
-    ``output_readout`` names the readout that feeds the next layer ("hidden").
-    """
-
-    kind: str
-    input_size: int
-    hidden_size: int
-    output_readout: str = "hidden"
-
-    @property
-    def readouts(self) -> tuple[str, ...]:
-        return ("hidden", "cell") if self.kind == "lstm" else ("hidden",)
-
-    def readout_size(self, name: str) -> int:
-        """Number of values of readout ``name`` (per batch row)."""
-        return self.hidden_size
-
-    def output(self, state) -> Tensor:
-        """The layer's output (B x hidden_size): the next layer's input."""
-        return self.readout(state, self.output_readout)
-
-    @property
-    def state_names(self) -> tuple[str, ...]:
-        return ("hidden", "cell") if self.kind == "lstm" else ("hidden",)
-
-    def init_state(self, batch: int, device=None, dtype=None) -> State:
-        ref = next(self.parameters())
-        z = torch.zeros(batch, self.hidden_size, device=device or ref.device,
-                        dtype=dtype or ref.dtype)
-        return (z, z.clone()) if self.kind == "lstm" else (z,)
-
-    def readout(self, state: State, name: str) -> Tensor:
-        """Readout ``name`` of ``state``: B x readout_size(name)."""
-        return state[self.state_names.index(name)]
-
-    # -- to be provided by subclasses -------------------------------------------------------
-    def dense_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        raise NotImplementedError
-
-    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        raise NotImplementedError
-
-    # -- generic implementations from dense weights ------------------------------------------
-    def step(self, x: Tensor, state: State) -> State:
-        """One time step: x (B x I), state -> new state, by the equations in the docstring."""
-        w_ih, w_hh, b_ih, b_hh = self.dense_weights()
-        h = state[0]
-        if self.kind == "lstm":
-            return lstm_cell(x @ w_ih.T + b_ih + h @ w_hh.T + b_hh, state[1])
-        if self.kind == "gru":
-            gi = x @ w_ih.T + b_ih
-            gh = h @ w_hh.T + b_hh
-            i_r, i_z, i_n = gi.chunk(3, dim=-1)
-            h_r, h_z, h_n = gh.chunk(3, dim=-1)
-            r = torch.sigmoid(i_r + h_r)
-            z = torch.sigmoid(i_z + h_z)
-            n = torch.tanh(i_n + r * h_n)
-            return ((1 - z) * n + z * h,)
-        pre = x @ w_ih.T + b_ih + h @ w_hh.T + b_hh
-        return (torch.tanh(pre) if self.kind == "rnn_tanh" else torch.relu(pre),)
-
-    def sequence_states(self, x: Tensor, state: State | None = None, names=None
-                        ) -> tuple[dict[str, Tensor], State]:
-        """Readouts at every step: ({"hidden": T x B x H[, "cell": T x B x H]}, final).
-
-        ``names``: the readouts wanted (default all); "hidden" is always included (it is the
-        next layer's input); the LSTM cell sequence costs an extra scan, so it is computed only
-        when asked for.
-        """
-        if state is None:
-            state = self.init_state(x.shape[1], x.device, x.dtype)
-        hidden, final = self.forward(x, state)
-        out = {"hidden": hidden}
-        if self.kind == "lstm" and (names is None or "cell" in names):
-            w_ih, w_hh, b_ih, b_hh = self.dense_weights()
-            h_prev = torch.cat([state[0].unsqueeze(0), hidden[:-1]], dim=0)
-            gates = x @ w_ih.T + b_ih + h_prev @ w_hh.T + b_hh
-            out["cell"] = lstm_cell_sequence(gates, state[1])
-        return out, final
-
+__all__ = ["KINDS", "FactorizedLSTMLayer", "GroupedLSTMLayer", "RecurrentLayer", "State",
+           "StepLayer", "TorchLayer", "lstm_cell", "lstm_cell_sequence"]
 
 class TorchLayer(RecurrentLayer):
     """One layer backed by a single-layer ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` (fast path)."""
@@ -209,6 +106,8 @@ class FactorizedLSTMLayer(RecurrentLayer):
     """
 
     kind = "lstm"
+    unit_families = ("factor", "basis", "bases")
+    unit_owner = "a factorised LSTM"
 
     def __init__(self, input_size: int, hidden_size: int, rank: int):
         super().__init__()
@@ -229,6 +128,49 @@ class FactorizedLSTMLayer(RecurrentLayer):
     def factor_space(self, h: Tensor) -> Tensor:
         """Project hidden states (... x H) to the rank-r factor space (... x r)."""
         return self.factor_in(h)
+
+    # -- unit sets: the factor space and its bases (hidden readout only) -------------------
+    def unit_sets(self, readout: str | None = None) -> Mapping[str, str]:
+        sets = dict(super().unit_sets(readout))
+        if (readout or self.output_readout) == "hidden":
+            sets["factor"] = f"the rank-{self.rank} factor space A h ({self.rank} values)"
+            sets["basis:J"] = (f"basis J of the factor space: (A h)_J = a_J . h (1 value; "
+                               f"J in 0..{self.rank - 1})")
+        return sets
+
+    def units(self, spec: str, readout: str | None = None) -> UnitSet:
+        """``"factor"``: A h (r values); ``"basis:J"``: (A h)_J (1 value); both of the hidden
+        readout only. Other specs: :meth:`RecurrentLayer.units`.
+
+        With W_hh = B A, basis j reaches the next step only through the scalar (A h)_j, so
+        that coefficient is the part of the state that basis j carries."""
+        if spec != "factor" and not spec.startswith("basis:"):
+            return super().units(spec, readout)
+        readout = self.output_readout if readout is None else readout
+        self.readout_spec(readout)
+        if readout != "hidden":
+            raise MemlensError(f"units {spec!r}: the factor space is defined for the hidden "
+                               "readout only")
+        if spec == "factor":
+            return UnitSet(spec, readout, self.rank, project=self.factor_space)
+        j = self.basis_index(spec)
+        return UnitSet(spec, readout, 1, project=lambda s: self.factor_space(s)[..., j:j + 1])
+
+    def basis_index(self, spec: str) -> int:
+        """J of a ``basis:J`` spec, checked against the rank."""
+        try:
+            j = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise MemlensError(f"bad unit spec {spec!r}: expected basis:J with an integer J"
+                               ) from None
+        if not 0 <= j < self.rank:
+            raise MemlensError(f"basis {j} out of range: the layer has rank {self.rank} "
+                               f"(valid 0..{self.rank - 1})")
+        return j
+
+    def unit_splits(self) -> Mapping[str, list[str]]:
+        """``"bases"``: the whole factor space, then each basis J = 0..r-1."""
+        return {"bases": ["factor"] + [f"basis:{j}" for j in range(self.rank)]}
 
     def step(self, x: Tensor, state: State) -> State:
         gates = self.input_proj(x) + self.factor_out(self.factor_in(state[0]))
@@ -254,6 +196,8 @@ class GroupedLSTMLayer(RecurrentLayer):
     """
 
     kind = "lstm"
+    unit_families = ("group", "groups")
+    unit_owner = "a grouped LSTM"
 
     def __init__(self, input_size: int, hidden_size: int, groups: int):
         super().__init__()
@@ -271,6 +215,32 @@ class GroupedLSTMLayer(RecurrentLayer):
             raise MemlensError(f"group {g} out of range: the layer has {self.groups} groups")
         size = self.hidden_size // self.groups
         return list(range(g * size, (g + 1) * size))
+
+    # -- unit sets: the units of one group -----------------------------------------------
+    def unit_sets(self, readout: str | None = None) -> Mapping[str, str]:
+        sets = dict(super().unit_sets(readout))
+        sets["group:G"] = (f"the {self.hidden_size // self.groups} units of group G "
+                           f"(G in 0..{self.groups - 1})")
+        return sets
+
+    def units(self, spec: str, readout: str | None = None) -> UnitSet:
+        """``"group:G"``: the H/G units of group G (hidden or cell). Other specs:
+        :meth:`RecurrentLayer.units`."""
+        if not spec.startswith("group:"):
+            return super().units(spec, readout)
+        readout = self.output_readout if readout is None else readout
+        self.readout_spec(readout)
+        try:
+            g = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise MemlensError(f"bad unit spec {spec!r}: expected group:G with an integer G"
+                               ) from None
+        index = tuple(self.group_units(g))
+        return UnitSet(spec, readout, len(index), index=index)
+
+    def unit_splits(self) -> Mapping[str, list[str]]:
+        """``"groups"``: one unit set per group."""
+        return {"groups": [f"group:{g}" for g in range(self.groups)]}
 
     def dense_weights(self):
         gh = self.hidden_size // self.groups
@@ -324,6 +294,8 @@ class StepLayer(RecurrentLayer):
       the first).
     * ``module``: the ``nn.Module`` owning the parameters the functions use, so that ``.to()``,
       ``state_dict()`` and the random-initialisation control see them.
+    * ``linear``: names of readouts that are linear in the state (``lambda s: s[0].flatten(1)``,
+      y = C h): their tangents skip a jvp (:class:`~memlens.protocol.Readout`).
 
     Example (a diagonal linear state-space layer, state d x n, readout y = C h)::
 
@@ -339,7 +311,8 @@ class StepLayer(RecurrentLayer):
     kind = "custom"
 
     def __init__(self, step, init_state, input_size: int, readouts: dict,
-                 output: str | None = None, module: nn.Module | None = None):
+                 output: str | None = None, module: nn.Module | None = None,
+                 linear: Collection[str] = ()):
         super().__init__()
         if not callable(step) or not callable(init_state):
             raise MemlensError("StepLayer needs callable step and init_state functions")
@@ -353,7 +326,10 @@ class StepLayer(RecurrentLayer):
                                f"readouts {', '.join(self._readouts)}")
         self.module = module if module is not None else nn.Module()
         self.input_size = int(input_size)
-        self._sizes: dict[str, int] = {}
+        unknown = sorted(set(linear) - set(self._readouts))
+        if unknown:
+            raise MemlensError(f"linear= names unknown readouts: {', '.join(unknown)}")
+        self._specs: dict[str, Readout] = {}
         with torch.no_grad():
             probe = self.init_state(1)
             for name in self._readouts:
@@ -361,19 +337,16 @@ class StepLayer(RecurrentLayer):
                 if r.dim() != 2 or r.shape[0] != 1:
                     raise MemlensError(f"readout {name!r} must return a B x D tensor, got "
                                        f"shape {tuple(r.shape)} for B=1")
-                self._sizes[name] = r.shape[1]
-        self.hidden_size = self._sizes[self.output_readout]
+                self._specs[name] = Readout(name, r.shape[1], name in linear)
+        self.hidden_size = self._specs[self.output_readout].size
 
-    @property
-    def readouts(self) -> tuple[str, ...]:
-        return tuple(self._readouts)
+    def readout_specs(self) -> Mapping[str, Readout]:
+        """The readouts given, with the sizes probed on ``init_state(1)``."""
+        return self._specs
 
     @property
     def state_names(self) -> tuple[str, ...]:
         return self.readouts
-
-    def readout_size(self, name: str) -> int:
-        return self._sizes[name]
 
     def _reference(self) -> Tensor | None:
         return next(self.module.parameters(), None)

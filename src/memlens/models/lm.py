@@ -4,6 +4,8 @@ Architectures: ``lstm``, ``gru``, ``rnn`` (Elman, tanh), ``flstm`` (factorised r
 kernel of rank ``rank``) and ``glstm`` (``groups`` independent groups), any number of layers,
 embedding size independent of hidden size, dropout (on embeddings, between layers and before
 the decoder), optional tied input/output embeddings and optional fixed pretrained embeddings.
+The architectures are the registered layer types (:mod:`memlens.models.registry`): a new one
+is a :class:`~memlens.protocol.RecurrentLayer` subclass and one ``register_layer`` line.
 """
 
 from __future__ import annotations
@@ -12,17 +14,13 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from memlens.errors import MemlensError
-from memlens.limits import MAX_LAYERS, MAX_VOCAB, MAX_WIDTH, check_int, check_memory
+from memlens.core.errors import MemlensError
+from memlens.core.limits import MAX_LAYERS, MAX_VOCAB, MAX_WIDTH, check_int, check_memory
 from memlens.models.encoder import RecurrentEncoder
-from memlens.models.layers import (
-    FactorizedLSTMLayer,
-    GroupedLSTMLayer,
-    RecurrentLayer,
-    State,
-    TorchLayer,
-)
+from memlens.models.layers import RecurrentLayer, State
+from memlens.models.registry import build_layer, layer_type
 
+#: the built-in architectures (more: :func:`memlens.models.registry.register_layer`)
 ARCHITECTURES = ("lstm", "gru", "rnn", "flstm", "glstm")
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -34,25 +32,14 @@ DEFAULT_CONFIG: dict[str, Any] = {
 
 def make_layer(arch: str, input_size: int, hidden: int, config: dict[str, Any]
                ) -> RecurrentLayer:
-    if arch == "lstm":
-        return TorchLayer.create("lstm", input_size, hidden)
-    if arch == "gru":
-        return TorchLayer.create("gru", input_size, hidden)
-    if arch == "rnn":
-        return TorchLayer.create("rnn_tanh", input_size, hidden)
-    if arch == "flstm":
-        return FactorizedLSTMLayer(input_size, hidden, config.get("rank") or max(1, hidden // 4))
-    if arch == "glstm":
-        return GroupedLSTMLayer(input_size, hidden, int(config.get("groups") or 2))
-    raise MemlensError(f"unknown architecture {arch!r}: choose from {', '.join(ARCHITECTURES)}")
+    """One layer of the registered architecture ``arch`` (input_size -> hidden)."""
+    return build_layer(arch, input_size, hidden, config)
 
 
 def check_config(config: dict[str, Any]) -> dict[str, Any]:
     """Fill defaults and refuse impossible combinations with a clear message."""
     cfg = {**DEFAULT_CONFIG, **config}
-    if cfg["arch"] not in ARCHITECTURES:
-        raise MemlensError(f"unknown architecture {cfg['arch']!r}: choose from "
-                           f"{', '.join(ARCHITECTURES)}")
+    kind = layer_type(cfg["arch"])
     for key in ("layers", "emb", "hidden"):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
             raise MemlensError(f"--{key} must be a positive integer, got {cfg[key]!r}")
@@ -69,14 +56,8 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
     if cfg["tied"] and cfg["emb"] != cfg["hidden"]:
         raise MemlensError(f"tied weights need --emb equal to --hidden "
                            f"(got emb={cfg['emb']}, hidden={cfg['hidden']})")
-    if cfg["arch"] == "glstm":
-        g = int(cfg["groups"] or 0)
-        if g < 1 or cfg["emb"] % g or cfg["hidden"] % g:
-            raise MemlensError(f"grouped LSTM needs --emb ({cfg['emb']}) and --hidden "
-                               f"({cfg['hidden']}) divisible by --groups ({g})")
-    if cfg["arch"] == "flstm" and cfg["rank"] is not None and not 1 <= cfg["rank"] <= cfg[
-            "hidden"]:
-        raise MemlensError(f"--rank must be in 1..{cfg['hidden']}, got {cfg['rank']}")
+    if kind.check is not None:
+        kind.check(cfg)
     check_memory(4 * parameter_count(cfg, cfg["vocab_size"] or 1), "a model of this size")
     return cfg
 

@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from memlens.core.errors import MemlensError
 from memlens.data.corpus import Corpus, load_corpus
 from memlens.data.vocab import Vocab
-from memlens.errors import MemlensError
 from memlens.models.encoder import RecurrentEncoder, as_encoder
 
 SPEC_HELP = ("a memlens checkpoint (.pt), FILE.py:FUNCTION returning a wrapped model, or "
@@ -59,7 +59,7 @@ class LoadedModel:
         Hugging Face model (a :class:`~memlens.models.hf.SubwordCorpus`: word tags on the
         first sub-token of each word)."""
         corpus = load_corpus(path, format, self.unit)
-        tokenizer = getattr(self.encoder, "tokenizer", None)
+        tokenizer = self.encoder.tokenizer
         if tokenizer is None:
             return corpus
         from memlens.models.hf import tokenize_corpus
@@ -178,8 +178,8 @@ def _load_hf(spec: str, vocab, device, unit) -> LoadedModel:
     encoder = from_hf(spec[3:])
     if vocab is not None:
         encoder.set_vocab(Vocab.read(vocab))
-        object.__setattr__(encoder, "tokenizer", None)  # the user's symbols, as given
+        encoder.set_tokenizer(None)  # the user's symbols, as given
     info = describe(encoder, spec)
-    info["arch"] = f"hf-{encoder.hf_model_type}"
+    info["arch"] = f"hf-{encoder.model_type}"
     encoder = encoder.to(device).eval()
     return LoadedModel(encoder, encoder, "word", info, {})

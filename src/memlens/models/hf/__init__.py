@@ -1,0 +1,67 @@
+"""Today's recurrent language models from Hugging Face transformers: Mamba, RWKV and xLSTM.
+
+Modules: :mod:`.registry` (the family registry, ``register_family``), :mod:`.common`
+(:func:`load_hf`, :func:`from_hf`, the tokenizer's symbols), :mod:`.block` (the block layer
+and head every family shares), :mod:`.corpus` (corpora in the model's own tokens), and one
+module per family (:mod:`.mamba`, :mod:`.rwkv`, :mod:`.xlstm`) with its registry line below.
+
+:func:`from_hf` turns a ``MambaForCausalLM``, ``RwkvForCausalLM`` or ``xLSTMForCausalLM`` (or a
+directory / name that ``from_pretrained`` resolves) into a :class:`RecurrentEncoder`:
+
+* **inputs**: token ids through the model's input embeddings (``get_input_embeddings()``); the
+  analysed x_t is the embedding row (``inputs_embeds``).
+* **layers**: one :class:`HFBlockLayer` per block, whose ``step`` is the block's own forward for
+  one token, written out in plain PyTorch (no CUDA kernels; every dtype; differentiable by
+  ``torch.func.jvp``, so state gradients take the generic tangent path). The state is a dict of
+  tensors (batch first); ``step`` reproduces the model's forward (tests: <= 1e-5 in float32).
+* **readouts** per block, each flattened to B x D: ``"hidden"`` = the block's output (the
+  residual stream: what ``output_hidden_states`` returns for that block; the default readout)
+  and every recurrent state component under its own name:
+
+  ======  ==========================================================================
+  Mamba   ``ssm`` (d_inner x d_state), ``conv`` (d_inner x (conv_kernel - 1): the last
+          inputs of the causal convolution; HF's cache keeps one more, unused, column)
+  RWKV    ``numerator``, ``denominator``, ``max`` (the stabilised WKV sums, attention size
+          each), ``att_shift``, ``ffn_shift`` (the previous token's normalised input of the
+          time-mix and channel-mix, hidden size each)
+  xLSTM   ``C`` (heads x d_qk x d_v matrix memory), ``n`` (heads x d_qk normaliser),
+          ``m`` (heads: the stabiliser)
+  ======  ==========================================================================
+
+* **head** (context ablation only): the final norm and the LM head (and xLSTM's logit soft cap).
+* **vocabulary**: the tokenizer's tokens, shown decoded (``tokenizer.decode([id])``; the raw
+  token where two ids decode alike; ``<id:N>`` for embedding rows beyond the tokenizer).
+  :func:`tokenize_corpus` tokenises a word corpus with the model's own tokenizer.
+
+Numerics: the step computes in the dtype of its input; the models' forwards cast some
+reductions to float32 (Mamba's RMSNorm and residual, RWKV's WKV keys, xLSTM's states), which
+equals the step in float32. RWKV in eval mode divides some weights by 2 every
+``rescale_every`` blocks (and the hidden state accordingly); :func:`from_hf` puts the model in
+that inference form, as its own forward in eval mode does.
+"""
+
+
+from memlens.models.hf.block import HFBlockLayer, HFHead, HFState
+from memlens.models.hf.common import from_hf, hf_symbols, load_hf
+from memlens.models.hf.corpus import SubwordCorpus, tokenize_corpus
+from memlens.models.hf.mamba import MambaFamily, MambaLayer
+from memlens.models.hf.registry import (
+    FAMILIES,
+    HFFamily,
+    family_of,
+    register_family,
+    supported_text,
+    unregister_family,
+)
+from memlens.models.hf.rwkv import RwkvFamily, RwkvLayer
+from memlens.models.hf.xlstm import XLSTMFamily, XLSTMLayer
+
+# the families memlens reads: one line each (a new family: its module + one line here)
+register_family("mamba", MambaFamily())
+register_family("rwkv", RwkvFamily())
+register_family("xlstm", XLSTMFamily())
+
+__all__ = ["FAMILIES", "HFBlockLayer", "HFFamily", "HFHead", "HFState", "MambaFamily",
+           "MambaLayer", "RwkvFamily", "RwkvLayer", "SubwordCorpus", "XLSTMFamily",
+           "XLSTMLayer", "family_of", "from_hf", "hf_symbols", "load_hf", "register_family",
+           "supported_text", "tokenize_corpus", "unregister_family"]
