@@ -19,6 +19,8 @@ demo: install
 	$(BIN)/memlens demo --out demo-out
 
 test: install
+	# the layers contract in pyproject.toml (docs/architecture.md): no import runs upward
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -ra
 
 lint: install

@@ -12,7 +12,8 @@ from torch import nn
 
 import memlens
 from memlens.cli import main
-from memlens.errors import MemlensError
+from memlens.core.errors import MemlensError
+from memlens.runtime.options import RunOptions
 
 WORDS = ["<unk>", "the", "cat", "dog", "bird", "sat", "ran", "flew", "on", "a", "mat", "log",
          "<eos>"]
@@ -113,8 +114,9 @@ def test_wrapped_checkpoint_with_user_vocabulary(user, tmp_path):
     back = memlens.load_checkpoint(tmp_path / "own.pt")
     assert isinstance(back, memlens.RecurrentEncoder) and back.vocab.itos == words
     ids = np.random.default_rng(1).integers(0, len(words), 50)
-    a = memlens.state_gradients(enc, ids, 3, dtype="float64")
-    b = memlens.state_gradients(back, ids, 3, dtype="float64")
+    f64 = RunOptions(dtype="float64")
+    a = memlens.state_gradients(enc, ids, 3, options=f64)
+    b = memlens.state_gradients(back, ids, 3, options=f64)
     assert np.array_equal(a.means(), b.means())
     with pytest.raises(MemlensError, match="'<unk>' is not in the vocabulary"):
         memlens.state_gradients(back, ["the", "<unk>"], 1)

@@ -1,7 +1,6 @@
 """memlens: what recurrent sequence models remember of their past input, and for how long."""
 
-__version__ = "0.1.0"
-
+from memlens.core.version import __version__  # noqa: F401
 from memlens.data import Corpus, Vocab, load_corpus, make_synthetic  # noqa: E402
 from memlens.errors import MemlensError  # noqa: E402
 from memlens.models import (  # noqa: E402
@@ -32,7 +31,7 @@ __all__ = ["Corpus", "LanguageModel", "MemlensError", "RecurrentEncoder", "Recur
 def __getattr__(name: str):
     # The analyses are imported lazily so that `import memlens` stays light.
     if name == "state_gradients":
-        from memlens.gradients import state_gradients
+        from memlens.analyses.gradients import state_gradients
 
         return state_gradients
     if name == "from_hf":  # needs the optional transformers package only when called
@@ -40,11 +39,11 @@ def __getattr__(name: str):
 
         return from_hf
     if name == "context_ablation":
-        from memlens.ablation import context_ablation
+        from memlens.analyses.ablation import context_ablation
 
         return context_ablation
     if name == "memory_signature":
-        from memlens.signatures import memory_signature
+        from memlens.analyses.signatures import memory_signature
 
         return memory_signature
     raise AttributeError(f"module 'memlens' has no attribute {name!r}")

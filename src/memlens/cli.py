@@ -1,7 +1,10 @@
 """Command-line interface: a thin layer over the Python API.
 
-Each sub-command lives in ``memlens.commands.<name>`` with ``register(subparsers)``; errors
-that users can cause become one line on stderr and a non-zero exit code.
+Each sub-command lives in ``memlens.commands.<name>`` with ``register(subparsers)`` (what they
+share, the loader of a run's inputs included, is in :mod:`memlens.commands.common`; no command
+imports this module). Here the parser is built from them and errors are mapped: a
+:class:`~memlens.core.errors.MemlensError` (every refusal of user input: the API validates)
+becomes one line on stderr and exit 2, an interrupt exit 130.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from memlens.errors import MemlensError
+from memlens.core.errors import MemlensError
 
 COMMANDS = ("train", "evaluate", "gradients", "signatures", "ablation", "ngram", "demo",
             "report", "speech-corpus", "train-asr")
@@ -32,7 +35,7 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="memlens", description="What recurrent models remember, and "
                            "for how long: state gradients and memory signatures.")
-    from memlens import __version__
+    from memlens.core.version import __version__
 
     parser.add_argument("--version", action="version", version=f"memlens {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
@@ -50,13 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _terminate(signum, frame):  # noqa: ARG001
     raise KeyboardInterrupt
-
-
-def add_overwrite(p: argparse.ArgumentParser) -> None:
-    """The ``--overwrite`` option of every command that writes an output."""
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier memlens output at --out (only the files memlens "
-                   "wrote; anything else there is never replaced)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

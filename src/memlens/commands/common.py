@@ -1,18 +1,26 @@
-"""What several sub-commands share: the model options, reading input-vector files, and the
-output directory of a run that may be sharded over torchrun processes."""
+"""What several sub-commands share: the model and corpus options and the ONE loader of a run's
+inputs (:func:`inputs_from_args`), arguments declared by the runtime option schema
+(:func:`add_option`), ``--overwrite``, and the output directory of a run that may be sharded
+over torchrun processes.
+
+Validation lives in the API each command calls (the option schema, the analyses, the loader in
+:mod:`memlens.models.run_inputs`); a command only parses and passes values on, and
+:mod:`memlens.cli` turns a :class:`~memlens.core.errors.MemlensError` into one line and exit 2.
+"""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-import numpy as np
 import torch
 
-from memlens.errors import MemlensError
+from memlens.models.run_inputs import RunInputs, load_run_inputs, load_vectors
+from memlens.runtime.options import OPTIONS
 
 T = TypeVar("T")
 
@@ -28,19 +36,59 @@ def add_model_arguments(p) -> None:
                    "characters (default: the checkpoint's unit; word for your own models)")
 
 
-def load_vectors(path: str, size: int, max_rows: int | None = None):
-    """T x I input vectors from a .npy file (never unpickled)."""
-    if not str(path).endswith(".npy"):
-        raise MemlensError(f"this model reads continuous vectors: --corpus must be a .npy file "
-                           f"of T x {size} floats, got {path}")
-    try:
-        arr = np.load(path, allow_pickle=False, mmap_mode="r")
-    except (OSError, ValueError) as exc:
-        raise MemlensError(f"cannot read input vectors {path}: {str(exc)[:200]}") from None
-    if arr.ndim != 2 or arr.shape[1] != size or arr.dtype.kind != "f":
-        raise MemlensError(f"{path}: expected a T x {size} float array, got {arr.dtype} "
-                           f"{arr.shape}")
-    return np.array(arr[:max_rows] if max_rows else arr, dtype=np.float64)
+def add_overwrite(p: argparse.ArgumentParser) -> None:
+    """The ``--overwrite`` option of every command that writes an output."""
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier memlens output at --out (only the files memlens "
+                   "wrote; anything else there is never replaced)")
+
+
+def add_option(parser: argparse.ArgumentParser, name: str, *aliases: str,
+               flag: str | None = None, **overrides: Any) -> argparse.Action:
+    """Add the option ``name`` of the runtime schema (:data:`memlens.runtime.options.OPTIONS`)
+    to ``parser``: its flag (``--name-with-dashes``, or ``flag``; ``aliases``: more spellings),
+    type, default, choices and help from the declaration, ``overrides`` replacing any of them
+    (a command's own ``default`` or ``help``). The parsed value lands in ``args.<name>``.
+
+    A bool option is a switch: ``--name`` sets True (store_true); a ``flag`` spelled
+    ``--no-...`` sets False (store_false, default True), e.g. ``add_option(p, "progress",
+    flag="--no-progress")``. argparse only converts the type; the API validates the value.
+    """
+    opt = OPTIONS.get(name)
+    if opt is None:
+        raise KeyError(f"no option {name!r} in the runtime option schema")
+    flag = flag or opt.cli_flag
+    kwargs = opt.argparse_kwargs()
+    if opt.type is bool:
+        kwargs = {**kwargs, "dest": name,
+                  "action": "store_false" if flag.startswith("--no-") else "store_true"}
+    kwargs.update(overrides)
+    return parser.add_argument(flag, *aliases, **kwargs)
+
+
+def inputs_from_args(args: argparse.Namespace, need: str = "any", *,
+                     device: str | torch.device | None = None, what: str | None = None
+                     ) -> RunInputs:
+    """The run's model and stream from ``args.model``, ``args.corpus``, ``args.vocab``,
+    ``args.unit``, ``args.format`` and ``args.max_tokens`` (those a command lacks are not
+    given) through :func:`memlens.models.run_inputs.load_run_inputs`, on ``device`` (default:
+    ``args.device`` resolved, else cpu). ``need="tokens"`` refuses a model with continuous
+    inputs ("memlens COMMAND needs a token model"). Warnings go through :func:`log`."""
+    if device is None:
+        from memlens.runtime.options import resolve_device
+
+        device = resolve_device(getattr(args, "device", None) or "cpu")
+    command = getattr(args, "command", None)
+    return load_run_inputs(args.model, args.corpus, vocab=getattr(args, "vocab", None),
+                           unit=getattr(args, "unit", None),
+                           format=getattr(args, "format", None) or "text",
+                           max_tokens=getattr(args, "max_tokens", None), device=device,
+                           need=need, what=what or (f"memlens {command}" if command
+                                                    else "this command"), log=log)
+
+
+__all__ = ["RunInputs", "add_model_arguments", "add_option", "add_overwrite",
+           "inputs_from_args", "load_vectors", "log", "sharded_output", "train_into"]
 
 
 _QUIET = [False]  # set by sharded_output on ranks other than 0
@@ -51,7 +99,7 @@ def train_into(out: str, overwrite: bool, resume: bool, fit: Callable[[], T]) ->
     in :func:`memlens.training.progress_path` (OUT), with OUT claimed as memlens output (refused
     if it is not one, unless ``overwrite``); an interrupt names the saved state and says how to
     continue (``memlens train`` and ``memlens train-asr``)."""
-    from memlens.io import claim_output
+    from memlens.runtime.io import claim_output
     from memlens.training import progress_path
 
     with claim_output(out, overwrite, resume, directory=False) as path:
@@ -82,8 +130,8 @@ def sharded_output(out: str, overwrite: bool, resume: bool, device: torch.device
     path, and stop with a one-line error when rank 0 could not claim it), and the group is
     destroyed on the way out. Inside, :func:`log` is silent on ranks other than 0.
     """
-    from memlens import distributed
-    from memlens.io import claim_output
+    from memlens.runtime import distributed
+    from memlens.runtime.io import claim_output
 
     created = distributed.launched() and distributed.current() is None
     device = distributed.init_from_env(device)

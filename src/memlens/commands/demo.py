@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 
-from memlens.cli import add_overwrite
+from memlens.commands.common import add_option, add_overwrite
 from memlens.demo import DemoConfig, run_demo
-from memlens.io import claim_output
+from memlens.runtime.io import claim_output
 from memlens.studies.planted import recovered_text
 
 
@@ -27,8 +27,8 @@ def register(sub) -> None:
     p.add_argument("--distance", type=int, default=5, help="planted memory length (steps)")
     p.add_argument("--quick", action="store_true",
                    help="smaller corpus and fewer epochs (a smoke test; weaker models)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_option(p, "seed")
+    add_option(p, "progress", flag="--no-progress", help="no progress bars")
     add_overwrite(p)
     p.set_defaults(func=run)
 
@@ -36,7 +36,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the demo and print where the report is and what was recovered."""
     cfg = DemoConfig(out=args.out, distance=args.distance, seed=args.seed,
-                     progress=False if args.no_progress else True)
+                     progress=args.progress)
     if args.quick:
         cfg = DemoConfig(**{**cfg.__dict__, **QUICK})
     cfg.check()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from memlens.data import load_corpus
-from memlens.models.checkpoint import load_checkpoint
+from memlens.commands.common import add_option, inputs_from_args
+from memlens.core.errors import MemlensError
+from memlens.models.lm import LanguageModel
 from memlens.runtime.options import resolve_device
 from memlens.training import perplexity_report
 
@@ -15,16 +16,20 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help="memlens checkpoint")
     p.add_argument("--corpus", required=True, help="corpus to evaluate on")
     p.add_argument("--format", choices=["text", "conllu"], default="text")
-    p.add_argument("--device", default="auto")
+    add_option(p, "device")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Load the model and the corpus (the shared loader), print the perplexity report."""
     device = resolve_device(args.device)
-    model = load_checkpoint(args.model, device)
-    corpus = load_corpus(args.corpus, args.format, model.config["unit"])
-    report = perplexity_report(model, corpus, device)
-    unit = "character" if model.config["unit"] == "char" else "word"
+    run_inputs = inputs_from_args(args, need="tokens", device=device)
+    model = run_inputs.loaded.model
+    if not isinstance(model, LanguageModel):
+        raise MemlensError(f"memlens eval needs a language model (a memlens train checkpoint, "
+                           f"with its output layer); {args.model} is an encoder only")
+    report = perplexity_report(model, run_inputs.corpus, device)
+    unit = "character" if run_inputs.loaded.unit == "char" else "word"
     print(f"tokens: {report['tokens']}")
     print(f"unigram perplexity (same vocabulary): {report['unigram_perplexity']:.4f}")
     print(f"bits per {unit}: {report['bits']:.4f}")

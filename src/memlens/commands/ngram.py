@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from memlens.cli import add_overwrite
+from memlens.commands.common import add_option, add_overwrite
 
 
 def register(sub) -> None:
@@ -20,7 +20,7 @@ def register(sub) -> None:
     p.add_argument("--order", type=int, default=5)
     p.add_argument("--unit", choices=["word", "char"], default="char")
     p.add_argument("--format", choices=["text", "conllu"], default="text")
-    p.add_argument("--max-tokens", type=int, help="use only the first N training tokens")
+    add_option(p, "max_tokens", help="use only the first N training tokens")
     p.add_argument("--out", help="write the evaluation summary as JSON here")
     add_overwrite(p)
     p.set_defaults(func=run)
@@ -30,21 +30,21 @@ def run(args: argparse.Namespace) -> int:
     """Check the options and --out, fit the model, print (and write) the evaluation."""
     from contextlib import nullcontext
 
-    from memlens import __version__
+    from memlens.core.errors import MemlensError
+    from memlens.core.version import __version__
     from memlens.data import load_corpus
-    from memlens.errors import MemlensError
-    from memlens.io import claim_output, write_json
-    from memlens.signatures.ngram import KneserNeyLM
+    from memlens.models.ngram import KneserNeyLM
+    from memlens.models.run_inputs import check_max_tokens
+    from memlens.runtime.io import claim_output, write_json
 
-    if args.order < 1:
+    if args.order < 1:  # before --out is claimed; KneserNeyLM's own message names no flag
         raise MemlensError(f"--order must be a positive integer, got {args.order}")
-    if args.max_tokens is not None and args.max_tokens < 1:
-        raise MemlensError(f"--max-tokens must be positive, got {args.max_tokens}")
+    max_tokens = check_max_tokens(args.max_tokens)
     claim = claim_output(args.out, args.overwrite, directory=False) if args.out else nullcontext()
     with claim as out:
         train = load_corpus(args.train, args.format, args.unit).tokens
-        if args.max_tokens:
-            train = train[: args.max_tokens]
+        if max_tokens:
+            train = train[:max_tokens]
         ev_tokens = load_corpus(args.eval, args.format, args.unit).tokens if args.eval \
             else train
         lm = KneserNeyLM(args.order).fit(train)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from memlens.cli import add_overwrite
-from memlens.io import claim_output
+from memlens.commands.common import add_overwrite
 from memlens.report import build_report
+from memlens.runtime.io import claim_output
 
 
 def register(sub) -> None:

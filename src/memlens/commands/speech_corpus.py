@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from memlens.cli import add_overwrite
+from memlens.commands.common import add_option, add_overwrite
 from memlens.runtime.io import atomic_dir, claim_output
 
 
@@ -23,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--utterances", type=int, default=100)
     p.add_argument("--test-fraction", type=float, default=0.1,
                    help="held-out share (unseen sentences, seen voices)")
-    p.add_argument("--seed", type=int, default=0)
+    add_option(p, "seed")
     p.add_argument("--workers", type=int, default=2, help="processes (at most 2)")
     add_overwrite(p)
     p.set_defaults(func=run)

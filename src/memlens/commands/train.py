@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from memlens.cli import add_overwrite
-from memlens.commands.common import train_into
+from memlens.commands.common import add_option, add_overwrite, train_into
 from memlens.models.lm import ARCHITECTURES
 from memlens.training import TrainConfig, train
 
@@ -39,16 +38,16 @@ def register(sub) -> None:
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--tied", action="store_true", help="tie input and output embeddings")
     p.add_argument("--pretrained", help="fixed embeddings in word2vec text format")
-    p.add_argument("--max-tokens", type=int, help="use only the first N training tokens")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run from its last finished epoch")
+    add_option(p, "max_tokens", help="use only the first N training tokens")
+    add_option(p, "seed")
+    add_option(p, "device")
+    add_option(p, "resume", help="continue an interrupted run from its last finished epoch")
     add_overwrite(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train (TrainConfig validates every option) into --out, print the best epoch."""
     cfg = TrainConfig(train=args.train, valid=args.valid, out=args.out, format=args.format,
                       unit=args.unit, arch=args.arch, layers=args.layers, emb=args.emb,
                       hidden=args.hidden, rank=args.rank, groups=args.groups,

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from memlens.cli import add_overwrite
-from memlens.commands.common import train_into
+from memlens.commands.common import add_option, add_overwrite, train_into
 
 
 def register(sub) -> None:
@@ -40,14 +39,14 @@ def register(sub) -> None:
                    help="minutes of training: stop (evaluate, save) once passed "
                    "(checked before every batch)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run from its last finished epoch")
+    add_option(p, "seed")
+    add_option(p, "resume", help="continue an interrupted run from its last finished epoch")
     add_overwrite(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train (ASRConfig / train_asr validate the options) into --out, print the best epoch."""
     from memlens.training.asr import ASRConfig, train_asr
 
     cfg = ASRConfig(data=args.data, out=args.out, arch=args.arch, layers=args.layers,

@@ -361,7 +361,7 @@ def render_report(results: Sequence[SavedResult], title: str = "memlens report",
                   findings: Sequence[str] | None = None,
                   sections: Sequence[ReportSection] = ()) -> str:
     """The HTML text of the report (see module docstring)."""
-    from memlens import __version__
+    from memlens.core.version import __version__
 
     labels = _labels(results)
     body = [f"<h1>{_esc(title)}</h1>",

@@ -280,7 +280,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False,
     deleted. Otherwise a :class:`MemlensError` is raised and ``path`` is left untouched. On
     failure nothing is left behind.
     """
-    from memlens import __version__
+    from memlens.core.version import __version__
 
     path = _absolute(path)
     allowed = overwrite or _CLAIMED.get(path, False)

@@ -214,7 +214,7 @@ class Result:
 
     def document(self) -> dict[str, Any]:
         """The content of result.json (without plots, which ``save`` adds)."""
-        from memlens import __version__
+        from memlens.core.version import __version__
 
         doc = {"kind": self.kind, "memlens_version": __version__, "model": self.model_info(),
                "corpus": self.corpus_info(), "settings": self.settings_info(),
