@@ -7,7 +7,7 @@ L2 C=1) fitted separately for every lag k = 0..K. Prints seconds for each, the s
 the per-lag held-out accuracy difference.
 
     python benchmarks/bench_signatures.py [--model CKPT] [--train 20000] [--heldout 10000]
-                                          [--max-lag 10] [--text PATH]
+                                          [--max-delay 10] [--text PATH]
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
+from memlens.analyses.signatures.decoders import JointDecoder, lag_targets
+from memlens.analyses.signatures.symbols import build_symbols
 from memlens.data import load_corpus
 from memlens.models import load_checkpoint
-from memlens.signatures.decoders import JointDecoder, lag_targets
-from memlens.signatures.states import View, extract_states
-from memlens.signatures.symbols import build_symbols
+from memlens.models.states import extract_states
+from memlens.protocol import Site
 from memlens.training import TrainConfig, train
 
 HERE = Path(__file__).resolve().parent
@@ -41,7 +42,7 @@ def main() -> None:
     ap.add_argument("--text", default=str(TEXT))
     ap.add_argument("--train", type=int, default=20000)
     ap.add_argument("--heldout", type=int, default=10000)
-    ap.add_argument("--max-lag", type=int, default=10)
+    ap.add_argument("--max-delay", type=int, default=10)
     ap.add_argument("--hidden", type=int, default=128)
     args = ap.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -59,15 +60,15 @@ def main() -> None:
     tr_tok = tokens[start:start + args.train]
     he_tok = tokens[start + args.train:start + args.train + args.heldout]
     tr_ids, he_ids = model.vocab.encode(tr_tok).numpy(), model.vocab.encode(he_tok).numpy()
-    view = View(model.encoder.num_layers - 1, "hidden", "all")
+    view = Site(model.encoder.num_layers - 1, "hidden", "all")
     x_tr = extract_states(model.encoder, tr_ids, [view])[view]
     x_he = extract_states(model.encoder, he_ids, [view])[view]
     sym = build_symbols("chars", "char", tr_ids, itos=model.vocab.itos)
-    y_tr = lag_targets(sym.classes(tr_ids), args.max_lag)
-    y_he = lag_targets(sym.classes(he_ids), args.max_lag)
-    heads = args.max_lag + 1
+    y_tr = lag_targets(sym.classes(tr_ids), args.max_delay)
+    y_he = lag_targets(sym.classes(he_ids), args.max_delay)
+    heads = args.max_delay + 1
     print(f"states: {len(x_tr)} train / {len(x_he)} held-out, {x_tr.shape[1]} units, "
-          f"{sym.size} symbols, lags 0..{args.max_lag}, torch threads "
+          f"{sym.size} symbols, lags 0..{args.max_delay}, torch threads "
           f"{torch.get_num_threads()}")
 
     # warm-up of both libraries (one-time initialisation is not what is compared)

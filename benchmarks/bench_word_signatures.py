@@ -7,13 +7,14 @@ WikiText-2 valid: emb 64, hidden 256, 10,000-word vocabulary, seed 0, as
 WikiText-2 test (decoder training) and the next ``--heldout`` tokens (held-out), lags 0..K,
 and every token type of the decoder-training text as a symbol (``symbols="chars"``, several
 thousand classes). Prints, in one run, seconds and per-lag held-out accuracy of
-``decoder="linear-fast"`` (:class:`~memlens.signatures.decoders.FastLinearDecoder`) and of the
-joint SGD decoder ``decoder="linear"`` (about 10 minutes on 2 cores), and the largest per-lag
-accuracy difference. ``--skip-old`` reuses the joint decoder's result cached in ``--cache``
-by a previous run of the same case (its seconds are then not re-measured: say so when quoting).
+``decoder="linear-fast"`` (:class:`~memlens.analyses.signatures.decoders.FastLinearDecoder`)
+and of the joint SGD decoder ``decoder="linear"`` (about 10 minutes on 2 cores), and the
+largest per-lag accuracy difference. ``--skip-old`` reuses the joint decoder's result cached
+in ``--cache`` by a previous run of the same case (its seconds are then not re-measured: say
+so when quoting).
 
     python benchmarks/bench_word_signatures.py [--model CKPT] [--train 20000] [--heldout 5000]
-        [--max-lag 10] [--skip-old] [--cache runs/bench_word_old.json] [--scale-stride N]
+        [--max-delay 10] [--skip-old] [--cache runs/bench_word_old.json] [--scale-stride N]
         [--fast-lr 0.01] [--sklearn-lags 2,5]
 
 ``--sklearn-lags`` also fits scikit-learn's ``LogisticRegression(C=1)`` (lbfgs, tol 1e-5, run
@@ -35,11 +36,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from memlens.analyses.signatures.decoders import lag_targets, make_decoder
+from memlens.analyses.signatures.symbols import build_symbols
 from memlens.data import load_corpus
 from memlens.models import load_checkpoint
-from memlens.signatures.decoders import lag_targets, make_decoder
-from memlens.signatures.states import View, extract_states
-from memlens.signatures.symbols import build_symbols
+from memlens.models.states import extract_states
+from memlens.protocol import Site
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "wikitext-2"
@@ -72,7 +74,7 @@ def main() -> None:
     ap.add_argument("--lm-train", default=str(DATA / "valid.txt"))
     ap.add_argument("--train", type=int, default=20000)
     ap.add_argument("--heldout", type=int, default=5000)
-    ap.add_argument("--max-lag", type=int, default=10)
+    ap.add_argument("--max-delay", type=int, default=10)
     ap.add_argument("--skip-old", action="store_true",
                     help="reuse the joint decoder's cached result instead of re-running it")
     ap.add_argument("--old-only", action="store_true",
@@ -86,8 +88,8 @@ def main() -> None:
                     help="comma-separated lags to also fit with scikit-learn, e.g. 2,5")
     ap.add_argument("--cache", default=str(HERE.parent / "runs" / "bench_word_old.json"))
     args = ap.parse_args()
-    if any(k > args.max_lag for k in args.sklearn_lags):
-        ap.error(f"--sklearn-lags beyond --max-lag {args.max_lag}")
+    if any(k > args.max_delay for k in args.sklearn_lags):
+        ap.error(f"--sklearn-lags beyond --max-delay {args.max_delay}")
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
     if not Path(args.model).exists():
@@ -101,18 +103,18 @@ def main() -> None:
     tr_tok = tokens[:args.train]
     he_tok = tokens[args.train:args.train + args.heldout]
     tr_ids, he_ids = model.vocab.encode(tr_tok).numpy(), model.vocab.encode(he_tok).numpy()
-    view = View(model.encoder.num_layers - 1, "hidden", "all")
+    view = Site(model.encoder.num_layers - 1, "hidden", "all")
     x_tr = extract_states(model.encoder, tr_ids, [view])[view]
     x_he = extract_states(model.encoder, he_ids, [view])[view]
     sym = build_symbols("chars", "word", tr_ids, itos=model.vocab.itos)  # every type
-    y_tr = lag_targets(sym.classes(tr_ids), args.max_lag)
-    y_he = lag_targets(sym.classes(he_ids), args.max_lag)
-    heads = args.max_lag + 1
+    y_tr = lag_targets(sym.classes(tr_ids), args.max_delay)
+    y_he = lag_targets(sym.classes(he_ids), args.max_delay)
+    heads = args.max_delay + 1
     case = {"model": str(args.model), "text": str(args.text), "train": len(tr_ids),
-            "heldout": len(he_ids), "max_lag": args.max_lag, "symbols": sym.size,
+            "heldout": len(he_ids), "max_delay": args.max_delay, "symbols": sym.size,
             "units": int(x_tr.shape[1])}
     print(f"states: {len(x_tr)} train / {len(x_he)} held-out, {x_tr.shape[1]} units, "
-          f"{sym.size} symbols (every type), lags 0..{args.max_lag}, torch threads "
+          f"{sym.size} symbols (every type), lags 0..{args.max_delay}, torch threads "
           f"{torch.get_num_threads()}", flush=True)
 
     # warm-up (one-time library initialisation is not what is compared)

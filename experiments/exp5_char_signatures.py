@@ -36,7 +36,7 @@ LAGS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30)
 def main() -> None:
     run_memlens(OUT, "signatures", "--model", str(need_model(MODEL)), "--corpus",
                 str(WT2 / "test.txt"), "--train-tokens", "30000", "--heldout-tokens", "10000",
-                "--layers", "all", "--readout", "hidden", "--max-lag", "30", "--ngram", "5",
+                "--layer", "all", "--readout", "hidden", "--max-delay", "30", "--ngram", "5",
                 "--control", "random-init", "--lm-train", str(WT2 / "valid.txt"))
     result = load_result(OUT)
     rows = result["table"]

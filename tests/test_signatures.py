@@ -8,27 +8,34 @@ import torch
 from torch import nn
 
 import memlens
-from memlens.data import Vocab
-from memlens.errors import MemlensError
-from memlens.models import LanguageModel
-from memlens.signatures import (
+from memlens.analyses.signatures import (
     FastLinearDecoder,
-    IndexStates,
     JointDecoder,
     build_symbols,
-    extract_states,
     group_divergence,
     js_divergence,
     lag_targets,
     make_decoder,
     signature_from_states,
 )
-from memlens.signatures.decoders import TEMPERATURES, _GroupScaleLoss, calibrated_cross_entropy
-from memlens.signatures.ngram import KneserNeyLM, window_states
-from memlens.signatures.states import View, allocate
-from memlens.signatures.window_lm import WindowLM
+from memlens.analyses.signatures.decoders import (
+    TEMPERATURES,
+    _GroupScaleLoss,
+    calibrated_cross_entropy,
+)
+from memlens.core.errors import MemlensError
+from memlens.data import Vocab
+from memlens.models import LanguageModel
+from memlens.models.ngram import KneserNeyLM, window_states
+from memlens.models.states import IndexStates, View, allocate, extract_states
+from memlens.models.window_lm import WindowLM
+from memlens.protocol import Site
+from memlens.runtime.options import Bootstrap, RunOptions
 
-FAST = {"max_epochs": 20, "resamples": 200}
+# few decoder epochs, 200 resamples: memory_signature's and signature_from_states' spellings
+FAST = {"decoder_options": {"max_epochs": 20}, "options": RunOptions(bootstrap=Bootstrap(200))}
+FAST_STATES = {"decoder_options": {"max_epochs": 20}, "bootstrap": Bootstrap(200)}
+B200 = RunOptions(bootstrap=Bootstrap(200))
 
 
 def delay_line(v: int, m: int) -> memlens.RecurrentEncoder:
@@ -52,7 +59,7 @@ def iid(n: int, v: int, seed: int) -> np.ndarray:
 def test_delay_line_oracle():
     v, m = 4, 3
     sig = memlens.memory_signature(delay_line(v, m), iid(3000, v, 0), iid(1500, v, 1),
-                                   max_lag=6, **FAST)
+                                   max_delay=6, **FAST)
     assert sig.accuracy.shape == (7,) and sig.bits.shape == (7,) and sig.majority.shape == (7,)
     assert (sig.accuracy[:m] > 0.99).all()
     assert (sig.accuracy[m:] <= sig.majority[m:] + 0.05).all()
@@ -67,7 +74,8 @@ def test_ngram_window_oracle_steps_at_n_minus_1():
     tr, he = iid(3000, v, 2), iid(1500, v, 3)
     sym = build_symbols("chars", "char", tr)
     sig = signature_from_states(window_states(tr, n, v), sym.classes(tr),
-                                window_states(he, n, v), sym.classes(he), 6, sym, **FAST)
+                                window_states(he, n, v), sym.classes(he), 6, sym,
+                                **FAST_STATES)
     assert (sig.accuracy[:n - 1] > 0.99).all()
     assert (sig.accuracy[n - 1:] <= sig.majority[n - 1:] + 0.05).all()
 
@@ -78,7 +86,8 @@ def test_constant_state_learns_nothing():
     tr, he = rng.choice(4, 2000, p=p), rng.choice(4, 1000, p=p)
     sym = build_symbols("chars", "char", tr)
     x_tr, x_he = np.ones((2000, 8), np.float32), np.ones((1000, 8), np.float32)
-    sig = signature_from_states(x_tr, sym.classes(tr), x_he, sym.classes(he), 3, sym, **FAST)
+    sig = signature_from_states(x_tr, sym.classes(tr), x_he, sym.classes(he), 3, sym,
+                                **FAST_STATES)
     np.testing.assert_allclose(sig.accuracy, sig.majority, atol=0.01)
     assert (sig.bits < 0.03).all()  # H(train prior) - CE(held-out) is only sampling noise
 
@@ -118,7 +127,7 @@ def test_mlp_decoder_and_index_states():
     sym = build_symbols("chars", "char", tr)
     sig = signature_from_states(window_states(tr, n, v), sym.classes(tr),
                                 window_states(he, n, v), sym.classes(he), 3, sym,
-                                decoder="mlp", **FAST)
+                                decoder="mlp", **FAST_STATES)
     assert (sig.accuracy[:2] > 0.99).all() and sig.accuracy[3] < sig.majority[3] + 0.05
     assert isinstance(window_states(tr, n, v), IndexStates)
     fast = FastLinearDecoder().fit(window_states(tr, n, v), lag_targets(sym.classes(tr), 2), v)
@@ -141,8 +150,8 @@ def _text(n: int, seed: int) -> list[str]:
 
 def test_groups_of_a_grouped_lstm_and_divergence():
     model = _model("glstm", groups=2)
-    sigs = [memlens.memory_signature(model, _text(800, 0), _text(400, 1), max_lag=3,
-                                     units=f"group:{g}", readout="cell", **FAST)
+    sigs = [memlens.memory_signature(model, _text(800, 0), _text(400, 1), max_delay=3,
+                                     site=Site(-1, "cell", f"group:{g}"), **FAST)
             for g in range(2)]
     for s in sigs:
         assert s.accuracy.shape == (4,) and s.info["units"].startswith("group:")
@@ -151,7 +160,7 @@ def test_groups_of_a_grouped_lstm_and_divergence():
     assert js_divergence(np.ones(4), np.ones(4)) == pytest.approx(0.0)
     assert js_divergence([1, 0], [0, 1]) == pytest.approx(1.0)
     with pytest.raises(MemlensError, match="group 2 out of range"):
-        memlens.memory_signature(model, _text(100, 0), _text(50, 1), 2, units="group:2")
+        memlens.memory_signature(model, _text(100, 0), _text(50, 1), 2, Site(units="group:2"))
 
 
 def test_factor_space_of_a_factorised_lstm():
@@ -163,12 +172,12 @@ def test_factor_space_of_a_factorised_lstm():
     lay = model.encoder.layers[0]
     np.testing.assert_allclose(states, lay.factor_space(torch.from_numpy(full)).detach()
                                .numpy(), atol=1e-5)
-    sig = memlens.memory_signature(model, _text(600, 0), _text(300, 1), 2, units="factor",
-                                   **FAST)
+    sig = memlens.memory_signature(model, _text(600, 0), _text(300, 1), 2,
+                                   Site(units="factor"), **FAST)
     assert sig.accuracy.shape == (3,)
     with pytest.raises(MemlensError, match="not a factorised LSTM"):
         memlens.memory_signature(_model("lstm"), _text(100, 0), _text(50, 1), 2,
-                                 units="factor")
+                                 Site(units="factor"))
 
 
 def factorised_delay_line(v: int = 4) -> LanguageModel:
@@ -202,7 +211,7 @@ def test_bases_of_a_factorised_lstm_known_answer():
     for j, v in enumerate(views):  # basis j = column j of the factor space A h
         assert states[v].shape == (50, 1)
         np.testing.assert_array_equal(states[v][:, 0], states[View(0, "hidden", "factor")][:, j])
-    sigs = [memlens.memory_signature(model, tr, he, 3, units=f"basis:{j}", bootstrap=200)
+    sigs = [memlens.memory_signature(model, tr, he, 3, Site(units=f"basis:{j}"), options=B200)
             for j in range(3)]
     b0, b1, b2 = sigs
     assert b0.info["units"] == "basis:0" and b0.accuracy.shape == (4,)
@@ -211,17 +220,17 @@ def test_bases_of_a_factorised_lstm_known_answer():
     assert (b0.memory_span(), b1.memory_span(), b2.memory_span()) == (0, 1, 0)
     div = group_divergence([s.recall for s in sigs])
     assert div.shape == (3, 3) and div[0, 1] > 0.1 and div[0, 1] > 10 * div[0, 2] + 0.05
-    whole = memlens.memory_signature(model, tr, he, 3, units="factor", bootstrap=200)
+    whole = memlens.memory_signature(model, tr, he, 3, Site(units="factor"), options=B200)
     assert whole.accuracy[0] > 0.95 and whole.accuracy[1] > 0.7 and whole.memory_span() == 1
     with pytest.raises(MemlensError, match="basis 3 out of range"):
-        memlens.memory_signature(model, tr, he, 2, units="basis:3")
+        memlens.memory_signature(model, tr, he, 2, Site(units="basis:3"))
     with pytest.raises(MemlensError, match="expected basis:J"):
-        memlens.memory_signature(model, tr, he, 2, units="basis:x")
+        memlens.memory_signature(model, tr, he, 2, Site(units="basis:x"))
     with pytest.raises(MemlensError, match="hidden readout only"):
-        memlens.memory_signature(model, tr, he, 2, units="basis:0", readout="cell")
+        memlens.memory_signature(model, tr, he, 2, Site(-1, "cell", "basis:0"))
     with pytest.raises(MemlensError, match="not a factorised LSTM"):
         memlens.memory_signature(_model("lstm"), _text(100, 0), _text(50, 1), 2,
-                                 units="basis:0")
+                                 Site(units="basis:0"))
 
 
 def test_explicit_units_and_streaming_with_memmap():
@@ -241,7 +250,7 @@ def test_explicit_units_and_streaming_with_memmap():
                          chunk=97)[View(0)]
     np.testing.assert_allclose(one, par, atol=1e-4)
     with pytest.raises(MemlensError, match="out of range"):
-        memlens.memory_signature(model, _text(100, 0), _text(50, 1), 2, units="0,99")
+        memlens.memory_signature(model, _text(100, 0), _text(50, 1), 2, Site(units="0,99"))
 
 
 def test_symbols_top_n_and_upos(ewt_dev):
@@ -359,7 +368,7 @@ def test_fast_decoder_keeps_the_oracles(make):
     v, m = 4, 3
     if make == "delay":
         sig = memlens.memory_signature(delay_line(v, m), iid(3000, v, 0), iid(1500, v, 1),
-                                       max_lag=6, decoder="linear-fast", resamples=200)
+                                       max_delay=6, decoder="linear-fast", options=B200)
         assert (sig.accuracy[:m] > 0.99).all()
         assert (sig.accuracy[m:] <= sig.majority[m:] + 0.05).all()
         assert sig.decoder == "linear-fast" and sig.memory_span() == m - 1
@@ -368,7 +377,7 @@ def test_fast_decoder_keeps_the_oracles(make):
         sym = build_symbols("chars", "char", tr)
         sig = signature_from_states(window_states(tr, n, 5), sym.classes(tr),
                                     window_states(he, n, 5), sym.classes(he), 6, sym,
-                                    decoder="linear-fast", resamples=200)
+                                    decoder="linear-fast", bootstrap=Bootstrap(200))
         assert (sig.accuracy[:n - 1] > 0.99).all()
         assert (sig.accuracy[n - 1:] <= sig.majority[n - 1:] + 0.05).all()
     else:
@@ -378,7 +387,7 @@ def test_fast_decoder_keeps_the_oracles(make):
         sym = build_symbols("chars", "char", tr)
         sig = signature_from_states(np.ones((2000, 8), np.float32), sym.classes(tr),
                                     np.ones((1000, 8), np.float32), sym.classes(he), 3, sym,
-                                    decoder="linear-fast", resamples=200)
+                                    decoder="linear-fast", bootstrap=Bootstrap(200))
         np.testing.assert_allclose(sig.accuracy, sig.majority, atol=0.01)
         assert (sig.bits < 0.03).all()
 
@@ -537,3 +546,209 @@ def test_calibrated_early_stopping_keeps_each_heads_best_epoch_temperature():
         JointDecoder(early_stopping="accuracy")
     with pytest.raises(MemlensError, match="max_epochs"):  # nothing would be trained
         JointDecoder(max_epochs=0).fit(x, y, v)
+
+
+# -- the package's structure: entry point, bootstrap, checkpoint, module graph -----------------
+def _bootstrap_0x(correct, nll, valid, entropy, blocks, resamples, seed):
+    """memlens 0.x's signature bootstrap, verbatim (the reference of bootstrap_intervals)."""
+    if resamples < 1:
+        nan = np.full(correct.shape[1], np.nan)
+        return nan, nan.copy(), nan.copy(), nan.copy()
+    n = correct.shape[0]
+    blocks = max(1, min(blocks, n))
+    edges = np.linspace(0, n, blocks + 1).astype(int)
+    c = np.add.reduceat(np.where(valid, correct, 0).astype(np.float64), edges[:-1], axis=0)
+    e = np.add.reduceat(np.where(valid, nll, 0.0), edges[:-1], axis=0)
+    m = np.add.reduceat(valid.astype(np.float64), edges[:-1], axis=0)
+    rng = np.random.default_rng(seed)
+    w = rng.multinomial(blocks, np.full(blocks, 1.0 / blocks), size=resamples).astype(float)
+    cnt = np.maximum(w @ m, 1.0)
+    acc = (w @ c) / cnt
+    bits = np.maximum(0.0, entropy[None, :] - (w @ e) / cnt)
+    lo, hi = np.percentile(acc, [2.5, 97.5], axis=0)
+    blo, bhi = np.percentile(bits, [2.5, 97.5], axis=0)
+    return lo, hi, blo, bhi
+
+
+@pytest.mark.parametrize("n, heads, blocks, resamples, seed", [
+    (300, 4, 20, 200, 0), (37, 3, 7, 33, 5), (5, 2, 100, 10, 2**62), (50, 2, 3, 0, 0)])
+def test_bootstrap_intervals_bit_identical_to_the_original(n, heads, blocks, resamples, seed):
+    from memlens.analyses.signatures.signature import bootstrap_intervals
+
+    rng = np.random.default_rng(n)
+    correct, valid = rng.random((n, heads)) < 0.6, rng.random((n, heads)) < 0.9
+    nll, entropy = rng.exponential(size=(n, heads)), rng.random(heads) * 3
+    got = bootstrap_intervals(correct, nll, valid, entropy, blocks, resamples, seed)
+    want = _bootstrap_0x(correct, nll, valid, entropy, blocks, resamples, seed)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_entry_point_parameters_and_removed_aliases():
+    import inspect
+
+    params = inspect.signature(memlens.memory_signature).parameters
+    assert len(params) <= 12 and "options" in params and "site" in params
+    assert not {"max_lag", "resamples", "layer", "readout", "units", "device", "dtype",
+                "blocks", "bootstrap"} & set(params)
+    v, m = 4, 2
+    args = (delay_line(v, m), iid(600, v, 0), iid(300, v, 1))
+    for old in ({"max_lag": 2}, {"resamples": 20}, {"units": "all"}):
+        with pytest.raises(TypeError):
+            memlens.memory_signature(*args, **({} if "max_lag" in old else {"max_delay": 2}),
+                                     **old)
+    sig = memlens.memory_signature(*args, 2, options=RunOptions(bootstrap=Bootstrap(0)),
+                                   decoder_options={"max_epochs": 3})
+    assert sig.info["readout"] == "hidden" and sig.info["layer"] == 0  # the layer's output
+    assert np.isnan(sig.acc_low).all() and sig.max_delay == 2
+    with pytest.raises(MemlensError, match="options.bootstrap.seed"):
+        memlens.memory_signature(*args, 2, seed=1,
+                                 options=RunOptions(bootstrap=Bootstrap(10, seed=2)))
+    with pytest.raises(MemlensError, match="Site"):
+        memlens.memory_signature(*args, 2, site=(0, "hidden"))
+
+
+def test_one_seed_for_decoders_and_bootstrap():
+    """seed= seeds the bootstrap too (as in memlens 0.x): the same numbers as
+    signature_from_states with Bootstrap(seed=seed)."""
+    v, m = 4, 2
+    model, tr, he = delay_line(v, m), iid(800, v, 2), iid(400, v, 3)
+    sig = memlens.memory_signature(model, tr, he, 2, seed=7,
+                                   options=RunOptions(bootstrap=Bootstrap(50, blocks=5)),
+                                   decoder_options={"max_epochs": 3})
+    site = Site(0, "hidden")
+    states = [extract_states(model, x, [site])[site] for x in (tr, he)]
+    sym = build_symbols(None, "char", tr)
+    ref = signature_from_states(states[0], sym.classes(tr), states[1], sym.classes(he), 2, sym,
+                                seed=7, bootstrap=Bootstrap(50, blocks=5, seed=7),
+                                decoder_options={"max_epochs": 3})
+    for key in ("accuracy", "acc_low", "acc_high", "bits_low", "bits_high"):
+        np.testing.assert_array_equal(getattr(sig, key), getattr(ref, key))
+
+
+def test_sites_default_to_the_layer_output_and_split_by_declaration():
+    from memlens.analyses.signatures.sites import parse_layers, resolve_site, study_sites
+
+    lstm, glstm = _model("lstm", layers=2), _model("glstm", groups=2)
+    assert resolve_site(lstm.encoder) == Site(1, "hidden", "all")
+    assert resolve_site(lstm.encoder, Site(0, "cell")) == Site(0, "cell", "all")
+    assert parse_layers("all", lstm.encoder) == [0, 1]
+    assert parse_layers("-1", lstm.encoder) == parse_layers(1, lstm.encoder) == [1]
+    assert parse_layers("1,0,1", lstm.encoder) == [0, 1]
+    with pytest.raises(MemlensError, match="bad --layer"):
+        parse_layers("x", lstm.encoder)
+    assert [s.units for s in study_sites(glstm.encoder, [0], None, "groups")] == [
+        "group:0", "group:1"]
+    with pytest.raises(MemlensError, match="not a grouped LSTM"):
+        study_sites(lstm.encoder, [0], None, "groups")
+
+
+def _study_files(tmp_path):
+    from memlens.models import save_checkpoint
+
+    model = _model("lstm")
+    save_checkpoint(tmp_path / "m.pt", model)
+    (tmp_path / "c.txt").write_text("".join(_text(1500, 5)) + "\n")
+    return tmp_path / "m.pt", tmp_path / "c.txt"
+
+
+def test_study_checkpoint_round_trip_and_refusals(tmp_path):
+    from memlens.analyses.signatures.config import StudyConfig
+    from memlens.analyses.signatures.progress import StudyCheckpoint
+
+    ckpt, text = _study_files(tmp_path)
+    cfg = StudyConfig(model=str(ckpt), corpus=str(text), out=str(tmp_path / "out"),
+                      max_delay=2)
+    v = 4
+    tr, he = iid(600, v, 0), iid(300, v, 1)
+    sym = build_symbols("chars", "char", tr)
+    sig = signature_from_states(window_states(tr, 2, v), sym.classes(tr),
+                                window_states(he, 2, v), sym.classes(he), 2, sym,
+                                **FAST_STATES)
+    path = tmp_path / ".out.partial.npz"
+    ck = StudyCheckpoint(path, cfg, resume=False)
+    assert ck.done == 0 and not path.exists()
+    ck.put("a | 0 | hidden | all", sig, {"ngram": {"order": 2}})
+    back = StudyCheckpoint(path, cfg, resume=True)
+    assert back.done == 1 and back.get("b | 0 | hidden | all", 2) is None
+    got, extras = back.get("a | 0 | hidden | all", 2)
+    assert extras == {"ngram": {"order": 2}} and got.symbols == sig.symbols
+    for key in ("accuracy", "acc_low", "bits_high", "recall", "support", "temperature"):
+        np.testing.assert_array_equal(getattr(got, key), getattr(sig, key))
+    with pytest.raises(MemlensError, match="wrong shape"):
+        back.get("a | 0 | hidden | all", 3)
+    other = StudyConfig(**{**cfg.__dict__, "max_delay": 3})
+    with pytest.raises(MemlensError, match="different model, corpus or settings"):
+        StudyCheckpoint(path, other, resume=True)
+    StudyCheckpoint(path, cfg, resume=False)  # a fresh start deletes the old checkpoint
+    assert not path.exists()
+    with pytest.raises(MemlensError, match="nothing to resume"):
+        StudyCheckpoint(path, cfg, resume=True)
+
+
+def test_run_study_interrupted_names_its_checkpoint(tmp_path, monkeypatch):
+    import memlens.analyses.signatures.study as study
+    from memlens.analyses.signatures.config import StudyConfig
+    from memlens.analyses.signatures.progress import StudyCheckpoint
+    from memlens.runtime.progress import Interrupted
+
+    ckpt, text = _study_files(tmp_path)
+    cfg = StudyConfig(model=str(ckpt), corpus=str(text), out=str(tmp_path / "out"),
+                      max_delay=2, bootstrap=20, ngram=2)
+    real, calls = study.signature_from_states, []
+
+    def stop(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(study, "signature_from_states", stop)
+    ck = StudyCheckpoint(tmp_path / "ck.npz", cfg, resume=False)
+    with pytest.raises(Interrupted) as exc:
+        study.run_study(cfg, log=lambda *_: None, checkpoint=ck)
+    assert (exc.value.done, exc.value.total) == (1, 3)  # model, control, 2-gram window
+    assert "ck.npz" in str(exc.value) and "--resume" in str(exc.value)
+    monkeypatch.setattr(study, "signature_from_states", real)
+    resumed = study.run_study(cfg, log=lambda *_: None,
+                              checkpoint=StudyCheckpoint(tmp_path / "ck.npz", cfg, True))
+    straight = study.run_study(cfg, log=lambda *_: None)
+    assert [e.key for e in resumed.entries] == [e.key for e in straight.entries]
+    assert resumed.rows() == straight.rows()
+
+
+def test_the_package_modules_import_without_a_cycle():
+    """Imports inside memlens.analyses.signatures (top-level and deferred) form no cycle; the
+    table and the plots import nothing of the analysis (plain data / arrays)."""
+    import ast
+    from pathlib import Path
+
+    import memlens.analyses.signatures as pkg
+
+    root = Path(pkg.__file__).parent
+    prefix = "memlens.analyses.signatures"
+    graph = {}
+    for path in root.glob("*.py"):
+        name = path.stem
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and \
+                    node.module.startswith(prefix):
+                rest = node.module[len(prefix) + 1:]
+                deps |= {rest} if rest else {a.name for a in node.names}
+        graph[name] = deps - {name}
+    assert not graph["table"] and not graph["plots"]
+    state: dict[str, int] = {}
+
+    def visit(n, trail):
+        assert state.get(n) != 1, "import cycle: " + " -> ".join([*trail, n])
+        if state.get(n) == 2:
+            return
+        state[n] = 1
+        for d in graph.get(n, ()):
+            visit(d, [*trail, n])
+        state[n] = 2
+
+    for n in graph:
+        if n != "__init__":
+            visit(n, [])

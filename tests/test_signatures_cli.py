@@ -44,8 +44,8 @@ def run(args, capsys):
 def test_full_run_writes_result_directory(files, capsys):
     out = files["tmp"] / "sig"
     rc, cap = run(["signatures", "--model", files["lstm"], "--corpus", files["text"],
-                   "--max-lag", "5", "--train-tokens", "2500", "--heldout-tokens", "1500",
-                   "--ngram", "3", "--window-lm", "3", "--lm-epochs", "1", "--resamples",
+                   "--max-delay", "5", "--train-tokens", "2500", "--heldout-tokens", "1500",
+                   "--ngram", "3", "--window-lm", "3", "--lm-epochs", "1", "--bootstrap",
                    "100", "--out", str(out)], capsys)
     assert rc == 0, cap.err
     res = json.loads((out / "result.json").read_text())
@@ -75,8 +75,8 @@ def test_full_run_writes_result_directory(files, capsys):
 def test_groups_run_reports_divergence(files, capsys):
     out = files["tmp"] / "groups"
     rc, cap = run(["signatures", "--model", files["glstm"], "--corpus", files["text"],
-                   "--max-lag", "3", "--units", "groups", "--readout", "cell",
-                   "--train-tokens", "2000", "--heldout-tokens", "1000", "--resamples", "50",
+                   "--max-delay", "3", "--units", "groups", "--readout", "cell",
+                   "--train-tokens", "2000", "--heldout-tokens", "1000", "--bootstrap", "50",
                    "--control", "none", "--decoder", "mlp", "--out", str(out)], capsys)
     assert rc == 0, cap.err
     res = json.loads((out / "result.json").read_text())
@@ -89,8 +89,8 @@ def test_groups_run_reports_divergence(files, capsys):
 def test_bases_run_reports_per_basis_signatures_and_divergence(files, capsys):
     out = files["tmp"] / "bases"
     rc, cap = run(["signatures", "--model", files["flstm"], "--corpus", files["text"],
-                   "--max-lag", "3", "--units", "bases", "--train-tokens", "2000",
-                   "--heldout-tokens", "1000", "--resamples", "50", "--out", str(out)], capsys)
+                   "--max-delay", "3", "--units", "bases", "--train-tokens", "2000",
+                   "--heldout-tokens", "1000", "--bootstrap", "50", "--out", str(out)], capsys)
     assert rc == 0, cap.err
     res = json.loads((out / "result.json").read_text())
     units = ["factor", "basis:0", "basis:1", "basis:2"]
@@ -112,8 +112,8 @@ def test_bases_run_reports_per_basis_signatures_and_divergence(files, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--max-lag", "100000"], "too large for the training stream"),
-    (["--layers", "5"], "layer 5 does not exist"),
+    (["--max-delay", "100000"], "too large for the training stream"),
+    (["--layer", "5"], "layer 5 does not exist"),
     (["--readout", "gate"], "unknown readout 'gate'"),
     (["--units", "0-99"], "out of range"),
     (["--units", "bogus"], "bad unit spec"),
@@ -154,3 +154,28 @@ def test_ngram_command(files, capsys, tmp_path):
     assert json.loads((tmp_path / "ng.json").read_text())["order"] == 4
     rc, cap = run(["ngram", "--train", files["text"], "--order", "0"], capsys)
     assert rc == 2 and "--order" in cap.err
+
+
+@pytest.mark.parametrize("flag, value", [("--max-lag", "3"), ("--resamples", "10"),
+                                         ("--layers", "0"), ("--labels", "chars")])
+def test_removed_aliases_are_refused(files, capsys, flag, value):
+    """The deprecated spellings are gone: --max-delay, --bootstrap, --layer, --symbols."""
+    out = files["tmp"] / "old"
+    with pytest.raises(SystemExit) as exc:  # argparse: one line, exit 2
+        main(["signatures", "--model", files["lstm"], "--corpus", files["text"],
+              flag, value, "--out", str(out)])
+    assert exc.value.code == 2 and not out.exists()
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_one_layer_by_index_and_the_layer_output_by_default(files, capsys):
+    out = files["tmp"] / "one"
+    rc, cap = run(["signatures", "--model", files["lstm"], "--corpus", files["text"],
+                   "--layer", "-1", "--max-delay", "1", "--train-tokens", "800",
+                   "--heldout-tokens", "400", "--bootstrap", "0", "--control", "none",
+                   "--out", str(out)], capsys)
+    assert rc == 0, cap.err
+    res = json.loads((out / "result.json").read_text())
+    assert {(r["layer"], r["readout"]) for r in res["table"]} == {(1, "hidden")}
+    assert all(r["ci_low"] is None for r in res["table"])  # --bootstrap 0: no intervals
+    assert res["settings"]["layer"] == "-1" and "layers" not in res["settings"]

@@ -3,7 +3,7 @@
 For every lag k = 0..K a decoder predicts the symbol x[t-k] from the state s[t]; all lags are
 trained jointly on states of the training text and scored on states of held-out text. The
 result directory holds result.json, table.csv, recall.npz and PNG plots. Every finished
-signature is saved in .<OUT>.partial/ beside OUT; after Ctrl-C / SIGTERM (exit code 130)
+signature is saved in .<OUT>.partial.npz beside OUT; after Ctrl-C / SIGTERM (exit code 130)
 --resume continues from there to the same result as an uninterrupted run.
 """
 
@@ -12,40 +12,64 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from memlens.cli import add_overwrite
-from memlens.commands.common import add_model_arguments
-from memlens.errors import MemlensError
-from memlens.signatures.decoders import DECODERS
+from memlens.analyses.signatures.decoders import DECODERS
+from memlens.commands.common import add_model_arguments, add_option, add_overwrite
+from memlens.core.errors import MemlensError
 
 
 def register(sub) -> None:
     p = sub.add_parser("signatures", help="memory signatures (what states remember, per lag)",
                        description=__doc__)
     add_model_arguments(p)
+    _add_inputs(p)
+    _add_measure(p)
+    _add_comparisons(p)
+    add_option(p, "blocks", help="bootstrap blocks (at least 2; default 20)")
+    add_option(p, "bootstrap", default=1000,
+               help="bootstrap resamples (0: no intervals; default 1000)")
+    add_option(p, "device", help="auto, cpu or cuda (state extraction)")
+    add_option(p, "warmup")
+    add_option(p, "seed")
+    p.add_argument("--out", required=True, help="result directory")
+    add_option(p, "resume", help="continue an interrupted run from .<OUT>.partial.npz")
+    add_overwrite(p)
+    p.set_defaults(func=run)
+
+
+def _add_inputs(p: argparse.ArgumentParser) -> None:
+    """--corpus, --heldout, --format, --train-tokens, --heldout-tokens."""
     p.add_argument("--corpus", required=True, help="text whose states train the decoders; "
                    "or a speech corpus directory (manifest.tsv with a train/test split, or "
                    "LibriSpeech layout) for a memlens train-asr model: lags in graphemes")
     p.add_argument("--heldout", help="held-out text for the reported numbers (default: the "
                    "part of --corpus after the training part)")
     p.add_argument("--format", choices=["text", "conllu"], default="text")
-    p.add_argument("--layer", "--layers", dest="layers", default="all",
-                   help="all or comma-separated layer indices (--layers is the old name)")
+    p.add_argument("--train-tokens", type=int, help="use only the first N training tokens")
+    p.add_argument("--heldout-tokens", type=int, help="use only N held-out tokens")
+
+
+def _add_measure(p: argparse.ArgumentParser) -> None:
+    """What is measured: --layer, --readout, --units, --max-delay, --decoder, --symbols."""
+    p.add_argument("--layer", default="all",
+                   help="all (default), a layer index or comma-separated layer indices")
     p.add_argument("--readout", default=None, help="readout name (default: the layer's output, "
                    "hidden; cell for an LSTM's cell state)")
     p.add_argument("--units", default="all", help="all, unit indices (0,5,10-19), group:G, "
                    "groups (one signature per group) or factor (rank-r factor space), basis:J "
                    "(coefficient (A h)_J of basis J of a factorised kernel W_hh = B A) or bases "
                    "(the factor space and every basis, with their divergence)")
-    p.add_argument("--max-delay", "--max-lag", dest="max_delay", type=int, default=20,
-                   help="largest lag K (--max-lag is the old name)")
+    add_option(p, "max_delay", default=20, help="largest lag K (default 20)")
     p.add_argument("--decoder", choices=DECODERS, default="linear",
                    help="linear: joint softmax trained by Adam from a random start; "
                    "linear-fast: the same softmax from a closed-form (LDA) start and 3 "
                    "epochs, for large symbol sets (thousands of word types: 5x faster at "
                    "equal held-out accuracy, README); mlp: one shared hidden layer")
-    p.add_argument("--labels", "--symbols", dest="symbols", help="what is decoded: chars, "
-                   "top:N or upos (default: chars for character models, top:1000 for word "
-                   "models; --symbols is the old name)")
+    p.add_argument("--symbols", help="what is decoded: chars, top:N or upos (default: chars "
+                   "for character models, top:1000 for word models)")
+
+
+def _add_comparisons(p: argparse.ArgumentParser) -> None:
+    """The control and the comparison models: --control, --ngram, --window-lm, --lm-*."""
     p.add_argument("--control", choices=["random-init", "none"], default="random-init")
     p.add_argument("--ngram", type=int, default=0, help="add the state of an N-gram model "
                    "(its window) as a comparison, and its KN perplexity (0 = off)")
@@ -55,82 +79,77 @@ def register(sub) -> None:
                    "training text if recorded in the checkpoint)")
     p.add_argument("--lm-max-tokens", type=int, default=300000)
     p.add_argument("--lm-epochs", type=int, default=2)
-    p.add_argument("--train-tokens", type=int, help="use only the first N training tokens")
-    p.add_argument("--heldout-tokens", type=int, help="use only N held-out tokens")
-    p.add_argument("--blocks", type=int, default=20, help="bootstrap blocks")
-    p.add_argument("--bootstrap", "--resamples", dest="bootstrap", type=int, default=1000,
-                   help="bootstrap resamples (0: no intervals; --resamples is the old name)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (state extraction)")
-    p.add_argument("--warmup", type=int, default=None,
-                   help="under torchrun: positions each process reads before its shard of the "
-                   "streams (default max(1000, 4 K))")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="result directory")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run from .<OUT>.partial/")
-    add_overwrite(p)
-    p.set_defaults(func=run)
 
 
 def progress_path(out: str | Path) -> Path:
     """Where the finished signatures of a run on ``out`` are kept until OUT is in place."""
-    out = Path(out)
-    return out.parent / f".{out.name}.partial"
+    from memlens.runtime.progress import partial_path
+
+    return partial_path(out, ".npz")
+
+
+def study_config(args: argparse.Namespace, device, world_size: int = 1):
+    """The :class:`~memlens.analyses.signatures.config.StudyConfig` of the parsed ``args``
+    (``device``: the resolved device)."""
+    from memlens.analyses.signatures.config import StudyConfig
+
+    return StudyConfig(model=args.model, corpus=args.corpus, out=args.out,
+                       heldout=args.heldout, format=args.format, layer=args.layer,
+                       readout=args.readout, units=args.units, max_delay=args.max_delay,
+                       decoder=args.decoder, symbols=args.symbols, control=args.control,
+                       ngram=args.ngram, window_lm=args.window_lm, lm_train=args.lm_train,
+                       lm_max_tokens=args.lm_max_tokens, lm_epochs=args.lm_epochs,
+                       train_tokens=args.train_tokens, heldout_tokens=args.heldout_tokens,
+                       blocks=args.blocks, bootstrap=args.bootstrap, seed=args.seed,
+                       vocab=args.vocab, unit=args.unit, device=str(device),
+                       warmup=args.warmup, world_size=world_size)
 
 
 def run(args: argparse.Namespace) -> int:
     """Check --out, compute the study (saving progress), write OUT, drop the progress."""
-    from memlens import __version__, distributed
+    from memlens.analyses.signatures.config import check_config
+    from memlens.analyses.signatures.progress import StudyCheckpoint
+    from memlens.analyses.signatures.result import write_result
     from memlens.commands.common import sharded_output
-    from memlens.signatures.result import write_result
-    from memlens.signatures.study import StudyConfig, StudyProgress, run_study
-    from memlens.train import resolve_device
+    from memlens.runtime import distributed
+    from memlens.runtime.options import resolve_device
 
-    if args.warmup is not None and args.warmup < 0:
-        raise MemlensError(f"--warmup must be >= 0, got {args.warmup}")
+    check_config(study_config(args, args.device))
     with sharded_output(args.out, args.overwrite, args.resume,
                         resolve_device(args.device)) as (out, device, group):
         rank0 = group is None or group.rank == 0
-        cfg = StudyConfig(model=args.model, corpus=args.corpus, out=args.out,
-                          heldout=args.heldout, format=args.format, layers=args.layers,
-                          readout=args.readout, units=args.units, max_delay=args.max_delay,
-                          decoder=args.decoder, symbols=args.symbols, control=args.control,
-                          ngram=args.ngram, window_lm=args.window_lm, lm_train=args.lm_train,
-                          lm_max_tokens=args.lm_max_tokens, lm_epochs=args.lm_epochs,
-                          train_tokens=args.train_tokens, heldout_tokens=args.heldout_tokens,
-                          blocks=args.blocks, bootstrap=args.bootstrap, seed=args.seed,
-                          vocab=args.vocab, unit=args.unit, device=str(device),
-                          warmup=args.warmup, world_size=1 if group is None else group.world)
-        progress = None
+        cfg = study_config(args, device, 1 if group is None else group.world)
+        checkpoint = None
         with distributed.agreed(group, "checking the saved progress"):
             if rank0:
-                progress = StudyProgress(progress_path(out), cfg, args.resume)
+                checkpoint = StudyCheckpoint(progress_path(out), cfg, args.resume)
         try:
-            if _is_speech(args):  # a speech recogniser on a speech corpus (no --resume)
-                from memlens.analyses.speech.analysis import speech_signature_study
-
-                if group is not None:
-                    raise MemlensError("signatures of a speech corpus run as one process "
-                                       "(not under torchrun)")
-                result = speech_signature_study(cfg)
-            else:
-                result = run_study(cfg, progress=progress, log=print if rank0 else _silent)
+            result = _compute(args, cfg, checkpoint, group)
             if not rank0:
                 return 0
-            path = write_result(result, out, __version__)
-        except KeyboardInterrupt:
-            if not rank0:
-                raise
-            raise KeyboardInterrupt(f"interrupted; finished signatures are saved in "
-                                    f"{progress.path}; rerun with --resume to continue"
-                                    ) from None
+            path = write_result(result, out)
         except BaseException:
-            if progress is not None and not progress.state["entries"]:
-                progress.discard()
+            if checkpoint is not None and not checkpoint.done:
+                checkpoint.discard()
             raise
-        progress.discard()  # only now: the result directory is in place
+        checkpoint.discard()  # only now: the result directory is in place
     print(f"wrote {path}/result.json ({len(result.entries)} signatures)")
     return 0
+
+
+def _compute(args: argparse.Namespace, cfg, checkpoint, group):
+    """The study's result: a speech study for a speech corpus, else the text study."""
+    from memlens.analyses.signatures.study import run_study
+
+    if not _is_speech(args):
+        rank0 = group is None or group.rank == 0
+        return run_study(cfg, log=print if rank0 else _silent, checkpoint=checkpoint)
+    from memlens.analyses.speech.analysis import speech_signature_study
+
+    if group is not None:  # a speech recogniser on a speech corpus (no --resume)
+        raise MemlensError("signatures of a speech corpus run as one process (not under "
+                           "torchrun)")
+    return speech_signature_study(cfg)
 
 
 def _silent(*_args) -> None:

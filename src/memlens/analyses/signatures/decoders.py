@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memlens.errors import MemlensError
-from memlens.models.states import IndexStates  # moved to models
+from memlens.core.errors import MemlensError
+from memlens.models.states import IndexStates
 
 
 def _since(clock: tuple[float, float]) -> tuple[float, float]:

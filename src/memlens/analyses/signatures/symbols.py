@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from memlens.errors import MemlensError
+from memlens.core.errors import MemlensError
 
 OTHER = "<other>"
 

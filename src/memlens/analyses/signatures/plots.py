@@ -1,17 +1,41 @@
-"""PNG plots of memory signatures (matplotlib, Agg backend). Each returns a caption."""
+"""PNG plots of memory signatures (matplotlib, Agg backend).
+
+The plots read per-lag arrays only: a "signature" here is anything with the arrays of
+:class:`SignatureArrays` (a :class:`~memlens.analyses.signatures.signature.Signature` has
+them), so this module imports nothing of the analysis.
+"""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from memlens.plotting import plain_text, pyplot
-from memlens.signatures.signature import Signature
+from memlens.runtime.plotting import plain_text, pyplot
 
 plt = pyplot()
+
+
+class SignatureArrays(Protocol):
+    """The arrays the plots read: per lag (K+1) accuracy with its interval, bits with its
+    interval, the majority / prior baselines and the entropy H(X); recall and support
+    (K+1 x C) and the C symbol names."""
+
+    accuracy: np.ndarray
+    acc_low: np.ndarray
+    acc_high: np.ndarray
+    bits: np.ndarray
+    bits_low: np.ndarray
+    bits_high: np.ndarray
+    majority: np.ndarray
+    prior: np.ndarray
+    entropy: np.ndarray
+    recall: np.ndarray
+    support: np.ndarray
+    symbols: list[str]
 
 STYLES = {"model": ("C0", "-"), "control": ("C3", "--"), "ngram": ("C2", "-."),
           "window-lm": ("C1", ":")}
@@ -23,7 +47,7 @@ def display(symbol: str) -> str:
 
 
 @plain_text
-def signature_curves(path: Path, entries: Sequence[tuple[str, str, Signature]], title: str
+def signature_curves(path: Path, entries: Sequence[tuple[str, str, SignatureArrays]], title: str
                      ) -> None:
     """Accuracy and bits per lag for several (label, role, signature), with 95% bands,
     majority and prior baselines of the first entry."""
@@ -52,7 +76,7 @@ def signature_curves(path: Path, entries: Sequence[tuple[str, str, Signature]], 
 
 
 @plain_text
-def recall_heatmap(path: Path, sig: Signature, title: str, top: int = 40) -> None:
+def recall_heatmap(path: Path, sig: SignatureArrays, title: str, top: int = 40) -> None:
     """Lag x symbol recall for the ``top`` most frequent held-out symbols."""
     support = sig.support[0]
     order = np.argsort(-support)[:top]
@@ -70,7 +94,7 @@ def recall_heatmap(path: Path, sig: Signature, title: str, top: int = 40) -> Non
 
 
 @plain_text
-def beyond_window(path: Path, model: Signature, window: Signature, first_lag: int,
+def beyond_window(path: Path, model: SignatureArrays, window: SignatureArrays, first_lag: int,
                   label: str, window_label: str, top: int = 30) -> np.ndarray:
     """Per-symbol mean recall over lags >= first_lag: model minus window baseline (bars).
 
