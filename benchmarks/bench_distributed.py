@@ -29,7 +29,9 @@ import torch
 import torch.multiprocessing as mp
 
 import memlens
+from memlens.analyses.gradients import EngineSettings
 from memlens.models import LanguageModel
+from memlens.runtime.options import as_options
 
 
 def _model(args) -> LanguageModel:
@@ -43,7 +45,9 @@ def _stream(args) -> torch.Tensor:
 
 
 def _gradients(model, ids, args, **kw):
-    return memlens.state_gradients(model, ids, args.max_delay, bootstrap=0, **kw)
+    engine = EngineSettings(**kw)  # warmup
+    return memlens.state_gradients(model, ids, args.max_delay, engine=engine,
+                                   options=as_options(device="cpu", bootstrap=0))
 
 
 def _worker(rank: int, args, root: str) -> None:

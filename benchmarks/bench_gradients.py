@@ -25,7 +25,10 @@ import numpy as np
 import torch
 
 import memlens
+from memlens.analyses.gradients import EngineSettings
 from memlens.models import LanguageModel
+from memlens.protocol import Site
+from memlens.runtime.options import as_options
 
 
 def original_gradients(model: LanguageModel, ids: torch.Tensor, targets: list[int], K: int,
@@ -105,8 +108,10 @@ def main() -> None:
     orig_tps = len(targets) / orig_s
     mask = np.zeros(args.tokens, bool)
     mask[targets] = True
-    same = memlens.state_gradients(model, ids, K, readout="cell", target_mask=mask)
-    full = memlens.state_gradients(model, ids, K, readout="cell")
+    site, cpu = Site(readout="cell"), as_options(device="cpu")
+    same = memlens.state_gradients(model, ids, K, site=site, options=cpu,
+                                   engine=EngineSettings(target_mask=mask))
+    full = memlens.state_gradients(model, ids, K, site=site, options=cpu)
     rate_mm2 = matmul_rate(H, K, E)
     mm = max(rate_mm, rate_mm2)
     st = full.stats

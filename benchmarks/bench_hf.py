@@ -8,7 +8,7 @@ agree. Printed from one run:
 * brute force: for every position t, the model's own forward on the prefix x_0..x_t
   (``inputs_embeds``), then ``torch.autograd.functional.jacobian`` (vectorised reverse mode)
   of the top block's output at t w.r.t. the prefix; the K+1 blocks of delays are summed.
-* memlens: ``memlens.state_gradients(from_hf(model), ids, K, bootstrap=0)`` (streaming
+* memlens: ``memlens.state_gradients(from_hf(model), ids, K, options=...)`` (streaming
   forward-mode tangents through the adapter's step: Mamba's written-out ``jvp_step``,
   ``torch.func.jvp`` for RWKV and xLSTM), and with ``method="generic"`` (``torch.func.jvp``
   for every family), to show what the written-out derivative gains.
@@ -30,6 +30,9 @@ import transformers
 
 import memlens
 from memlens.models.hf import from_hf
+from memlens.runtime.options import as_options
+
+NO_BOOT = as_options(device="cpu", bootstrap=0)  # CPU timings, no intervals
 
 
 def build(family: str, width: int, layers: int, vocab: int, seed: int = 0):
@@ -106,9 +109,9 @@ def main() -> None:
     ids = torch.randint(0, args.vocab, (args.tokens,), generator=torch.Generator().manual_seed(1))
     X = model.get_input_embeddings().weight.detach()[ids]
     want, bw, bc = timed(lambda: brute_force(model, args.family, X, K))
-    res, mw, mc = timed(lambda: memlens.state_gradients(enc, ids, K, bootstrap=0))
+    res, mw, mc = timed(lambda: memlens.state_gradients(enc, ids, K, options=NO_BOOT))
     err = np.abs(res.means() - want).max() / np.abs(want).max()
-    gen, gw, gc = timed(lambda: memlens.state_gradients(enc, ids, K, bootstrap=0,
+    gen, gw, gc = timed(lambda: memlens.state_gradients(enc, ids, K, options=NO_BOOT,
                                                         method="generic"))
     gerr = np.abs(gen.means() - want).max() / np.abs(want).max()
     print(f"{args.family}, hidden {args.width}, {args.layers} blocks, {args.tokens} tokens, "
@@ -128,7 +131,8 @@ def main() -> None:
         e = from_hf(m)
         ids = torch.randint(0, args.vocab, (args.width_tokens,),
                             generator=torch.Generator().manual_seed(2))
-        _, ww, wc = timed(lambda e=e, ids=ids: memlens.state_gradients(e, ids, K, bootstrap=0))
+        _, ww, wc = timed(lambda e=e, ids=ids: memlens.state_gradients(e, ids, K,
+                                                                       options=NO_BOOT))
         n = sum(p.numel() for p in m.parameters())
         print(f"{w:5d}  {n:7d}  {ww:7.2f}  {wc:5.2f}  {args.width_tokens / ww:15.1f}  "
               f"{args.width_tokens / wc:14.1f}")

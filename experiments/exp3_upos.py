@@ -33,6 +33,8 @@ from exp1_decay import MODEL, gradients_upos
 
 import memlens
 from memlens.data.corpus import load_corpus
+from memlens.protocol import Site
+from memlens.runtime.options import as_options
 
 MIN_COUNT = 300
 KNOWN_OUT = RUNS / "exp-ewt-upos-in-vocab"
@@ -62,8 +64,9 @@ def gradients_in_vocabulary(scheme: str = "upos"):
             tags = [TAG_GROUP.get(t) for t in corpus.tags["xpos"][:KNOWN_TOKENS]]
         classes = [t if w in model.vocab.stoi else None for w, t in zip(tokens, tags)]
         print(f"+ state_gradients on {len(tokens)} tokens, in-vocabulary {scheme}", flush=True)
-        result = memlens.state_gradients(model, model.vocab.encode(tokens), 50, readout="cell",
-                                         labels=classes)
+        result = memlens.state_gradients(model, model.vocab.encode(tokens), 50,
+                                         site=Site(readout="cell"), classes=classes,
+                                         options=as_options(device="cpu"))
         result.model_meta = {"path": str(MODEL)}
         result.corpus_meta = {"path": str(EWT_DEV), "tokens": len(tokens),
                               "classes": f"{scheme} of in-vocabulary source words"}

@@ -26,10 +26,12 @@ from pathlib import Path
 import numpy as np
 from analysis import RESULTS, RUNS, need_model
 
+from memlens.analyses.signatures import random_init_copy
 from memlens.analyses.speech.analysis import grapheme_signature, prepare_speech, speech_gradients
 from memlens.data.speech.corpus import read_corpus
 from memlens.models.asr import error_rates, load_asr, transcribe
-from memlens.signatures.signature import random_init_copy
+from memlens.protocol import Site
+from memlens.runtime.options import as_options
 
 QUICK = bool(os.environ.get("EXP6_QUICK"))
 CORPUS = RUNS / "speech-wt2"
@@ -99,8 +101,8 @@ def main() -> None:
     for role, enc in (("trained", asr.encoder), ("random-init", control)):
         per = []
         for layer in range(enc.num_layers):
-            g = speech_gradients(enc, grad_data, GRAD_K, layer=layer, readout="hidden",
-                                 bootstrap=0)
+            g = speech_gradients(enc, grad_data, GRAD_K, site=Site(layer, "hidden"),
+                                 options=as_options(device="cpu", bootstrap=0))
             rows = [r for r in g.rows() if r["class"] == "all"]
             by_cls = {c: [r["sum_sv"] for r in g.rows() if r["class"] == c]
                       for c in ("vowel", "consonant", "space")}

@@ -242,7 +242,7 @@ def analyse(args) -> None:
             continue  # one signature per model: the output (hidden) states
         sig_dir = run_memlens(RUNS / f"exp7-signatures-{stem}", "signatures", "--model", model,
                               "--corpus", str(WT / "test.txt"), "--train-tokens", "20000",
-                              "--heldout-tokens", "5000", "--max-delay", "10", "--labels",
+                              "--heldout-tokens", "5000", "--max-delay", "10", "--symbols",
                               "top:100", "--layer", layer, "--control", "none")
         rows = sorted((r for r in load_result(sig_dir)["table"] if r["role"] == "model"),
                       key=lambda r: r["lag"])

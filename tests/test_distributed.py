@@ -15,8 +15,10 @@ import torch
 import torch.multiprocessing as mp
 
 import memlens
+from memlens.analyses.gradients import EngineSettings
 from memlens.distributed import default_warmup, finish
 from memlens.models.loading import load_model
+from memlens.runtime.options import as_options
 from memlens.training import TrainConfig, train
 
 K = 12
@@ -60,9 +62,13 @@ def trained(tmp_path_factory, one_thread):
     return root, ids, labels
 
 
-def _run(model, ids, labels, **kw):
-    return memlens.state_gradients(model, ids, K, labels=labels, bootstrap=0, blocks=6,
-                                   class_ci_delays=(0, 3, K), **kw)
+def _run(model, ids, labels, segment=None, **kw):
+    """state_gradients with the engine knobs (warmup, on_chunk, flush_every) and run options
+    (checkpoint, keep_checkpoint, stop_after, resume, distributed) of ``kw``."""
+    knobs = {k: kw.pop(k) for k in ("warmup", "on_chunk", "flush_every") if k in kw}
+    return memlens.state_gradients(model, ids, K, classes=labels, segment=segment,
+                                   options=as_options(device="cpu", bootstrap=0, blocks=6, **kw),
+                                   engine=EngineSettings(class_ci_delays=(0, 3, K), **knobs))
 
 
 def _arrays(res) -> dict:
@@ -99,24 +105,24 @@ def _worker(rank: int, world: int, root: str, ids, labels) -> None:
         if rank == 0:
             np.savez(f"{root}/segment.npz", **_arrays(res))
         if rank == 0:  # rank 0 alone, not sharded: no collective, no hang
-            res = _run(model, ids, labels, distributed_run=False)
+            res = _run(model, ids, labels, distributed=False)
             np.savez(f"{root}/alone.npz", **_arrays(res))
             report["alone_world_size"] = res.settings["world_size"]
         # signatures' state extraction, sharded and all-gathered
         from memlens.distributed import extract_states_sharded
         from memlens.models.encoder import as_encoder
-        from memlens.signatures.states import View
+        from memlens.models.states import View
 
         view = View(0, "hidden", "all")
         states = extract_states_sharded(as_encoder(model), ids, [view], warmup=200)[view]
         if rank == 0:
             np.save(f"{root}/states.npy", states)
         # interrupt both ranks mid-shard, resume per rank: the same sums as straight through
-        from memlens.gradients import GradientsInterrupted
+        from memlens.runtime.progress import Interrupted
 
         try:
             _run(model, ids, labels, checkpoint=f"{root}/.ir.partial.pt", stop_after=300)
-        except GradientsInterrupted as exc:
+        except Interrupted as exc:
             report["interrupted"] = exc.checkpoint
         res = _run(model, ids, labels, checkpoint=f"{root}/.ir.partial.pt", resume=True)
         if rank == 0:
@@ -184,7 +190,7 @@ def test_two_gloo_processes_reproduce_one_process(trained):
         np.testing.assert_array_equal(alone[key], val, err_msg=key)
     assert reports[0]["alone_world_size"] == 1
     from memlens.models.encoder import as_encoder
-    from memlens.signatures.states import View, extract_states
+    from memlens.models.states import View, extract_states
 
     view = View(0, "hidden", "all")
     states = extract_states(as_encoder(model), ids, [view])[view]
@@ -273,7 +279,7 @@ def test_torchrun_signatures_and_ablation_match_one_process(trained, tmp_path):
     corpus = root / "sig.txt"
     corpus.write_text(_corpus(150, seed=2))
     sig_args = ["--model", str(root / "lm.pt"), "--corpus", str(corpus), "--max-delay", "3",
-                "--labels", "top:12", "--control", "none", "--bootstrap", "50", "--blocks", "5",
+                "--symbols", "top:12", "--control", "none", "--bootstrap", "50", "--blocks", "5",
                 "--device", "cpu"]
     proc = _torchrun_command("signatures", *sig_args, "--warmup", "2000",
                              "--out", str(tmp_path / "sig2"))

@@ -13,12 +13,15 @@ import pytest
 import torch
 
 import memlens
+from memlens.analyses.gradients import EngineSettings, metrics
+from memlens.analyses.gradients.classes import token_classes
 from memlens.cli import main
 from memlens.data import Vocab, read_lexicon
 from memlens.errors import MemlensError
-from memlens.gradients import metrics
-from memlens.gradients.classes import token_classes
 from memlens.models import LanguageModel, as_encoder, save_checkpoint
+from memlens.protocol import Site
+from memlens.runtime.options import as_options
+from memlens.runtime.progress import Interrupted
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LEXICON = FIXTURES / "ptb_words+pos.txt"  # the original's format, named like its PTB file
@@ -91,9 +94,10 @@ def test_segment_equals_original_pair_set(arch, layer, readout, method):
     n_seg = T // S - 1
     ref, cnt, csum, ccnt = segment_brute_force(model, ids, K, layer, readout, S, memb, 2, n_seg)
     for chunk, flush in ((5, 3), (256, 256)):
-        r = memlens.state_gradients(model, ids[:S * n_seg], K, readout=readout, layer=layer,
-                                    labels=labels[:S * n_seg], dtype="float64",
-                                    method=method, chunk_size=chunk, flush_every=flush, segment=S)
+        r = memlens.state_gradients(model, ids[:S * n_seg], K, site=Site(layer, readout),
+                                    classes=labels[:S * n_seg], method=method, segment=S,
+                                    options=as_options(dtype="float64"),
+                                    engine=EngineSettings(chunk_size=chunk, flush_every=flush))
         assert r.settings["segment"] == S
         assert np.array_equal(r.raw.counts, cnt)
         assert rel_err(r.means(), ref / cnt[:, None, None]) <= 1e-10
@@ -102,8 +106,8 @@ def test_segment_equals_original_pair_set(arch, layer, readout, method):
             assert rel_err(r.raw.class_sums[c], csum[c]) <= 1e-10
     # the whole stream: every segment, the partial last one included
     full = segment_brute_force(model, ids, K, layer, readout, S, memb, 2, -(-T // S))
-    r = memlens.state_gradients(model, ids, K, readout=readout, layer=layer, dtype="float64",
-                                method=method, segment=S)
+    r = memlens.state_gradients(model, ids, K, site=Site(layer, readout), method=method,
+                                segment=S, options=as_options(dtype="float64"))
     assert np.array_equal(r.raw.counts, full[1])
     assert rel_err(r.means(), full[0] / full[1][:, None, None]) <= 1e-10
 
@@ -112,35 +116,42 @@ def test_segment_counts_drop_share_and_identity():
     model = tiny_lm("lstm", layers=1)
     S, K, T = 10, 6, 100
     ids = torch.randint(0, V, (T,), generator=torch.Generator().manual_seed(3))
-    r = memlens.state_gradients(model, ids, K, readout="hidden", segment=S)
-    full = memlens.state_gradients(model, ids, K, readout="hidden")
+    hidden = Site(readout="hidden")
+    r = memlens.state_gradients(model, ids, K, site=hidden, segment=S)
+    full = memlens.state_gradients(model, ids, K, site=hidden)
     # whole segments: a share tau / S of the targets loses its pair at delay tau
     assert np.array_equal(r.raw.counts, [T - T // S * tau for tau in range(K + 1)])
     assert np.allclose(1 - r.raw.counts / full.raw.counts[0], np.arange(K + 1) / S)
     assert full.settings["segment"] is None
     # a segment as long as the stream is the default pair set, bit for bit
-    same = memlens.state_gradients(model, ids, K, readout="hidden", segment=T)
+    same = memlens.state_gradients(model, ids, K, site=hidden, segment=T)
     for name in ("sums", "counts", "block_sums", "block_counts"):
         assert np.array_equal(getattr(same.raw, name), getattr(full.raw, name)), name
     with pytest.raises(MemlensError, match="not shorter than the segment"):
-        memlens.state_gradients(model, ids, S, readout="hidden", segment=S)
+        memlens.state_gradients(model, ids, S, site=hidden, segment=S)
     with pytest.raises(MemlensError, match="segment must be a positive integer"):
-        memlens.state_gradients(model, ids, K, readout="hidden", segment=0)
+        memlens.state_gradients(model, ids, K, site=hidden, segment=0)
 
 
 def test_segment_resume_is_identical_and_fingerprinted(tmp_path):
     model = tiny_lm("gru", layers=1)
     ids = torch.randint(0, V, (60,), generator=torch.Generator().manual_seed(4))
-    kw = {"readout": "hidden", "labels": [str(i % 3) for i in ids.tolist()], "blocks": 4,
-          "flush_every": 8, "segment": 9}
-    straight = memlens.state_gradients(model, ids, 4, **kw)
+    kw = {"site": Site(readout="hidden"), "classes": [str(i % 3) for i in ids.tolist()],
+          "segment": 9}
     ck = tmp_path / "partial.pt"
-    with pytest.raises(memlens.gradients.GradientsInterrupted):
-        memlens.state_gradients(model, ids, 4, checkpoint=ck, stop_after=23, chunk_size=5, **kw)
+
+    def run(chunk_size=256, **run_options):
+        return memlens.state_gradients(model, ids, 4, options=as_options(blocks=4, **run_options),
+                                       engine=EngineSettings(chunk_size, flush_every=8), **kw)
+
+    straight = run()
+    with pytest.raises(Interrupted):
+        run(5, checkpoint=ck, stop_after=23)
     with pytest.raises(MemlensError, match="different model"):
-        memlens.state_gradients(model, ids, 4, checkpoint=ck, resume=True,
-                                **{**kw, "segment": 10})
-    resumed = memlens.state_gradients(model, ids, 4, checkpoint=ck, resume=True, **kw)
+        kw["segment"] = 10
+        run(checkpoint=ck, resume=True)
+    kw["segment"] = 9
+    resumed = run(checkpoint=ck, resume=True)
     for name in ("sums", "counts", "class_sums", "class_counts", "block_sums", "block_counts"):
         assert np.array_equal(getattr(straight.raw, name), getattr(resumed.raw, name)), name
 
@@ -152,8 +163,9 @@ def test_type_and_token_weighted_directions():
     ids = torch.tensor([3, 3, 3, 3, 5, 7, 7, 2, 4, 4, 6, 9, 9, 9, 8, 1])
     labels = [["N"] if i in (3, 5, 7) else (["V", "N"] if i == 4 else (["V"] if i > 5 else []))
               for i in ids.tolist()]
-    by_type = memlens.state_gradients(model, ids, 2, readout="hidden", labels=labels)
-    by_token = memlens.state_gradients(model, ids, 2, readout="hidden", labels=labels,
+    hidden = Site(readout="hidden")
+    by_type = memlens.state_gradients(model, ids, 2, site=hidden, classes=labels)
+    by_token = memlens.state_gradients(model, ids, 2, site=hidden, classes=labels,
                                        direction_weighting="token")
     assert by_type.settings["direction_weighting"] == "type"
     assert by_token.settings["direction_weighting"] == "token"
@@ -174,7 +186,7 @@ def test_type_and_token_weighted_directions():
     rel_token = by_token.relative_memory(by_token.direction("N", "V"))
     assert rel_type.shape == rel_token.shape == (3,) and not np.allclose(rel_type, rel_token)
     with pytest.raises(MemlensError, match="unknown direction weighting"):
-        memlens.state_gradients(model, ids, 2, readout="hidden", direction_weighting="word")
+        memlens.state_gradients(model, ids, 2, site=hidden, direction_weighting="word")
     empty = metrics.class_mean_embeddings(table, ids.numpy(), [[]] * 16, 1, "type")
     assert np.isnan(empty).all()
 

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 import memlens
+from memlens.analyses.gradients import EngineSettings, embedding_normalization
 from memlens.cli import main
 from memlens.data import Vocab
 from memlens.errors import MemlensError
-from memlens.gradients import GradientsInterrupted, embedding_normalization
 from memlens.models import (
     LanguageModel,
     RecurrentEncoder,
@@ -25,6 +25,9 @@ from memlens.models import (
     save_checkpoint,
     wrap,
 )
+from memlens.protocol import Site
+from memlens.runtime.options import as_options
+from memlens.runtime.progress import Interrupted
 
 V, E, H, T, K = 11, 3, 5, 30, 4
 
@@ -79,9 +82,9 @@ def test_exact_against_autograd(arch, layer, readout):
     labels = [["a"] if i % 3 == 0 else (["a", "b"] if i % 3 == 1 else []) for i in ids.tolist()]
     memb = [[{"a": 0, "b": 1}[c] for c in lab] for lab in labels]
     ref, csum, ccnt = brute_force(model, ids, K, layer, readout, memb, 2)
-    results = [memlens.state_gradients(model, ids, K, state=readout, layer=layer,
-                                       classes=labels, dtype="float64", chunk_size=c,
-                                       flush_every=f)
+    results = [memlens.state_gradients(model, ids, K, site=Site(layer, readout),
+                                       classes=labels, options=as_options(dtype="float64"),
+                                       engine=EngineSettings(chunk_size=c, flush_every=f))
                for c, f in ((7, 5), (1000, 256))]
     for r in results:
         assert rel_err(r.means(), ref) < 1e-5
@@ -92,11 +95,37 @@ def test_exact_against_autograd(arch, layer, readout):
     # chunking does not change a single bit; float32 within 1e-4; generic path agrees
     assert np.array_equal(results[0].raw.sums, results[1].raw.sums) or \
         rel_err(results[0].raw.sums, results[1].raw.sums) < 1e-12
-    r32 = memlens.state_gradients(model, ids, K, state=readout, layer=layer, chunk_size=9)
+    r32 = memlens.state_gradients(model, ids, K, site=Site(layer, readout),
+                                  engine=EngineSettings(chunk_size=9))
     assert rel_err(r32.means(), ref) < 1e-4
-    gen = memlens.state_gradients(model, ids, K, state=readout, layer=layer, dtype="float64",
-                                  method="generic")
+    gen = memlens.state_gradients(model, ids, K, site=Site(layer, readout), method="generic",
+                                  options=as_options(dtype="float64"))
     assert rel_err(gen.means(), ref) < 1e-5
+
+
+def _unit_map(model, arch: str, layer: int, units: str) -> np.ndarray:
+    """The D x H map of a unit set, written out by hand: rows of the identity, or A."""
+    lay = as_encoder(model).layers[layer]
+    if units == "factor":
+        return lay.factor_in.weight.detach().double().numpy()
+    index = {"0,2-3": [0, 2, 3], "group:1": [3, 4, 5]}[units]
+    return np.eye(lay.hidden_size)[index]
+
+
+@pytest.mark.parametrize("arch,units,readout", [("lstm", "0,2-3", "cell"),
+                                                ("glstm", "group:1", "hidden"),
+                                                ("flstm", "factor", "hidden")])
+def test_site_units_against_autograd(arch, units, readout):
+    model = lm(arch)
+    ids = torch.randint(0, V, (T,), generator=torch.Generator().manual_seed(7))
+    ref, _, _ = brute_force(model, ids, K, 1, readout)
+    want = np.einsum("dh,she->sde", _unit_map(model, arch, 1, units), ref)
+    r = memlens.state_gradients(model, ids, K, site=Site(1, readout, units),
+                                options=as_options(dtype="float64"))
+    assert r.means().shape == want.shape and r.settings["units"] == units
+    assert rel_err(r.means(), want) < 1e-8
+    with pytest.raises(MemlensError, match="out of range"):
+        memlens.state_gradients(model, ids, K, site=Site(1, readout, "0,99"))
 
 
 @pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU, nn.RNN])
@@ -108,8 +137,8 @@ def test_wrapped_user_model(cls):
     ro = "cell" if cls is nn.LSTM else "hidden"
     for layer in (0, 1):
         ref, _, _ = brute_force(model, ids, K, layer, ro)
-        r = memlens.state_gradients(model, ids.tolist(), K, state=ro, layer=layer,
-                                    dtype="float64")
+        r = memlens.state_gradients(model, ids.tolist(), K, site=Site(layer, ro),
+                                    options=as_options(dtype="float64"))
         assert rel_err(r.means(), ref) < 1e-5
         assert r.count(0) == 25 and r.count(K) == 25 - K
         sv = r.singular_values(1)
@@ -122,31 +151,42 @@ def test_resume_after_stop_and_sigterm_is_identical(tmp_path):
     model = lm("lstm", layers=1)
     ids = torch.randint(0, V, (60,), generator=torch.Generator().manual_seed(3))
     labels = [str(i % 3) for i in ids.tolist()]
-    kw = {"state": "hidden", "classes": labels, "blocks": 4, "flush_every": 8}
-    straight = memlens.state_gradients(model, ids, K, **kw)
+    kw = {"site": Site(readout="hidden"), "classes": labels}
+
+    def opts(**run):
+        return as_options(blocks=4, **run)
+
+    def engine(**knobs):
+        return EngineSettings(flush_every=8, **knobs)
+
+    straight = memlens.state_gradients(model, ids, K, options=opts(), engine=engine(), **kw)
     ck = tmp_path / "partial.pt"
-    with pytest.raises(GradientsInterrupted):
-        memlens.state_gradients(model, ids, K, checkpoint=ck, stop_after=21, chunk_size=5, **kw)
+    with pytest.raises(Interrupted):
+        memlens.state_gradients(model, ids, K, options=opts(checkpoint=ck, stop_after=21),
+                                engine=engine(chunk_size=5), **kw)
     assert ck.exists()
 
     def kill(pos):  # SIGTERM arrives in the middle of the resumed run
         if pos >= 40:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    with pytest.raises(GradientsInterrupted) as info:
-        memlens.state_gradients(model, ids, K, checkpoint=ck, resume=True, chunk_size=10,
-                                on_chunk=kill, **kw)
+    with pytest.raises(Interrupted) as info:
+        memlens.state_gradients(model, ids, K, options=opts(checkpoint=ck, resume=True),
+                                engine=engine(chunk_size=10, on_chunk=kill), **kw)
     assert 40 <= info.value.position < 60
-    resumed = memlens.state_gradients(model, ids, K, checkpoint=ck, resume=True, **kw)
+    resumed = memlens.state_gradients(model, ids, K, options=opts(checkpoint=ck, resume=True),
+                                      engine=engine(), **kw)
     assert not ck.exists()
     for name in ("sums", "counts", "class_sums", "class_counts", "block_sums",
                  "block_counts", "class_block_sums", "class_block_counts"):
         assert np.array_equal(getattr(straight.raw, name), getattr(resumed.raw, name)), name
     other = lm("lstm", layers=1, seed=5)
-    with pytest.raises(GradientsInterrupted):
-        memlens.state_gradients(model, ids, K, checkpoint=ck, stop_after=10, **kw)
+    with pytest.raises(Interrupted):
+        memlens.state_gradients(model, ids, K, options=opts(checkpoint=ck, stop_after=10),
+                                engine=engine(), **kw)
     with pytest.raises(MemlensError, match="different model"):
-        memlens.state_gradients(other, ids, K, checkpoint=ck, resume=True, **kw)
+        memlens.state_gradients(other, ids, K, options=opts(checkpoint=ck, resume=True),
+                                engine=engine(), **kw)
 
 
 def test_normalisation_known_answer():
@@ -170,7 +210,7 @@ def test_direction_metrics_and_bootstrap():
     model = lm("lstm", layers=1)
     ids = torch.randint(0, V, (50,), generator=torch.Generator().manual_seed(4))
     labels = ["x" if i < 5 else "y" for i in ids.tolist()]
-    r = memlens.state_gradients(model, ids, K, classes=labels, blocks=5)
+    r = memlens.state_gradients(model, ids, K, classes=labels, options=as_options(blocks=5))
     d = r.direction("x", "y")
     rel = r.relative_memory(d)
     proj, share = r.alignment(d, k=3)
@@ -245,10 +285,11 @@ def test_cli_groups_file_with_absent_tag_warns(tiny, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--max-delay", "-1"], "max-delay must be >= 0"),
+    (["--max-delay", "-1"], "--max-delay must be in 0.."),
     (["--max-delay", "60"], "not shorter than the stream"),
-    (["--state", "memory"], "unknown readout"),
+    (["--readout", "memory"], "unknown readout"),
     (["--layer", "2"], "layer 2 does not exist"),
+    (["--units", "group:0"], "not a grouped LSTM"),
     (["--classes", "colour"], "unknown class specification"),
 ])
 def test_cli_bad_input(tiny, capsys, args, message):
@@ -270,7 +311,7 @@ def test_cli_only_unknown_words_and_bad_ids(tiny, capsys):
         memlens.state_gradients(model, [1, 2, 3, 99, 4], 2)
     gru = lm("gru", layers=1)
     with pytest.raises(MemlensError, match="unknown readout 'cell'"):
-        memlens.state_gradients(gru, [1, 2, 3, 4], 2, readout="cell")
+        memlens.state_gradients(gru, [1, 2, 3, 4], 2, site=Site(readout="cell"))
     # the default readout is valid for every architecture (GRU: hidden)
     assert memlens.state_gradients(gru, [1, 2, 3, 4], 2).settings["readout"] == "hidden"
 
@@ -304,7 +345,7 @@ def test_cli_direction_vector(tiny, capsys):
 
 
 def test_class_specs(tmp_path):
-    from memlens.gradients.classes import token_classes
+    from memlens.analyses.gradients.classes import token_classes
 
     vocab = Vocab(["<unk>", "<eos>", "a", "b", "c", "d"], [0, 5, 50, 30, 15, 5])
     tokens = ["a", "b", "c", "d", "zz", "<eos>"]
@@ -348,11 +389,12 @@ def test_custom_cell_uses_generic_path():
     ids = torch.randint(0, V, (20,))
     for layer in (0, 1):
         ref, _, _ = brute_force(enc, ids, K, layer, "hidden")
-        r = memlens.state_gradients(enc, ids, K, state="hidden", layer=layer, dtype="float64")
+        r = memlens.state_gradients(enc, ids, K, site=Site(layer, "hidden"),
+                                    options=as_options(dtype="float64"))
         assert r.stats["method"] == "generic"
         assert rel_err(r.means(), ref) < 1e-5
     with pytest.raises(MemlensError, match="no hand-derived"):
-        memlens.state_gradients(enc, ids, K, state="hidden", method="hand")
+        memlens.state_gradients(enc, ids, K, site=Site(readout="hidden"), method="hand")
 
 
 def test_cli_vocabulary_mismatch_warns(tiny, capsys):

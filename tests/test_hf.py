@@ -17,8 +17,11 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import memlens  # noqa: E402
+from memlens.analyses.gradients import resolve_site  # noqa: E402
 from memlens.errors import MemlensError  # noqa: E402
 from memlens.models.hf import from_hf, tokenize_corpus  # noqa: E402
+from memlens.protocol import Site  # noqa: E402
+from memlens.runtime.options import Bootstrap, RunOptions  # noqa: E402
 
 V = 40
 
@@ -156,7 +159,7 @@ def test_step_equals_model_forward(family):
         # the head gives the model's logits
         logits = model(ids[None], use_cache=False).logits[0]
         assert (enc.head(seqs[(enc.num_layers - 1, "hidden")][:, 0]) - logits).abs().max() < 1e-5
-    assert enc.default_readout(-1, "gradients") == "hidden"
+    assert resolve_site(enc).readout == "hidden"  # the gradients' default
     assert enc.default_readout(0, "signatures") == "hidden"
 
 
@@ -219,14 +222,14 @@ def test_state_gradients_equal_autograd_through_model(family, dtype, tol):
     else:
         want = autograd_average(model, family, X, K, pairs)
     for layer, readout in pairs:
-        r = memlens.state_gradients(enc, ids, K, readout=readout, layer=layer, dtype=dtype,
-                                    bootstrap=0)
+        opts = RunOptions(dtype=dtype, bootstrap=Bootstrap(0))
+        r = memlens.state_gradients(enc, ids, K, site=Site(layer, readout), options=opts)
         # Mamba's blocks have a written-out derivative (MambaLayer.jvp_step): "hand"
         assert r.settings["method"] == ("hand" if family == "mamba" else "generic")
         assert rel_err(r.means(), want[(layer, readout)]) <= tol, (layer, readout)
         if family == "mamba":  # torch.func.jvp through the step: the same answer
-            g = memlens.state_gradients(enc, ids, K, readout=readout, layer=layer, dtype=dtype,
-                                        bootstrap=0, method="generic")
+            g = memlens.state_gradients(enc, ids, K, site=Site(layer, readout), options=opts,
+                                        method="generic")
             assert g.settings["method"] == "generic"
             assert rel_err(g.means(), want[(layer, readout)]) <= tol, (layer, readout)
 
@@ -302,8 +305,8 @@ def hf_dir(tmp_path, ewt_dev):
 
 
 def test_own_tokenizer_and_first_subtoken_classes(hf_dir, ewt_dev):
+    from memlens.analyses.gradients.classes import token_classes
     from memlens.data import load_corpus
-    from memlens.gradients.classes import token_classes
 
     enc = from_hf(str(hf_dir))
     assert enc.vocab is not None and len(enc.vocab) == enc.vocab_size
@@ -341,14 +344,14 @@ def cli(args, capsys):
 def test_cli_hf_gradients_signatures_ablation_report(hf_dir, ewt_dev, tmp_path, capsys):
     model = f"hf:{hf_dir}"
     rc, io = cli(["gradients", "--model", model, "--corpus", ewt_dev, "--format", "conllu",
-                  "--labels", "upos", "--max-tokens", "150", "--max-delay", "3",
+                  "--classes", "upos", "--max-tokens", "150", "--max-delay", "3",
                   "--bootstrap", "10", "--no-progress", "--out", tmp_path / "g"], capsys)
     assert rc == 0, io.err
     doc = json.loads((tmp_path / "g" / "result.json").read_text())
     assert doc["model"]["arch"] == "hf-mamba" and doc["settings"]["readout"] == "hidden"
     assert "NOUN" in {r["class"] for r in doc["table"]}
     rc, io = cli(["signatures", "--model", model, "--corpus", ewt_dev, "--format", "conllu",
-                  "--layers", "0,1", "--train-tokens", "400", "--heldout-tokens", "200",
+                  "--layer", "0,1", "--train-tokens", "400", "--heldout-tokens", "200",
                   "--max-delay", "2", "--bootstrap", "10", "--control", "none",
                   "--out", tmp_path / "s"], capsys)
     assert rc == 0, io.err
@@ -397,8 +400,9 @@ def test_memory_signatures_per_block(family):
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 8, 900)  # 8 symbols, so every lag has something to decode
     for layer in range(enc.num_layers):
-        sig = memlens.memory_signature(enc, ids[:600], ids[600:], max_delay=2, layer=layer,
-                                       bootstrap=10, blocks=5, max_epochs=3)
+        sig = memlens.memory_signature(enc, ids[:600], ids[600:], max_delay=2,
+                                       site=Site(layer), decoder_options={"max_epochs": 3},
+                                       options=RunOptions(bootstrap=Bootstrap(10, blocks=5)))
         assert sig.info["readout"] == "hidden" and len(sig.accuracy) == 3
         assert sig.accuracy[0] > sig.majority[0]  # the current token is readable
 

@@ -10,10 +10,13 @@ from test_signatures import delay_line
 from torch import nn
 
 import memlens
+from memlens.analyses.gradients import resolve_site
 from memlens.data import Vocab
 from memlens.errors import MemlensError
 from memlens.models import StepLayer, wrap
 from memlens.models.inputs import Stream
+from memlens.protocol import Site
+from memlens.runtime.options import Bootstrap, RunOptions
 
 
 def autograd_average(enc, X, K, layer, readout, segment=None):
@@ -52,7 +55,7 @@ def test_frames_lstm_exact_against_autograd(dtype, tol, layer, readout):
     frames = torch.randn(25, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     want = autograd_average(enc, frames, 4, layer, readout)
     r = memlens.state_gradients(enc, frames.float() if dtype == "float32" else frames, 4,
-                                readout=readout, layer=layer, dtype=dtype)
+                                site=Site(layer, readout), options=RunOptions(dtype=dtype))
     assert enc.input_kind == "vectors" and r.means().shape == (5, 9, 6)
     assert rel_err(r.means(), want) < tol
     assert r.settings["input"] == "vectors" and r.settings["readout"] == readout
@@ -61,7 +64,7 @@ def test_frames_lstm_exact_against_autograd(dtype, tol, layer, readout):
 def test_frames_normalisation_uses_stream_covariance():
     enc = frame_lstm()
     frames = torch.randn(40, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    r = memlens.state_gradients(enc, frames, 2, dtype="float64")
+    r = memlens.state_gradients(enc, frames, 2, options=RunOptions(dtype="float64"))
     cov = np.cov(frames.numpy(), rowvar=False)
     assert np.allclose(r.normalization.D @ r.normalization.D.T, cov)
     with pytest.raises(MemlensError, match="singular"):
@@ -101,7 +104,8 @@ def test_matrix_state_generic_path_exact(dtype, tol, readout):
     frames = torch.randn(20, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     ref = memlens.RecurrentEncoder(None, [diagonal_ssm()]).double()
     want = autograd_average(ref, frames, 5, 0, readout)
-    r = memlens.state_gradients(enc, frames, 5, readout=readout, dtype=dtype)
+    r = memlens.state_gradients(enc, frames, 5, site=Site(readout=readout),
+                                options=RunOptions(dtype=dtype))
     assert r.settings["method"] == "generic"
     assert rel_err(r.means(), want) < tol
     # the user's parameters are untouched (float32, same values)
@@ -116,7 +120,7 @@ def test_custom_layer_on_top_of_lstm_and_tokens():
     ids = torch.randint(0, 10, (18,), generator=torch.Generator().manual_seed(4))
     X = enc.embedding.weight.detach()[ids]
     want = autograd_average(enc, X, 3, 1, "y")
-    r = memlens.state_gradients(enc, ids, 3, layer=1, dtype="float64")
+    r = memlens.state_gradients(enc, ids, 3, site=Site(1), options=RunOptions(dtype="float64"))
     assert rel_err(r.means(), want) < 1e-10
 
 
@@ -124,18 +128,18 @@ def test_one_calling_convention_and_default_readouts():
     torch.manual_seed(0)
     gru = wrap(nn.Embedding(12, 4), nn.GRU(4, 5))
     lstm = wrap(nn.Embedding(12, 4), nn.LSTM(4, 5))
-    assert gru.default_readout(-1, "gradients") == "hidden"
-    assert lstm.default_readout(-1, "gradients") == "cell"
+    assert resolve_site(gru).readout == "hidden"  # the gradients' default: the memory readout
+    assert resolve_site(lstm).readout == "cell"
     assert lstm.default_readout(-1, "signatures") == "hidden"
     ids = np.random.default_rng(0).integers(0, 12, 60)
     assert memlens.state_gradients(gru, ids, 2).settings["readout"] == "hidden"
-    with pytest.warns(DeprecationWarning, match="state= is deprecated"):
-        r = memlens.state_gradients(lstm, ids, 2, state="hidden")
+    r = memlens.state_gradients(lstm, ids, 2, site=Site(readout="hidden"))
     assert r.settings["readout"] == "hidden"
-    with pytest.raises(MemlensError, match="not both"):
-        memlens.state_gradients(lstm, ids, 2, readout="cell", state="hidden")
-    sig = memlens.memory_signature(gru, ids[:40], ids[40:], max_delay=1, readout="hidden",
-                                   layer=0, bootstrap=50, blocks=5, max_epochs=3)
+    with pytest.raises(TypeError, match="state"):  # the old alias is gone
+        memlens.state_gradients(lstm, ids, 2, state="hidden")
+    sig = memlens.memory_signature(gru, ids[:40], ids[40:], max_delay=1, site=Site(0, "hidden"),
+                                   decoder_options={"max_epochs": 3},
+                                   options=RunOptions(bootstrap=Bootstrap(50, blocks=5)))
     assert sig.info["readout"] == "hidden" and len(sig.accuracy) == 2
 
 
@@ -152,7 +156,8 @@ def test_delay_line_as_frame_model_with_labels():
     eye = np.eye(v, dtype=np.float32)
     sig = memlens.memory_signature(one_hot_delay_line(v, m), Stream(eye[tr], labels=tr),
                                    Stream(eye[he], labels=he), max_delay=6,
-                                   max_epochs=20, bootstrap=200)
+                                   decoder_options={"max_epochs": 20},
+                                   options=RunOptions(bootstrap=Bootstrap(200)))
     assert (sig.accuracy[:m] > 0.99).all()
     assert np.allclose(sig.accuracy[m:], sig.majority[m:], atol=0.05)
     assert sig.memory_span() == m - 1
@@ -165,8 +170,9 @@ def test_wrapped_vocabulary_shows_words():
     torch.manual_seed(0)
     enc = wrap(nn.Embedding(6, 4), nn.LSTM(4, 8), vocab=words)
     text = ["the", "cat", "sat", "<eos>", "the", "dog", "ran", "<eos>"] * 40
-    sig = memlens.memory_signature(enc, text[:200], text[200:], max_delay=1, bootstrap=20,
-                                   max_epochs=3)
+    sig = memlens.memory_signature(enc, text[:200], text[200:], max_delay=1,
+                                   decoder_options={"max_epochs": 3},
+                                   options=RunOptions(bootstrap=Bootstrap(20)))
     assert set(sig.symbols) <= set(words)
     with pytest.raises(MemlensError, match="'bird' is not in the vocabulary"):
         memlens.state_gradients(enc, ["the", "bird"], 1)

@@ -21,12 +21,14 @@ import torch
 from torch import Tensor, nn
 
 import memlens
+from memlens.analyses.gradients import resolve_site
 from memlens.core.errors import MemlensError
 from memlens.data import Vocab
 from memlens.models import LanguageModel, load_checkpoint, register_layer, save_checkpoint
 from memlens.models.registry import unregister_layer
 from memlens.models.states import expand_units, extract_states
 from memlens.protocol import Readout, RecurrentLayer, Site, TangentRule, UnitSet
+from memlens.runtime.options import RunOptions
 
 
 def rel_err(a, b) -> float:
@@ -151,7 +153,7 @@ def test_recipe_layer_type_declares_and_builds(diag_type):
     assert isinstance(lay, DiagonalLayer) and lay.tangent_rule is TangentRule.GENERIC
     assert lay.readouts == ("hidden", "energy") and lay.readout_size("energy") == 1
     assert lay.memory_readout == "hidden" and not lay.readout_is_linear
-    assert enc.default_readout(-1, "gradients") == "hidden"
+    assert resolve_site(enc).readout == "hidden"  # the gradients' default
     site = Site(-1, None, "half:1").resolve(enc, "memory")
     assert site == Site(1, "hidden", "half:1") and site.label == "layer1/hidden/half:1"
     assert site.size(enc) == 3 and "I,J-K" in lay.unit_sets()
@@ -184,7 +186,8 @@ def test_recipe_layer_type_state_gradients(diag_type, layer, readout):
     model = diag_model()
     ids = np.random.default_rng(1).integers(0, 12, 20)
     want = brute_force(model.encoder, ids, 3, layer, readout)
-    r = memlens.state_gradients(model, ids, 3, readout=readout, layer=layer, dtype="float64")
+    r = memlens.state_gradients(model, ids, 3, site=Site(layer, readout),
+                                options=RunOptions(dtype="float64"))
     assert r.settings["method"] == "generic" and r.settings["readout"] == readout
     assert rel_err(r.means(), want) < 1e-10
 
@@ -193,8 +196,8 @@ def test_recipe_layer_type_memory_signature(diag_type):
     model = diag_model()
     rng = np.random.default_rng(2)
     ids = rng.integers(0, 6, 900)
-    sig = memlens.memory_signature(model, ids[:600], ids[600:], max_delay=2, units="half:0",
-                                   max_epochs=3)
+    sig = memlens.memory_signature(model, ids[:600], ids[600:], max_delay=2,
+                                   site=Site(units="half:0"), decoder_options={"max_epochs": 3})
     assert sig.info["units"] == "half:0" and sig.info["readout"] == "hidden"
     assert len(sig.accuracy) == 3 and sig.accuracy[0] > sig.majority[0]
 
@@ -348,11 +351,12 @@ def test_recipe_hf_family_state_gradients(toy_hf_dir):
         return model.toyrnn(inputs_embeds=X[None])[-1][0]
 
     J = torch.autograd.functional.jacobian(top, X, vectorize=True).numpy()  # T x D x T x E
-    r = memlens.state_gradients(enc, ids, 2, layer=1, dtype="float64")
+    r = memlens.state_gradients(enc, ids, 2, site=Site(1), options=RunOptions(dtype="float64"))
     assert r.settings["readout"] == "hidden" and r.settings["method"] == "generic"
     assert rel_err(r.means(), delay_average(J, 2)) < 1e-10
     sig = memlens.memory_signature(enc, np.tile(np.arange(8), 80), np.tile(np.arange(8), 40),
-                                   max_delay=1, layer=0, readout="h", max_epochs=2)
+                                   max_delay=1, site=Site(0, "h"),
+                                   decoder_options={"max_epochs": 2})
     assert len(sig.accuracy) == 2
     unregister_family("toyrnn")
     with pytest.raises(MemlensError, match="not a recurrent model memlens can analyse"):

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-import memlens.signatures.study as study
+import memlens.analyses.signatures.study as study
 from memlens.cli import main
 from memlens.data import Vocab
 from memlens.io import MANIFEST, output_lock
@@ -66,7 +66,7 @@ def grad(env, *extra, out="out"):
 
 def sig(env, *extra, out="sig"):
     return ["signatures", "--model", str(env / "$x^.pt"), "--corpus", str(env / "c.txt"),
-            "--out", str(env / out), "--max-lag", "2", "--resamples", "20", "--blocks", "4",
+            "--out", str(env / out), "--max-delay", "2", "--bootstrap", "20", "--blocks", "4",
             "--control", "none", "--symbols", "top:10", *extra]
 
 
@@ -267,8 +267,8 @@ def _term(*args, **kwargs):
 def test_gradients_sigterm_after_accumulation_is_resumable(env, capsys, monkeypatch):
     assert main(grad(env, "--classes", "upos", "--format", "conllu", "--corpus",
                      str(env / "c.conllu"), out="straight")) == 0
-    import memlens.gradients.plots as plots
-    from memlens.gradients.result import GradientResult
+    import memlens.analyses.gradients.plots as plots
+    from memlens.analyses.gradients.result import GradientResult
 
     for where in ("bootstrap", "plots"):
         with monkeypatch.context() as mp:
@@ -288,22 +288,26 @@ def test_gradients_sigterm_after_accumulation_is_resumable(env, capsys, monkeypa
         assert np.array_equal(a[key], b[key]), key
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda ck: ck.__setitem__("position", 10 ** 6), "position"),
-    (lambda ck: ck.__setitem__("position", 7), "digest"),
-    (lambda ck: ck.__setitem__("master", ck["master"][:, :1]), "shape"),
-    (lambda ck: ck["master"].add_(1.0), "digest"),
-    (lambda ck: ck.__setitem__("counts", ck["counts"].double()), "float64"),
+@pytest.mark.parametrize("edit,resign,message", [  # resign: a digest that matches the edit
+    (lambda ck: ck.__setitem__("position", 10 ** 6), True, "position"),
+    (lambda ck: ck.__setitem__("position", 7), False, "digest"),
+    (lambda ck: ck.__setitem__("master", ck["master"][:, :1]), True, "master"),
+    (lambda ck: ck["master"].add_(1.0), False, "digest"),
+    (lambda ck: ck.__setitem__("counts", ck["counts"].double()), True, "float64"),
 ])
-def test_gradients_partial_is_validated(env, capsys, monkeypatch, edit, message):
-    import memlens.gradients.plots as plots
+def test_gradients_partial_is_validated(env, capsys, monkeypatch, edit, resign, message):
+    import memlens.analyses.gradients.plots as plots
+    from memlens.runtime.progress import META, fingerprint
 
     monkeypatch.setattr(plots, "write_plots", _term)
     assert main(grad(env)) == 130
     monkeypatch.undo()
     ck_path = env / ".out.partial.pt"
     ck = torch.load(ck_path, weights_only=True)
-    edit(ck)
+    edit(ck["payload"])
+    if resign:
+        meta = ck[META]
+        meta["digest"] = fingerprint(meta["kind"], meta["fingerprint"], ck["payload"])
     torch.save(ck, ck_path)
     capsys.readouterr()
     assert main(grad(env, "--resume")) == 2
@@ -384,7 +388,7 @@ def test_degenerate_but_valid_options_work(env, capsys):
     assert main(grad(env, "--bootstrap", "0", out="b0")) == 0
     rows = json.loads((env / "b0" / "result.json").read_text())["table"]
     assert all(r["ci_low"] is None for r in rows)
-    assert main(sig(env, "--resamples", "0")) == 0
+    assert main(sig(env, "--bootstrap", "0")) == 0
     rows = json.loads((env / "sig" / "result.json").read_text())["table"]
     assert all(r["ci_low"] is None for r in rows) and rows[0]["accuracy"] is not None
 
@@ -422,8 +426,8 @@ def test_signatures_resume_equals_uninterrupted(env, capsys, monkeypatch):
     monkeypatch.setattr(study, "signature_from_states", flaky)
     assert main(sig(env, *extra)) == 130
     assert "--resume" in capsys.readouterr().err
-    partial = env / ".sig.partial"
-    assert (partial / "state.json").exists() and not (env / "sig").exists()
+    partial = env / ".sig.partial.npz"
+    assert partial.is_file() and not (env / "sig").exists()
     monkeypatch.setattr(study, "signature_from_states", real)
     assert main(sig(env, *extra, "--resume")) == 0
     assert not partial.exists()
@@ -447,13 +451,13 @@ def test_signatures_progress_is_validated(env, capsys, monkeypatch):
     monkeypatch.setattr(study, "signature_from_states", stop)
     assert main(sig(env, "--control", "random-init")) == 130
     monkeypatch.undo()
-    entry = env / ".sig.partial" / "entry-0.npz"
-    entry.write_bytes(entry.read_bytes()[:-10] + b"0123456789")
     capsys.readouterr()
+    assert main(sig(env, "--control", "random-init", "--resume", "--max-delay", "1")) == 2
+    one_line_error(capsys, "different model, corpus or settings")
+    entry = env / ".sig.partial.npz"  # the checkpoint is kept by a refused resume
+    entry.write_bytes(entry.read_bytes()[:-10] + b"0123456789")
     assert main(sig(env, "--control", "random-init", "--resume")) == 2
     one_line_error(capsys, "damaged or was edited")
-    assert main(sig(env, "--control", "random-init", "--resume", "--max-lag", "1")) == 2
-    one_line_error(capsys, "different model, corpus or options")
 
 
 def test_train_resume_equals_uninterrupted(env, monkeypatch):

@@ -15,6 +15,7 @@ from torch import nn  # noqa: E402
 import memlens  # noqa: E402
 from memlens.errors import MemlensError  # noqa: E402
 from memlens.results import Result, load_result  # noqa: E402
+from memlens.runtime.options import Bootstrap, RunOptions  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,8 @@ def _round_trip(result: Result, tmp_path):
 
 def test_gradients_result_format(model, ids, tmp_path):
     labels = ["even" if i % 2 == 0 else "odd" for i in ids]
-    r = memlens.state_gradients(model, ids, 5, labels=labels, bootstrap=20)
+    r = memlens.state_gradients(model, ids, 5, classes=labels,
+                                options=RunOptions(bootstrap=Bootstrap(20)))
     back = _round_trip(r, tmp_path)
     assert set(back.to_frame()["class"]) == {"all", "even", "odd"}
     assert back.summary()["pairs_at_delay_0"] == 400
@@ -61,8 +63,9 @@ def test_gradients_result_format(model, ids, tmp_path):
 
 
 def test_signature_result_format(model, ids, tmp_path):
-    sig = memlens.memory_signature(model, ids[:300], ids[300:], max_delay=3, bootstrap=20,
-                                   max_epochs=3)
+    sig = memlens.memory_signature(model, ids[:300], ids[300:], max_delay=3,
+                                   decoder_options={"max_epochs": 3},
+                                   options=RunOptions(bootstrap=Bootstrap(20)))
     back = _round_trip(sig, tmp_path)
     assert list(back.to_frame()["lag"]) == [0, 1, 2, 3]
     assert back.to_frame()["accuracy"].between(0, 1).all()

@@ -274,7 +274,7 @@ def test_bootstrap_identical_to_signatures(trial):
     valid = rng.random((n, K1)) < 0.9
     entropy = rng.random(K1) * 3
     for blocks, resamples, seed in [(20, 200, trial), (7, 33, 5), (100, 10, 2**62), (3, 0, 0)]:
-        want = signature.bootstrap(correct, nll, valid, entropy, blocks, resamples, seed)
+        want = signature.bootstrap_intervals(correct, nll, valid, entropy, blocks, resamples, seed)
         got = _signatures_via_runtime(correct, nll, valid, entropy, blocks, resamples, seed)
         for g, w in zip(got, want):
             _same(g, w)

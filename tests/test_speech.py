@@ -251,7 +251,7 @@ def test_speech_analyses_cli(tiny):
     classes = {row["class"] for row in doc["table"]}
     assert {"vowel", "consonant", "space"} <= classes
     r = memlens("gradients", "--model", tiny / "asr.pt", "--corpus", tiny / "corpus",
-                "--labels", "upos", "--max-delay", 3, "--out", tiny / "grad2")
+                "--classes", "upos", "--max-delay", 3, "--out", tiny / "grad2")
     assert r.returncode == 2 and "grapheme-type" in r.stderr and not (tiny / "grad2").exists()
 
 

@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from memlens.cli import add_overwrite
-from memlens.commands.common import add_model_arguments, load_vectors, sharded_output
+from memlens.commands.common import add_model_arguments, add_option, add_overwrite, sharded_output
 from memlens.commands.common import log as _log
-from memlens.data.vocab import EOS
-from memlens.errors import MemlensError
+from memlens.core.errors import MemlensError
+from memlens.runtime.options import OPTIONS, check_option
+
+# options of the runtime schema that this command takes, validated before anything is loaded
+SCHEMA_OPTIONS = ("max_delay", "warmup", "checkpoint_every", "blocks", "bootstrap", "dtype",
+                  "device")
 
 
 def register(sub) -> None:
@@ -34,15 +38,16 @@ def register(sub) -> None:
                    "model with continuous inputs a .npy file of T x I input vectors")
     p.add_argument("--format", choices=["text", "conllu"], default="text")
     p.add_argument("--layer", type=int, default=-1, help="readout layer (default: top)")
-    p.add_argument("--readout", "--state", dest="readout", default=None,
-                   help="readout name (default: cell for LSTM layers, as the paper; the "
-                   "layer's output otherwise); --state is the old name")
-    p.add_argument("--max-delay", type=int, default=50, help="maximum delay K")
-    p.add_argument("--labels", "--classes", dest="classes",
-                   help="class of each source position: upos | xpos | groups:FILE | "
-                   "lexicon:FILE | freq:N | freq:E1,E2,... | words:FILE[,FILE]; lexicon:FILE, "
-                   "upos or xpos followed by +groups:FILE applies tag groups to those tags "
-                   "(--classes is the old name)")
+    p.add_argument("--readout", default=None, help="readout name (default: cell for LSTM "
+                   "layers, as the paper; the layer's output otherwise)")
+    p.add_argument("--units", default="all", help="units of the readout: all (default), "
+                   "indices 0,5,10-19, group:G (grouped LSTM), factor or basis:J (factorised "
+                   "LSTM)")
+    add_option(p, "max_delay", default=50, help="maximum delay K (default 50)")
+    p.add_argument("--classes", help="class of each source position: upos | xpos | "
+                   "groups:FILE | lexicon:FILE | freq:N | freq:E1,E2,... | words:FILE[,FILE]; "
+                   "lexicon:FILE, upos or xpos followed by +groups:FILE applies tag groups to "
+                   "those tags; a speech corpus: grapheme-type (the default)")
     p.add_argument("--direction", help="property direction: two classes A,B (mean embedding "
                    "of A minus that of B) or a saved .npy vector")
     p.add_argument("--direction-weighting", choices=["type", "token"], default="type",
@@ -51,53 +56,49 @@ def register(sub) -> None:
     p.add_argument("--segment", type=int, metavar="S",
                    help="average only pairs with source and target in the same S-token "
                    "segment (the original's truncated-BPTT pair set); default: every pair")
-    p.add_argument("--max-tokens", type=int, help="analyse only the first N tokens")
-    p.add_argument("--warmup", type=int, metavar="W",
-                   help="under torchrun: positions each process runs before its shard start, "
-                   "accumulating nothing (default max(1000, 4 K); the single-process result "
-                   "is recovered as W grows)")
+    add_option(p, "max_tokens", help="analyse only the first N tokens")
+    add_option(p, "warmup", metavar="W",
+               help="under torchrun: positions each process runs before its shard start, "
+               "accumulating nothing (default max(1000, 4 K); the single-process result is "
+               "recovered as W grows)")
     p.add_argument("--out", required=True, help="result directory")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    add_option(p, "resume")
     add_overwrite(p)
-    p.add_argument("--checkpoint-every", type=float, default=300.0,
-                   help="seconds between checkpoints (default 300)")
-    p.add_argument("--blocks", type=int, default=20, help="corpus blocks for the bootstrap")
-    p.add_argument("--bootstrap", type=int, default=200,
-                   help="bootstrap resamples (0: no intervals)")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    add_option(p, "checkpoint_every")
+    add_option(p, "blocks", help="corpus blocks for the bootstrap (default 20)")
+    add_option(p, "bootstrap", default=200, help="bootstrap resamples (default 200; 0: no "
+               "intervals)")
+    add_option(p, "dtype")
     p.add_argument("--method", choices=["auto", "hand", "generic"], default="auto",
-                   help="tangent propagation: hand-derived or torch.func.jvp")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+                   help="tangent propagation: the layer's declared rule, hand-derived, or "
+                   "torch.func.jvp")
+    add_option(p, "device")
+    add_option(p, "progress", flag="--no-progress", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def checkpoint_path(out: str | Path) -> Path:
-    out = Path(out)
-    return out.parent / f".{out.name}.partial.pt"
+    """The checkpoint beside OUT: ``.OUT.partial.pt``."""
+    from memlens.runtime.progress import partial_path
+
+    return partial_path(out, ".pt")
 
 
 def run(args: argparse.Namespace) -> int:
     """Check the options and --out, then compute and write the result directory."""
-    if args.max_tokens is not None and args.max_tokens < 1:
-        raise MemlensError(f"--max-tokens must be positive, got {args.max_tokens}")
-    if args.max_delay < 0:
-        raise MemlensError(f"--max-delay must be >= 0, got {args.max_delay}")
-    if args.blocks < 1 or args.bootstrap < 0:
-        raise MemlensError("--blocks must be positive and --bootstrap non-negative")
-    if not args.checkpoint_every > 0:
-        raise MemlensError(f"--checkpoint-every must be positive, got {args.checkpoint_every}")
-    if args.warmup is not None and args.warmup < 0:
-        raise MemlensError(f"--warmup must be >= 0, got {args.warmup}")
-    from memlens.train import resolve_device
+    from memlens.models.run_inputs import check_max_tokens
+    from memlens.runtime.options import resolve_device
 
+    check_max_tokens(args.max_tokens)
+    for name in SCHEMA_OPTIONS:
+        check_option(name, getattr(args, name), OPTIONS[name].cli_flag)
     device = resolve_device(args.device)
     with sharded_output(args.out, args.overwrite, args.resume, device) as (out, device, group):
         return _run(args, out, device, group)
 
 
 def _run(args: argparse.Namespace, out: Path, device, group) -> int:
-    from memlens import distributed
+    from memlens.runtime import distributed
 
     if group is None:
         return _compute(args, out, device, None)
@@ -116,7 +117,7 @@ def _agreed(exc: BaseException) -> BaseException:
 
 
 def _agree(group, err: BaseException | None, what: str) -> None:
-    from memlens import distributed
+    from memlens.runtime import distributed
 
     try:
         distributed.agree(group, err, what)
@@ -125,68 +126,20 @@ def _agree(group, err: BaseException | None, what: str) -> None:
 
 
 def _compute(args: argparse.Namespace, out: Path, device, group) -> int:
-    from memlens import distributed
-    from memlens.gradients import GradientsInterrupted, state_gradients
-    from memlens.gradients.classes import token_classes
-    from memlens.models.hf import SubwordCorpus
-    from memlens.models.loading import load_model
+    """Inputs, classes and directions; the accumulation; then the result directory."""
+    from memlens.runtime import distributed
+    from memlens.runtime.progress import Interrupted
 
-    rank0 = group is None or group.rank == 0
     base = checkpoint_path(out)
     ck = base if group is None else distributed.rank_path(base, group.rank)
     if args.resume and not ck.exists():
         raise MemlensError(f"nothing to resume: no checkpoint {ck} (run without --resume)")
-    loaded = load_model(args.model, args.vocab, device, args.unit)
-    model, enc = loaded.model, loaded.encoder
-    layer, readout = enc.check_readout(args.layer, args.readout, "gradients")
-    speech = None
-    if enc.input_kind == "vectors" and _speech_corpus(args.corpus):
-        speech = _speech_inputs(args, loaded)
-        corpus, tokens, tags = None, None, {}
-        inputs, oov = speech["values"], 0.0
-    elif enc.input_kind == "vectors":
-        corpus, tokens, tags = None, None, {}
-        inputs, oov = load_vectors(args.corpus, enc.input_size, args.max_tokens), 0.0
-    else:
-        corpus = loaded.read_corpus(args.corpus, args.format)
-        tokens = corpus.tokens[: args.max_tokens] if args.max_tokens else corpus.tokens
-        tags = {k: v[: len(tokens)] for k, v in corpus.tags.items()}
-        vocab = enc.vocab
-        if vocab is None:
-            raise MemlensError(f"the model {args.model} has no vocabulary: give --vocab FILE "
-                               "(its symbols, one per line in id order)")
-        oov = vocab.oov_rate(tokens)
-        words = [t for t in tokens if t != EOS]
-        if words and oov >= 1.0:
-            raise MemlensError(f"the corpus has only unknown words for this model's vocabulary "
-                               f"({len(words)} tokens, 100% OOV): model and corpus do not match")
-        if oov > 0.5:
-            _log(f"memlens: warning: vocabulary mismatch? {100 * oov:.1f}% of the corpus "
-                 "tokens are unknown to the model")
-        inputs = vocab.encode(tokens)
-    ids = inputs
-    if args.max_delay >= len(ids):
-        raise MemlensError(f"--max-delay {args.max_delay} is not shorter than the stream "
-                           f"({len(ids)} tokens)")
-    classes, names = None, None
-    if speech is not None:
-        if args.classes not in (None, "grapheme-type"):
-            raise MemlensError("a speech corpus has one class set: --labels grapheme-type "
-                               "(vowel, consonant, space of the aligned grapheme; the default)")
-        classes = speech["labels"]
-        names = sorted({c for c in classes if c is not None})
-    elif args.classes:
-        if tokens is None:
-            raise MemlensError("--labels needs a token corpus (this model reads vectors)")
-        if isinstance(corpus, SubwordCorpus):  # word classes on each word's first sub-token
-            names, classes = corpus.classes(token_classes, args.classes, len(tokens), log=_log)
-        else:
-            names, classes = token_classes(args.classes, tokens, tags, enc.vocab, log=_log)
-    directions = _directions(args.direction, names)
+    data = _inputs(args, device)
+    directions = _directions(args.direction, data.names)
     for name, vec in directions.items():
-        if not isinstance(vec, tuple) and vec.size != enc.input_size:
+        if not isinstance(vec, tuple) and vec.size != data.loaded.encoder.input_size:
             raise MemlensError(f"direction vector {name!r} has {vec.size} entries; the model's "
-                               f"inputs have {enc.input_size}")
+                               f"inputs have {data.loaded.encoder.input_size}")
     if not args.resume and ck.exists():
         print(f"memlens: warning: starting afresh; removing the old checkpoint {ck}",
               file=sys.stderr)
@@ -194,84 +147,78 @@ def _compute(args: argparse.Namespace, out: Path, device, group) -> int:
     if group is not None:
         _agree(group, None, "before the accumulation")
     try:
-        result = state_gradients(model, ids, args.max_delay, readout=readout, layer=layer,
-                                 labels=classes, label_names=names, dtype=args.dtype,
-                                 device=device, method=args.method, blocks=args.blocks,
-                                 bootstrap=args.bootstrap,
-                                 checkpoint=base, checkpoint_every=args.checkpoint_every,
-                                 resume=args.resume, progress=not args.no_progress,
-                                 keep_checkpoint=True, segment=args.segment,
-                                 direction_weighting=args.direction_weighting,
-                                 warmup=args.warmup,
-                                 target_mask=None if speech is None else speech["mask"])
-    except GradientsInterrupted as exc:
+        result = _accumulate(args, data, base, device)
+    except Interrupted as exc:
         print(f"memlens: {exc}", file=sys.stderr)
         return 130
     except BaseException as exc:  # the other ranks know (state_gradients agrees)
         raise _agreed(exc) from None
-    err = None
-    if rank0:
-        try:
-            _write(args, out, result, directions, loaded, ids, corpus, oov, names)
-        except BaseException as exc:
-            err = exc
-    if group is not None:
-        _agree(group, err, "while rank 0 wrote the result")
-    if isinstance(err, KeyboardInterrupt):
-        _log(f"memlens: interrupted after the accumulation; progress saved to {ck}; rerun "
-             "with --resume to continue")
-        return 130
-    if isinstance(err, MemlensError):
-        raise _agreed(MemlensError(f"{err} (the accumulated sums stay in {ck}: rerun with "
-                                   "--resume)")) from None
-    if err is not None:
-        raise _agreed(err)
-    ck.unlink(missing_ok=True)  # only now: the result directory is in place
-    if not rank0:
-        return 0
-    s = result.stats
-    print(f"tokens: {len(ids)} ({s['tokens_per_second']:.1f} tokens/s"
-          + (f", {group.world} processes" if group is not None else "")
-          + f"); condition number of Z: {result.normalization.condition:.2f}")
-    spec = result.spectrum(None)
-    for tau in sorted({0, 1, 5, 10, args.max_delay}):
-        if tau <= args.max_delay:
-            print(f"sum of singular values at delay {tau}: {spec[tau].sum():.4g}")
-    print(f"wrote {out}")
-    return 0
+    return _finish(args, out, result, directions, data, ck, group)
 
 
-def _write(args, out, result, directions, loaded, ids, corpus, oov, names) -> None:
-    """Rank 0 (or the single process): directions, then the result directory."""
-    from memlens.gradients.output import write_result
+# -- the inputs ----------------------------------------------------------------------------------
+@dataclass
+class _Inputs:
+    """What the command analyses: the loaded model, the resolved site, the stream (token ids
+    or T x I vectors), the classes of its positions and their names, the target mask (speech)
+    and the corpus record of result.json."""
 
-    if directions:
-        directions = {k: (result.direction(*v) if isinstance(v, tuple) else v)
-                      for k, v in directions.items()}
-    corpus_info = {"path": str(args.corpus), "tokens": len(ids), "oov_rate": oov,
-                   "format": args.format if corpus is not None else "npy"}
-    settings = {"classes_spec": args.classes, "class_names": names or [],
-                "bootstrap": args.bootstrap, "direction": args.direction}
-    write_result(result, out, loaded.info, corpus_info, settings, args.bootstrap, directions)
+    loaded: object
+    site: object
+    values: object
+    classes: list | None
+    names: list[str] | None
+    mask: np.ndarray | None
+    corpus_meta: dict
 
 
-def _directions(spec: str | None, names: list[str] | None) -> dict:
-    """{"A-B": (A, B)} for two classes, or {"vector": array} for a saved .npy direction."""
-    if spec is None:
-        if names and "NOUN" in names and "VERB" in names:
-            return {"NOUN-VERB": ("NOUN", "VERB")}
-        return {}
-    if spec.endswith(".npy"):
-        try:
-            vec = np.load(spec)
-        except (OSError, ValueError) as exc:
-            raise MemlensError(f"cannot read direction vector {spec}: {exc}") from None
-        return {Path(spec).stem: np.asarray(vec, dtype=np.float64).reshape(-1)}
-    parts = spec.split(",")
-    if len(parts) != 2 or not names or any(p not in names for p in parts):
-        raise MemlensError(f"--direction {spec!r}: give two classes A,B among the --classes "
-                           "names, or a .npy file")
-    return {f"{parts[0]}-{parts[1]}": (parts[0], parts[1])}
+def _inputs(args: argparse.Namespace, device) -> _Inputs:
+    """Model, site (checked before the corpus is read), stream and classes."""
+    from memlens.analyses.gradients import resolve_site
+    from memlens.models.loading import load_model
+    from memlens.models.run_inputs import read_run_inputs
+    from memlens.protocol import Site
+
+    loaded = load_model(args.model, args.vocab, device, args.unit)
+    site = resolve_site(loaded.encoder, Site(args.layer, args.readout, args.units))
+    if loaded.encoder.input_kind == "vectors" and _speech_corpus(args.corpus):
+        speech = _speech_inputs(args, loaded)
+        _check_length(args, len(speech["values"]))
+        if args.classes not in (None, "grapheme-type"):
+            raise MemlensError("a speech corpus has one class set: --classes grapheme-type "
+                               "(vowel, consonant, space of the aligned grapheme; the default)")
+        classes = speech["labels"]
+        names = sorted({c for c in classes if c is not None})
+        meta = {"path": str(args.corpus), "tokens": len(speech["values"]), "oov_rate": 0.0,
+                "format": "npy"}
+        return _Inputs(loaded, site, speech["values"], classes, names, speech["mask"], meta)
+    inputs = read_run_inputs(loaded, args.corpus, format=args.format,
+                             max_tokens=args.max_tokens, what="memlens gradients", log=_log)
+    _check_length(args, len(inputs))
+    names, classes = _token_classes(args, inputs)
+    return _Inputs(loaded, site, inputs.inputs, classes, names, None, inputs.corpus_meta())
+
+
+def _check_length(args: argparse.Namespace, n: int) -> None:
+    if args.max_delay >= n:
+        raise MemlensError(f"--max-delay {args.max_delay} is not shorter than the stream "
+                           f"({n} tokens)")
+
+
+def _token_classes(args: argparse.Namespace, inputs) -> tuple[list[str] | None, list | None]:
+    """(class names, classes per position) of ``--classes`` on a token stream (None, None
+    without it); word classes of a subword corpus go on each word's first sub-token."""
+    from memlens.analyses.gradients.classes import token_classes
+    from memlens.models.hf import SubwordCorpus
+
+    if not args.classes:
+        return None, None
+    if inputs.tokens is None:
+        raise MemlensError("--classes needs a token corpus (this model reads vectors)")
+    if isinstance(inputs.corpus, SubwordCorpus):
+        return inputs.corpus.classes(token_classes, args.classes, len(inputs.tokens), log=_log)
+    return token_classes(args.classes, inputs.tokens, inputs.tags,
+                         inputs.loaded.encoder.vocab, log=_log)
 
 
 def _speech_corpus(path: str) -> bool:
@@ -300,3 +247,93 @@ def _speech_inputs(args: argparse.Namespace, loaded) -> dict:
     if not mask.any():
         raise MemlensError(f"no utterance is longer than --max-delay {args.max_delay} steps")
     return {"values": values.double(), "labels": labels, "mask": mask}
+
+
+def _directions(spec: str | None, names: list[str] | None) -> dict:
+    """{"A-B": (A, B)} for two classes, or {"vector": array} for a saved .npy direction."""
+    if spec is None:
+        if names and "NOUN" in names and "VERB" in names:
+            return {"NOUN-VERB": ("NOUN", "VERB")}
+        return {}
+    if spec.endswith(".npy"):
+        try:
+            vec = np.load(spec)
+        except (OSError, ValueError) as exc:
+            raise MemlensError(f"cannot read direction vector {spec}: {exc}") from None
+        return {Path(spec).stem: np.asarray(vec, dtype=np.float64).reshape(-1)}
+    parts = spec.split(",")
+    if len(parts) != 2 or not names or any(p not in names for p in parts):
+        raise MemlensError(f"--direction {spec!r}: give two classes A,B among the --classes "
+                           "names, or a .npy file")
+    return {f"{parts[0]}-{parts[1]}": (parts[0], parts[1])}
+
+
+# -- the accumulation and the result -------------------------------------------------------------
+def _accumulate(args: argparse.Namespace, data: _Inputs, base: Path, device):
+    """``memlens.state_gradients`` with the command's options; the checkpoint (per rank
+    under torchrun) is kept until the result directory is written."""
+    from memlens.analyses.gradients import EngineSettings, state_gradients
+    from memlens.runtime.options import Bootstrap, Checkpointing, RunOptions
+
+    options = RunOptions(device=device, dtype=args.dtype,
+                         bootstrap=Bootstrap(args.bootstrap, args.blocks),
+                         checkpoint=Checkpointing(base, args.checkpoint_every, args.resume,
+                                                  keep=True),
+                         progress=args.progress)
+    return state_gradients(data.loaded.model, data.values, args.max_delay, site=data.site,
+                           classes=data.classes, class_names=data.names, method=args.method,
+                           segment=args.segment, direction_weighting=args.direction_weighting,
+                           options=options,
+                           engine=EngineSettings(target_mask=data.mask, warmup=args.warmup))
+
+
+def _finish(args: argparse.Namespace, out: Path, result, directions: dict, data: _Inputs,
+            ck: Path, group) -> int:
+    """Rank 0 writes OUT (every rank hears how it went); the checkpoint goes only then."""
+    rank0 = group is None or group.rank == 0
+    err = None
+    if rank0:
+        try:
+            _write(args, out, result, directions, data)
+        except BaseException as exc:
+            err = exc
+    if group is not None:
+        _agree(group, err, "while rank 0 wrote the result")
+    if isinstance(err, KeyboardInterrupt):
+        _log(f"memlens: interrupted after the accumulation; progress saved to {ck}; rerun "
+             "with --resume to continue")
+        return 130
+    if isinstance(err, MemlensError):
+        raise _agreed(MemlensError(f"{err} (the accumulated sums stay in {ck}: rerun with "
+                                   "--resume)")) from None
+    if err is not None:
+        raise _agreed(err)
+    ck.unlink(missing_ok=True)  # only now: the result directory is in place
+    if rank0:
+        _print_summary(args, out, result, group)
+    return 0
+
+
+def _write(args: argparse.Namespace, out: Path, result, directions: dict, data: _Inputs) -> None:
+    """Rank 0 (or the single process): directions, then the result directory."""
+    from memlens.analyses.gradients.output import write_result
+
+    if directions:
+        directions = {k: (result.direction(*v) if isinstance(v, tuple) else v)
+                      for k, v in directions.items()}
+    settings = {"classes_spec": args.classes, "class_names": data.names or [],
+                "bootstrap": args.bootstrap, "direction": args.direction}
+    write_result(result, out, data.loaded.info, data.corpus_meta, settings, args.bootstrap,
+                 directions)
+
+
+def _print_summary(args: argparse.Namespace, out: Path, result, group) -> None:
+    s = result.stats
+    print(f"tokens: {result.settings['tokens']} ({s['tokens_per_second']:.1f} tokens/s"
+          + (f", {group.world} processes" if group is not None else "")
+          + f"); condition number of Z: {result.normalization.condition:.2f}")
+    spec = result.spectrum(None)
+    for tau in sorted({0, 1, 5, 10, args.max_delay}):
+        if tau <= args.max_delay:
+            print(f"sum of singular values at delay {tau}: {spec[tau].sum():.4g}")
+    print(f"wrote {out}")

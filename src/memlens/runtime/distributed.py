@@ -193,7 +193,7 @@ def extract_states_sharded(encoder, ids, views, warmup: int = 1000,
     a zero state ``warmup`` positions before the shard start (those rows are dropped), and the
     shards are all-gathered, so every rank returns the full {view: N x D float32} arrays.
     Without a process group it is ``extract_states`` itself. Used by ``memlens signatures``
-    (:func:`memlens.signatures.study.run_study`)."""
+    (:func:`memlens.analyses.signatures.study.run_study`)."""
     import torch.distributed as dist
 
     group = group or current()

@@ -23,14 +23,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from memlens.analyses.signatures.signature import Signature, check_lag, signature_from_targets
+from memlens.analyses.signatures.sites import resolve_site
+from memlens.analyses.signatures.symbols import SymbolSet
 from memlens.analyses.speech.align import ctc_viterbi, frame_positions, lag_labels
 from memlens.core.errors import MemlensError
 from memlens.data.speech import corpus as sdata
 from memlens.data.speech.graphemes import GRAPHEMES, encode, grapheme_type
 from memlens.models.asr import ASRModel
 from memlens.models.encoder import as_encoder
-from memlens.signatures.signature import Signature, check_lag, signature_from_targets
-from memlens.signatures.symbols import SymbolSet
+from memlens.protocol import Site
+from memlens.runtime.options import Bootstrap, RunOptions
 
 
 def grapheme_name(g: str) -> str:
@@ -113,9 +116,8 @@ def utterance_states(model: nn.Module, data: SpeechData, layer: int = -1,
                      readout: str | None = None) -> np.ndarray:
     """States (sum T_i x D float32) of one layer's readout, each utterance from a zero state."""
     enc = as_encoder(model)
-    layer = enc.resolve_layer(layer)
-    readout = readout or enc.default_readout(layer, "signatures")
-    enc.check_readout(layer, readout)
+    site = resolve_site(enc, Site(layer, readout))  # readout None: the layer's output
+    layer, readout = site.layer, site.readout
     enc.eval()
     out = []
     for x in data.inputs:
@@ -153,24 +155,25 @@ def grapheme_signature(model: nn.Module, train: SpeechData, held: SpeechData, ma
     y_tr = _classes(train.lag_targets(max_lag), sym)
     y_he = _classes(held.lag_targets(max_lag), sym)
     enc = as_encoder(model)
-    layer_i = enc.resolve_layer(layer)
-    readout = readout or enc.default_readout(layer_i, "signatures")
+    site = resolve_site(enc, Site(layer, readout))
+    layer_i, readout = site.layer, site.readout
     tr_x = utterance_states(enc, train, layer_i, readout)
     he_x = utterance_states(enc, held, layer_i, readout)
-    sig = signature_from_targets(tr_x, y_tr, he_x, y_he, sym, decoder, seed, blocks,
-                                 bootstrap, **decoder_options)
+    sig = signature_from_targets(tr_x, y_tr, he_x, y_he, sym, decoder, seed,
+                                 Bootstrap(bootstrap, blocks, seed), decoder_options)
     sig.info = {"model": type(model).__name__, "layer": layer_i, "readout": readout,
                 "units": "all", "input": "vectors", "lag_unit": "graphemes",
                 "utterances": [len(train.inputs), len(held.inputs)]}
     return sig
 
 
-def speech_gradients(model: nn.Module, data: SpeechData, max_delay: int, layer: int = -1,
-                     readout: str | None = None, bootstrap: int = 200, blocks: int = 20,
-                     **options):
+def speech_gradients(model: nn.Module, data: SpeechData, max_delay: int, *,
+                     site: Site | None = None, options: RunOptions | None = None, **kwargs):
     """State gradients of one layer w.r.t. the input frames, classes vowel / consonant / space
-    of the aligned grapheme at the source step (module docstring)."""
-    from memlens.gradients.api import state_gradients
+    of the aligned grapheme at the source step (module docstring). ``site``, ``options`` and
+    ``kwargs`` (method, segment, ...) as :func:`memlens.state_gradients`; the target mask
+    keeps every pair inside one utterance."""
+    from memlens.analyses.gradients import EngineSettings, state_gradients
     from memlens.models.inputs import Stream
 
     mask = data.offsets() >= max_delay
@@ -178,8 +181,8 @@ def speech_gradients(model: nn.Module, data: SpeechData, max_delay: int, layer: 
         raise MemlensError(f"no utterance is longer than max_delay={max_delay} steps")
     return state_gradients(model, Stream(data.values().to(torch.float32),
                                          labels=data.types()),
-                           max_delay, readout=readout, layer=layer, target_mask=mask,
-                           bootstrap=bootstrap, blocks=blocks, **options)
+                           max_delay, site=site, options=options,
+                           engine=EngineSettings(target_mask=mask), **kwargs)
 
 
 def _limit(data: SpeechData, max_steps: int | None) -> SpeechData:
@@ -196,19 +199,19 @@ def _limit(data: SpeechData, max_steps: int | None) -> SpeechData:
 def speech_signature_study(cfg, log=print):
     """``memlens signatures --model ASR.pt --corpus SPEECHDIR``: grapheme-lag signatures of
     the chosen layers of the recogniser and of its random-init control, as a
-    :class:`~memlens.signatures.study.StudyResult` (``cfg``: a StudyConfig; the decoders
+    :class:`~memlens.analyses.signatures.result.StudyResult` (``cfg``: a StudyConfig; the decoders
     train on the corpus's ``train`` split (or all of --corpus) and are scored on its ``test``
     split (or --heldout); ``train_tokens`` / ``heldout_tokens`` cap the steps)."""
     import time
 
+    from memlens.analyses.signatures.api import random_init_copy
+    from memlens.analyses.signatures.result import Entry, StudyResult
+    from memlens.analyses.signatures.sites import parse_layers
     from memlens.models.asr import load_asr
-    from memlens.signatures.signature import random_init_copy
-    from memlens.signatures.states import View
-    from memlens.signatures.study import StudyResult, parse_layers
 
     if cfg.symbols not in (None, "graphemes"):
-        raise MemlensError("a speech recogniser's signatures decode graphemes: leave --labels "
-                           "out (or --labels graphemes)")
+        raise MemlensError("a speech recogniser's signatures decode graphemes: leave --symbols "
+                           "out (or --symbols graphemes)")
     if cfg.units != "all" or cfg.ngram or cfg.window_lm:
         raise MemlensError("--units, --ngram and --window-lm are not available for speech "
                            "corpora")
@@ -225,17 +228,11 @@ def speech_signature_study(cfg, log=print):
         raise MemlensError(f"{cfg.corpus}: give --heldout (the manifest has no split column)")
     train, held = _limit(train, cfg.train_tokens), _limit(held, cfg.heldout_tokens)
     enc = asr.encoder
-    layers = parse_layers(cfg.layers, enc.num_layers, enc)
-    views = [View(i, cfg.readout or enc.default_readout(i, "signatures"), "all")
-             for i in layers]
-    for v in views:
-        enc.check_readout(v.layer, v.readout)
+    views = [resolve_site(enc, Site(i, cfg.readout)) for i in parse_layers(cfg.layer, enc)]
     runs = [(f"{asr.kind} CTC", "model", enc)]
     if cfg.control == "random-init":
         runs.append((f"{asr.kind} CTC (random init)", "control",
                      random_init_copy(enc, cfg.seed)))
-    from memlens.signatures.study import Entry
-
     result = StudyResult(config=cfg, model_meta={"path": str(cfg.model), "arch": asr.kind,
                                                  "layers": enc.num_layers,
                                                  "hidden": enc.hidden_sizes[-1],

@@ -17,11 +17,18 @@ import numpy as np
 import torch
 
 import memlens
+from memlens.analyses.signatures import (
+    Signature,
+    build_symbols,
+    random_init_copy,
+    signature_from_states,
+)
 from memlens.data import Corpus
 from memlens.errors import MemlensError
 from memlens.models.lm import LanguageModel
-from memlens.signatures import Signature, build_symbols, random_init_copy, signature_from_states
-from memlens.signatures.ngram import window_states
+from memlens.models.ngram import window_states
+from memlens.protocol import Site
+from memlens.runtime.options import Bootstrap, as_options
 from memlens.studies.planted.config import (
     ABLATION_BOOTSTRAP,
     GRADIENT_BOOTSTRAP,
@@ -45,9 +52,10 @@ def measure_gradients(model: LanguageModel, ckpt: str, corpus: Corpus, cfg: Plan
                       ) -> PlantedGradients:
     """State gradients of ``model`` on ``corpus`` with the planted direction's ranks."""
     readout = "cell" if model.config["arch"] == "lstm" else "hidden"
+    opts = as_options(device="cpu", bootstrap=GRADIENT_BOOTSTRAP, progress=bool(cfg.progress))
     res = memlens.state_gradients(model, model.vocab.encode(corpus.tokens), cfg.max_delay,
-                                  readout=readout, layer=-1, labels=corpus.tags["role"],
-                                  bootstrap=GRADIENT_BOOTSTRAP, progress=bool(cfg.progress))
+                                  site=Site(-1, readout), classes=corpus.tags["role"],
+                                  options=opts)
     out = PlantedGradients.of(res, planted_direction(model, cfg.n_nouns), cfg.distance,
                               model.config["arch"])
     out.model_meta = model_info(model, ckpt)
@@ -58,8 +66,8 @@ def measure_gradients(model: LanguageModel, ckpt: str, corpus: Corpus, cfg: Plan
 def measure_signatures(model: LanguageModel, ckpt: str, dec_c: Corpus, held_c: Corpus,
                        cfg: PlantedConfig) -> PlantedSignatures:
     """Signatures of the noun's number: trained model, random-init control, trigram window."""
-    K, opts = cfg.max_delay, {"layer": -1, "readout": "hidden", "symbols": "upos",
-                              "seed": cfg.seed, "bootstrap": SIGNATURE_RESAMPLES}
+    K, opts = cfg.max_delay, {"site": Site(-1, "hidden"), "symbols": "upos", "seed": cfg.seed,
+                              "options": as_options(bootstrap=SIGNATURE_RESAMPLES)}
     sig = memlens.memory_signature(model, dec_c, held_c, K, **opts)
     control = random_init_copy(model, seed=cfg.seed + 1)
     with torch.no_grad():  # same fixed embeddings: only the recurrent weights are untrained
@@ -89,7 +97,8 @@ def _window_signature(model: LanguageModel, dec_c: Corpus, held_c: Corpus,
                                  sym.classes(tr_ids, dec_c.tags["upos"]),
                                  window_states(he_ids, NGRAM_ORDER, V),
                                  sym.classes(he_ids, held_c.tags["upos"]), cfg.max_delay, sym,
-                                 seed=cfg.seed, resamples=SIGNATURE_RESAMPLES)
+                                 seed=cfg.seed,
+                                 bootstrap=Bootstrap(SIGNATURE_RESAMPLES, seed=cfg.seed))
 
 
 def measure_ablation(model: LanguageModel, ckpt: str, corpus: Corpus, cfg: PlantedConfig
@@ -107,10 +116,12 @@ def measure_ablation(model: LanguageModel, ckpt: str, corpus: Corpus, cfg: Plant
         verbs = [verbs[i] for i in np.linspace(0, len(verbs) - 1, cfg.ablation_targets)
                  .round().astype(int)]
     ids = model.vocab.encode(corpus.tokens).numpy()
-    res = memlens.context_ablation(model, ids, distances=list(range(1, cfg.max_delay + 1)),
-                                   perturbation=["swap", "drop"], context=L, targets=verbs,
-                                   bootstrap=ABLATION_BOOTSTRAP, blocks=20, seed=cfg.seed,
-                                   batch_size=1024)
+    from memlens.runtime.options import Bootstrap, RunOptions
+
+    res = memlens.context_ablation(
+        model, ids, distances=list(range(1, cfg.max_delay + 1)), perturbation=["swap", "drop"],
+        context=L, targets=verbs, seed=cfg.seed, batch_size=1024,
+        options=RunOptions(bootstrap=Bootstrap(ABLATION_BOOTSTRAP, 20, cfg.seed)))
     out = PlantedAblation.of(res, cfg.distance, model.config["arch"], ABLATION_TOLERANCE_BITS)
     out.model_meta = {**model_info(model, ckpt), **out.model_meta}
     out.corpus_meta = {**corpus_info(corpus, cfg.heldout_sentences, cfg),

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from memlens.ablation.result import LN2
+from memlens.analyses.ablation.result import LN2
 from memlens.plotting import pyplot
 from memlens.studies.planted.rules import ABLATION_TOLERANCE_BITS, DOMINANCE, STRENGTH_FRACTION
 
@@ -115,7 +115,7 @@ def signature_figures(res: PlantedSignatures, out: Path) -> list[dict[str, str]]
     """``signature.png``: accuracy by lag for the trained model, its untrained copy and the
     n-gram window, with bootstrap bands and the majority baseline."""
     plt, arch = pyplot(), res.arch
-    lags = np.arange(res.trained.max_lag + 1)
+    lags = np.arange(res.trained.max_delay + 1)
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for (name, s), ls in zip(res.labelled(), ("-", "--", "-.")):
         ax.plot(lags, s.accuracy, ls, marker="o", ms=3, label=name)

@@ -13,14 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from memlens.ablation import ContextAblationResult
-from memlens.ablation.result import LN2, effective_context
-from memlens.gradients import GradientResult
+from memlens.analyses.ablation import ContextAblationResult
+from memlens.analyses.ablation.result import LN2, effective_context
+from memlens.analyses.gradients import GradientResult
+from memlens.analyses.signatures import Signature
+from memlens.analyses.signatures.table import SERIES as SIGNATURE_SERIES
+from memlens.analyses.signatures.table import signature_rows
 from memlens.plotting import plain_text
 from memlens.results import Result
-from memlens.signatures import Signature
-from memlens.signatures.result import SERIES as SIGNATURE_SERIES
-from memlens.signatures.result import signature_rows
 from memlens.studies.planted import plots
 from memlens.studies.planted.config import GRADIENT_BOOTSTRAP, NGRAM_ORDER, PlantedConfig
 from memlens.studies.planted.plots import ABLATION_LABELS

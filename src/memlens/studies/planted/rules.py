@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from memlens.gradients import GradientResult
+from memlens.analyses.gradients import GradientResult
 from memlens.studies.planted.config import NGRAM_ORDER, PlantedConfig
 
 STRENGTH_FRACTION = 0.5

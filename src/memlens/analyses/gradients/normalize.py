@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from memlens.errors import MemlensError
+from memlens.core.errors import MemlensError
 
 MAX_CONDITION = 1e10
 

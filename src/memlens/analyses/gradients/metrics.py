@@ -6,8 +6,8 @@
 * Subspace alignment: |V_k^T dn| (norm of dn's projection on the top-k right singular vectors)
   and share_k = (sigma_1 + .. + sigma_k) / sum(sigma).
 * Block bootstrap of sum(sigma) per delay: resample the B contiguous target blocks with
-  replacement, recompute the pooled mean, normalise, SVD; report the standard error and a
-  percentile interval.
+  replacement (:mod:`memlens.runtime.bootstrap`, "indices" draws), recompute the pooled mean,
+  normalise, SVD; report the standard error and a percentile interval.
 * Probe: multinomial logistic regression predicting a token's class from its embedding
   (held-out accuracy vs the majority baseline) and class-mean embeddings (over vocabulary
   types, each word once, as the original, or over token occurrences).
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+from memlens.runtime.bootstrap import block_weights, percentile_interval
 
 
 def singular_values(mats: np.ndarray) -> np.ndarray:
@@ -68,9 +70,7 @@ def block_bootstrap(block_sums: np.ndarray, block_counts: np.ndarray, D: np.ndar
     se, low, high = (np.full(S, np.nan) for _ in range(3))
     if B < 2 or n_boot < 1:
         return {"se": se, "low": low, "high": high}
-    rng = np.random.default_rng(seed)
-    weights = np.stack([np.bincount(rng.integers(0, B, B), minlength=B) for _ in range(n_boot)]
-                       ).astype(np.float64)                                      # n x B
+    weights = block_weights(B, n_boot, seed, draw="indices")                    # n x B
     Dt = torch.from_numpy(np.asarray(D, dtype=np.float64))
     for tau in range(S):
         flat = block_sums[:, tau].reshape(B, -1)
@@ -82,7 +82,7 @@ def block_bootstrap(block_sums: np.ndarray, block_counts: np.ndarray, D: np.ndar
         gn = torch.from_numpy(means.reshape(ok.sum(), *block_sums.shape[2:])) @ Dt
         sums = torch.linalg.svdvals(gn).sum(-1).numpy()
         se[tau] = sums.std(ddof=1) if sums.size > 1 else np.nan
-        low[tau], high[tau] = np.quantile(sums, [(1 - level) / 2, (1 + level) / 2])
+        low[tau], high[tau] = percentile_interval(sums, level)
     return {"se": se, "low": low, "high": high}
 
 

@@ -12,18 +12,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from memlens.errors import MemlensError
-from memlens.gradients import metrics
-from memlens.gradients.engine import Sums
-from memlens.gradients.normalize import Normalization
-from memlens.results import Result
+from memlens.analyses.gradients import metrics
+from memlens.analyses.gradients.engine import Sums
+from memlens.analyses.gradients.normalize import Normalization
+from memlens.core.errors import MemlensError
+from memlens.runtime.result import Result
 
 
 @dataclass(repr=False)
 class GradientResult(Result):
     """Exact average state gradients per delay (and class) with their metrics.
 
-    As a :class:`~memlens.results.Result`: ``to_frame()`` has one row per (delay, class)
+    As a :class:`~memlens.runtime.result.Result`: ``to_frame()`` has one row per (delay, class)
     (see :meth:`table`), ``plot()`` draws the sum of singular values vs delay per class,
     ``save(dir)`` writes result.json, table.csv, gradients.npz and PNGs.
     """
@@ -33,7 +33,7 @@ class GradientResult(Result):
 
     max_delay: int
     layer: int
-    state: str
+    readout: str
     class_names: list[str]
     raw: Sums
     normalization: Normalization
@@ -147,9 +147,16 @@ class GradientResult(Result):
         return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
 
     # -- uncertainty -----------------------------------------------------------------------
-    def bootstrap(self, n_boot: int = 200, level: float = 0.95, seed: int = 0
+    @property
+    def seed(self) -> int:
+        """The bootstrap seed of the run (``settings["seed"]``, 0 when absent)."""
+        return int(self.settings.get("seed", 0) or 0)
+
+    def bootstrap(self, n_boot: int = 200, level: float = 0.95, seed: int | None = None
                   ) -> dict[str, np.ndarray]:
-        """Block-bootstrap standard error and interval of the overall sum(sigma) per delay."""
+        """Block-bootstrap standard error and interval of the overall sum(sigma) per delay
+        (``seed`` None: the run's, :attr:`seed`)."""
+        seed = self.seed if seed is None else seed
         key = (n_boot, level, seed)
         if self._boot is None or self._boot.get("key") != key:
             out = metrics.block_bootstrap(self.raw.block_sums, self.raw.block_counts,
@@ -158,9 +165,10 @@ class GradientResult(Result):
         return {k: v for k, v in self._boot.items() if k != "key"}
 
     def class_bootstrap(self, cls: str | int, n_boot: int = 200, level: float = 0.95,
-                        seed: int = 0) -> dict[int, tuple[float, float, float]]:
+                        seed: int | None = None) -> dict[int, tuple[float, float, float]]:
         """{delay: (se, low, high)} of sum(sigma) for one class at the delays that kept
         per-block class sums (``raw.ci_delays``); empty when none were kept."""
+        seed = self.seed if seed is None else seed
         c = self._cls(cls)
         if self.raw.class_block_sums is None or not self.raw.ci_delays:
             return {}
@@ -225,7 +233,7 @@ class GradientResult(Result):
         return out
 
     def figures(self, out) -> list[dict]:
-        from memlens.gradients.plots import write_plots
+        from memlens.analyses.gradients.plots import write_plots
 
         return write_plots(self, out, self.bootstrap(self.n_boot) if self.n_boot else None)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memlens.gradients.result import GradientResult
+from memlens.analyses.gradients.result import GradientResult
 
 
 def write_result(result: GradientResult, out: str | Path, model_info: dict, corpus_info: dict,

@@ -23,7 +23,7 @@ the identity: layer 0 needs only the recurrent product, and the new block is the
 matrix itself. Above layer 0, dx is the hidden-state tangent of the layer below (all slots).
 
 The generic path uses ``torch.func.jvp`` on ``layer.step`` with the tangent columns as a batch;
-it works for any :class:`~memlens.models.layers.RecurrentLayer` and serves as a cross-check.
+it works for any :class:`~memlens.protocol.RecurrentLayer` and serves as a cross-check.
 """
 
 from __future__ import annotations
@@ -34,26 +34,33 @@ import torch
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
-from memlens.errors import MemlensError
-from memlens.models.layers import RecurrentLayer
-
-HAND_KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+from memlens.core.errors import MemlensError
+from memlens.protocol import GATE_KINDS, RecurrentLayer, TangentRule
 
 
 def make_propagator(layer: RecurrentLayer, slots: int, block: int, first: bool,
                     dtype: torch.dtype, device: torch.device, method: str = "auto"
                     ) -> LayerPropagator | GenericPropagator:
-    """The propagator of one layer: hand-derived tangents for LSTM/GRU/RNN layers and for
-    layers with their own ``jvp_step`` (Mamba), unless ``method="generic"``;
-    ``torch.func.jvp`` on ``layer.step`` for everything else."""
+    """The propagator of one layer, by the layer's declared ``tangent_rule``: GATES,
+    hand-derived from ``dense_weights()`` (:class:`LayerPropagator`); WRITTEN, the layer's
+    own ``jvp_step`` (Mamba); GENERIC, ``torch.func.jvp`` on ``layer.step``. ``method``:
+    "auto" (the declared rule), "hand" (GATES or WRITTEN; refused for GENERIC layers) or
+    "generic" (``torch.func.jvp`` for every layer: a cross-check)."""
     if method not in ("auto", "hand", "generic"):
         raise MemlensError(f"unknown tangent method {method!r}: choose auto, hand or generic")
-    written = hasattr(layer, "jvp_step")
-    if method == "hand" and layer.kind not in HAND_KINDS and not written:
+    try:
+        rule = TangentRule(layer.tangent_rule)
+    except ValueError:
+        raise MemlensError(f"layer kind {layer.kind!r} declares an unknown tangent rule "
+                           f"{layer.tangent_rule!r}: choose gates, written or generic") from None
+    if rule is TangentRule.GATES and layer.kind not in GATE_KINDS:
+        raise MemlensError(f"layer kind {layer.kind!r} declares the gates tangent rule, which "
+                           f"covers only {', '.join(GATE_KINDS)}")
+    if method == "hand" and rule is TangentRule.GENERIC:
         raise MemlensError(f"no hand-derived tangents for layer kind {layer.kind!r}")
-    if method == "generic" or layer.kind not in HAND_KINDS:
+    if method == "generic" or rule is not TangentRule.GATES:
         return GenericPropagator(layer, slots, block, first, dtype, device,
-                                 use_jvp_step=written and method != "generic")
+                                 use_jvp_step=rule is TangentRule.WRITTEN and method != "generic")
     return LayerPropagator(layer, slots, block, first, dtype, device)
 
 
@@ -259,11 +266,12 @@ class GenericPropagator:
     each) with one tangent tensor per leaf (N x ..., N = S*E columns riding as a batch).
     A readout's tangent is the jvp of the readout function at the new state, so readouts may
     be any differentiable function of the state (a flattened matrix memory, y = C h, ...).
-    A layer may declare ``readout_is_linear`` (the readout of the tangents is the tangent of
-    the readout) and provide ``jvp_step(x, state, dx, dstate) -> (state', dstate')``, its
-    step and derivative written out (Mamba: the primal is computed once instead of once per
-    tangent column, and the SSM tangent updated in place); with ``use_jvp_step`` (method
-    "auto" or "hand") it replaces the jvp call of ``step``.
+    A readout declared linear (``readout_specs()[name].linear``) is applied to the tangents
+    directly (its tangent is the readout of the tangents). A layer whose ``tangent_rule`` is
+    WRITTEN provides ``jvp_step(x, state, dx, dstate) -> (state', dstate')``, its step and
+    derivative written out (Mamba: the primal is computed once instead of once per tangent
+    column, and the SSM tangent updated in place); with ``use_jvp_step`` (method "auto" or
+    "hand") it replaces the jvp call of ``step``.
     """
 
     def __init__(self, layer: RecurrentLayer, slots: int, block: int, first: bool,
@@ -296,6 +304,7 @@ class GenericPropagator:
                          for leaf in leaves]
         self.eye = torch.eye(block, self.I, dtype=dtype, device=device)
         self.H = layer.hidden_size
+        self.linear = {n: r.linear for n, r in layer.readout_specs().items()}
         self._cache: dict[str, Tensor] = {}
 
     def _unflatten(self, leaves):
@@ -318,7 +327,7 @@ class GenericPropagator:
 
     def readout(self, name: str) -> Tensor:
         """Tangent matrix (D x S*E) of readout ``name`` (its jvp at the current state)."""
-        if name not in self._cache and getattr(self.layer, "readout_is_linear", False):
+        if name not in self._cache and self.linear.get(name, False):
             out = self.call("readout", self._unflatten(self.tangents), name)
             self._cache[name] = out.reshape(self.N, -1).T.contiguous()
         if name not in self._cache:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memlens.plotting import plain_text, pyplot
+from memlens.runtime.plotting import plain_text, pyplot
 
 plt = pyplot()
 
@@ -46,7 +46,7 @@ def plot_memory(result, path: Path, log: bool, boot: dict | None = None) -> None
         ax.set_yscale("log")
     ax.set_xlabel("delay tau (tokens)")
     ax.set_ylabel("sum of singular values of normalised avg. gradient")
-    ax.set_title(f"State-gradient memory, layer {result.layer} {result.state} "
+    ax.set_title(f"State-gradient memory, layer {result.layer} {result.readout} "
                  f"({'log-log' if log else 'linear'})")
     ax.legend(fontsize=7, ncol=2, loc="upper right")
     ax.grid(alpha=0.3, which="both")

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from memlens.core.errors import MemlensError
 from memlens.data import read_groups, read_lexicon, read_word_list
 from memlens.data.vocab import EOS, UNK
-from memlens.errors import MemlensError
 
 KINDS = ("upos", "xpos", "groups", "lexicon", "freq", "words")
 
