@@ -47,7 +47,7 @@ def main() -> None:
         "--max-delay", "50", "--max-tokens", "5000", "--no-progress"))
     sig = load_result(run_memlens(
         RUNS / f"exp8-signatures-{TAG}", "signatures", "--model", model, "--corpus", str(TEST),
-        "--max-delay", "20", "--labels", "top:1000", "--control", "none", "--ngram", "0",
+        "--max-delay", "20", "--symbols", "top:1000", "--control", "none", "--ngram", "0",
         "--train-tokens", "20000", "--heldout-tokens", "5000"))
 
     s = abl["summary"]

@@ -10,11 +10,19 @@ import torch
 from torch import nn
 
 import memlens
-from memlens.ablation import AblationInterrupted, context_ablation
+from memlens.analyses.ablation import (
+    PERTURBATIONS,
+    Perturbation,
+    PerturbationContext,
+    context_ablation,
+)
+from memlens.analyses.ablation.perturbations import seed_code, unigram_cdf
 from memlens.cli import main
-from memlens.errors import MemlensError
+from memlens.core.errors import MemlensError
+from memlens.models.ngram import KneserNeyLM
 from memlens.results import load_result
-from memlens.signatures.ngram import KneserNeyLM
+from memlens.runtime.options import Bootstrap, Checkpointing, RunOptions
+from memlens.runtime.progress import Interrupted
 
 WORDS = [f"w{i}" for i in range(12)]
 
@@ -41,6 +49,19 @@ class ConstantHead(nn.Module):
         return self.bias.expand(h.shape[0], -1) + 0.0 * h.sum(-1, keepdim=True)
 
 
+def boot(resamples: int, blocks: int = 20, seed: int = 0) -> RunOptions:
+    """Run options with ``resamples`` bootstrap resamples."""
+    return RunOptions(bootstrap=Bootstrap(resamples, blocks, seed))
+
+
+def ctx_of(windows, index: int = 0, cdf=None) -> PerturbationContext:
+    """The context of target ``index`` among targets whose windows are ``windows``."""
+    windows = np.asarray(windows)
+    L = windows.shape[1]
+    return PerturbationContext(windows.reshape(-1), np.arange(1, len(windows) + 1) * L, index,
+                               L, cdf)
+
+
 def small_lm(head: nn.Module | None = None, seed: int = 0):
     torch.manual_seed(seed)
     return memlens.wrap(nn.Embedding(12, 8), nn.LSTM(8, 16), vocab=WORDS,
@@ -53,7 +74,7 @@ def test_ngram_oracle_exact_zero_from_window(order):
     lm = KneserNeyLM(order).fit(toks)
     ks = [1, 2, 3, 4, 6, 10]
     r = context_ablation(lm, lm.encode(toks), distances=ks, context=16, targets=250,
-                         bootstrap=100)
+                         options=boot(100))
     inc = r.increase
     for i, p in enumerate(r.perturbations):
         for j, k in enumerate(ks):
@@ -69,18 +90,17 @@ def test_ngram_oracle_exact_zero_from_window(order):
 def test_swap_oracle_and_definition():
     """swap (the far context of another target in place of this one's): an n-gram LM of
     order n is untouched from k = n-1 on; the swapped-in tokens are another target's."""
-    from memlens.ablation.api import perturbed_window
-
     toks = markov_text()
     lm = KneserNeyLM(3).fit(toks)
     ks = [1, 2, 3, 6]
     r = context_ablation(lm, lm.encode(toks), distances=ks, context=12, targets=200,
-                         perturbation="swap", bootstrap=50)
+                         perturbation="swap", options=boot(50))
     assert r.perturbations == ["swap"]
     assert np.all(r.increase[0, 1:] == 0.0) and r.increase[0, 0] > 0.05
     assert r.effective_context() == {"swap": 2}
     window, other = np.arange(10), np.arange(100, 110)
-    s = perturbed_window(window, "swap", 3, np.random.default_rng(0), np.ones(1), other)
+    s = PERTURBATIONS["swap"].perturb(window, 3, np.random.default_rng(0),
+                                      ctx_of([window, other]))
     assert list(s) == [100, 101, 102, 103, 104, 105, 106, 7, 8, 9]
     with pytest.raises(MemlensError, match="at least 2 targets"):
         context_ablation(lm, lm.encode(toks), distances=[1], context=12, targets=1,
@@ -93,7 +113,7 @@ def test_swap_oracle_and_definition():
 def test_model_ignoring_input_zero_everywhere():
     enc = small_lm(ConstantHead(12))
     r = context_ablation(enc, markov_text(600), distances=[1, 2, 5, 10], context=12,
-                         targets=80, bootstrap=50)
+                         targets=80, options=boot(50))
     assert np.all(r.increase == 0.0)
     assert r.effective_context() == {"shuffle": 1, "replace": 1, "drop": 1}
     rows = r.rows()
@@ -117,17 +137,18 @@ def test_batching_order_and_subset_invariance():
 
 
 def test_perturbation_definitions():
-    from memlens.ablation.api import perturbed_window, unigram_cdf
-
     window = np.arange(10)
     rng = np.random.default_rng(0)
-    s = perturbed_window(window, "shuffle", 3, rng, np.ones(1))
+    s = PERTURBATIONS["shuffle"].perturb(window, 3, rng, ctx_of([window]))
     assert list(s[7:]) == [7, 8, 9] and sorted(s[:7]) == list(range(7))
-    d = perturbed_window(window, "drop", 3, rng, np.ones(1))
-    assert list(d) == [7, 8, 9]
+    d = PERTURBATIONS["drop"].perturb(window, 3, rng, ctx_of([window]))
+    assert list(d) == [7, 8, 9] and PERTURBATIONS["drop"].width(10, 3) == 3
     cdf = unigram_cdf(np.array([4, 4, 4, 2]), 6)
-    r = perturbed_window(window, "replace", 4, rng, cdf)
+    r = PERTURBATIONS["replace"].perturb(window, 4, rng, ctx_of([window], cdf=cdf))
     assert list(r[6:]) == [6, 7, 8, 9] and set(r[:6]) <= {2, 4}
+    assert list(window) == list(range(10))  # the window itself is never modified
+    # the seed codes: positions in the registry (the numbers of every earlier run)
+    assert [seed_code(p) for p in ("shuffle", "replace", "drop", "swap")] == [0, 1, 2, 3]
 
 
 def test_no_head_and_bad_arguments():
@@ -158,21 +179,116 @@ def test_language_model_head_and_interrupt_resume(tmp_path):
     kw = dict(distances=[1, 4], context=8, targets=50, batch_size=16)
     full = context_ablation(lm, ids, **kw)
     ck = tmp_path / "ck.npz"
-    calls = []
 
-    def stop(done, total):
-        calls.append(done)
-        if done == 3:
-            raise KeyboardInterrupt
+    def run(**checkpointing):
+        return context_ablation(lm, ids, **kw, options=RunOptions(
+            checkpoint=Checkpointing(ck, **checkpointing)))
 
-    with pytest.raises(AblationInterrupted):
-        context_ablation(lm, ids, checkpoint=ck, on_batch=stop, **kw)
-    assert ck.exists()
-    resumed = context_ablation(lm, ids, checkpoint=ck, resume=True, **kw)
+    with pytest.raises(Interrupted, match="after 3 of .* batches") as info:
+        run(stop_after=3)
+    assert ck.exists() and info.value.done == 3 and info.value.checkpoint == str(ck)
+    with pytest.raises(Interrupted, match="after 5 of"):  # resumes at 3, 2 more
+        run(resume=True, stop_after=2)
+    resumed = run(resume=True)
     np.testing.assert_array_equal(resumed.nll, full.nll)
     assert not ck.exists()
     with pytest.raises(MemlensError, match="nothing to resume"):
-        context_ablation(lm, ids, checkpoint=ck, resume=True, **kw)
+        run(resume=True)
+    # another run's checkpoint is refused
+    with pytest.raises(Interrupted):
+        run(stop_after=1)
+    with pytest.raises(MemlensError, match="different model, corpus or settings"):
+        context_ablation(lm, ids, **{**kw, "seed": 1}, options=RunOptions(
+            checkpoint=Checkpointing(ck, resume=True)))
+
+
+class SigtermScorer:
+    """A next-token scorer (uniform) that sends itself SIGTERM while scoring batch 2."""
+
+    vocab_size = 12
+
+    def __init__(self):
+        self.calls = 0
+
+    def target_logprobs(self, contexts, targets):
+        import os
+        import signal
+
+        self.calls += 1
+        if self.calls == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return torch.full((len(targets),), -np.log(12.0), dtype=torch.float64)
+
+
+def test_sigterm_saves_and_resumes(tmp_path):
+    ids = np.arange(300) % 12
+    ck = tmp_path / "ck.npz"
+    kw = dict(distances=[1, 2], context=6, targets=40, batch_size=16)
+    scorer = SigtermScorer()
+    with pytest.raises(Interrupted, match="after 2 of"):
+        context_ablation(scorer, ids, **kw, options=RunOptions(checkpoint=Checkpointing(ck)))
+    assert ck.exists() and scorer.calls == 2
+    r = context_ablation(scorer, ids, **kw, options=RunOptions(
+        checkpoint=Checkpointing(ck, resume=True)))
+    assert np.all(r.increase == 0.0) and not ck.exists()
+
+
+class Reverse(Perturbation):
+    """A toy perturbation defined outside memlens: the far tokens in reverse order."""
+
+    name = "reverse"
+
+    def perturb(self, window, k, rng, context):
+        far = len(window) - k
+        out = window.copy()
+        out[:far] = window[:far][::-1]
+        return out
+
+
+def test_registered_perturbation_against_brute_force(monkeypatch):
+    """A perturbation registered from outside runs like the built-in ones: every loss equals
+    the model's loss on the window perturbed by hand; the built-in shuffle's randomness is
+    default_rng([seed, code, t, k])."""
+    monkeypatch.setitem(PERTURBATIONS, "reverse", Reverse())
+    enc = small_lm(seed=1)
+    ids = torch.tensor([WORDS.index(w) for w in markov_text(400)])
+    L, ks, seed = 9, [1, 3, 6], 7
+    r = context_ablation(enc, ids, distances=ks, perturbation=["reverse", "shuffle"], context=L,
+                         targets=12, seed=seed, batch_size=5, options=boot(0))
+    assert r.perturbations == ["reverse", "shuffle"] and seed_code("reverse") == 4
+
+    def loss(window, t):
+        with torch.no_grad():
+            out, _ = enc(torch.as_tensor(window).view(-1, 1))
+            return -torch.log_softmax(enc.head(out[-1]).double(), -1)[0, ids[t]].item()
+
+    for i, t in enumerate(r.positions.tolist()):
+        window = ids[t - L:t].numpy()
+        assert abs(r.base_nll[i] - loss(window, t)) < 1e-5
+        for j, k in enumerate(ks):
+            rev = np.concatenate([window[:L - k][::-1], window[L - k:]])
+            assert abs(r.nll[0, j, i] - loss(rev, t)) < 1e-5
+            rng = np.random.default_rng([seed, 0, t, k])
+            shuf = np.concatenate([window[:L - k][rng.permutation(L - k)], window[L - k:]])
+            assert abs(r.nll[1, j, i] - loss(shuf, t)) < 1e-5
+    monkeypatch.delitem(PERTURBATIONS, "reverse")
+    with pytest.raises(MemlensError, match="unknown perturbation 'reverse'"):
+        context_ablation(enc, ids, distances=[1], perturbation="reverse", context=L)
+
+
+class BadWidth(Perturbation):
+    name = "bad"
+
+    def perturb(self, window, k, rng, context):
+        return window[:-1]
+
+
+def test_perturbation_of_the_wrong_width_is_refused(monkeypatch):
+    monkeypatch.setitem(PERTURBATIONS, "bad", BadWidth())
+    lm = KneserNeyLM(2).fit(markov_text(300))
+    with pytest.raises(MemlensError, match="the bad perturbation returned"):
+        context_ablation(lm, lm.encode(markov_text(300)), distances=[1], perturbation="bad",
+                         context=5, targets=5)
 
 
 @pytest.fixture(scope="module")
@@ -209,15 +325,20 @@ def test_cli_result_directory_and_report(trained, capsys):
 
 
 @pytest.mark.parametrize("extra, msg", [
-    (["--distances", "0"], "--distances"),
-    (["--distances", "30", "--context", "20"], "--distances"),
-    (["--distances", "a,b"], "--distances"),
-    (["--perturbation", "reverse"], "--perturbation"),
-    (["--targets", "0"], "--targets"),
-    (["--context", "1"], "--context"),
+    (["--distances", "0"], "distance must be in 1..299"),
+    (["--distances", "30", "--context", "20"], "distance must be in 1..19"),
+    (["--distances", "a,b"], "distances: cannot read"),
+    (["--perturbation", "reverse"], "unknown perturbation 'reverse'"),
+    (["--targets", "0"], "targets must be in 1.."),
+    (["--context", "1"], "context must be in 2.."),
     (["--context", "50000", "--distances", "1"], "leaves no target"),
-    (["--tolerance", "1.5"], "--tolerance"),
-    (["--blocks", "1"], "--blocks"),
+    (["--tolerance", "1.5"], "tolerance must be in [0, 1)"),
+    (["--blocks", "1"], "blocks must be in 2.."),
+    (["--bootstrap", "-1"], "bootstrap must be in 0.."),
+    (["--seed", "-1"], "seed must be in 0.."),
+    (["--batch-size", "0"], "batch_size must be in 1.."),
+    (["--checkpoint-every", "0"], "checkpoint_every must be > 0"),
+    (["--max-tokens", "0"], "--max-tokens must be positive"),
     (["--resume"], "nothing to resume"),
 ])
 def test_cli_bad_input_one_line_no_output(trained, capsys, extra, msg):
@@ -233,8 +354,8 @@ def test_cli_bad_input_one_line_no_output(trained, capsys, extra, msg):
 def test_cli_model_without_head(trained, capsys):
     (trained / "nohead.py").write_text(
         "import torch\nfrom torch import nn\nimport memlens\n"
-        "def build():\n    return memlens.wrap(nn.Embedding(12, 8), nn.LSTM(8, 16))\n")
-    (trained / "vocab.txt").write_text("\n".join(WORDS) + "\n")
+        "def build():\n    return memlens.wrap(nn.Embedding(13, 8), nn.LSTM(8, 16))\n")
+    (trained / "vocab.txt").write_text("\n".join([*WORDS, "<eos>"]) + "\n")
     rc = main(["ablation", "--model", f"{trained / 'nohead.py'}:build", "--vocab",
                str(trained / "vocab.txt"), "--corpus", str(trained / "text.txt"),
                "--device", "cpu", "--context", "10", "--distances", "1,2",
@@ -258,7 +379,7 @@ def test_head_stays_out_of_checkpoints(tmp_path):
 def test_log_x_series_plain_tick_labels():
     lm = KneserNeyLM(2).fit(markov_text(300))
     r = context_ablation(lm, lm.encode(markov_text(300)), distances=[1, 3, 10], context=12,
-                         targets=40, bootstrap=20)
+                         targets=40, options=boot(20))
     ax = r.plot(series="increase")
     assert ax.get_xscale() == "log"
     assert ax.xaxis.get_major_formatter()(10.0, 0) == "10"
@@ -272,7 +393,7 @@ def test_definitions_against_direct_computation():
     toks = markov_text(300)
     ids = torch.tensor([WORDS.index(w) for w in toks])
     r = context_ablation(enc, ids, distances=[2, 5], context=9, targets=7,
-                         perturbation="drop", bootstrap=0)
+                         perturbation="drop", options=boot(0))
     with torch.no_grad():
         for i, t in enumerate(r.positions):
             for j, width in enumerate([9, 2, 5]):

@@ -25,7 +25,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from memlens.errors import MemlensError
+from memlens.core.errors import MemlensError
 from memlens.models.encoder import RecurrentEncoder, as_encoder
 
 
@@ -77,7 +77,7 @@ class RecurrentLMScorer:
 
 
 class NGramScorer:
-    """A :class:`~memlens.signatures.ngram.KneserNeyLM` as a scorer over its own ids
+    """A :class:`~memlens.models.ngram.KneserNeyLM` as a scorer over its own ids
     (``lm.encode(tokens)``): P(x_t | last n-1 context tokens)."""
 
     def __init__(self, lm):
@@ -102,7 +102,7 @@ def as_scorer(model) -> NextTokenScorer:
     ``memlens.wrap(..., head=module)``.
     """
     from memlens.models.lm import LanguageModel
-    from memlens.signatures.ngram import KneserNeyLM
+    from memlens.models.ngram import KneserNeyLM
 
     if isinstance(model, (RecurrentLMScorer, NGramScorer)):
         return model

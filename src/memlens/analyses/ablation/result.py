@@ -14,31 +14,27 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from memlens.results import Result
+from memlens.runtime.bootstrap import block_bootstrap, block_edges, block_sums
+from memlens.runtime.result import Result
 
-PERTURBATIONS = ("shuffle", "replace", "drop", "swap")  # every known one (codes by index)
-DEFAULT_PERTURBATIONS = ("shuffle", "replace", "drop")
 LN2 = math.log(2.0)
 
 
 def block_mean_interval(values: np.ndarray, blocks: int = 20, resamples: int = 1000,
                         seed: int = 0, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """Percentile interval of the mean of each row of ``values`` (R x N, columns in stream
-    order) by resampling ``blocks`` contiguous blocks of columns with replacement; the same
-    resampled blocks for every row. NaN when ``resamples`` is 0 or N < 2."""
+    order) by resampling b = max(2, min(``blocks``, N)) contiguous blocks of columns with
+    replacement (:mod:`memlens.runtime.bootstrap`, multinomial draws); the same resampled
+    blocks for every row: mean_r = (w @ S_r) / (w @ n) for block sums S_r and block sizes n.
+    NaN when ``resamples`` is 0 or N < 2."""
     R, N = values.shape
-    low, high = np.full(R, np.nan), np.full(R, np.nan)
     if resamples < 1 or N < 2:
-        return low, high
-    blocks = max(2, min(blocks, N))
-    edges = np.linspace(0, N, blocks + 1).astype(int)
-    sums = np.add.reduceat(values, edges[:-1], axis=1)                    # R x B
-    counts = np.diff(edges).astype(np.float64)                            # B
-    rng = np.random.default_rng(seed)
-    w = rng.multinomial(blocks, np.full(blocks, 1.0 / blocks), size=resamples).astype(float)
-    means = (w @ sums.T) / (w @ counts)[:, None]                          # resamples x R
-    q = (1 - level) / 2
-    low, high = np.quantile(means, [q, 1 - q], axis=0)
+        return np.full(R, np.nan), np.full(R, np.nan)
+    edges = block_edges(N, blocks, min_blocks=2)
+    sums = block_sums(values, edges, axis=1)                              # R x b
+    counts = np.diff(edges).astype(np.float64)                            # b
+    low, high, _ = block_bootstrap(lambda w: (w @ sums.T) / (w @ counts)[:, None],
+                                   len(edges) - 1, resamples, seed, level=level)
     return low, high
 
 
@@ -90,7 +86,8 @@ class ContextAblationResult(Result):
             diffs = (self.nll - self.base_nll[None, None, :]).reshape(P * D, N)
             lo, hi = block_mean_interval(diffs, int(self.settings.get("blocks", 20)),
                                          int(self.settings.get("bootstrap", 1000)),
-                                         int(self.settings.get("seed", 0)))
+                                         int(self.settings.get("bootstrap_seed",
+                                                               self.settings.get("seed", 0))))
             self._intervals = (lo.reshape(P, D), hi.reshape(P, D))
         return self._intervals
 
