@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from memlens.analyses.decay import fit_decay  # noqa: F401  (re-exported for the scripts)
-from memlens.io import write_json
+from memlens.runtime.io import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MEMLENS_DATA", ROOT.parent / "shared" / "data"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from memlens.core.errors import MemlensError
 from memlens.data import (
     EOS,
     Vocab,
@@ -17,7 +18,6 @@ from memlens.data import (
     read_lexicon,
     tokenize_lines,
 )
-from memlens.errors import MemlensError
 
 
 def test_word_and_char_units_from_the_same_text(tmp_path):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from memlens.cli import main
+from memlens.core.errors import MemlensError
 from memlens.data import make_synthetic
 from memlens.data.synthetic import noun_words
 from memlens.demo import (
@@ -24,7 +25,6 @@ from memlens.demo import (
     first_lag_at_baseline,
     planted_embeddings,
 )
-from memlens.errors import MemlensError
 
 IMG = re.compile(r'<img src="data:image/png;base64,')
 

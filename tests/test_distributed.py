@@ -16,8 +16,8 @@ import torch.multiprocessing as mp
 
 import memlens
 from memlens.analyses.gradients import EngineSettings
-from memlens.distributed import default_warmup, finish
 from memlens.models.loading import load_model
+from memlens.runtime.distributed import default_warmup, finish
 from memlens.runtime.options import as_options
 from memlens.training import TrainConfig, train
 
@@ -86,7 +86,7 @@ def _worker(rank: int, world: int, root: str, ids, labels) -> None:
     import torch.distributed as dist
 
     from memlens.cli import main
-    from memlens.errors import MemlensError
+    from memlens.core.errors import MemlensError
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{root}/rendezvous", rank=rank,
@@ -109,9 +109,9 @@ def _worker(rank: int, world: int, root: str, ids, labels) -> None:
             np.savez(f"{root}/alone.npz", **_arrays(res))
             report["alone_world_size"] = res.settings["world_size"]
         # signatures' state extraction, sharded and all-gathered
-        from memlens.distributed import extract_states_sharded
         from memlens.models.encoder import as_encoder
         from memlens.models.states import View
+        from memlens.runtime.distributed import extract_states_sharded
 
         view = View(0, "hidden", "all")
         states = extract_states_sharded(as_encoder(model), ids, [view], warmup=200)[view]

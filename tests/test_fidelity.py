@@ -16,8 +16,8 @@ import memlens
 from memlens.analyses.gradients import EngineSettings, metrics
 from memlens.analyses.gradients.classes import token_classes
 from memlens.cli import main
+from memlens.core.errors import MemlensError
 from memlens.data import Vocab, read_lexicon
-from memlens.errors import MemlensError
 from memlens.models import LanguageModel, as_encoder, save_checkpoint
 from memlens.protocol import Site
 from memlens.runtime.options import as_options

@@ -15,8 +15,8 @@ from torch import nn
 import memlens
 from memlens.analyses.gradients import EngineSettings, embedding_normalization
 from memlens.cli import main
+from memlens.core.errors import MemlensError
 from memlens.data import Vocab
-from memlens.errors import MemlensError
 from memlens.models import (
     LanguageModel,
     RecurrentEncoder,

@@ -18,7 +18,7 @@ transformers = pytest.importorskip("transformers")
 
 import memlens  # noqa: E402
 from memlens.analyses.gradients import resolve_site  # noqa: E402
-from memlens.errors import MemlensError  # noqa: E402
+from memlens.core.errors import MemlensError  # noqa: E402
 from memlens.models.hf import from_hf, tokenize_corpus  # noqa: E402
 from memlens.protocol import Site  # noqa: E402
 from memlens.runtime.options import Bootstrap, RunOptions  # noqa: E402
@@ -160,7 +160,7 @@ def test_step_equals_model_forward(family):
         logits = model(ids[None], use_cache=False).logits[0]
         assert (enc.head(seqs[(enc.num_layers - 1, "hidden")][:, 0]) - logits).abs().max() < 1e-5
     assert resolve_site(enc).readout == "hidden"  # the gradients' default
-    assert enc.default_readout(0, "signatures") == "hidden"
+    assert Site(0).resolve(enc, "output").readout == "hidden"  # the signatures' default
 
 
 def autograd_average(model, family, X: torch.Tensor, K: int, pairs) -> dict:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import memlens
-from memlens.errors import MemlensError
+from memlens.core.errors import MemlensError
 from memlens.models.layers import FactorizedLSTMLayer, GroupedLSTMLayer, RecurrentLayer, TorchLayer
 from memlens.models.lm import LanguageModel
 

@@ -11,8 +11,8 @@ from torch import nn
 
 import memlens
 from memlens.analyses.gradients import resolve_site
+from memlens.core.errors import MemlensError
 from memlens.data import Vocab
-from memlens.errors import MemlensError
 from memlens.models import StepLayer, wrap
 from memlens.models.inputs import Stream
 from memlens.protocol import Site
@@ -130,7 +130,7 @@ def test_one_calling_convention_and_default_readouts():
     lstm = wrap(nn.Embedding(12, 4), nn.LSTM(4, 5))
     assert resolve_site(gru).readout == "hidden"  # the gradients' default: the memory readout
     assert resolve_site(lstm).readout == "cell"
-    assert lstm.default_readout(-1, "signatures") == "hidden"
+    assert Site().resolve(lstm, "output").readout == "hidden"  # the signatures' default
     ids = np.random.default_rng(0).integers(0, 12, 60)
     assert memlens.state_gradients(gru, ids, 2).settings["readout"] == "hidden"
     r = memlens.state_gradients(lstm, ids, 2, site=Site(readout="hidden"))

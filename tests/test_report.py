@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from memlens.cli import main  # noqa: E402
-from memlens.errors import MemlensError  # noqa: E402
+from memlens.core.errors import MemlensError  # noqa: E402
 from memlens.report import build_report, load_result  # noqa: E402
 from memlens.results import Result  # noqa: E402
 

@@ -13,7 +13,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import memlens  # noqa: E402
-from memlens.errors import MemlensError  # noqa: E402
+from memlens.core.errors import MemlensError  # noqa: E402
 from memlens.results import Result, load_result  # noqa: E402
 from memlens.runtime.options import Bootstrap, RunOptions  # noqa: E402
 

@@ -59,35 +59,35 @@ def _module(*names: str):
 
 
 # -- the moves -----------------------------------------------------------------------------------
-def test_old_paths_are_the_new_modules():
-    import memlens.core.errors
-    import memlens.core.limits
-    import memlens.data.files
-    import memlens.distributed
-    import memlens.errors
-    import memlens.io
-    import memlens.limits
-    import memlens.plotting
-    import memlens.results
-    import memlens.runtime.distributed
-    import memlens.runtime.io
-    import memlens.runtime.plotting
-    import memlens.runtime.result
+OLD_PATHS = ("memlens.errors", "memlens.limits", "memlens.io", "memlens.distributed",
+             "memlens.plotting", "memlens.decay", "memlens.speech", "memlens.gradients",
+             "memlens.signatures", "memlens.ablation")
 
-    assert memlens.errors is memlens.core.errors
-    assert memlens.limits is memlens.core.limits
-    assert memlens.io is memlens.runtime.io
-    assert memlens.distributed is memlens.runtime.distributed
-    assert memlens.plotting is memlens.runtime.plotting
+
+@pytest.mark.parametrize("old", OLD_PATHS)
+def test_the_0_1_module_paths_are_gone_and_named_in_the_changelog(old):
+    """0.2.0 moved these modules (CHANGELOG.md names each new path); no alias is left."""
+    with pytest.raises(ImportError):
+        importlib.import_module(old)
+    changelog = (Path(__file__).resolve().parents[1] / "CHANGELOG.md").read_text()
+    assert f"`{old}" in changelog
+
+
+def test_the_shared_services_are_one_object_each():
+    import memlens.data.files
+    import memlens.results
+    import memlens.runtime.io
+    import memlens.runtime.result
+    from memlens.core.files import atomic_path, read_text, write_atomic
+
     assert memlens.MemlensError is MemlensError
     assert memlens.results.Result is memlens.runtime.result.Result
     for name in ("clean", "curves", "plot_series", "write_result_dir", "write_table_csv",
                  "check_verdict", "load_result", "SavedResult", "VERDICT_KEYS"):
         assert hasattr(memlens.results, name)
-    from memlens.core.files import atomic_path, read_text, write_atomic
-
     assert memlens.data.files.read_text is read_text
-    assert memlens.io.write_atomic is write_atomic and memlens.io.atomic_path is atomic_path
+    assert memlens.runtime.io.write_atomic is write_atomic
+    assert memlens.runtime.io.atomic_path is atomic_path
 
 
 def test_read_bytes_bounds(tmp_path):
@@ -183,7 +183,7 @@ def test_resolve_device_and_dtype():
     assert resolve_dtype(torch.float32) is torch.float32
     with pytest.raises(MemlensError, match="unknown dtype"):
         resolve_dtype(torch.float16)
-    train = _module("memlens.training.lm", "memlens.train")
+    train = _module("memlens.training.lm", "memlens.training.lm")
     if train.resolve_device is not resolve_device:  # until training/lm.py imports it
         assert train.resolve_device("cpu") == resolve_device("cpu")
 

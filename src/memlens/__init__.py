@@ -1,9 +1,9 @@
 """memlens: what recurrent sequence models remember of their past input, and for how long."""
 
+from memlens.core.errors import MemlensError
 from memlens.core.version import __version__  # noqa: F401
-from memlens.data import Corpus, Vocab, load_corpus, make_synthetic  # noqa: E402
-from memlens.errors import MemlensError  # noqa: E402
-from memlens.models import (  # noqa: E402
+from memlens.data import Corpus, Vocab, load_corpus, make_synthetic
+from memlens.models import (
     LanguageModel,
     RecurrentEncoder,
     RecurrentLayer,
@@ -15,14 +15,14 @@ from memlens.models import (  # noqa: E402
     save_checkpoint,
     wrap,
 )
-from memlens.results import Result, load_result  # noqa: E402
+from memlens.protocol import Site
+from memlens.results import Result, load_result
+from memlens.runtime.options import Bootstrap, Checkpointing, RunOptions
+from memlens.training import TrainConfig, evaluate, train
 
-__import__("memlens.train")  # transitional alias, loaded first: a later import must not
-# rebind memlens.train (the function below) to the module; removed with the alias
-from memlens.training import TrainConfig, evaluate, train  # noqa: E402
-
-__all__ = ["Corpus", "LanguageModel", "MemlensError", "RecurrentEncoder", "RecurrentLayer",
-           "Result", "StepLayer", "Stream", "TorchLayer", "TrainConfig", "Vocab", "as_encoder",
+__all__ = ["Bootstrap", "Checkpointing", "Corpus", "LanguageModel", "MemlensError",
+           "RecurrentEncoder", "RecurrentLayer", "Result", "RunOptions", "Site", "StepLayer",
+           "Stream", "TorchLayer", "TrainConfig", "Vocab", "as_encoder",
            "context_ablation", "evaluate", "from_hf", "load_checkpoint", "load_corpus",
            "load_result", "make_synthetic", "memory_signature", "save_checkpoint",
            "state_gradients", "train", "wrap"]

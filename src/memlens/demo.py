@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memlens.io import atomic_dir, write_json
 from memlens.report import build_report
+from memlens.runtime.io import atomic_dir, write_json
 from memlens.studies.planted import (
     IRRELEVANT_COORD,
     NUMBER_COORD,

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import torch
 
-from memlens.errors import MemlensError
+from memlens.core.errors import MemlensError
 
 
 def batchify(ids: torch.Tensor, batch: int) -> torch.Tensor:

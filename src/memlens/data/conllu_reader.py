@@ -13,9 +13,9 @@ import re
 
 import conllu
 
+from memlens.core.errors import MemlensError
 from memlens.data.files import read_text
 from memlens.data.vocab import EOS
-from memlens.errors import MemlensError
 
 _ID = re.compile(r"^(\d+|\d+-\d+|\d+\.\d+)$")
 

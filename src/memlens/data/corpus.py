@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from memlens.core.errors import MemlensError
 from memlens.data.conllu_reader import read_conllu, to_char_stream
 from memlens.data.text import UNITS, read_text_corpus
-from memlens.errors import MemlensError
 
 FORMATS = ("text", "conllu")
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import ast
 import os
 
+from memlens.core.errors import MemlensError
 from memlens.data.files import read_text
-from memlens.errors import MemlensError
 
 NOT_IN_LIST = "not in list"
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import random
 
+from memlens.core.errors import MemlensError
 from memlens.data.corpus import Corpus
 from memlens.data.vocab import EOS
-from memlens.errors import MemlensError
 
 VERBS = {"sg": "is", "pl": "are"}
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 
+from memlens.core.errors import MemlensError
 from memlens.data.files import read_text
 from memlens.data.vocab import EOS
-from memlens.errors import MemlensError
 
 UNITS = ("word", "char")
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from memlens.errors import MemlensError
+from memlens.core.errors import MemlensError
 
 UNK = "<unk>"
 EOS = "<eos>"

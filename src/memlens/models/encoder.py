@@ -29,12 +29,7 @@ from torch.utils import _pytree as pytree
 from memlens.core.errors import MemlensError
 from memlens.data.vocab import Vocab
 from memlens.models.layers import RecurrentLayer, State, TorchLayer
-from memlens.protocol import Site, role_readout
-
-ANALYSES = ("gradients", "signatures")
-#: the readout role each analysis reads when none is named (transitional: the analyses ask
-#: ``Site.resolve(encoder, default=role)`` themselves)
-DEFAULT_ROLES = {"gradients": "memory", "signatures": "output"}
+from memlens.protocol import Site
 
 
 class RecurrentEncoder(nn.Module):
@@ -44,7 +39,8 @@ class RecurrentEncoder(nn.Module):
     Attributes for analyses: ``embedding`` (the input table, or None), ``input_kind``
     ("tokens" or "vectors"), ``input_size``, ``vocab`` (a :class:`~memlens.data.Vocab` or
     None), ``layers``, ``step(x, state)`` for one time step, ``states(inputs)`` for named
-    readouts per layer, ``default_readout(layer, analysis)``. ``tokenizer``: the model's own
+    readouts per layer (which readout an analysis reads by default is the analysis'
+    choice: ``Site.resolve(encoder, default=role)``). ``tokenizer``: the model's own
     tokenizer (Hugging Face models; corpora are read through it), else None; ``model_type``:
     where the model came from ("mamba", "rwkv", ... for Hugging Face models), else None.
     """
@@ -148,20 +144,9 @@ class RecurrentEncoder(nn.Module):
                                f"layer(s) (valid: 0..{self.num_layers - 1} or -1)")
         return int(layer) % self.num_layers
 
-    def default_readout(self, layer: int = -1, analysis: str = "gradients") -> str:
-        """The readout an analysis reads when none is named: the role the analysis asks for
-        (:data:`DEFAULT_ROLES`) as the layer declares it. State gradients: the layer's
-        ``memory_readout`` (an LSTM's cell state c_t, as Verwimp et al.); signatures: its
-        ``output_readout`` ("hidden" for LSTM/GRU/RNN layers)."""
-        if analysis not in ANALYSES:
-            raise MemlensError(f"unknown analysis {analysis!r}")
-        return role_readout(self.layers[self.resolve_layer(layer)], DEFAULT_ROLES[analysis])
-
-    def check_readout(self, layer: int, readout: str | None,
-                      analysis: str = "gradients") -> tuple[int, str]:
-        """Validate a (layer, readout) pair (None = the default); return (layer, readout)."""
-        if readout is None:
-            readout = self.default_readout(layer, analysis)
+    def check_readout(self, layer: int, readout: str | None) -> tuple[int, str]:
+        """Validate a (layer, readout) pair (readout None: the layer's output readout);
+        return (layer index >= 0, readout name)."""
         site = Site(layer, readout).resolve(self)
         return site.layer, site.readout
 

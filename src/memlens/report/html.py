@@ -39,10 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memlens.errors import MemlensError
-from memlens.io import write_atomic
-from memlens.plotting import plain_text, pyplot
+from memlens.core.errors import MemlensError
 from memlens.results import SavedResult, curves, load_result, plot_series
+from memlens.runtime.io import write_atomic
+from memlens.runtime.plotting import plain_text, pyplot
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 SOURCE = "memlens report: result"  # the grouping column the overlays add (never a real one)

@@ -288,11 +288,12 @@ class Checkpointing:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How an analysis runs (not what it computes). ``device``: None / "auto" -> cuda if
-    available, else cpu (:func:`resolve_device`); ``dtype``: "float32" / "float64";
+    """How an analysis runs (not what it computes). ``device``: None -> where the model is
+    (:meth:`device_for`), "auto" -> cuda if available, else cpu (:func:`resolve_device`),
+    or "cpu" / "cuda" / "cuda:N"; ``dtype``: "float32" / "float64";
     ``bootstrap``, ``checkpoint``: see :class:`Bootstrap`, :class:`Checkpointing`;
     ``progress``: a tqdm bar on stderr; ``distributed``: shard over the torch.distributed group
-    when one is up; ``context``: reserved for the context regime of issue 22 (unused)."""
+    when one is up; ``context``: reserved for the context regime (a later issue; unused)."""
 
     device: str | torch.device | None = None
     dtype: str | torch.dtype = "float32"
@@ -315,6 +316,15 @@ class RunOptions:
     def torch_device(self) -> torch.device:
         """:func:`resolve_device` of ``device``."""
         return resolve_device(self.device)
+
+    def device_for(self, model: torch.nn.Module) -> torch.device:
+        """The device an analysis of ``model`` runs on: ``device`` when given, else the
+        device of the model's first parameter or buffer (cpu for a model without any)."""
+        if self.device is not None:
+            return resolve_device(self.device)
+        for tensor in (*model.parameters(), *model.buffers()):
+            return tensor.device
+        return torch.device("cpu")
 
     def torch_dtype(self) -> torch.dtype:
         """:func:`resolve_dtype` of ``dtype``."""

@@ -209,7 +209,7 @@ def _prepare(enc: RecurrentEncoder, stream: Stream, site: Site, max_delay: int,
         checkpoint = replace(checkpoint, keep=True)  # deleted after the all-reduce
         progress = progress and group.rank == 0
     task = Task(max_delay=max_delay, layer=site.layer, readout=site.readout, units=site.units,
-                n_classes=len(names), method=method, dtype=dtype, device=opts.torch_device(),
+                n_classes=len(names), method=method, dtype=dtype, device=opts.device_for(enc),
                 blocks=blocks, flush_every=int(engine.flush_every),
                 chunk_size=int(engine.chunk_size), ci_delays=tuple(ci_delays),
                 segment=segment, shard=shard, warmup=warmup or 0)

@@ -10,7 +10,7 @@ embedding space's variance is dominated by a direction that carries no informati
 (DESIGN.md section 3). The planted direction is the difference of the class-mean embeddings of
 plural and singular nouns.
 
-What is measured, for a small LSTM and a GRU trained on the corpus (``memlens.train``), three
+What is measured, for a small LSTM and a GRU trained on the corpus (``memlens.training.lm``), three
 ways; every reading gives the first delay / lag / distance at which the memory is *over*
 (held through d - 1 for planted distance d: the state that predicts the verb):
 

@@ -16,15 +16,17 @@ from typing import Any
 import numpy as np
 import torch
 
-import memlens
+from memlens.analyses.ablation import context_ablation
+from memlens.analyses.gradients import state_gradients
 from memlens.analyses.signatures import (
     Signature,
     build_symbols,
+    memory_signature,
     random_init_copy,
     signature_from_states,
 )
+from memlens.core.errors import MemlensError
 from memlens.data import Corpus
-from memlens.errors import MemlensError
 from memlens.models.lm import LanguageModel
 from memlens.models.ngram import window_states
 from memlens.protocol import Site
@@ -53,7 +55,7 @@ def measure_gradients(model: LanguageModel, ckpt: str, corpus: Corpus, cfg: Plan
     """State gradients of ``model`` on ``corpus`` with the planted direction's ranks."""
     readout = "cell" if model.config["arch"] == "lstm" else "hidden"
     opts = as_options(device="cpu", bootstrap=GRADIENT_BOOTSTRAP, progress=bool(cfg.progress))
-    res = memlens.state_gradients(model, model.vocab.encode(corpus.tokens), cfg.max_delay,
+    res = state_gradients(model, model.vocab.encode(corpus.tokens), cfg.max_delay,
                                   site=Site(-1, readout), classes=corpus.tags["role"],
                                   options=opts)
     out = PlantedGradients.of(res, planted_direction(model, cfg.n_nouns), cfg.distance,
@@ -68,11 +70,11 @@ def measure_signatures(model: LanguageModel, ckpt: str, dec_c: Corpus, held_c: C
     """Signatures of the noun's number: trained model, random-init control, trigram window."""
     K, opts = cfg.max_delay, {"site": Site(-1, "hidden"), "symbols": "upos", "seed": cfg.seed,
                               "options": as_options(bootstrap=SIGNATURE_RESAMPLES)}
-    sig = memlens.memory_signature(model, dec_c, held_c, K, **opts)
+    sig = memory_signature(model, dec_c, held_c, K, **opts)
     control = random_init_copy(model, seed=cfg.seed + 1)
     with torch.no_grad():  # same fixed embeddings: only the recurrent weights are untrained
         control.encoder.embedding.weight.copy_(model.encoder.embedding.weight)
-    ctrl = memlens.memory_signature(control, dec_c, held_c, K, **opts)
+    ctrl = memory_signature(control, dec_c, held_c, K, **opts)
     window = _window_signature(model, dec_c, held_c, cfg)
     settings = {"max_delay": K, "layer": -1, "readout": "hidden", "decoder": "linear",
                 "symbols": "number of the noun (sg/pl); other positions excluded",
@@ -118,7 +120,7 @@ def measure_ablation(model: LanguageModel, ckpt: str, corpus: Corpus, cfg: Plant
     ids = model.vocab.encode(corpus.tokens).numpy()
     from memlens.runtime.options import Bootstrap, RunOptions
 
-    res = memlens.context_ablation(
+    res = context_ablation(
         model, ids, distances=list(range(1, cfg.max_delay + 1)), perturbation=["swap", "drop"],
         context=L, targets=verbs, seed=cfg.seed, batch_size=1024,
         options=RunOptions(bootstrap=Bootstrap(ABLATION_BOOTSTRAP, 20, cfg.seed)))

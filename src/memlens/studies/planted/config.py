@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from memlens.errors import MemlensError
+from memlens.core.errors import MemlensError
 
 NGRAM_ORDER = 3          # the n-gram window oracle sees exactly the last NGRAM_ORDER - 1 tokens
 MAX_DISTANCE = 100       # largest planted distance the demo accepts

@@ -14,10 +14,9 @@ from typing import Any
 
 import numpy as np
 
-import memlens
-from memlens.data import Corpus
+from memlens.core.errors import MemlensError
+from memlens.data import Corpus, make_synthetic
 from memlens.data.synthetic import noun_words
-from memlens.errors import MemlensError
 from memlens.models.lm import LanguageModel
 from memlens.studies.planted.config import PlantedConfig
 
@@ -62,7 +61,7 @@ def planted_embeddings(words: list[str], emb: int, n_nouns: int, scale: float, s
 def planted_corpus(cfg: PlantedConfig, n: int, seed: int) -> Corpus:
     """``n`` synthetic sentences; the "upos" tag stream is the number of each noun (what the
     signatures decode)."""
-    c = memlens.make_synthetic(n, cfg.distance, cfg.n_nouns, cfg.n_fillers, seed=seed,
+    c = make_synthetic(n, cfg.distance, cfg.n_nouns, cfg.n_fillers, seed=seed,
                                eos=False)
     c.tags["upos"] = list(c.tags["number"])
     return c

@@ -3,7 +3,7 @@ the study's own ``three_views.png`` (per model the three views against delay).
 
 Each ``*_figures`` function draws into ``out`` and returns the figure records
 (``file``, ``title``, ``caption``) that the result's ``figures`` method hands to the report;
-the methods wrap them in :func:`memlens.plotting.plain_text`.
+the methods wrap them in :func:`memlens.runtime.plotting.plain_text`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from memlens.analyses.ablation.result import LN2
-from memlens.plotting import pyplot
+from memlens.runtime.plotting import pyplot
 from memlens.studies.planted.rules import ABLATION_TOLERANCE_BITS, DOMINANCE, STRENGTH_FRACTION
 
 if TYPE_CHECKING:

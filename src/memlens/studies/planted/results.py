@@ -19,8 +19,8 @@ from memlens.analyses.gradients import GradientResult
 from memlens.analyses.signatures import Signature
 from memlens.analyses.signatures.table import SERIES as SIGNATURE_SERIES
 from memlens.analyses.signatures.table import signature_rows
-from memlens.plotting import plain_text
 from memlens.results import Result
+from memlens.runtime.plotting import plain_text
 from memlens.studies.planted import plots
 from memlens.studies.planted.config import GRADIENT_BOOTSTRAP, NGRAM_ORDER, PlantedConfig
 from memlens.studies.planted.plots import ABLATION_LABELS

@@ -1,4 +1,4 @@
-"""Training a language model on the planted corpus (``memlens.train``) with the planted
+"""Training a language model on the planted corpus (``memlens.training.lm``) with the planted
 embeddings fixed (written to a text file and passed as ``pretrained``)."""
 
 from __future__ import annotations
@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import memlens
 from memlens.data import Corpus
 from memlens.data.vocab import EOS, UNK
 from memlens.models.lm import LanguageModel
 from memlens.studies.planted.config import PlantedConfig
 from memlens.studies.planted.corpus import planted_embeddings
+from memlens.training import TrainConfig, train
 
 
 def train_model(cfg: PlantedConfig, arch: str, train_c: Corpus, valid_c: Corpus, workdir: Path,
@@ -24,11 +24,11 @@ def train_model(cfg: PlantedConfig, arch: str, train_c: Corpus, valid_c: Corpus,
     emb_file = workdir / "planted_embeddings.txt"
     emb_file.write_text("".join(w + " " + " ".join(f"{x:.6f}" for x in row) + "\n"
                                 for w, row in zip(words, table)))
-    tc = memlens.TrainConfig(train="", out=str(out), arch=arch, emb=cfg.emb, hidden=cfg.hidden,
-                             epochs=cfg.epochs, optimizer="adam", lr=0.01, dropout=0.0,
-                             batch=20, bptt=35, pretrained=str(emb_file), seed=cfg.seed,
-                             device="cpu", vocab_size=None, progress=cfg.progress)
-    return memlens.train(tc, train_corpus=train_c, valid_corpus=valid_c, log=log)
+    tc = TrainConfig(train="", out=str(out), arch=arch, emb=cfg.emb, hidden=cfg.hidden,
+                     epochs=cfg.epochs, optimizer="adam", lr=0.01, dropout=0.0,
+                     batch=20, bptt=35, pretrained=str(emb_file), seed=cfg.seed,
+                     device="cpu", vocab_size=None, progress=cfg.progress)
+    return train(tc, train_corpus=train_c, valid_corpus=valid_c, log=log)
 
 
 __all__ = ["train_model"]
