@@ -177,7 +177,7 @@ def test_fixed_pretrained_embeddings(corpus, tmp_path):
 def test_atomic_outputs_get_normal_permissions(tmp_path):
     """Temporary files start private (0600); the finished file and directory get the mode a
     plain open()/mkdir() would give them under the process umask."""
-    from memlens import io
+    from memlens.runtime import io
 
     io.write_json(tmp_path / "r.json", {"a": 1})
     with io.atomic_dir(tmp_path / "d") as d:

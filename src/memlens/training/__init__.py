@@ -1,8 +1,9 @@
 """Training: recurrent language models (:mod:`~memlens.training.lm`, ``memlens train``) and
 grapheme CTC speech recognisers (:mod:`~memlens.training.asr`, ``memlens train-asr``).
 
-Both save their full training state after every epoch (:func:`progress_path`) and continue an
-interrupted run with ``resume=True`` (:func:`load_progress`).
+Both save their full training state after every epoch to :func:`progress_path` (OUT), a
+:class:`~memlens.runtime.progress.RunCheckpoint`, and continue an interrupted run with
+``resume=True`` (:func:`load_progress`).
 """
 
 from memlens.training.lm import (

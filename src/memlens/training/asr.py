@@ -4,14 +4,12 @@ Adam on length-bucketed batches (shuffled per epoch, seeded); loss ``torch.nn.CT
 (blank 0; mean over utterances of the loss divided by the target length). After every epoch
 the held-out greedy CER/WER is measured, the best (lowest CER) model is saved with
 :func:`~memlens.models.asr.save_asr`, and the full training state is saved to
-:func:`~memlens.training.lm.progress_path` (``resume=True`` continues; a ``time_limit`` stop
-keeps it).
+:func:`~memlens.training.lm.progress_path`, a :class:`~memlens.runtime.progress.RunCheckpoint`
+of kind ``"train-asr"`` (``resume=True`` continues; a ``time_limit`` stop keeps it).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -21,13 +19,11 @@ import torch
 from torch import nn
 
 from memlens.core.errors import MemlensError
-from memlens.core.files import write_atomic
 from memlens.data.speech import corpus as sdata
 from memlens.data.speech.graphemes import encode
 from memlens.models.asr import ASRModel, error_rates, load_asr, save_asr, transcribe
-from memlens.training.lm import load_progress, progress_path
-
-PROGRESS_FORMAT = "memlens-train-asr-partial"
+from memlens.runtime.progress import Interrupted, RunCheckpoint, fingerprint
+from memlens.training.lm import epoch_state, interrupted, load_progress, progress_path
 
 
 @dataclass
@@ -87,13 +83,38 @@ def prepare(cfg: ASRConfig, log=print):
     return tr_x, tr_y, te_x, [u.text for u in test_c.utterances], model
 
 
-def _fingerprint(cfg: ASRConfig, tr_x: list[np.ndarray]) -> str:
+def asr_fingerprint(cfg: ASRConfig, tr_x: list[np.ndarray]) -> str:
+    """What must not change between an interrupted run and its resumption: the options
+    (except resume, out, epochs, time_limit and threads) and the first 50 training inputs
+    (:func:`~memlens.runtime.progress.fingerprint`)."""
     keep = {k: v for k, v in asdict(cfg).items()
             if k not in ("resume", "out", "epochs", "time_limit", "threads")}
-    h = hashlib.sha256(json.dumps(keep, sort_keys=True).encode())
-    for x in tr_x[:50]:
-        h.update(x.tobytes())
-    return h.hexdigest()
+    return fingerprint(keep, *tr_x[:50])
+
+
+def _train_epoch(model: ASRModel, opt: torch.optim.Optimizer, ctc: nn.CTCLoss,
+                 tr_x: list[np.ndarray], tr_y: list, order: list[np.ndarray], cfg: ASRConfig,
+                 elapsed: float, start: float) -> tuple[float, int, bool]:
+    """One epoch of Adam steps over the batches ``order`` (index arrays into ``tr_x`` /
+    ``tr_y``; inputs zero-padded to T x B x F); returns (loss summed over utterances,
+    utterances, stopped). ``stopped``: the time limit (``elapsed`` seconds before ``start``
+    plus this epoch's) ended the epoch early, checked before every batch."""
+    total, n = 0.0, 0
+    for idx in order:
+        if cfg.time_limit is not None and elapsed + time.time() - start > 60 * cfg.time_limit:
+            return total, n, True
+        lens = torch.tensor([len(tr_x[i]) for i in idx])
+        x = torch.zeros(int(lens.max()), len(idx), tr_x[idx[0]].shape[1])
+        for j, i in enumerate(idx):
+            x[: lens[j], j] = torch.from_numpy(tr_x[i])
+        ys = [torch.tensor(tr_y[i]) for i in idx]
+        loss = ctc(model(x), torch.cat(ys), lens, torch.tensor([len(y) for y in ys]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        opt.step()
+        total, n = total + loss.item() * len(idx), n + len(idx)
+    return total, n, False
 
 
 def train_asr(cfg: ASRConfig, log=print) -> ASRModel:
@@ -109,58 +130,48 @@ def train_asr(cfg: ASRConfig, log=print) -> ASRModel:
     ctc = nn.CTCLoss(blank=0, zero_infinity=True)
     order = np.argsort([len(x) for x in tr_x], kind="stable")
     batches = [order[i:i + cfg.batch] for i in range(0, len(order), cfg.batch)]
-    partial, fp = progress_path(cfg.out), _fingerprint(cfg, tr_x)
+    ck = RunCheckpoint(progress_path(cfg.out), asr_fingerprint(cfg, tr_x), every=0,
+                       kind="train-asr")
     best, history, first, elapsed = math.inf, [], 1, 0.0
     if cfg.resume:
-        best, history, first, extra = load_progress(partial, fp, model, opt,
-                                                    PROGRESS_FORMAT, "train-asr",
-                                                    ("elapsed",))
+        best, history, first, extra = load_progress(ck, model, opt, ("elapsed",))
         elapsed = extra["elapsed"]
-        log(f"resuming after epoch {first - 1} from {partial}")
+        log(f"resuming after epoch {first - 1} from {ck.path}")
     rng = np.random.default_rng(cfg.seed)
     for _ in range(first - 1):
         rng.permutation(len(batches))  # the same batch order as an uninterrupted run
-    for epoch in range(first, cfg.epochs + 1):
-        model.train()
-        start, total, n, stopped = time.time(), 0.0, 0, False
-        for b in rng.permutation(len(batches)):
-            if cfg.time_limit is not None and elapsed + time.time() - start > 60 * cfg.time_limit:
-                stopped = True  # the time limit ends this epoch early (recorded)
+    saved, stopped = first - 1, False  # saved: the last epoch whose state is in ck.path
+    try:
+        for epoch in range(first, cfg.epochs + 1):
+            model.train()
+            start = time.time()
+            total, n, stopped = _train_epoch(model, opt, ctc, tr_x, tr_y,
+                                             [batches[b] for b in rng.permutation(len(batches))],
+                                             cfg, elapsed, start)
+            seconds = time.time() - start
+            elapsed += seconds
+            rates = error_rates(te_text, transcribe(model, te_x))
+            record = {"epoch": epoch, "train_loss": total / max(n, 1), "cer": rates["cer"],
+                      "wer": rates["wer"], "seconds": seconds, "utterances": n,
+                      "complete": not stopped}
+            history.append(record)
+            if rates["cer"] < best:
+                best = rates["cer"]
+                save_asr(cfg.out, model, {"train_asr": asdict(cfg), "history": history,
+                                          "heldout": rates})
+            ck.save(epoch_state(epoch, best, history, model, opt, elapsed=elapsed))
+            saved = epoch
+            log(f"epoch {epoch}: CTC loss {total / max(n, 1):.3f}, held-out CER "
+                f"{100 * rates['cer']:.1f}% WER {100 * rates['wer']:.1f}%, {seconds:.0f}s")
+            if stopped or (cfg.time_limit is not None and elapsed > 60 * cfg.time_limit):
+                log(f"time limit of {cfg.time_limit} min reached after epoch {epoch}")
                 break
-            idx = batches[b]
-            lens = torch.tensor([len(tr_x[i]) for i in idx])
-            x = torch.zeros(int(lens.max()), len(idx), tr_x[idx[0]].shape[1])
-            for j, i in enumerate(idx):
-                x[: lens[j], j] = torch.from_numpy(tr_x[i])
-            ys = [torch.tensor(tr_y[i]) for i in idx]
-            loss = ctc(model(x), torch.cat(ys), lens, torch.tensor([len(y) for y in ys]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            opt.step()
-            total, n = total + loss.item() * len(idx), n + len(idx)
-        seconds = time.time() - start
-        elapsed += seconds
-        rates = error_rates(te_text, transcribe(model, te_x))
-        record = {"epoch": epoch, "train_loss": total / max(n, 1), "cer": rates["cer"],
-                  "wer": rates["wer"], "seconds": seconds, "utterances": n,
-                  "complete": not stopped}
-        history.append(record)
-        if rates["cer"] < best:
-            best = rates["cer"]
-            save_asr(cfg.out, model, {"train_asr": asdict(cfg), "history": history,
-                                      "heldout": rates})
-        state = {"format": PROGRESS_FORMAT, "fingerprint": fp, "epoch": epoch, "best": best,
-                 "history": history, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                 "rng": torch.get_rng_state(), "elapsed": elapsed}
-        write_atomic(partial, lambda p, state=state: torch.save(state, p))
-        log(f"epoch {epoch}: CTC loss {total / max(n, 1):.3f}, held-out CER "
-            f"{100 * rates['cer']:.1f}% WER {100 * rates['wer']:.1f}%, {seconds:.0f}s")
-        if stopped or (cfg.time_limit is not None and elapsed > 60 * cfg.time_limit):
-            log(f"time limit of {cfg.time_limit} min reached after epoch {epoch}")
-            break
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        raise interrupted(ck, saved, cfg.epochs) from None
     if not stopped:
-        partial.unlink(missing_ok=True)  # kept after a time-limit stop: --resume continues
+        ck.finish()  # kept after a time-limit stop: --resume continues
     best_model = load_asr(cfg.out)
     best_model.history = history
     return best_model

@@ -1,6 +1,6 @@
 """Training and evaluation of recurrent language models (truncated BPTT, carried state).
 
-(``memlens train`` and ``memlens eval``; was ``memlens.train``.)
+(``memlens train`` and ``memlens eval``; was ``memlens.training.lm``.)
 
 The reference recipe (Verwimp et al., after the TensorFlow PTB "medium" setup): SGD with
 lr 1, gradient-norm clip 5, lr x 0.8 per epoch after epoch 6, dropout 0.5; the loss of an
@@ -8,15 +8,15 @@ SGD step is summed over the BPTT window and averaged over the batch, as in that 
 Adam uses the mean token loss. Deterministic on CPU for a given seed.
 
 Progress: after every epoch the full training state (weights, optimizer, random-number state,
-history) is saved to ``.<OUT>.partial.pt`` beside the checkpoint OUT; an interrupted run
-(Ctrl-C / SIGTERM) continues from its last finished epoch with ``resume=True`` and ends with
-the same model as an uninterrupted run. The file is deleted when training ends.
+history) is saved to ``.<OUT>.partial.pt`` beside the checkpoint OUT, a
+:class:`~memlens.runtime.progress.RunCheckpoint` of kind ``"train"``; an interrupted run
+(Ctrl-C / SIGTERM: :class:`~memlens.runtime.progress.Interrupted`) continues from its last
+finished epoch with ``resume=True`` and ends with the same model as an uninterrupted run. The
+file is deleted when training ends.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -26,15 +26,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm import tqdm
 
 from memlens.core.errors import MemlensError
-from memlens.core.files import write_atomic
 from memlens.data import Corpus, Vocab, batchify, bptt_windows, load_corpus
-from memlens.models.checkpoint import load_checked, load_checkpoint, save_checkpoint
+from memlens.models.checkpoint import load_checkpoint, save_checkpoint
 from memlens.models.embeddings import load_word2vec
 from memlens.models.lm import LanguageModel, check_config
 from memlens.runtime.options import resolve_device
+from memlens.runtime.progress import (
+    Interrupted,
+    RunCheckpoint,
+    fingerprint,
+    partial_path,
+    progress_bar,
+)
 
 
 @dataclass
@@ -71,14 +76,14 @@ class TrainConfig:
     progress: bool | None = None
     resume: bool = False
 
-PROGRESS_FORMAT = "memlens-train-partial"
+
 MIN_SYMBOLS = 3
 
 
 def progress_path(out: str | Path) -> Path:
-    """Where training keeps its per-epoch state: ``.<name>.partial.pt`` beside ``out``."""
-    out = Path(out)
-    return out.parent / f".{out.name}.partial.pt"
+    """Where training keeps its per-epoch state: ``.<name>.partial.pt`` beside ``out``
+    (:func:`~memlens.runtime.progress.partial_path` with suffix ``.pt``)."""
+    return partial_path(out, ".pt")
 
 
 @torch.no_grad()
@@ -166,20 +171,19 @@ def _train_epoch(model: LanguageModel, opt: torch.optim.Optimizer, params: list,
     state = model.init_state(cfg.batch, device)
     total, count = 0.0, 0
     n_windows = math.ceil((data.shape[0] - 1) / cfg.bptt)
-    bar = tqdm(bptt_windows(data, cfg.bptt), total=n_windows, desc=f"epoch {epoch}",
-               disable=None if cfg.progress is None else not cfg.progress, unit="win",
-               leave=False)
-    for inputs, targets in bar:
-        state = model.encoder.detach_state(state)
-        logits, state = model(inputs, state)
-        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        (loss * inputs.shape[0] if cfg.optimizer == "sgd" else loss).backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-        opt.step()
-        total += loss.item() * targets.numel()
-        count += targets.numel()
-        bar.set_postfix(loss=f"{total / count:.3f}", ppl=f"{math.exp(total / count):.1f}")
+    with progress_bar(n_windows, cfg.progress, f"epoch {epoch}",
+                      iterable=bptt_windows(data, cfg.bptt), unit="win", leave=False) as bar:
+        for inputs, targets in bar:
+            state = model.encoder.detach_state(state)
+            logits, state = model(inputs, state)
+            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            (loss * inputs.shape[0] if cfg.optimizer == "sgd" else loss).backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+            opt.step()
+            total += loss.item() * targets.numel()
+            count += targets.numel()
+            bar.set_postfix(loss=f"{total / count:.3f}", ppl=f"{math.exp(total / count):.1f}")
     return total, count
 
 
@@ -204,69 +208,80 @@ def train(cfg: TrainConfig | None = None, *, train_corpus: Corpus | None = None,
     vocab, train_ids, valid_ids = _vocab_and_ids(cfg, train_c, valid_c, log)
     model, params, opt, lr = _build_model(cfg, model_cfg, vocab, device, log)
     data = batchify(train_ids, cfg.batch).to(device)
+    ck = RunCheckpoint(progress_path(cfg.out), train_fingerprint(cfg, train_ids, valid_ids),
+                       every=0, kind="train")
     best, history, first = math.inf, [], 1
-    partial = progress_path(cfg.out)
-    fp = _fingerprint(cfg, train_ids, valid_ids)
     if cfg.resume:
-        best, history, first = load_progress(partial, fp, model, opt, PROGRESS_FORMAT)[:3]
-        log(f"resuming after epoch {first - 1} from {partial}")
-    for epoch in range(first, cfg.epochs + 1):
-        if cfg.optimizer == "sgd" and epoch > cfg.decay_after:
-            for group in opt.param_groups:
-                group["lr"] = lr * cfg.decay ** (epoch - cfg.decay_after)
-        start = time.time()
-        total, count = _train_epoch(model, opt, params, data, cfg, epoch, device)
-        record = {"epoch": epoch, "train_loss": total / count,
-                  "lr": opt.param_groups[0]["lr"], "seconds": time.time() - start}
-        if valid_ids is not None:
-            record["valid_loss"] = evaluate(model, valid_ids, device=device)
-        key = record.get("valid_loss", record["train_loss"])
-        record["valid_ppl"] = math.exp(key)
-        history.append(record)
-        log(f"epoch {epoch}: train ppl {math.exp(record['train_loss']):.2f}, "
-            + (f"valid ppl {math.exp(record['valid_loss']):.2f}, " if valid_ids is not None
-               else "") + f"{record['seconds']:.0f}s")
-        if key < best:
-            best = key
-            save_checkpoint(cfg.out, model, {"train": asdict(cfg), "history": history})
-        state = {"format": PROGRESS_FORMAT, "fingerprint": fp, "epoch": epoch, "best": best,
-                 "history": history, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                 "rng": torch.get_rng_state()}
-        write_atomic(partial, lambda p, state=state: torch.save(state, p))
+        best, history, first = load_progress(ck, model, opt)[:3]
+        log(f"resuming after epoch {first - 1} from {ck.path}")
+    saved = first - 1  # the last epoch whose state is in ck.path
+    try:
+        for epoch in range(first, cfg.epochs + 1):
+            if cfg.optimizer == "sgd" and epoch > cfg.decay_after:
+                for group in opt.param_groups:
+                    group["lr"] = lr * cfg.decay ** (epoch - cfg.decay_after)
+            start = time.time()
+            total, count = _train_epoch(model, opt, params, data, cfg, epoch, device)
+            record = {"epoch": epoch, "train_loss": total / count,
+                      "lr": opt.param_groups[0]["lr"], "seconds": time.time() - start}
+            if valid_ids is not None:
+                record["valid_loss"] = evaluate(model, valid_ids, device=device)
+            key = record.get("valid_loss", record["train_loss"])
+            record["valid_ppl"] = math.exp(key)
+            history.append(record)
+            log(f"epoch {epoch}: train ppl {math.exp(record['train_loss']):.2f}, "
+                + (f"valid ppl {math.exp(record['valid_loss']):.2f}, " if valid_ids is not None
+                   else "") + f"{record['seconds']:.0f}s")
+            if key < best:
+                best = key
+                save_checkpoint(cfg.out, model, {"train": asdict(cfg), "history": history})
+            ck.save(epoch_state(epoch, best, history, model, opt))
+            saved = epoch
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        raise interrupted(ck, saved, cfg.epochs) from None
     best_model = load_checkpoint(cfg.out, device)
-    partial.unlink(missing_ok=True)
+    ck.finish()
     best_model.history = history
     return best_model
 
 
-def _fingerprint(cfg: TrainConfig, train_ids: torch.Tensor, valid_ids: torch.Tensor | None
-                 ) -> str:
-    """What must not change between an interrupted run and its resumption."""
+def train_fingerprint(cfg: TrainConfig, train_ids: torch.Tensor,
+                      valid_ids: torch.Tensor | None) -> str:
+    """What must not change between an interrupted run and its resumption: the options
+    (except resume, progress, device, out and epochs) and both id streams
+    (:func:`~memlens.runtime.progress.fingerprint`)."""
     keep = {k: v for k, v in asdict(cfg).items()
             if k not in ("resume", "progress", "device", "out", "epochs")}
-    h = hashlib.sha256(json.dumps(keep, sort_keys=True).encode())
-    for ids in (train_ids, valid_ids):
-        if ids is not None:
-            h.update(ids.numpy().tobytes())
-    return h.hexdigest()
+    return fingerprint(keep, train_ids, valid_ids)
 
 
-def load_progress(partial: Path, fp: str, model: torch.nn.Module, opt, progress_format: str,
-                  kind: str = "training", extra: tuple[str, ...] = ()
+def epoch_state(epoch: int, best: float, history: list, model: torch.nn.Module,
+                opt: torch.optim.Optimizer, **extra: float) -> dict:
+    """The payload saved after each finished ``epoch`` (``memlens train`` and ``memlens
+    train-asr``): epoch, best score, history, weights, optimizer and torch RNG state, plus
+    ``extra`` numbers (``elapsed``)."""
+    return {"epoch": epoch, "best": best, "history": history, "model": model.state_dict(),
+            "optimizer": opt.state_dict(), "rng": torch.get_rng_state(), **extra}
+
+
+def interrupted(ck: RunCheckpoint, saved: int, epochs: int) -> KeyboardInterrupt:
+    """The exception for a Ctrl-C / SIGTERM during training: :class:`Interrupted` naming
+    ``ck.path`` when ``saved`` (> 0) epochs are in it, else a plain KeyboardInterrupt."""
+    if saved < 1 or not ck.enabled or not ck.path.is_file():
+        return KeyboardInterrupt()
+    return Interrupted(ck.path, saved, epochs, unit="epochs",
+                       head=f"interrupted after epoch {saved} of {epochs}")
+
+
+def load_progress(ck: RunCheckpoint, model: torch.nn.Module, opt, extra: tuple[str, ...] = ()
                   ) -> tuple[float, list, int, dict]:
-    """Load a per-epoch training state (``memlens train``, ``memlens train-asr``) into
-    ``model`` / ``opt`` and the torch RNG; return (best, history, next epoch, {name: float} for
-    the ``extra`` fields). Refuse a missing, foreign (other ``progress_format`` or
-    fingerprint ``fp``) or damaged file with a one-line error."""
-    if not partial.is_file():
-        raise MemlensError(f"nothing to resume: no training progress {partial} (run without "
-                           "--resume)")
-    st = load_checked(partial, "training progress file")
-    if not isinstance(st, dict) or st.get("format") != progress_format:
-        raise MemlensError(f"not a memlens {kind} progress file: {partial}")
-    if st.get("fingerprint") != fp:
-        raise MemlensError(f"training progress {partial} was made with other data or options: "
-                           "delete it or run without --resume")
+    """Load the per-epoch training state of ``ck`` (``memlens train``, ``memlens train-asr``)
+    into ``model`` / ``opt`` and the torch RNG; return (best, history, next epoch,
+    {name: float} for the ``extra`` fields). A missing, foreign (other kind or fingerprint),
+    old-format or damaged file is a one-line :class:`MemlensError` (``ck.load``)."""
+    st = ck.load()
     try:
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
@@ -274,10 +289,10 @@ def load_progress(partial: Path, fp: str, model: torch.nn.Module, opt, progress_
         epoch, best, history = int(st["epoch"]), float(st["best"]), list(st["history"])
         values = {name: float(st[name]) for name in extra}
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-        raise MemlensError(f"training progress {partial} is damaged: "
+        raise MemlensError(f"training progress {ck.path} is damaged: "
                            f"{str(exc).splitlines()[0][:200]}") from None
     if not 1 <= epoch or len(history) != epoch:
-        raise MemlensError(f"training progress {partial} is damaged (epoch {epoch})")
+        raise MemlensError(f"training progress {ck.path} is damaged (epoch {epoch})")
     return best, history, epoch + 1, values
 
 

@@ -9,9 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tqdm import tqdm
-
 from memlens.data import Corpus
+from memlens.runtime.progress import progress_bar
 from memlens.studies.planted.analyses import (
     measure_ablation,
     measure_gradients,
@@ -32,8 +31,7 @@ class _Stages:
     def __init__(self, cfg: PlantedConfig, seconds: dict[str, float]) -> None:
         self.names = ["corpus"] + [f"{s} {a}" for a in cfg.archs
                                    for s in ("train", "gradients", "signatures", "ablation")]
-        self.bar = tqdm(total=len(self.names), desc="memlens demo", unit="stage",
-                        disable=None if cfg.progress is None else not cfg.progress)
+        self.bar = progress_bar(len(self.names), cfg.progress, "memlens demo", unit="stage")
         self.bar.set_description(f"demo: {self.names[0]}")
         self.progress = cfg.progress
         self.seconds = seconds
@@ -50,7 +48,7 @@ class _Stages:
     def log(self, msg: str) -> None:
         """Training messages: printed above the bar when progress is on, else dropped."""
         if self.progress:
-            tqdm.write(msg)
+            self.bar.write(msg)
 
     def close(self) -> None:
         self.bar.close()
