@@ -37,7 +37,7 @@ QUICK = bool(os.environ.get("EXP6_QUICK"))
 CORPUS = RUNS / "speech-wt2"
 MODEL = Path(os.environ.get("EXP6_MODEL", RUNS / "asr-lstm3.pt"))
 N_TRAIN, N_HELD = (40, 20) if QUICK else (120, 60)      # utterances for the decoders
-MAX_LAG = 4 if QUICK else 6                              # graphemes back
+MAX_DELAY = 4 if QUICK else 6                            # graphemes back
 N_GRAD, GRAD_K = (2, 4) if QUICK else (3, 8)             # utterances, delays (30 ms steps)
 BOOT = 50 if QUICK else 200
 SEED = 0
@@ -77,15 +77,15 @@ def main() -> None:
                                            zip(test.utterances[:3], hyps[:3])],
            "settings": {"train_utterances": N_TRAIN, "train_steps": train.steps,
                         "heldout_utterances": N_HELD, "heldout_steps": held.steps,
-                        "max_lag_graphemes": MAX_LAG, "bootstrap": BOOT,
+                        "max_lag_graphemes": MAX_DELAY, "bootstrap": BOOT,
                         "gradient_utterances": N_GRAD, "gradient_max_delay_steps": GRAD_K,
                         "step_ms": 10 * asr.stack, "seed": SEED},
            "signatures": {}, "gradients": {}}
     for role, enc in (("trained", asr.encoder), ("random-init", control)):
         sigs = []
         for layer in range(enc.num_layers):
-            s = grapheme_signature(enc, train, held, MAX_LAG, layer, "hidden", seed=SEED,
-                                   bootstrap=BOOT)
+            s = grapheme_signature(enc, train, held, MAX_DELAY, Site(layer, "hidden"),
+                                   seed=SEED, options=as_options(bootstrap=BOOT))
             row = {"layer": layer, "accuracy": s.accuracy.tolist(),
                    "ci_low": s.acc_low.tolist(), "ci_high": s.acc_high.tolist(),
                    "majority": s.majority.tolist(), "prior": s.prior.tolist(),

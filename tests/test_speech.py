@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from memlens.core.errors import MemlensError
 from memlens.data.speech.graphemes import GRAPHEMES, normalize_transcript, speakable
-from memlens.errors import MemlensError
 from memlens.models.asr import edit_distance, error_rates, greedy_decode
 
 sf = pytest.importorskip("soundfile", reason="speech extra not installed (pip install "
@@ -253,6 +253,47 @@ def test_speech_analyses_cli(tiny):
     r = memlens("gradients", "--model", tiny / "asr.pt", "--corpus", tiny / "corpus",
                 "--classes", "upos", "--max-delay", 3, "--out", tiny / "grad2")
     assert r.returncode == 2 and "grapheme-type" in r.stderr and not (tiny / "grad2").exists()
+
+
+@needs_espeak
+def test_speech_entry_points_have_the_shared_shape(tiny):
+    import inspect
+
+    from memlens.analyses.speech.analysis import (
+        grapheme_signature,
+        prepare_speech,
+        speech_gradients,
+    )
+    from memlens.models.asr import load_asr
+    from memlens.protocol import Site
+    from memlens.runtime.options import Bootstrap, RunOptions, as_options
+
+    params = inspect.signature(grapheme_signature).parameters
+    assert list(params)[:6] == ["model", "train", "heldout", "max_delay", "site", "decoder"]
+    assert {"seed", "decoder_options", "options"} <= set(params)
+    assert not {"max_lag", "layer", "readout", "blocks", "bootstrap"} & set(params)
+    assert list(inspect.signature(speech_gradients).parameters)[:3] == [
+        "model", "inputs", "max_delay"]
+    asr = load_asr(tiny / "asr.pt")
+    train = prepare_speech(asr, tiny / "corpus", "train")
+    held = prepare_speech(asr, tiny / "corpus", "test")
+    assert train.lag_targets(max_delay=2).shape == (train.steps, 3)
+    opts = as_options(bootstrap=20, blocks=4)
+    sig = grapheme_signature(asr.encoder, train, held, 2, Site(0, "hidden"), options=opts)
+    again = grapheme_signature(asr.encoder, train, held, max_delay=2, site=Site(0, "hidden"),
+                               seed=0, options=RunOptions(bootstrap=Bootstrap(20, 4)))
+    np.testing.assert_array_equal(sig.accuracy, again.accuracy)
+    np.testing.assert_array_equal(sig.acc_low, again.acc_low)
+    assert (sig.info["layer"], sig.info["readout"], sig.info["units"]) == (0, "hidden", "all")
+    top = grapheme_signature(asr.encoder, train, held, 1, options=as_options(bootstrap=0))
+    assert top.info["layer"] == asr.encoder.num_layers - 1 and len(top.accuracy) == 2
+    with pytest.raises(TypeError):
+        grapheme_signature(asr.encoder, train, held, max_lag=2)
+    with pytest.raises(MemlensError, match="seed"):
+        grapheme_signature(asr.encoder, train, held, 1, seed=1,
+                           options=as_options(bootstrap=Bootstrap(20, 4, seed=2)))
+    with pytest.raises(MemlensError, match="units"):
+        grapheme_signature(asr.encoder, train, held, 1, Site(0, None, "0,1"))
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is absent")

@@ -15,7 +15,7 @@ from memlens.analyses.speech.align import (
     lag_labels,
     path_labels,
 )
-from memlens.errors import MemlensError
+from memlens.core.errors import MemlensError
 
 
 def collapse(seq, blank=0):

@@ -30,7 +30,7 @@ from memlens.models.encoder import RecurrentEncoder, as_encoder
 from memlens.models.inputs import Stream, as_stream
 from memlens.protocol import Site
 from memlens.runtime import distributed
-from memlens.runtime.options import Checkpointing, RunOptions, as_options
+from memlens.runtime.options import MAX_POSITIONS, Checkpointing, RunOptions, as_options
 
 #: the readout role read when the site names none: the layer's memory (LSTM: the cell state)
 DEFAULT_READOUT = "memory"
@@ -136,8 +136,10 @@ def check_delays(max_delay: int, segment: int | None, T: int) -> int | None:
                            f"({T} positions): no position has a delay of {max_delay}")
     if segment is None:
         return None
-    if not isinstance(segment, (int, np.integer)) or isinstance(segment, bool) or segment < 1:
-        raise MemlensError(f"segment must be a positive integer, got {segment!r}")
+    if (not isinstance(segment, (int, np.integer)) or isinstance(segment, bool) or segment < 1
+            or segment > MAX_POSITIONS):
+        raise MemlensError(f"segment must be a positive integer (at most 2**62), got "
+                           f"{segment!r}")
     if max_delay >= segment:
         raise MemlensError(f"maximum delay {max_delay} is not shorter than the segment "
                            f"({segment} positions): no pair inside a segment has a delay "

@@ -59,18 +59,18 @@ def alignment(gn: np.ndarray, dn: np.ndarray, k: int = 5) -> tuple[np.ndarray, n
 
 
 def block_bootstrap(block_sums: np.ndarray, block_counts: np.ndarray, D: np.ndarray,
-                    n_boot: int = 200, level: float = 0.95, seed: int = 0
+                    resamples: int = 200, level: float = 0.95, seed: int = 0
                     ) -> dict[str, np.ndarray]:
     """Bootstrap over contiguous blocks of sum(sigma(Gbar(tau) D)) for every delay.
 
     block_sums: B x S x H x E, block_counts: B x S. Returns {"se", "low", "high"} (each S;
-    NaN where undefined, e.g. everywhere when ``n_boot`` is 0 or there is one block).
+    NaN where undefined, e.g. everywhere when ``resamples`` is 0 or there is one block).
     """
     B, S = block_counts.shape
     se, low, high = (np.full(S, np.nan) for _ in range(3))
-    if B < 2 or n_boot < 1:
+    if B < 2 or resamples < 1:
         return {"se": se, "low": low, "high": high}
-    weights = block_weights(B, n_boot, seed, draw="indices")                    # n x B
+    weights = block_weights(B, resamples, seed, draw="indices")                 # n x B
     Dt = torch.from_numpy(np.asarray(D, dtype=np.float64))
     for tau in range(S):
         flat = block_sums[:, tau].reshape(B, -1)

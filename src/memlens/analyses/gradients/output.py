@@ -18,12 +18,12 @@ from memlens.analyses.gradients.result import GradientResult
 
 
 def write_result(result: GradientResult, out: str | Path, model_info: dict, corpus_info: dict,
-                 extra_settings: dict | None = None, n_boot: int = 200,
+                 extra_settings: dict | None = None, resamples: int = 200,
                  directions: dict[str, np.ndarray] | None = None,
                  overwrite: bool = False) -> Path:
     """Attach descriptions, settings and directions to ``result`` and save it to ``out``."""
     result.model_meta = {**result.model_meta, **model_info}
     result.corpus_meta = {**result.corpus_meta, **corpus_info}
-    result.settings = {**result.settings, **(extra_settings or {}), "bootstrap": int(n_boot)}
+    result.settings = {**result.settings, **(extra_settings or {}), "bootstrap": int(resamples)}
     result.directions = dict(directions or {})
     return result.save(out, overwrite=overwrite)

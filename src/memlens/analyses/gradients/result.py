@@ -152,19 +152,19 @@ class GradientResult(Result):
         """The bootstrap seed of the run (``settings["seed"]``, 0 when absent)."""
         return int(self.settings.get("seed", 0) or 0)
 
-    def bootstrap(self, n_boot: int = 200, level: float = 0.95, seed: int | None = None
+    def bootstrap(self, resamples: int = 200, level: float = 0.95, seed: int | None = None
                   ) -> dict[str, np.ndarray]:
         """Block-bootstrap standard error and interval of the overall sum(sigma) per delay
         (``seed`` None: the run's, :attr:`seed`)."""
         seed = self.seed if seed is None else seed
-        key = (n_boot, level, seed)
+        key = (resamples, level, seed)
         if self._boot is None or self._boot.get("key") != key:
             out = metrics.block_bootstrap(self.raw.block_sums, self.raw.block_counts,
-                                          self.normalization.D, n_boot, level, seed)
+                                          self.normalization.D, resamples, level, seed)
             self._boot = {"key": key, **out}
         return {k: v for k, v in self._boot.items() if k != "key"}
 
-    def class_bootstrap(self, cls: str | int, n_boot: int = 200, level: float = 0.95,
+    def class_bootstrap(self, cls: str | int, resamples: int = 200, level: float = 0.95,
                         seed: int | None = None) -> dict[int, tuple[float, float, float]]:
         """{delay: (se, low, high)} of sum(sigma) for one class at the delays that kept
         per-block class sums (``raw.ci_delays``); empty when none were kept."""
@@ -175,19 +175,21 @@ class GradientResult(Result):
         delays = self.raw.ci_delays
         counts = self.raw.class_block_counts[:, c][:, delays]
         out = metrics.block_bootstrap(self.raw.class_block_sums[:, c], counts,
-                                      self.normalization.D, n_boot, level, seed)
+                                      self.normalization.D, resamples, level, seed)
         return {d: (out["se"][k], out["low"][k], out["high"][k]) for k, d in enumerate(delays)}
 
     # -- the result format -----------------------------------------------------------------
     @property
-    def n_boot(self) -> int:
+    def resamples(self) -> int:
+        """Bootstrap resamples of the saved intervals (``settings["bootstrap"]``, default 200;
+        0: none)."""
         return int(self.settings.get("bootstrap", 200))
 
     def rows(self) -> list[dict]:
         """The table with the result's bootstrap setting and property directions (cached)."""
-        key = (self.n_boot, tuple(self.directions))
+        key = (self.resamples, tuple(self.directions))
         if self._rows is None or self._rows[0] != key:
-            self._rows = (key, self.table(self.n_boot, self.directions))
+            self._rows = (key, self.table(self.resamples, self.directions))
         return self._rows[1]
 
     def series(self) -> list[dict]:
@@ -200,7 +202,7 @@ class GradientResult(Result):
 
     def summary(self) -> dict:
         spec = self.spectrum(None)
-        boot = self.bootstrap(self.n_boot) if self.n_boot else None
+        boot = self.bootstrap(self.resamples) if self.resamples else None
         out = {"condition_number_Z": self.normalization.condition,
                "pairs_at_delay_0": self.count(0)}
         for tau in sorted({0, 1, 5, 10, self.max_delay}):
@@ -215,7 +217,7 @@ class GradientResult(Result):
         return {"probe": self.probe, "performance": self.stats}
 
     def arrays(self) -> dict[str, np.ndarray]:
-        boot = self.bootstrap(self.n_boot) if self.n_boot else None
+        boot = self.bootstrap(self.resamples) if self.resamples else None
         nan = np.full(self.max_delay + 1, np.nan)
         out = {"mean": self.means().astype(np.float32), "counts": self.raw.counts,
                "singular_values": self.spectrum(None),
@@ -235,20 +237,22 @@ class GradientResult(Result):
     def figures(self, out) -> list[dict]:
         from memlens.analyses.gradients.plots import write_plots
 
-        return write_plots(self, out, self.bootstrap(self.n_boot) if self.n_boot else None)
+        boot = self.bootstrap(self.resamples) if self.resamples else None
+        return write_plots(self, out, boot)
 
     # -- tables ----------------------------------------------------------------------------
-    def table(self, n_boot: int = 200, directions: dict[str, np.ndarray] | None = None
+    def table(self, resamples: int = 200, directions: dict[str, np.ndarray] | None = None
               ) -> list[dict]:
         """One flat dict per (delay, class) row (class "all" is the overall average)."""
-        boot = self.bootstrap(n_boot) if n_boot else None
+        boot = self.bootstrap(resamples) if resamples else None
         rows = []
         groups: list[str | None] = [None, *self.class_names]
         dn = {name: metrics.unit_direction(d, self.normalization.Z)
               for name, d in (directions or {}).items()}
         for cls in groups:
             spec = self.spectrum(cls)
-            cboot = self.class_bootstrap(cls, n_boot) if cls is not None and n_boot else {}
+            cboot = (self.class_bootstrap(cls, resamples)
+                     if cls is not None and resamples else {})
             for tau in range(self.max_delay + 1):
                 sv = spec[tau]
                 n = self.count(tau, cls)

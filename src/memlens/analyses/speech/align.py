@@ -91,12 +91,13 @@ def boundaries(path: np.ndarray) -> np.ndarray:
     return first
 
 
-def lag_labels(positions: np.ndarray, targets, max_lag: int) -> np.ndarray:
-    """N x (K+1) target ids: [t, k] = the grapheme k graphemes before the one spoken at t
-    (targets[positions[t] - k]), -1 where there is none (before the utterance's start)."""
+def lag_labels(positions: np.ndarray, targets, max_delay: int) -> np.ndarray:
+    """N x (K+1) target ids (K = ``max_delay``): [t, k] = the grapheme k graphemes before the
+    one spoken at t (targets[positions[t] - k]), -1 where there is none (before the
+    utterance's start)."""
     y = np.asarray(list(targets), dtype=np.int64)
-    out = np.full((len(positions), max_lag + 1), -1, dtype=np.int64)
-    for k in range(max_lag + 1):
+    out = np.full((len(positions), max_delay + 1), -1, dtype=np.int64)
+    for k in range(max_delay + 1):
         src = positions - k
         ok = (positions >= 0) & (src >= 0)
         out[ok, k] = y[src[ok]]

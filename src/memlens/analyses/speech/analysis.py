@@ -5,7 +5,7 @@ grapheme history and state gradients with respect to the input frames.
   pipeline (log-mel, normalisation, stacking), with a CTC forced alignment
   (:mod:`memlens.analyses.speech.align`) of each transcript under the recogniser's own emissions:
   per step, the index of the grapheme being spoken.
-* :func:`grapheme_signature`: memory signature of one layer, lag k counted in **graphemes**
+* :func:`grapheme_signature`: memory signature of one site, lag k counted in **graphemes**
   (the target at step t is the grapheme k positions before the one spoken at t, within the
   utterance); states are computed per utterance from a zero state, as in training.
 * :func:`speech_gradients`: state gradients d r_t / d x_{t-tau} (tau in steps of
@@ -17,13 +17,20 @@ grapheme history and state gradients with respect to the input frames.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from memlens.analyses.signatures.signature import Signature, check_lag, signature_from_targets
+from memlens.analyses.signatures.api import _working_copy
+from memlens.analyses.signatures.signature import (
+    DEFAULT_RESAMPLES,
+    Signature,
+    check_lag,
+    signature_from_targets,
+)
 from memlens.analyses.signatures.sites import resolve_site
 from memlens.analyses.signatures.symbols import SymbolSet
 from memlens.analyses.speech.align import ctc_viterbi, frame_positions, lag_labels
@@ -33,7 +40,7 @@ from memlens.data.speech.graphemes import GRAPHEMES, encode, grapheme_type
 from memlens.models.asr import ASRModel
 from memlens.models.encoder import as_encoder
 from memlens.protocol import Site
-from memlens.runtime.options import Bootstrap, RunOptions
+from memlens.runtime.options import Bootstrap, RunOptions, as_options
 
 
 def grapheme_name(g: str) -> str:
@@ -77,9 +84,10 @@ class SpeechData:
         """Per step: its index inside its utterance."""
         return np.concatenate([np.arange(len(x)) for x in self.inputs])
 
-    def lag_targets(self, max_lag: int) -> np.ndarray:
-        """sum T_i x (K+1) grapheme ids k graphemes back (-1: none), per utterance."""
-        return np.concatenate([lag_labels(p, y, max_lag)
+    def lag_targets(self, max_delay: int) -> np.ndarray:
+        """sum T_i x (K+1) grapheme ids k graphemes back (-1: none; K = ``max_delay``), per
+        utterance."""
+        return np.concatenate([lag_labels(p, y, max_delay)
                                for p, y in zip(self.positions, self.targets)])
 
 
@@ -112,18 +120,26 @@ def prepare_speech(model: ASRModel, corpus: str | sdata.SpeechCorpus, split: str
 
 
 @torch.no_grad()
-def utterance_states(model: nn.Module, data: SpeechData, layer: int = -1,
-                     readout: str | None = None) -> np.ndarray:
-    """States (sum T_i x D float32) of one layer's readout, each utterance from a zero state."""
+def utterance_states(model: nn.Module, data: SpeechData, site: Site | None = None
+                     ) -> np.ndarray:
+    """States (sum T_i x D float32) of one site's readout, each utterance from a zero state
+    (``site`` None: the last layer's output; units must be "all"), computed on the device and
+    in the dtype of the model's parameters."""
     enc = as_encoder(model)
-    site = resolve_site(enc, Site(layer, readout))  # readout None: the layer's output
-    layer, readout = site.layer, site.readout
+    site = resolve_site(enc, site)  # readout None: the layer's output
+    if site.units != "all":
+        raise MemlensError(f"speech signatures decode whole layers (units 'all'), not units "
+                           f"{site.units!r}")
+    key = (site.layer, site.readout)
+    param = next(enc.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None else torch.float32
     enc.eval()
     out = []
     for x in data.inputs:
-        st, _ = enc.states(torch.from_numpy(x).to(torch.float32)[:, None],
-                           readouts=[(layer, readout)])
-        out.append(st[(layer, readout)][:, 0].float().numpy())
+        frames = torch.from_numpy(x).to(torch.float32).to(device=device, dtype=dtype)
+        st, _ = enc.states(frames[:, None], readouts=[key])
+        out.append(st[key][:, 0].float().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -143,44 +159,65 @@ def _classes(y: np.ndarray, sym: SymbolSet) -> np.ndarray:
     return np.where(y >= 0, lut[np.where(y >= 0, y, len(GRAPHEMES))], -1)
 
 
-def grapheme_signature(model: nn.Module, train: SpeechData, held: SpeechData, max_lag: int,
-                       layer: int = -1, readout: str | None = None, decoder: str = "linear",
-                       seed: int = 0, blocks: int = 20, bootstrap: int = 1000,
-                       **decoder_options) -> Signature:
-    """Memory signature of one layer with lags in graphemes (module docstring): accuracy_k of
-    decoding the grapheme k back from s_t, beside majority / prior baselines, per-grapheme
-    recall and 95% block-bootstrap intervals over held-out utterances' steps."""
-    check_lag(max_lag, train.steps, held.steps)
+def grapheme_signature(model: nn.Module, train: SpeechData, heldout: SpeechData,
+                       max_delay: int, site: Site | None = None, decoder: str = "linear", *,
+                       seed: int = 0, decoder_options: dict | None = None,
+                       options: RunOptions | None = None) -> Signature:
+    """Memory signature of one site with lags in graphemes (module docstring): accuracy_k of
+    decoding the grapheme k back from s_t (k = 0..``max_delay``), beside majority / prior
+    baselines, per-grapheme recall and 95% block-bootstrap intervals over held-out
+    utterances' steps. Decoders train on ``train`` and are scored on ``heldout``.
+
+    ``site``: ``Site(layer=-1, readout=None, units="all")`` by default; readout None is the
+    layer's output (as :func:`memlens.memory_signature`). ``decoder``: "linear",
+    "linear-fast" or "mlp"; ``decoder_options``: its keyword arguments. ``seed`` seeds the
+    decoders and the bootstrap's block draws. ``options``: device and dtype of the state
+    computation (device None: where the model is) and ``options.bootstrap`` (resamples,
+    default 1000, 0: no intervals; blocks, default 20).
+    """
+    opts = as_options(options)
+    boot = _bootstrap(opts.bootstrap, seed)
+    check_lag(max_delay, train.steps, heldout.steps)
     sym = grapheme_symbols(train)
-    y_tr = _classes(train.lag_targets(max_lag), sym)
-    y_he = _classes(held.lag_targets(max_lag), sym)
+    y_tr = _classes(train.lag_targets(max_delay), sym)
+    y_he = _classes(heldout.lag_targets(max_delay), sym)
     enc = as_encoder(model)
-    site = resolve_site(enc, Site(layer, readout))
-    layer_i, readout = site.layer, site.readout
-    tr_x = utterance_states(enc, train, layer_i, readout)
-    he_x = utterance_states(enc, held, layer_i, readout)
-    sig = signature_from_targets(tr_x, y_tr, he_x, y_he, sym, decoder, seed,
-                                 Bootstrap(bootstrap, blocks, seed), decoder_options)
-    sig.info = {"model": type(model).__name__, "layer": layer_i, "readout": readout,
-                "units": "all", "input": "vectors", "lag_unit": "graphemes",
-                "utterances": [len(train.inputs), len(held.inputs)]}
+    site = resolve_site(enc, site)
+    work = _working_copy(enc, opts)
+    tr_x = utterance_states(work, train, site)
+    he_x = utterance_states(work, heldout, site)
+    sig = signature_from_targets(tr_x, y_tr, he_x, y_he, sym, decoder, seed, boot,
+                                 decoder_options)
+    sig.info = {"model": type(model).__name__, "layer": site.layer, "readout": site.readout,
+                "units": site.units, "input": "vectors", "lag_unit": "graphemes",
+                "utterances": [len(train.inputs), len(heldout.inputs)]}
     return sig
 
 
-def speech_gradients(model: nn.Module, data: SpeechData, max_delay: int, *,
+def _bootstrap(given: Bootstrap, seed: int) -> Bootstrap:
+    """The signature's bootstrap: resamples (default 1000) and blocks as given, seeded with
+    ``seed`` (one seed for the decoders and the intervals, as memory_signature)."""
+    if given.seed not in (0, seed):
+        raise MemlensError("grapheme_signature seeds its decoders and its bootstrap with "
+                           "seed=: leave options.bootstrap.seed at 0")
+    return dataclasses.replace(given, resamples=given.count(DEFAULT_RESAMPLES), seed=seed)
+
+
+def speech_gradients(model: nn.Module, inputs: SpeechData, max_delay: int, *,
                      site: Site | None = None, options: RunOptions | None = None, **kwargs):
-    """State gradients of one layer w.r.t. the input frames, classes vowel / consonant / space
-    of the aligned grapheme at the source step (module docstring). ``site``, ``options`` and
-    ``kwargs`` (method, segment, ...) as :func:`memlens.state_gradients`; the target mask
-    keeps every pair inside one utterance."""
+    """State gradients of one site w.r.t. the input frames of ``inputs`` (the utterances as
+    one stream), classes vowel / consonant / space of the aligned grapheme at the source step
+    (module docstring). ``site``, ``options`` and ``kwargs`` (method, segment, ...) as
+    :func:`memlens.state_gradients`; the target mask keeps every pair inside one
+    utterance."""
     from memlens.analyses.gradients import EngineSettings, state_gradients
     from memlens.models.inputs import Stream
 
-    mask = data.offsets() >= max_delay
+    mask = inputs.offsets() >= max_delay
     if not mask.any():
         raise MemlensError(f"no utterance is longer than max_delay={max_delay} steps")
-    return state_gradients(model, Stream(data.values().to(torch.float32),
-                                         labels=data.types()),
+    return state_gradients(model, Stream(inputs.values().to(torch.float32),
+                                         labels=inputs.types()),
                            max_delay, site=site, options=options,
                            engine=EngineSettings(target_mask=mask), **kwargs)
 
@@ -245,11 +282,12 @@ def speech_signature_study(cfg, log=print):
                          extras={"lag_unit": "graphemes (k-th previous grapheme of the one "
                                              "being spoken, CTC forced alignment)",
                                  "step_ms": 10 * asr.stack})
+    options = RunOptions(bootstrap=cfg.bootstrap_options())  # states on the cpu, as before
     for label, role, net in runs:
         for v in views:
             t0 = time.time()
-            sig = grapheme_signature(net, train, held, cfg.max_delay, v.layer, v.readout,
-                                     cfg.decoder, cfg.seed, cfg.blocks, cfg.bootstrap)
+            sig = grapheme_signature(net, train, held, cfg.max_delay, v, cfg.decoder,
+                                     seed=cfg.seed, options=options)
             result.entries.append(Entry(label, role, v, sig))
             log(f"{label} {v.label}: lag0 {sig.accuracy[0]:.3f}, lag1 "
                 f"{sig.accuracy[min(1, cfg.max_delay)]:.3f}, memory span {sig.memory_span()} "
