@@ -24,9 +24,9 @@ import torch
 import memlens.analyses.signatures.study as study
 from memlens.cli import main
 from memlens.data import Vocab
-from memlens.io import MANIFEST, output_lock
 from memlens.models import LanguageModel, save_checkpoint
 from memlens.models.checkpoint import _digest
+from memlens.runtime.io import MANIFEST, output_lock
 from memlens.training import TrainConfig, train
 
 WORDS = ["the", "cat", "sees", "dogs", "a", "bird", "runs", "and", "big", "$x^"]
@@ -461,7 +461,7 @@ def test_signatures_progress_is_validated(env, capsys, monkeypatch):
 
 
 def test_train_resume_equals_uninterrupted(env, monkeypatch):
-    tr = sys.modules["memlens.training.lm"]  # the module (memlens.train is the function)
+    tr = sys.modules["memlens.training.lm"]  # the module (memlens.training.lm is the function)
 
     cfg = dict(train=str(env / "c.txt"), valid=str(env / "c.txt"), emb=4, hidden=8, epochs=3,
                bptt=5, batch=4, dropout=0.3, progress=False)
@@ -486,3 +486,86 @@ def test_train_resume_equals_uninterrupted(env, monkeypatch):
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
 
+
+
+# -- after the 0.2.0 restructuring -------------------------------------------------------------
+@pytest.mark.parametrize("which", ["corpus", "model", "vocab", "direction"])
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero"])
+def test_special_files_refused_not_read(env, capsys, which, special):
+    """A FIFO (blocks forever) or /dev/zero (never ends) is refused before it is opened."""
+    path = str(env / "pipe") if special == "fifo" else special
+    if special == "fifo":
+        os.mkfifo(path)
+    direction = path + ".npy" if which == "direction" else None
+    if direction and special == "fifo":
+        os.rename(path, direction)
+    argv = {"corpus": lambda: ["gradients", "--model", str(env / "$x^.pt"), "--corpus", path,
+                               "--out", str(env / "out"), "--max-delay", "3"],
+            "model": lambda: ["gradients", "--model", path, "--corpus", str(env / "c.txt"),
+                              "--out", str(env / "out"), "--max-delay", "3"],
+            "vocab": lambda: grad(env, "--vocab", path),
+            "direction": lambda: grad(env, "--direction", direction)}[which]()
+    if which == "direction" and special != "fifo":
+        pytest.skip("/dev/zero has no .npy name")
+    assert main(argv) == 2
+    one_line_error(capsys, "not a regular file")
+    assert not (env / "out").exists()
+
+
+@pytest.mark.parametrize("suffix,extra", [(".pt", []), (".npz", ["ablation"]),
+                                          (".npz", ["signatures"])])
+def test_resume_from_a_fifo_checkpoint_refused(env, capsys, suffix, extra):
+    out = env / "res"
+    os.mkfifo(env / f".res.partial{suffix}")
+    if not extra:
+        argv = grad(env, "--resume", out="res")
+    elif extra == ["ablation"]:
+        argv = ["ablation", "--model", str(env / "$x^.pt"), "--corpus", str(env / "c.txt"),
+                "--out", str(out), "--no-progress", "--targets", "100", "--resume"]
+    else:
+        argv = sig(env, "--resume", out="res")
+    assert main(argv) == 2
+    one_line_error(capsys, "not a regular file")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--window-lm", "99999999999999999999"], "--window-lm must be at most"),
+    (["--ngram", "1000000"], "--ngram must be at most"),
+    (["--lm-epochs", "99999999999999999999", "--window-lm", "2"], "--lm-epochs must be in"),
+])
+def test_signatures_huge_comparison_options_refused(env, capsys, extra, message):
+    assert main(sig(env, *extra)) == 2
+    one_line_error(capsys, message)
+    assert not (env / "sig").exists() and not (env / ".sig.partial.npz").exists()
+
+
+def test_gradients_huge_segment_refused(env, capsys):
+    assert main(grad(env, "--segment", "99999999999999999999")) == 2
+    one_line_error(capsys, "segment must be a positive integer")
+    assert not (env / "out").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    lambda e: ["train", "--train", str(e / "c.txt"), "--out", str(e / "m.pt"), "--seed", "-1"],
+    lambda e: ["demo", "--out", str(e / "d"), "--quick", "--seed", str(2**63)],
+    lambda e: ["speech-corpus", "--text", str(e / "c.txt"), "--out", str(e / "sp"),
+               "--seed", "-1"],
+    lambda e: ["train-asr", "--data", str(e / "sp"), "--out", str(e / "a.pt"), "--seed", "-1"],
+])
+def test_schema_options_checked_on_every_command(env, capsys, argv):
+    """--seed (declared once in the runtime schema) is refused on every command taking it."""
+    before = sorted(p.name for p in env.iterdir())
+    assert main(argv(env)) == 2
+    one_line_error(capsys, "--seed must be in 0..")
+    assert sorted(p.name for p in env.iterdir()) == before
+
+
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero"])
+def test_speech_corpus_text_special_file_refused(env, capsys, special):
+    path = str(env / "pipe") if special == "fifo" else special
+    if special == "fifo":
+        os.mkfifo(path)
+    assert main(["speech-corpus", "--text", path, "--out", str(env / "sp")]) == 2
+    one_line_error(capsys, "not a regular file")
+    assert not (env / "sp").exists()

@@ -69,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         old = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM unwinds like Ctrl-C
     try:
+        from memlens.commands.common import check_schema_options
+
+        check_schema_options(args)
         result = args.func(args)
         return int(result or 0)
     except MemlensError as exc:

@@ -62,8 +62,27 @@ def add_option(parser: argparse.ArgumentParser, name: str, *aliases: str,
     if opt.type is bool:
         kwargs = {**kwargs, "dest": name,
                   "action": "store_false" if flag.startswith("--no-") else "store_true"}
+    schema_check = overrides.pop("schema_check", True)  # False: the API's own, stricter check
     kwargs.update(overrides)
-    return parser.add_argument(flag, *aliases, **kwargs)
+    action = parser.add_argument(flag, *aliases, **kwargs)
+    if schema_check:
+        declared = parser.get_default(SCHEMA_DEST) or ()
+        parser.set_defaults(**{SCHEMA_DEST: (*declared, (name, flag))})
+    return action
+
+
+SCHEMA_DEST = "_memlens_schema_options"  # args.<this>: the (name, flag) pairs of add_option
+
+
+def check_schema_options(args: argparse.Namespace) -> None:
+    """Validate every option a command took from the runtime schema (:func:`add_option`)
+    against its declaration (:func:`memlens.runtime.options.check_option`), before the
+    command runs: an option declared once is checked on every command that offers it (e.g.
+    ``--seed -1`` of train, demo, speech-corpus and train-asr)."""
+    from memlens.runtime.options import check_option
+
+    for name, flag in getattr(args, SCHEMA_DEST, None) or ():
+        check_option(name, getattr(args, name), flag)
 
 
 def inputs_from_args(args: argparse.Namespace, need: str = "any", *,
@@ -88,7 +107,8 @@ def inputs_from_args(args: argparse.Namespace, need: str = "any", *,
 
 
 __all__ = ["RunInputs", "add_model_arguments", "add_option", "add_overwrite",
-           "inputs_from_args", "load_vectors", "log", "sharded_output", "train_into"]
+           "check_schema_options", "inputs_from_args", "load_vectors", "log", "sharded_output",
+           "train_into"]
 
 
 _QUIET = [False]  # set by sharded_output on ranks other than 0

@@ -256,6 +256,9 @@ def _directions(spec: str | None, names: list[str] | None) -> dict:
             return {"NOUN-VERB": ("NOUN", "VERB")}
         return {}
     if spec.endswith(".npy"):
+        from memlens.core.files import check_regular
+
+        check_regular(spec, "direction vector")
         try:
             vec = np.load(spec)
         except (OSError, ValueError) as exc:

@@ -24,7 +24,8 @@ def register(sub) -> None:
     _add_inputs(p)
     _add_measure(p)
     _add_comparisons(p)
-    add_option(p, "blocks", help="bootstrap blocks (at least 2; default 20)")
+    add_option(p, "blocks", help="bootstrap blocks (at least 2; default 20)",
+               schema_check=False)  # check_config: "--blocks must be at least 2"
     add_option(p, "bootstrap", default=1000,
                help="bootstrap resamples (0: no intervals; default 1000)")
     add_option(p, "device", help="auto, cpu or cuda (state extraction)")

@@ -12,6 +12,7 @@ beside its target, flushed to disk, given the mode a plain ``open`` would give i
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,6 +38,19 @@ def public_mode(tmp: Path, mode: int) -> None:
 
 
 # -- reading -------------------------------------------------------------------------------------
+def check_regular(path: str | os.PathLike, what: str = "input") -> None:
+    """Refuse a path that is not a regular file (a FIFO, a device such as /dev/zero, a
+    socket): reading one could block forever or never end. A missing path or a directory is
+    left to the caller's own message."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise MemlensError(f"{what} path is not a regular file (a FIFO, device or socket): "
+                           f"{path}")
+
+
 def read_bytes(path: str | os.PathLike, what: str = "input",
                max_bytes: int | None = None) -> bytes:
     """The bytes of the regular file ``path``, refusing a missing path, a directory, an
@@ -47,6 +61,7 @@ def read_bytes(path: str | os.PathLike, what: str = "input",
         raise MemlensError(f"{what} file not found: {p}")
     if p.is_dir():
         raise MemlensError(f"{what} path is a directory, not a file: {p}")
+    check_regular(p, what)
     try:
         if max_bytes is None:
             data = p.read_bytes()

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from memlens.core.errors import MemlensError
-from memlens.core.files import write_atomic
+from memlens.core.files import check_regular, write_atomic
 from memlens.data.vocab import Vocab
 from memlens.models.encoder import RecurrentEncoder
 from memlens.models.layers import TorchLayer
@@ -40,6 +40,7 @@ MAX_MEMBERS = 100_000
 def check_archive(path: str | os.PathLike, what: str = "checkpoint") -> None:
     """Refuse a torch zip archive whose members declare more bytes than the file can hold
     (see module docstring) or that is not a zip archive at all (legacy pickles are refused)."""
+    check_regular(path, what)
     try:
         size = os.path.getsize(path)
         with zipfile.ZipFile(path) as zf:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from memlens.core.errors import MemlensError
+from memlens.core.files import check_regular
 from memlens.data.corpus import Corpus
 from memlens.data.vocab import EOS
 from memlens.models.loading import LoadedModel, load_model
@@ -109,6 +110,7 @@ def load_vectors(path: str | os.PathLike, size: int, max_rows: int | None = None
     if not str(path).endswith(".npy"):
         raise MemlensError(f"this model reads continuous vectors: --corpus must be a .npy file "
                            f"of T x {size} floats, got {path}")
+    check_regular(path, "input vectors")
     try:
         arr = np.load(path, allow_pickle=False, mmap_mode="r")
     except (OSError, ValueError) as exc:

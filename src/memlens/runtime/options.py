@@ -87,6 +87,8 @@ class Option:
 def _range_text(opt: Option) -> str:
     """"in 0..20", "in [0, 1)", ">= 0" or "> 0" for the error messages."""
     lo, hi = opt.low, opt.high
+    if opt.type is int and lo == 1 and hi is not None and hi >= MAX_POSITIONS:
+        return "positive"  # max_tokens: "must be positive", as before the schema
     if opt.type is int and lo is not None and hi is not None:
         return f"in {int(lo)}..{int(hi)}"
     if lo is not None and hi is not None:

@@ -350,6 +350,9 @@ class RunCheckpoint:
     # -- reading ---------------------------------------------------------------------------
     def _read(self, device) -> tuple[Any, Any]:
         """(metadata, payload) as stored, or a one-line error for an unreadable file."""
+        from memlens.core.files import check_regular
+
+        check_regular(self.path, "checkpoint")  # a FIFO or /dev/zero: never read
         if self.numpy:
             try:
                 _check_npz(self.path)

@@ -95,13 +95,12 @@ def _bootstrap(given: Bootstrap, seed: int) -> Bootstrap:
 
 
 def _working_copy(encoder: nn.Module, opts: RunOptions) -> nn.Module:
-    """The encoder itself, or a copy on ``opts.device`` (default cpu) in ``opts.dtype`` when
-    either is not the default (device None, float32)."""
+    """The encoder itself, or a copy on ``opts.device`` (None: where the encoder is) in
+    ``opts.dtype`` when either is not the default (device None, float32)."""
     dtype = opts.torch_dtype()
     if opts.device is None and dtype == torch.float32:
         return encoder
-    device = opts.torch_device() if opts.device is not None else torch.device("cpu")
-    return copy.deepcopy(encoder).to(device=device, dtype=dtype)
+    return copy.deepcopy(encoder).to(device=opts.device_for(encoder), dtype=dtype)
 
 
 def stream_classes(model: nn.Module, encoder, train: Stream, held: Stream,

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from memlens.core.errors import MemlensError
 from memlens.runtime.options import Bootstrap, RunOptions, check_option
 
+MAX_ORDER = 64         # --ngram, --window-lm: the order of a comparison LM
+MAX_LM_EPOCHS = 10000  # --lm-epochs
+
 CONTROLS = ("random-init", "none")
 
 
@@ -74,6 +77,10 @@ def check_config(cfg: StudyConfig) -> None:
         raise MemlensError(f"unknown --control {cfg.control!r}: choose random-init or none")
     if cfg.ngram < 0 or cfg.ngram == 1 or cfg.window_lm < 0 or cfg.window_lm == 1:
         raise MemlensError("--ngram and --window-lm need an order >= 2 (0 = off)")
+    for name in ("ngram", "window_lm"):
+        if getattr(cfg, name) > MAX_ORDER:
+            raise MemlensError(f"--{name.replace('_', '-')} must be at most {MAX_ORDER} (an "
+                               f"order of a comparison LM), got {getattr(cfg, name)}")
     for name in ("train_tokens", "heldout_tokens", "lm_max_tokens"):
         value = getattr(cfg, name)
         if value is not None and value < 1:
@@ -83,8 +90,8 @@ def check_config(cfg: StudyConfig) -> None:
                            f"got {cfg.blocks}")
     if cfg.bootstrap < 0:
         raise MemlensError(f"--bootstrap must be >= 0 (0: no intervals), got {cfg.bootstrap}")
-    if cfg.lm_epochs < 1:
-        raise MemlensError(f"--lm-epochs must be positive, got {cfg.lm_epochs}")
+    if cfg.lm_epochs < 1 or cfg.lm_epochs > MAX_LM_EPOCHS:
+        raise MemlensError(f"--lm-epochs must be in 1..{MAX_LM_EPOCHS}, got {cfg.lm_epochs}")
     if cfg.warmup is not None:
         check_option("warmup", cfg.warmup, "--warmup")
     check_option("seed", cfg.seed, "--seed")

@@ -86,10 +86,9 @@ def synthesise_corpus(text_path: str | os.PathLike, out: Path, utterances: int =
     from memlens.data.speech.corpus import compute_features, read_manifest, save_feature_cache
 
     espeak_binary()
-    try:
-        text = Path(text_path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MemlensError(f"cannot read --text {text_path}: {exc}") from None
+    from memlens.core.files import read_text
+
+    text = read_text(text_path, "--text")  # refuses missing, special, empty and binary files
     if utterances < 2:
         raise MemlensError("--utterances must be at least 2 (training and held-out)")
     sents = sentences(text)
