@@ -336,8 +336,8 @@ def test_cli_result_directory_and_report(trained, capsys):
     (["--blocks", "1"], "blocks must be in 2.."),
     (["--bootstrap", "-1"], "bootstrap must be in 0.."),
     (["--seed", "-1"], "seed must be in 0.."),
-    (["--batch-size", "0"], "batch_size must be in 1.."),
-    (["--checkpoint-every", "0"], "checkpoint_every must be > 0"),
+    (["--batch-size", "0"], "--batch-size must be in 1.."),
+    (["--checkpoint-every", "0"], "--checkpoint-every must be > 0"),
     (["--max-tokens", "0"], "--max-tokens must be positive"),
     (["--resume"], "nothing to resume"),
 ])
