@@ -10,21 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from memlens.analyses.ablation.result import LN2
 from memlens.runtime.plotting import pyplot
+from memlens.runtime.result import Result
 from memlens.studies.planted.rules import ABLATION_TOLERANCE_BITS, DOMINANCE, STRENGTH_FRACTION
 
-if TYPE_CHECKING:
-    from memlens.studies.planted.results import (
-        PlantedAblation,
-        PlantedGradients,
-        PlantedResult,
-        PlantedSignatures,
-    )
+# the figures read the planted results (studies/planted/results.py, which calls them) by
+# duck typing, annotated with their base class, so that the two modules do not import each other
 
 ABLATION_LABELS = {"swap": "swap in another verb's context", "drop": "drop (zero state)"}
 
@@ -43,7 +39,7 @@ def planted_line(ax, distance: int) -> None:
 
 
 # -- gradients ---------------------------------------------------------------------------------
-def gradient_figures(res: PlantedGradients, out: Path) -> list[dict[str, str]]:
+def gradient_figures(res: Result, out: Path) -> list[dict[str, str]]:
     """``sum_sv.png`` (memory strength by delay) and ``planted_rank.png`` (rank, relative
     memory and strength of the number direction) of one model's gradients result."""
     _sum_sv_plot(res, out / "sum_sv.png")
@@ -67,7 +63,7 @@ def gradient_figures(res: PlantedGradients, out: Path) -> list[dict[str, str]]:
          "grey line the number is mostly forgotten."}]
 
 
-def _sum_sv_plot(res: PlantedGradients, path: Path) -> None:
+def _sum_sv_plot(res: Result, path: Path) -> None:
     """Sum of singular values per delay, for all source words and per class (log scale)."""
     plt = pyplot()
     delays = np.arange(res.max_delay + 1)
@@ -82,7 +78,7 @@ def _sum_sv_plot(res: PlantedGradients, path: Path) -> None:
     save_figure(fig, path)
 
 
-def _planted_rank_plot(res: PlantedGradients, path: Path) -> None:
+def _planted_rank_plot(res: Result, path: Path) -> None:
     """Three panels per delay: rank of the number direction, its relative memory (both
     spaces) and the strength |Gn dn| against ``STRENGTH_FRACTION`` of its peak."""
     plt, ranks = pyplot(), res.ranks
@@ -111,7 +107,7 @@ def _planted_rank_plot(res: PlantedGradients, path: Path) -> None:
 
 
 # -- signatures and ablation -------------------------------------------------------------------
-def signature_figures(res: PlantedSignatures, out: Path) -> list[dict[str, str]]:
+def signature_figures(res: Result, out: Path) -> list[dict[str, str]]:
     """``signature.png``: accuracy by lag for the trained model, its untrained copy and the
     n-gram window, with bootstrap bands and the majority baseline."""
     plt, arch = pyplot(), res.arch
@@ -138,7 +134,7 @@ def signature_figures(res: PlantedSignatures, out: Path) -> list[dict[str, str]]
              "reads the number again for a few steps."}]
 
 
-def ablation_figures(res: PlantedAblation, out: Path) -> list[dict[str, str]]:
+def ablation_figures(res: Result, out: Path) -> list[dict[str, str]]:
     """``increase.png``: the loss increase at the verb (bits) by distance, per perturbation,
     with bootstrap bands and the tolerance."""
     plt = pyplot()
@@ -189,7 +185,7 @@ _PANELS = (("state gradients: strength along the number direction",
             "distance k (tokens before the verb kept)", "C1"))
 
 
-def three_views_figures(res: PlantedResult, out: Path) -> list[dict[str, str]]:
+def three_views_figures(res: Result, out: Path) -> list[dict[str, str]]:
     """``three_views.png``: per model (rows) the three views (columns) against delay, each
     marked with the planted distance and what its reading recovered."""
     plt, d = pyplot(), res.config.distance
