@@ -66,7 +66,8 @@ def _run(model, ids, labels, segment=None, **kw):
     """state_gradients with the engine knobs (warmup, on_chunk, flush_every) and run options
     (checkpoint, keep_checkpoint, stop_after, resume, distributed) of ``kw``."""
     knobs = {k: kw.pop(k) for k in ("warmup", "on_chunk", "flush_every") if k in kw}
-    return memlens.state_gradients(model, ids, K, classes=labels, segment=segment,
+    return memlens.state_gradients(model, ids, K, classes=labels,
+                                   context=None if segment is None else f"segment:{segment}",
                                    options=as_options(device="cpu", bootstrap=0, blocks=6, **kw),
                                    engine=EngineSettings(class_ci_delays=(0, 3, K), **knobs))
 

@@ -95,7 +95,8 @@ def test_segment_equals_original_pair_set(arch, layer, readout, method):
     ref, cnt, csum, ccnt = segment_brute_force(model, ids, K, layer, readout, S, memb, 2, n_seg)
     for chunk, flush in ((5, 3), (256, 256)):
         r = memlens.state_gradients(model, ids[:S * n_seg], K, site=Site(layer, readout),
-                                    classes=labels[:S * n_seg], method=method, segment=S,
+                                    classes=labels[:S * n_seg], method=method,
+                                    context=f"segment:{S}",
                                     options=as_options(dtype="float64"),
                                     engine=EngineSettings(chunk_size=chunk, flush_every=flush))
         assert r.settings["segment"] == S
@@ -107,7 +108,7 @@ def test_segment_equals_original_pair_set(arch, layer, readout, method):
     # the whole stream: every segment, the partial last one included
     full = segment_brute_force(model, ids, K, layer, readout, S, memb, 2, -(-T // S))
     r = memlens.state_gradients(model, ids, K, site=Site(layer, readout), method=method,
-                                segment=S, options=as_options(dtype="float64"))
+                                context=f"segment:{S}", options=as_options(dtype="float64"))
     assert np.array_equal(r.raw.counts, full[1])
     assert rel_err(r.means(), full[0] / full[1][:, None, None]) <= 1e-10
 
@@ -117,27 +118,27 @@ def test_segment_counts_drop_share_and_identity():
     S, K, T = 10, 6, 100
     ids = torch.randint(0, V, (T,), generator=torch.Generator().manual_seed(3))
     hidden = Site(readout="hidden")
-    r = memlens.state_gradients(model, ids, K, site=hidden, segment=S)
+    r = memlens.state_gradients(model, ids, K, site=hidden, context=f"segment:{S}")
     full = memlens.state_gradients(model, ids, K, site=hidden)
     # whole segments: a share tau / S of the targets loses its pair at delay tau
     assert np.array_equal(r.raw.counts, [T - T // S * tau for tau in range(K + 1)])
     assert np.allclose(1 - r.raw.counts / full.raw.counts[0], np.arange(K + 1) / S)
     assert full.settings["segment"] is None
     # a segment as long as the stream is the default pair set, bit for bit
-    same = memlens.state_gradients(model, ids, K, site=hidden, segment=T)
+    same = memlens.state_gradients(model, ids, K, site=hidden, context=f"segment:{T}")
     for name in ("sums", "counts", "block_sums", "block_counts"):
         assert np.array_equal(getattr(same.raw, name), getattr(full.raw, name)), name
     with pytest.raises(MemlensError, match="not shorter than the segment"):
-        memlens.state_gradients(model, ids, S, site=hidden, segment=S)
-    with pytest.raises(MemlensError, match="segment must be a positive integer"):
-        memlens.state_gradients(model, ids, K, site=hidden, segment=0)
+        memlens.state_gradients(model, ids, S, site=hidden, context=f"segment:{S}")
+    with pytest.raises(MemlensError, match="context length must be a positive"):
+        memlens.state_gradients(model, ids, K, site=hidden, context="segment:0")
 
 
 def test_segment_resume_is_identical_and_fingerprinted(tmp_path):
     model = tiny_lm("gru", layers=1)
     ids = torch.randint(0, V, (60,), generator=torch.Generator().manual_seed(4))
     kw = {"site": Site(readout="hidden"), "classes": [str(i % 3) for i in ids.tolist()],
-          "segment": 9}
+          "context": "segment:9"}
     ck = tmp_path / "partial.pt"
 
     def run(chunk_size=256, **run_options):
@@ -148,9 +149,9 @@ def test_segment_resume_is_identical_and_fingerprinted(tmp_path):
     with pytest.raises(Interrupted):
         run(5, checkpoint=ck, stop_after=23)
     with pytest.raises(MemlensError, match="different model"):
-        kw["segment"] = 10
+        kw["context"] = "segment:10"
         run(checkpoint=ck, resume=True)
-    kw["segment"] = 9
+    kw["context"] = "segment:9"
     resumed = run(checkpoint=ck, resume=True)
     for name in ("sums", "counts", "class_sums", "class_counts", "block_sums", "block_counts"):
         assert np.array_equal(getattr(straight.raw, name), getattr(resumed.raw, name)), name
@@ -237,7 +238,7 @@ def test_cli_lexicon_groups_segment_and_weighting(tmp_path, capsys):
             "--classes", spec, "--direction", "nouns,verbs", "--max-delay", "3",
             "--no-progress", "--bootstrap", "10"]
     assert main([*base, "--out", str(tmp_path / "a")]) == 0
-    assert main([*base, "--out", str(tmp_path / "b"), "--segment", "8",
+    assert main([*base, "--out", str(tmp_path / "b"), "--context", "segment:8",
                  "--direction-weighting", "token"]) == 0
     a = json.loads((tmp_path / "a" / "result.json").read_text())
     b = json.loads((tmp_path / "b" / "result.json").read_text())
@@ -250,6 +251,6 @@ def test_cli_lexicon_groups_segment_and_weighting(tmp_path, capsys):
     assert rows_a[(3, "all")]["count"] == tokens - 3
     assert rows_b[(3, "all")]["count"] == sum(t % 8 >= 3 for t in range(tokens))
     assert rows_a[(0, "all")]["relmem_nouns-verbs"] != rows_b[(0, "all")]["relmem_nouns-verbs"]
-    assert main([*base, "--out", str(tmp_path / "c"), "--segment", "3"]) == 2
+    assert main([*base, "--out", str(tmp_path / "c"), "--context", "segment:3"]) == 2
     assert "not shorter than the segment" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()

@@ -541,8 +541,8 @@ def test_signatures_huge_comparison_options_refused(env, capsys, extra, message)
 
 
 def test_gradients_huge_segment_refused(env, capsys):
-    assert main(grad(env, "--segment", "99999999999999999999")) == 2
-    one_line_error(capsys, "segment must be a positive integer")
+    assert main(grad(env, "--context", "segment:99999999999999999999")) == 2
+    one_line_error(capsys, "cannot read context")
     assert not (env / "out").exists()
 
 

@@ -15,9 +15,10 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Sequence
 
-from memlens.core.errors import MemlensError
+from memlens.core.errors import MemlensError, TrustWarning
 
 COMMANDS = ("train", "evaluate", "gradients", "signatures", "ablation", "ngram", "demo",
             "report", "speech-corpus", "train-asr")
@@ -55,6 +56,17 @@ def _terminate(signum, frame):  # noqa: ARG001
     raise KeyboardInterrupt
 
 
+def _show_trust_warning(fallback):
+    """A ``warnings.showwarning`` that prints a :class:`TrustWarning` as one line,
+    ``memlens: warning: ...`` on stderr (other warnings as Python shows them)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, TrustWarning):
+            print(f"memlens: warning: {message}", file=sys.stderr)
+        else:
+            fallback(message, category, filename, lineno, file, line)
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Exit codes: 0 success, 2 a user-caused error (one line on stderr),
     130 interrupted (Ctrl-C or SIGTERM: temporary files are removed, resumable commands keep
@@ -72,7 +84,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from memlens.commands.common import check_schema_options
 
         check_schema_options(args)
-        result = args.func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", TrustWarning)
+            previous, warnings.showwarning = warnings.showwarning, _show_trust_warning(
+                warnings.showwarning)
+            try:
+                result = args.func(args)
+            finally:
+                warnings.showwarning = previous
         return int(result or 0)
     except MemlensError as exc:
         print(f"memlens: error: {exc}", file=sys.stderr)

@@ -37,8 +37,9 @@ def register(sub) -> None:
     p.add_argument("--perturbation", default="shuffle,replace,drop",
                    help="any of shuffle, replace, drop, swap (comma-separated; default "
                         "shuffle,replace,drop)")
-    p.add_argument("--context", type=int, default=300,
-                   help="context window L read before every target (default 300)")
+    add_option(p, "context", default="window:300", metavar="window:L",
+               help="context regime: window:L, the L tokens read before every target from "
+               "the initial state (default window:300; a bare L is the same)")
     p.add_argument("--targets", type=int, default=1000,
                    help="number of target positions, evenly spaced (default 1000)")
     add_option(p, "max_tokens", help="use only the first N tokens of the corpus")

@@ -53,9 +53,12 @@ def register(sub) -> None:
     p.add_argument("--direction-weighting", choices=["type", "token"], default="type",
                    help="class-mean embeddings for --direction A,B: over vocabulary types, each "
                    "word once (default, as the original) or over token occurrences")
-    p.add_argument("--segment", type=int, metavar="S",
-                   help="average only pairs with source and target in the same S-token "
-                   "segment (the original's truncated-BPTT pair set); default: every pair")
+    add_option(p, "context", metavar="REGIME",
+               help="context regime: stream (default: one stream, state carried, every "
+               "pair), segment:S (state carried, pairs inside S-token segments: the "
+               "original's truncated-BPTT pair set), sentence (state reset after each <eos> "
+               "or utterance), window:N[,stride=M][,targets=last] (independent windows of N "
+               "inputs from the initial state)")
     add_option(p, "max_tokens", help="analyse only the first N tokens")
     add_option(p, "warmup", metavar="W",
                help="under torchrun: positions each process runs before its shard start, "
@@ -238,12 +241,17 @@ def _speech_inputs(args: argparse.Namespace, loaded) -> dict:
         raise MemlensError(f"{args.corpus} is a speech corpus: --model must be a memlens "
                            "train-asr checkpoint (its features and output layer align the "
                            "frames)")
+    from memlens.models.inputs import Stream
+
     data = prepare_speech(load_asr(args.model), args.corpus)
-    values, labels = data.values(), data.types()
-    mask = data.offsets() >= args.max_delay
+    values, labels, offsets = data.values(), data.types(), data.offsets()
     if args.max_tokens:
-        values, labels, mask = (values[: args.max_tokens], labels[: args.max_tokens],
-                                mask[: args.max_tokens])
+        values, labels, offsets = (values[: args.max_tokens], labels[: args.max_tokens],
+                                   offsets[: args.max_tokens])
+    if args.context is not None:  # the regime decides: no mask, utterances as sentences
+        return {"values": Stream(values.double(), sentences=np.nonzero(offsets == 0)[0]),
+                "labels": labels, "mask": None}
+    mask = offsets >= args.max_delay
     if not mask.any():
         raise MemlensError(f"no utterance is longer than --max-delay {args.max_delay} steps")
     return {"values": values.double(), "labels": labels, "mask": mask}
@@ -285,7 +293,7 @@ def _accumulate(args: argparse.Namespace, data: _Inputs, base: Path, device):
                          progress=args.progress)
     return state_gradients(data.loaded.model, data.values, args.max_delay, site=data.site,
                            classes=data.classes, class_names=data.names, method=args.method,
-                           segment=args.segment, direction_weighting=args.direction_weighting,
+                           context=args.context, direction_weighting=args.direction_weighting,
                            options=options,
                            engine=EngineSettings(target_mask=data.mask, warmup=args.warmup))
 

@@ -60,6 +60,13 @@ def _add_measure(p: argparse.ArgumentParser) -> None:
                    "(coefficient (A h)_J of basis J of a factorised kernel W_hh = B A) or bases "
                    "(the factor space and every basis, with their divergence)")
     add_option(p, "max_delay", default=20, help="largest lag K (default 20)")
+    add_option(p, "context", metavar="REGIME",
+               help="context regime of the model and its control: stream (default for text: "
+               "one continuous pass, state carried), segment:S, sentence (state reset after each "
+               "<eos>: one line = one sentence) or window:N[,stride=M][,targets=last] "
+               "(independent windows from the initial state); lags stay inside a segment. "
+               "The n-gram and window-LM comparisons always read the stream. Speech corpora: "
+               "sentence (default: each utterance from the initial state) or stream")
     p.add_argument("--decoder", choices=DECODERS, default="linear",
                    help="linear: joint softmax trained by Adam from a random start; "
                    "linear-fast: the same softmax from a closed-form (LDA) start and 3 "
@@ -103,7 +110,7 @@ def study_config(args: argparse.Namespace, device, world_size: int = 1):
                        train_tokens=args.train_tokens, heldout_tokens=args.heldout_tokens,
                        blocks=args.blocks, bootstrap=args.bootstrap, seed=args.seed,
                        vocab=args.vocab, unit=args.unit, device=str(device),
-                       warmup=args.warmup, world_size=world_size)
+                       warmup=args.warmup, world_size=world_size, context=args.context)
 
 
 def run(args: argparse.Namespace) -> int:

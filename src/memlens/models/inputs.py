@@ -33,13 +33,16 @@ class Stream:
 
     ``values``: T token ids (int64) or T x I input vectors (float); ``labels``: optional, one
     per position (None for "no label"); ``tokens``: the symbols of a token stream when known;
-    ``tags``: CoNLL-U annotations ({"upos": [...], "xpos": [...]}).
+    ``tags``: CoNLL-U annotations ({"upos": [...], "xpos": [...]}); ``sentences``: optional,
+    the positions where a sentence (a line, an utterance) begins, for the ``sentence`` context
+    regime (None: after each ``<eos>`` of a token stream, see :func:`sentence_starts`).
     """
 
     values: Tensor | np.ndarray | Sequence
     labels: Sequence | None = None
     tokens: list[str] | None = None
     tags: dict[str, list] = field(default_factory=dict)
+    sentences: Sequence[int] | None = None
 
     def __len__(self) -> int:
         return int(len(self.values))
@@ -66,9 +69,11 @@ def as_stream(encoder: RecurrentEncoder, inputs, what: str = "inputs",
     vector models take T x I floats with I = ``encoder.input_size``. ``labels`` (one per
     position) override those of a Stream.
     """
+    sentences = None
     if isinstance(inputs, Stream):
         labels = inputs.labels if labels is None else labels
         tokens, tags, values = inputs.tokens, dict(inputs.tags), inputs.values
+        sentences = inputs.sentences
     elif isinstance(inputs, Corpus):
         tokens, tags, values = list(inputs.tokens), dict(inputs.tags), None
     else:
@@ -125,4 +130,28 @@ def as_stream(encoder: RecurrentEncoder, inputs, what: str = "inputs",
         raise MemlensError(f"{what}: the input stream is empty")
     if out.labels is not None and len(out.labels) != len(out):
         raise MemlensError(f"{what}: {len(out.labels)} labels for {len(out)} positions")
+    if sentences is not None:
+        try:
+            starts = np.asarray(sentences, dtype=np.int64).reshape(-1)
+        except (TypeError, ValueError):
+            raise MemlensError(f"{what}: sentences must be integer positions") from None
+        if starts.size and (starts.min() < 0 or starts.max() >= len(out)
+                            or (np.diff(starts) <= 0).any()):
+            raise MemlensError(f"{what}: sentence starts must be increasing positions in "
+                               f"0..{len(out) - 1}")
+        out.sentences = starts
     return out
+
+
+def sentence_starts(encoder: RecurrentEncoder, stream: Stream) -> np.ndarray | None:
+    """Where the sentences of ``stream`` begin: its ``sentences`` when given, else position 0
+    and the position after every ``<eos>`` of a token stream whose vocabulary has one; None
+    when the stream has no sentence boundaries."""
+    if stream.sentences is not None:
+        return np.asarray(stream.sentences, dtype=np.int64)
+    vocab = encoder.vocab
+    eos = vocab.eos_id if vocab is not None and stream.is_tokens else None
+    if eos is None:
+        return None
+    after = np.nonzero(stream.values.numpy() == eos)[0] + 1
+    return np.concatenate([[0], after[after < len(stream)]]).astype(np.int64)

@@ -50,7 +50,8 @@ from memlens.protocol import Site, UnitSet, parse_unit_indices
 MEMMAP_BYTES = 256 * 2**20
 
 __all__ = ["MEMMAP_BYTES", "IndexStates", "Site", "View", "allocate", "check_view",
-           "expand_units", "extract_states", "parse_unit_indices", "unit_dim", "unit_set"]
+           "expand_units", "extract_segment_states", "extract_states", "parse_unit_indices",
+           "unit_dim", "unit_set"]
 
 
 def View(layer: int, readout: str = "hidden", units: str = "all") -> Site:
@@ -165,6 +166,52 @@ def extract_states(encoder: RecurrentEncoder, ids: torch.Tensor | np.ndarray,
                     e = min(e, a + (n - first))
                     if e > a:
                         out[v][first:first + e - a] = vals[a - lo:e - lo, j]
+    finally:
+        encoder.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def extract_segment_states(encoder: RecurrentEncoder, values: torch.Tensor | np.ndarray,
+                           starts: np.ndarray, views: Sequence[Site], batch: int = 256,
+                           memmap_bytes: int = MEMMAP_BYTES) -> dict[Site, np.ndarray]:
+    """States of every view at every row of ``values`` (N token ids, or N x I vectors) read as
+    independent segments, each from the encoder's initial state: a segment begins at every
+    row where ``starts`` (N bool) is True (row 0 always begins one). Row r's state has seen
+    exactly the rows of its segment up to r (windows and sentences of a context regime,
+    :mod:`memlens.runtime.context`).
+
+    Segments run as the columns of batches of ``batch`` (sorted by length, padded at the end:
+    padding comes after every kept step, so it changes no state). Returns {view: N x D
+    float32}, rows in the order of ``values``."""
+    ref = next(encoder.parameters(), torch.empty(0))
+    tokens = encoder.input_kind == "tokens"
+    x_all = (torch.as_tensor(np.asarray(values), dtype=torch.long).reshape(-1) if tokens
+             else torch.as_tensor(np.asarray(values)).to(ref.dtype))
+    n = x_all.shape[0]
+    if n == 0:
+        raise MemlensError("cannot extract states from an empty input stream")
+    first = np.nonzero(np.asarray(starts, dtype=bool).reshape(-1))[0]
+    first = np.unique(np.concatenate([[0], first])).astype(np.int64)
+    lengths = np.diff(np.concatenate([first, [n]]))
+    order = np.argsort(-lengths, kind="stable")
+    needed = {(v.layer, v.readout) for v in views}
+    selectors = {v: unit_set(encoder, v) for v in views}
+    out = {v: allocate(n, selectors[v].size, memmap_bytes) for v in views}
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        for lo in range(0, len(order), batch):
+            group = order[lo:lo + batch]
+            width = int(lengths[group[0]])
+            rows = first[group][None, :] + np.arange(width)[:, None]   # width x B
+            valid = np.arange(width)[:, None] < lengths[group][None, :]
+            x = x_all[torch.from_numpy(np.where(valid, rows, 0))].to(ref.device)
+            seqs, _ = encoder.states(x, encoder.init_state(len(group), ref.device),
+                                     readouts=needed)
+            for v in views:
+                vals = selectors[v](seqs[(v.layer, v.readout)]).float().cpu().numpy()
+                out[v][rows[valid]] = vals[valid]
     finally:
         encoder.train(was_training)
     return out

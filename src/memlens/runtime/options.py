@@ -198,6 +198,12 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return dtype
 
 
+def _parse_context(value: Any, what: str) -> Any:  # noqa: ARG001 - the message names it
+    from memlens.runtime.context import Context
+
+    return str(Context.parse(value))
+
+
 # -- the schema ----------------------------------------------------------------------------------
 def _declare(*options: Option) -> dict[str, Option]:
     return {o.name: o for o in options}
@@ -236,6 +242,9 @@ OPTIONS: Mapping[str, Option] = _declare(
     Option("batch_size", int, 1, MAX_COUNT, default=256, help="items per forward pass"),
     Option("tolerance", float, 0.0, 1.0, high_open=True, default=0.01,
            help="a fraction in [0, 1)"),
+    Option("context", str, optional=True, parse=_parse_context,
+           help="context regime: stream, segment:S, sentence or window:N[,stride=M]"
+                "[,targets=all|last] (default: the analysis' own)"),
 )
 
 
@@ -295,7 +304,8 @@ class RunOptions:
     or "cpu" / "cuda" / "cuda:N"; ``dtype``: "float32" / "float64";
     ``bootstrap``, ``checkpoint``: see :class:`Bootstrap`, :class:`Checkpointing`;
     ``progress``: a tqdm bar on stderr; ``distributed``: shard over the torch.distributed group
-    when one is up; ``context``: reserved for the context regime (a later issue; unused)."""
+    when one is up. The context regime is not a run option but part of what is measured:
+    the ``context=`` keyword of each analysis (:mod:`memlens.runtime.context`)."""
 
     device: str | torch.device | None = None
     dtype: str | torch.dtype = "float32"
@@ -303,7 +313,6 @@ class RunOptions:
     checkpoint: Checkpointing = field(default_factory=Checkpointing)
     progress: bool = False
     distributed: bool = True
-    context: object | None = None
 
     def __post_init__(self) -> None:
         if self.device is not None:
@@ -344,7 +353,7 @@ def as_options(options: RunOptions | None = None, **overrides: Any) -> RunOption
     """``options`` (default ``RunOptions()``) with ``overrides`` applied, validated.
 
     Overrides use the option names: the RunOptions fields (device, dtype, progress,
-    distributed, context), ``bootstrap`` (a :class:`Bootstrap`, or an int: the resamples),
+    distributed), ``bootstrap`` (a :class:`Bootstrap`, or an int: the resamples),
     ``blocks``, ``seed``, ``checkpoint`` (a :class:`Checkpointing`, or a path),
     ``checkpoint_every``, ``resume``, ``keep_checkpoint`` and ``stop_after``. An override
     whose value is None is not given (ignored), so an analysis can pass its keyword arguments

@@ -57,6 +57,7 @@ from memlens.analyses.ablation.scorers import NextTokenScorer, RecurrentLMScorer
 from memlens.core.errors import MemlensError
 from memlens.core.limits import check_int, check_memory
 from memlens.runtime import distributed
+from memlens.runtime.context import Context
 from memlens.runtime.options import RunOptions, as_options, check_option
 from memlens.runtime.progress import (
     RunCheckpoint,
@@ -76,7 +77,8 @@ SETTINGS = ("perturbations", "distances", "context", "targets", "seed", "unigram
 
 def context_ablation(model, inputs, distances: Sequence[int] | str = DEFAULT_DISTANCES,
                      perturbation: Sequence[str] | str = DEFAULT_PERTURBATIONS, *,
-                     context: int = 300, targets: int | Sequence[int] | None = 1000,
+                     context: Context | str | int = "window:300",
+                     targets: int | Sequence[int] | None = 1000,
                      tolerance: float = 0.01, seed: int = 0, batch_size: int = 256,
                      unigram=None, options: RunOptions | None = None) -> ContextAblationResult:
     """Loss increase on the same targets when the context beyond distance k is perturbed.
@@ -86,7 +88,11 @@ def context_ablation(model, inputs, distances: Sequence[int] | str = DEFAULT_DIS
     :class:`~memlens.models.ngram.KneserNeyLM` (then ``inputs`` are its ids,
     ``lm.encode(words)``) or any :class:`~memlens.analyses.ablation.scorers.NextTokenScorer`.
     ``inputs``: one stream (ids, symbols, a Corpus or a Stream, as every analysis takes).
-    ``distances``: k values, 1 <= k < ``context`` (L); ``perturbation``: names in
+    ``context``: the context regime, ``window:L`` (default ``window:300``; a bare integer L
+    is the same): each target is scored after a window of the L tokens before it, read from
+    the model's initial state (:mod:`memlens.runtime.context`; the windows end at the
+    targets, so ``stride=`` and ``targets=`` are refused: ``targets`` below picks them).
+    ``distances``: k values, 1 <= k < L; ``perturbation``: names in
     :data:`~memlens.analyses.ablation.perturbations.PERTURBATIONS` ("shuffle", "replace",
     "drop": the default set; "swap" needs two or more targets); ``targets``: how many evenly
     spaced targets (None: every position with a full window; or explicit positions);
@@ -110,7 +116,7 @@ def context_ablation(model, inputs, distances: Sequence[int] | str = DEFAULT_DIS
     settings = ablation_settings(distances, perturbation, context, tolerance, seed, batch_size,
                                  options)
     ids = stream_ids(scorer, inputs)
-    pos = target_positions(len(ids), settings["context"], targets)
+    pos = target_positions(len(ids), settings["window"], targets)
     for name in settings["perturbations"]:
         get_perturbation(name).check_targets(len(pos))
     _place(scorer, options, settings, len(pos))
@@ -118,9 +124,11 @@ def context_ablation(model, inputs, distances: Sequence[int] | str = DEFAULT_DIS
     rank, world = (0, 1) if group is None else (group.rank, group.world)
     settings = {**settings, "targets": len(pos), "world_size": world,
                 "unigram": "stream counts" if unigram is None else "given"}
+    window = settings["window"]
     settings = {k: settings[k] for k in SETTINGS}
-    fp = fingerprint({k: settings[k] for k in ("perturbations", "distances", "context",
-                                               "targets", "seed", "unigram", "batch_size")},
+    fp = fingerprint({**{k: settings[k] for k in ("perturbations", "distances", "targets",
+                                                  "seed", "unigram", "batch_size")},
+                      "context": window},
                      {"rank": rank, "world": world}, pos, ids, plan.cdf,
                      *_modules(scorer))
     path = options.checkpoint.path
@@ -162,12 +170,17 @@ def ablation_settings(distances, perturbation, context: int, tolerance: float, s
     for p in perts:
         get_perturbation(p)
     distances = parse_list(distances, "distances")
-    context = check_int(context, "context", 2, MAX_CONTEXT)
+    regime = Context.parse(context)
+    if regime.kind != "window" or regime.stride is not None or regime.targets != "all":
+        raise MemlensError(f"context ablation scores each target after a window of the L "
+                           f"tokens before it: give context window:L, not {regime}")
+    context = check_int(regime.length, "context window", 2, MAX_CONTEXT)
     for k in distances:
         check_int(k, "distance", 1, context - 1)
     boot = options.bootstrap
     check_int(boot.blocks, "blocks", 2, 1 << 20)
-    return {"perturbations": perts, "distances": sorted(distances), "context": context,
+    return {"perturbations": perts, "distances": sorted(distances), "context": str(regime),
+            "window": context,
             "seed": check_option("seed", seed),
             "bootstrap": boot.count(DEFAULT_BOOTSTRAP), "blocks": boot.blocks,
             "bootstrap_seed": boot.seed,
@@ -219,7 +232,7 @@ def _place(scorer: NextTokenScorer, options: RunOptions, settings: dict, n: int)
     if options.device is not None:
         scorer.to(options.torch_device())
     H, V = max(scorer.encoder.hidden_sizes), scorer.vocab_size
-    B, L = settings["batch_size"], settings["context"]
+    B, L = settings["batch_size"], settings["window"]
     scored = n * (1 + len(settings["perturbations"]) * len(settings["distances"]))
     check_memory(B * L * (H * 4 * 6 + 16) + B * V * 24 + scored * 8,
                  "the context-ablation batches")
@@ -257,7 +270,7 @@ class AblationPlan:
     def batch(self, b: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Batch ``b``: (B x W context ids, B target ids, B slots)."""
         batch = self.batches[b]
-        L, seed = self.settings["context"], self.settings["seed"]
+        L, seed = self.settings["window"], self.settings["seed"]
         ctx = np.empty((len(batch), batch[0][0]), dtype=np.int64)
         tgt = np.empty(len(batch), dtype=np.int64)
         for r, (width, _, code, k, i) in enumerate(batch):
@@ -275,7 +288,7 @@ class AblationPlan:
         name = self.codes[code]
         out = np.asarray(get_perturbation(name).perturb(
             window, k, rng, PerturbationContext(self.ids, self.positions, i,
-                                                self.settings["context"], self.cdf)))
+                                                self.settings["window"], self.cdf)))
         if out.shape != (width,):
             raise MemlensError(f"the {name} perturbation returned {out.shape} ids at distance "
                                f"{k}; its width() says {width}")
@@ -286,7 +299,7 @@ def plan_contexts(ids: np.ndarray, pos: np.ndarray, settings: dict, unigram,
                   vocab_size: int) -> AblationPlan:
     """The :class:`AblationPlan` of N = len(pos) targets under the settings' perturbations
     and distances: 1 + P D contexts per target, in batches of equal width."""
-    N, L, D = len(pos), settings["context"], len(settings["distances"])
+    N, L, D = len(pos), settings["window"], len(settings["distances"])
     names = settings["perturbations"]
     items = [(L, i, -1, 0, i) for i in range(N)]
     codes = {seed_code(name): name for name in names}

@@ -133,7 +133,7 @@ class ContextAblationResult(Result):
              "xlabel": "distance k (tokens kept intact)", "ylabel": "loss increase (nats)",
              "caption": f"Mean increase of the loss on the same targets when the tokens "
                         f"farther than k are shuffled, replaced by unigram draws or dropped "
-                        f"(context window {L}); 95% block-bootstrap bands; 0 = context "
+                        f"(context {L}); 95% block-bootstrap bands; 0 = context "
                         f"beyond k unused."},
             {"name": "loss", "title": "Loss vs intact context", "x": "distance",
              "y": "loss_bits", "group": ["perturbation"], "log_x": True,

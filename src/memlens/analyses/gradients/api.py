@@ -27,9 +27,10 @@ from memlens.analyses.gradients.result import GradientResult
 from memlens.core.errors import MemlensError
 from memlens.core.limits import check_memory
 from memlens.models.encoder import RecurrentEncoder, as_encoder
-from memlens.models.inputs import Stream, as_stream
+from memlens.models.inputs import Stream, as_stream, sentence_starts
 from memlens.protocol import Site
 from memlens.runtime import distributed
+from memlens.runtime.context import Context, Layout, layout
 from memlens.runtime.options import MAX_POSITIONS, Checkpointing, RunOptions, as_options
 
 #: the readout role read when the site names none: the layer's memory (LSTM: the cell state)
@@ -53,7 +54,7 @@ def resolve_site(encoder: RecurrentEncoder, site: Site | None = None) -> Site:
 
 def state_gradients(model: nn.Module, inputs, max_delay: int, *, site: Site | None = None,
                     classes: Sequence | None = None, class_names: Sequence[str] | None = None,
-                    method: str = "auto", segment: int | None = None,
+                    method: str = "auto", context: Context | str | int | None = None,
                     direction_weighting: str = "type", options: RunOptions | None = None,
                     engine: EngineSettings | None = None) -> GradientResult:
     """Exact average state gradients d r_t / d x_{t-tau}, tau = 0..max_delay, of one stream.
@@ -73,10 +74,16 @@ def state_gradients(model: nn.Module, inputs, max_delay: int, *, site: Site | No
     each); ``class_names`` fixes their order (default: sorted). method: "auto" (the layer's
     declared tangent rule), "hand" or "generic" (torch.func.jvp on the layer's step).
 
-    segment: None (default) averages every pair (t, tau) of the stream with t - tau >= 0;
-    an int S averages only pairs with source and target in the same S-position segment,
-    t // S == (t - tau) // S (the original implementation's pair set with ``num_steps`` = S;
-    needs max_delay < S). direction_weighting: how the class-mean embeddings behind
+    context: the context regime (:mod:`memlens.runtime.context`; a
+    :class:`~memlens.runtime.context.Context` or its spelling). "stream" (default) averages
+    every pair (t, tau) of the stream with t - tau >= 0, the state carried; "segment:S" only
+    pairs with source and target in the same S-position segment, t // S == (t - tau) // S, the
+    state carried (the original implementation's pair set with ``num_steps`` = S; needs
+    max_delay < S); "sentence" restarts the state at every sentence start (after each
+    ``<eos>``, or the stream's ``sentences``) and keeps the pairs inside one sentence;
+    "window:N[,stride=M][,targets=last]" runs independent windows of N inputs, each from the
+    initial state, and keeps the pairs inside one window (targets: every position of the
+    window, or its last only). direction_weighting: how the class-mean embeddings behind
     ``result.direction(a, b)`` are averaged: "type" (default, as the original's ``--avg_emb``:
     each distinct vocabulary id among the class's positions once) or "token" (every
     occurrence); for continuous inputs every position is its own type, so both agree.
@@ -106,15 +113,21 @@ def state_gradients(model: nn.Module, inputs, max_delay: int, *, site: Site | No
         raise MemlensError(f"engine must be an EngineSettings, got {engine!r}")
     site = resolve_site(enc, site)
     stream = as_stream(enc, inputs, "inputs", classes)
-    segment = check_delays(max_delay, segment, len(stream))
+    regime = Context.parse(context)
+    rows = layout(regime, len(stream), sentence_starts(enc, stream)
+                  if regime.kind == "sentence" else None)
+    check_delays(max_delay, None, len(stream))
+    segment = check_delays(max_delay, regime.length, len(stream)) \
+        if regime.kind == "segment" else None
+    _check_context_delays(rows, int(max_delay))
     group = distributed.current() if opts.distributed else None
     _same_length(group, len(stream))
     # an error on one rank must reach the others before they start
     with distributed.agreed(group, "before the state-gradient accumulation"):
-        prep = _prepare(enc, stream, site, int(max_delay), class_names, method, segment,
-                        direction_weighting, opts, engine, group)
+        prep = _prepare(enc, stream, site, int(max_delay), class_names, method,
+                        (rows, segment), direction_weighting, opts, engine, group)
     with distributed.agreed(group, "during the state-gradient accumulation"):
-        sums = accumulate(enc, stream.values, prep.task, prep.memberships,
+        sums = accumulate(enc, prep.values, prep.task, prep.memberships,
                           target_mask=prep.mask, checkpoint=prep.checkpoint,
                           progress=prep.progress, on_chunk=engine.on_chunk)
     if group is not None:
@@ -147,6 +160,18 @@ def check_delays(max_delay: int, segment: int | None, T: int) -> int | None:
     return int(segment)
 
 
+def _check_context_delays(rows: Layout, max_delay: int) -> None:
+    """A regime that cuts the stream (windows, sentences) must leave a pair at delay K."""
+    if rows.starts is None or rows.context.kind == "segment":
+        return
+    longest = int(rows.offsets().max()) if len(rows) else -1
+    if longest < max_delay:
+        raise MemlensError(f"maximum delay {max_delay} is not shorter than the longest "
+                           f"{'window' if rows.context.kind == 'window' else 'sentence'} "
+                           f"({longest + 1} positions) of context {rows.context}: no pair "
+                           f"has a delay of {max_delay}")
+
+
 def _same_length(group: distributed.Group | None, T: int) -> None:
     """Inside a process group every rank must see a stream of the same length."""
     if group is None:
@@ -175,24 +200,39 @@ class _Prepared:
     progress: bool
     warmup: int | None
     input_kind: str            # "tokens" or "vectors"
+    values: torch.Tensor       # what the engine reads: the stream, or its rows under a regime
+    context: str               # the regime's spelling
 
 
 def _prepare(enc: RecurrentEncoder, stream: Stream, site: Site, max_delay: int,
-             class_names: Sequence[str] | None, method: str, segment: int | None,
-             weighting: str, opts: RunOptions, engine: EngineSettings,
-             group: distributed.Group | None) -> _Prepared:
+             class_names: Sequence[str] | None, method: str,
+             regime: tuple[Layout, int | None], weighting: str, opts: RunOptions,
+             engine: EngineSettings, group: distributed.Group | None) -> _Prepared:
     """Validate the rest, then the normalisation, classes, target mask, interval delays,
-    memory check, shard and per-rank checkpoint of the run."""
+    memory check, shard and per-rank checkpoint of the run. ``regime``: the layout of the
+    context regime and the segment length of ``segment:S`` (else None)."""
+    rows, segment = regime
     if weighting not in metrics.WEIGHTINGS:
         raise MemlensError(f"unknown direction weighting {weighting!r}: choose "
                            f"{' or '.join(metrics.WEIGHTINGS)}")
     if method not in ("auto", "hand", "generic"):
         raise MemlensError(f"unknown tangent method {method!r}: choose auto, hand or generic")
     engine.check()
-    T, dtype = len(stream), opts.torch_dtype()
+    dtype = opts.torch_dtype()
     table, norm, positions = _normalization(enc, stream)
     memberships, names = _memberships(stream, class_names)
-    mask = _target_mask(engine.target_mask, T)
+    mask = _target_mask(engine.target_mask, len(stream))
+    values, starts = stream.values, None
+    if rows.starts is not None and segment is None:  # windows, sentences: rows of the stream
+        index = torch.from_numpy(rows.positions)
+        values, positions = stream.values[index], positions[rows.positions]
+        memberships = None if memberships is None else [memberships[p] for p in rows.positions]
+        mask = None if mask is None else mask[index]
+        if rows.targets is not None:
+            wanted = torch.from_numpy(rows.targets)
+            mask = wanted if mask is None else mask & wanted
+        starts = torch.from_numpy(rows.starts)
+    T = len(values)
     H = site.size(enc)
     blocks = opts.bootstrap.blocks
     ci_delays = _ci_delays(engine.class_ci_delays, max_delay, names, H, enc.input_size,
@@ -214,9 +254,10 @@ def _prepare(enc: RecurrentEncoder, stream: Stream, site: Site, max_delay: int,
                 n_classes=len(names), method=method, dtype=dtype, device=opts.device_for(enc),
                 blocks=blocks, flush_every=int(engine.flush_every),
                 chunk_size=int(engine.chunk_size), ci_delays=tuple(ci_delays),
-                segment=segment, shard=shard, warmup=warmup or 0)
+                segment=segment, shard=shard, warmup=warmup or 0, starts=starts,
+                reset=rows.reset)
     return _Prepared(task, table, norm, positions, memberships, names, mask, checkpoint,
-                     progress, warmup, enc.input_kind)
+                     progress, warmup, enc.input_kind, values, str(rows.context))
 
 
 def _normalization(enc: RecurrentEncoder, stream: Stream
@@ -279,14 +320,14 @@ def _result(prep: _Prepared, sums: Sums, site: Site, stream: Stream, weighting: 
         class_emb = metrics.class_mean_embeddings(prep.table, prep.positions, prep.memberships,
                                                   len(names), weighting)
         probe = metrics.probe_accuracy(prep.table, prep.positions, prep.memberships)
-    T = len(stream)
+    T = len(prep.values)
     boot = opts.bootstrap
     settings = {"max_delay": task.max_delay, "layer": site.layer, "readout": site.readout,
                 "units": site.units, "tokens": T, "input": prep.input_kind,
                 "dtype": str(task.dtype).replace("torch.", ""),
                 "method": sums.stats["method"], "blocks": int(min(boot.blocks, T)),
                 "bootstrap": int(boot.count(DEFAULT_RESAMPLES)), "seed": int(boot.seed),
-                "classes": len(names), "segment": task.segment,
+                "classes": len(names), "segment": task.segment, "context": prep.context,
                 "direction_weighting": weighting,
                 "world_size": 1 if group is None else group.world, "warmup": prep.warmup}
     return GradientResult(max_delay=task.max_delay, layer=site.layer, readout=site.readout,

@@ -127,7 +127,11 @@ class Task:
     ``method``: "auto", "hand" or "generic" (:func:`make_propagator`); ``dtype``, ``device``:
     of the tangent computation; ``blocks``: bootstrap blocks of targets; ``flush_every``,
     ``chunk_size``: see :class:`EngineSettings`; ``ci_delays``: delays of the per-class block
-    sums; ``segment``, ``shard`` = (start, stop), ``warmup``: module docstring.
+    sums; ``segment``, ``shard`` = (start, stop), ``warmup``: module docstring. ``starts``
+    (bool, one per position, or None) marks where segments of a context regime begin
+    (:class:`~memlens.runtime.context.Layout`): only pairs inside one segment count, the
+    tangents are cut there and, with ``reset``, the primal state restarts from each layer's
+    initial state (windows, sentences).
     """
 
     max_delay: int
@@ -145,6 +149,8 @@ class Task:
     segment: int | None = None
     shard: tuple[int, int] | None = None
     warmup: int = 0
+    starts: Tensor | None = None
+    reset: bool = False
 
 
 @dataclass
@@ -269,6 +275,11 @@ class _Accumulator:
                       else self.start)
         self.bucket, self.extras = _buckets(T, self.C, memberships)
         self.mask = None if target_mask is None else target_mask.to("cpu", torch.bool).reshape(-1)
+        self.starts = self.seg_start = None
+        if task.starts is not None:
+            self.starts = torch.as_tensor(task.starts, dtype=torch.bool).reshape(-1)
+            first = torch.where(self.starts, torch.arange(T), torch.zeros(T, dtype=torch.long))
+            self.seg_start = torch.cummax(first, 0).values
         self.props = [make_propagator(encoder.layers[k], self.S, self.E, k == 0, task.dtype,
                                       task.device, task.method) for k in range(task.layer + 1)]
         layer = encoder.layers[task.layer]
@@ -312,13 +323,16 @@ class _Accumulator:
             out["units"] = t.units
         if t.segment is not None:
             out["segment"] = int(t.segment)
+        if self.starts is not None:
+            out["reset"] = bool(t.reset)
         if t.shard is not None:
             out["shard"] = (self.start, self.stop, self.first)
         return out
 
     def fingerprint(self, encoder: RecurrentEncoder) -> str:
+        extra = () if self.starts is None else (self.starts,)
         return fingerprint(self.settings(), self.ids, self.bucket, list(self.extras), self.mask,
-                           encoder)
+                           encoder, *extra)
 
     def payload(self) -> dict:
         """Position, states, tangents and accumulators (tensors; None where unused)."""
@@ -368,6 +382,8 @@ class _Accumulator:
             live &= (tvec >= self.start).unsqueeze(1)
         if task.segment is not None:
             live &= delays <= (tvec % task.segment).unsqueeze(1)
+        if self.seg_start is not None:
+            live &= delays <= (tvec - self.seg_start[a:b]).unsqueeze(1)
         if self.mask is not None:
             live &= self.mask[a:b].unsqueeze(1)
         srcc = src.clamp(min=0)
@@ -387,6 +403,12 @@ class _Accumulator:
             for p in self.props:  # cut the gradient paths into earlier segments
                 for tan in p.tangents:
                     tan.zero_()
+        if self.starts is not None and t > 0 and self.starts[t]:
+            for p in self.props:  # a new window / sentence: cut, and restart the state
+                for tan in p.tangents:
+                    tan.zero_()
+                if task.reset:
+                    p.reset_state()
         for p in self.props:
             p.step(x, dx, t % self.S)
             x, dx = p.output, p.output_tangent()

@@ -115,6 +115,10 @@ class LayerPropagator:
             self.P = zeros(H, N)
 
     # -- bookkeeping ------------------------------------------------------------------------
+    def reset_state(self) -> None:
+        """Restart the primal state from the layer's initial state (zeros)."""
+        self.state = tuple(torch.zeros_like(v) for v in self.state)
+
     @property
     def output(self) -> Tensor:
         """The layer's output h (H,): the next layer's input."""
@@ -300,12 +304,17 @@ class GenericPropagator:
                                    f"init_state(1) gave {type(leaf).__name__} "
                                    f"{tuple(getattr(leaf, 'shape', ()))}")
         self.state = [leaf.to(dtype) for leaf in leaves]
+        self.initial = [leaf.clone() for leaf in self.state]
         self.tangents = [torch.zeros(self.N, *leaf.shape[1:], dtype=dtype, device=device)
                          for leaf in leaves]
         self.eye = torch.eye(block, self.I, dtype=dtype, device=device)
         self.H = layer.hidden_size
         self.linear = {n: r.linear for n, r in layer.readout_specs().items()}
         self._cache: dict[str, Tensor] = {}
+
+    def reset_state(self) -> None:
+        """Restart the primal state from the layer's ``init_state``."""
+        self.state = [leaf.clone() for leaf in self.initial]
 
     def _unflatten(self, leaves):
         return pytree.tree_unflatten(list(leaves), self.spec)

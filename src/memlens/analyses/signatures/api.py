@@ -19,11 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from memlens.analyses.signatures.regime import kept, regime_states, regime_targets, stream_layout
 from memlens.analyses.signatures.signature import (
     DEFAULT_RESAMPLES,
     Signature,
     check_lag,
     signature_from_states,
+    signature_from_targets,
 )
 from memlens.analyses.signatures.sites import resolve_site
 from memlens.analyses.signatures.symbols import (
@@ -37,12 +39,14 @@ from memlens.models.encoder import as_encoder
 from memlens.models.inputs import Stream, as_stream
 from memlens.models.states import extract_states
 from memlens.protocol import Site
+from memlens.runtime.context import Context
 from memlens.runtime.options import Bootstrap, RunOptions, as_options
 
 
 def memory_signature(model: nn.Module, train_inputs, heldout_inputs, max_delay: int,
                      site: Site | None = None, decoder: str = "linear",
                      symbols: str | None = None, *,
+                     context: Context | str | int | None = None,
                      labels: tuple[Sequence, Sequence] | None = None, seed: int = 0,
                      decoder_options: dict | None = None,
                      options: RunOptions | None = None) -> Signature:
@@ -55,7 +59,11 @@ def memory_signature(model: nn.Module, train_inputs, heldout_inputs, max_delay: 
     the second. ``max_delay``: the largest lag K. ``site``: ``Site(layer=-1, readout=None,
     units="all")`` by default; readout None is the layer's output ("hidden" for LSTM / GRU /
     RNN layers). ``decoder``: "linear", "linear-fast" or "mlp". ``symbols``: None (every
-    symbol; top:1000 for word models), ``"chars"``, ``"top:N"`` or ``"upos"``;
+    symbol; top:1000 for word models), ``"chars"``, ``"top:N"`` or ``"upos"``. ``context``:
+    the context regime (:mod:`memlens.runtime.context`): "stream" (default: one continuous
+    pass, state carried), "segment:S", "sentence" or "window:N[,stride=M][,targets=last]"
+    (each window or sentence from the initial state, lags inside it;
+    :mod:`memlens.analyses.signatures.regime`);
     ``labels=(train_labels, heldout_labels)`` (or Streams with labels) decode given
     per-position labels instead (required for vector inputs). ``seed``: seeds the decoders
     and the bootstrap's block draws. ``decoder_options``: keyword arguments of the decoder
@@ -76,12 +84,23 @@ def memory_signature(model: nn.Module, train_inputs, heldout_inputs, max_delay: 
     check_lag(max_delay, len(train), len(held))
     sym, tr_cls, he_cls = stream_classes(model, encoder, train, held, symbols)
     work = _working_copy(encoder, opts)
-    tr_x = extract_states(work, train.values, [site])[site]
-    he_x = extract_states(work, held.values, [site])[site]
-    sig = signature_from_states(tr_x, tr_cls, he_x, he_cls, max_delay, sym, decoder, seed,
-                                boot, decoder_options)
+    regime = Context.parse(context)
+    if regime.kind == "stream":
+        tr_x = extract_states(work, train.values, [site])[site]
+        he_x = extract_states(work, held.values, [site])[site]
+        sig = signature_from_states(tr_x, tr_cls, he_x, he_cls, max_delay, sym, decoder, seed,
+                                    boot, decoder_options)
+    else:
+        parts = []
+        for stream, cls, what in ((train, tr_cls, "the training stream"),
+                                  (held, he_cls, "the held-out stream")):
+            rows = stream_layout(encoder, stream, regime, what)
+            y, keep = regime_targets(rows, cls, max_delay)
+            parts += [kept(regime_states(work, stream.values, rows, [site])[site], keep), y]
+        sig = signature_from_targets(parts[0], parts[1], parts[2], parts[3], sym, decoder,
+                                     seed, boot, decoder_options)
     sig.info = {"model": type(model).__name__, "layer": site.layer, "readout": site.readout,
-                "units": site.units, "input": encoder.input_kind}
+                "units": site.units, "input": encoder.input_kind, "context": str(regime)}
     return sig
 
 

@@ -53,6 +53,7 @@ class StudyConfig:
     device: str = "cpu"
     warmup: int | None = None
     world_size: int = 1
+    context: str | None = None  # the context regime; None: stream (speech: sentence)
 
     def settings(self) -> dict:
         """The study's settings as recorded in result.json (every field but ``out``)."""
@@ -95,6 +96,8 @@ def check_config(cfg: StudyConfig) -> None:
     if cfg.warmup is not None:
         check_option("warmup", cfg.warmup, "--warmup")
     check_option("seed", cfg.seed, "--seed")
+    if cfg.context is not None:
+        cfg.context = check_option("context", cfg.context, "--context")
     check_option("bootstrap", cfg.bootstrap, "--bootstrap")
     check_option("blocks", cfg.blocks, "--blocks")
 

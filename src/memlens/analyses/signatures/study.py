@@ -41,21 +41,25 @@ import torch
 from memlens.analyses.signatures.api import random_init_copy, to_ids
 from memlens.analyses.signatures.config import StudyConfig, check_config
 from memlens.analyses.signatures.progress import StudyCheckpoint
+from memlens.analyses.signatures.regime import kept, regime_states, regime_targets, stream_layout
 from memlens.analyses.signatures.result import WINDOW_SITE, Entry, StudyResult, entry_key
 from memlens.analyses.signatures.signature import (
     check_lag,
     group_divergence,
     signature_from_states,
+    signature_from_targets,
 )
 from memlens.analyses.signatures.sites import SPLITS, parse_layers, study_sites
 from memlens.analyses.signatures.symbols import SymbolSet, build_symbols, parse_symbols
 from memlens.core.errors import MemlensError
 from memlens.models.encoder import as_encoder
+from memlens.models.inputs import Stream
 from memlens.models.loading import LoadedModel, load_model
 from memlens.models.ngram import KneserNeyLM, window_states
 from memlens.models.window_lm import WindowLM
 from memlens.protocol import Site
 from memlens.runtime import distributed
+from memlens.runtime.context import Context, Layout
 from memlens.runtime.progress import Interrupted
 
 # a symbol count from which the joint decoder's cost is worth a hint (word types)
@@ -184,6 +188,21 @@ class Scorer:
                  checkpoint: StudyCheckpoint | None, log: Log):
         self.cfg, self.inputs, self.result = cfg, inputs, result
         self.checkpoint, self.log = checkpoint, log
+        self.regime = Context.parse(cfg.context)
+        self.rows: list[Layout] = []       # train, held-out layouts (not under stream)
+        self.targets: list[tuple[np.ndarray, np.ndarray]] = []
+        if self.regime.kind != "stream":
+            enc = inputs.loaded.encoder
+            for ids, cls, what in ((inputs.tr_ids, inputs.tr_cls, "the training text"),
+                                   (inputs.he_ids, inputs.he_cls, "the held-out text")):
+                rows = stream_layout(enc, Stream(torch.as_tensor(ids)), self.regime, what)
+                self.rows.append(rows)
+                self.targets.append(regime_targets(rows, cls, cfg.max_delay))
+
+    def regime_states(self, encoder, sites: list[Site]) -> tuple[dict, dict]:
+        """Train and held-out states of ``sites`` at the rows of the context regime."""
+        return tuple(regime_states(encoder, torch.as_tensor(ids), rows, sites)
+                     for ids, rows in zip((self.inputs.tr_ids, self.inputs.he_ids), self.rows))
 
     def done(self, label: str, role: str, site: Site) -> bool:
         """Take a finished signature (and its extras) from the checkpoint; False if none."""
@@ -196,14 +215,21 @@ class Scorer:
         self.log(f"{label} {site.label}: taken from the saved progress")
         return True
 
-    def score(self, label: str, role: str, site: Site, tr_x, he_x, extras: dict | None = None
-              ) -> None:
-        """Train the decoders on ``tr_x``, score them on ``he_x``, record the signature."""
+    def score(self, label: str, role: str, site: Site, tr_x, he_x, extras: dict | None = None,
+              in_context: bool = False) -> None:
+        """Train the decoders on ``tr_x``, score them on ``he_x``, record the signature.
+        ``in_context``: the states are the rows of the context regime (not the stream)."""
         cfg, inputs = self.cfg, self.inputs
         t0 = time.time()
-        sig = signature_from_states(tr_x, inputs.tr_cls, he_x, inputs.he_cls, cfg.max_delay,
-                                    inputs.symbols, cfg.decoder, cfg.seed,
-                                    cfg.bootstrap_options())
+        if in_context:
+            (y_tr, keep_tr), (y_he, keep_he) = self.targets
+            sig = signature_from_targets(kept(tr_x, keep_tr), y_tr, kept(he_x, keep_he), y_he,
+                                         inputs.symbols, cfg.decoder, cfg.seed,
+                                         cfg.bootstrap_options())
+        else:
+            sig = signature_from_states(tr_x, inputs.tr_cls, he_x, inputs.he_cls,
+                                        cfg.max_delay, inputs.symbols, cfg.decoder, cfg.seed,
+                                        cfg.bootstrap_options())
         entry = Entry(label, role, site, sig)
         self.result.entries.append(entry)
         if self.checkpoint is not None:
@@ -238,11 +264,18 @@ def score_recurrent(scorer: Scorer, runs: list[tuple[str, str, object]]) -> bool
         if not todo:
             continue
         enc = as_encoder(net)
-        tr_states = distributed.extract_states_sharded(enc, inputs.tr_ids, todo, warmup, group)
-        he_states = distributed.extract_states_sharded(enc, inputs.he_ids, todo, warmup, group)
+        in_context = scorer.regime.kind != "stream"
+        if in_context:  # every rank reads the regime's rows itself; rank 0 scores
+            tr_states, he_states = scorer.regime_states(enc, todo)
+        else:
+            tr_states = distributed.extract_states_sharded(enc, inputs.tr_ids, todo, warmup,
+                                                           group)
+            he_states = distributed.extract_states_sharded(enc, inputs.he_ids, todo, warmup,
+                                                           group)
         with distributed.agreed(group, "while rank 0 trained the decoders"):
             for s in todo if rank0 else ():
-                scorer.score(label, role, s, tr_states[s], he_states[s])
+                scorer.score(label, role, s, tr_states[s], he_states[s],
+                             in_context=in_context)
         del tr_states, he_states
     if rank0:
         scorer.result.entries.sort(key=lambda e: (e.role != "model", sites.index(e.site)))
@@ -329,9 +362,14 @@ def run_study(cfg: StudyConfig, log: Log = print, checkpoint: StudyCheckpoint | 
     inputs = load_study(cfg, log)
     result = new_result(cfg, inputs)
     scorer = Scorer(cfg, inputs, result, checkpoint, log)
+    result.extras["context"] = str(scorer.regime)  # the regime run (settings: as given)
     try:
         if not score_recurrent(scorer, recurrent_runs(cfg, inputs)):
             return result  # ranks other than 0: the comparisons need no states of the model
+        if scorer.regime.kind != "stream" and (cfg.ngram or cfg.window_lm):
+            log(f"the comparison LMs read the stream (their own regime), not context "
+                f"{scorer.regime}")
+            result.extras["comparisons_context"] = "stream"
         score_ngram(scorer)
         score_window_lm(scorer)
     except KeyboardInterrupt as exc:

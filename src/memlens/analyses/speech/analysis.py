@@ -40,6 +40,7 @@ from memlens.data.speech.graphemes import GRAPHEMES, encode, grapheme_type
 from memlens.models.asr import ASRModel
 from memlens.models.encoder import as_encoder
 from memlens.protocol import Site
+from memlens.runtime.context import Context
 from memlens.runtime.options import Bootstrap, RunOptions, as_options
 
 
@@ -120,10 +121,11 @@ def prepare_speech(model: ASRModel, corpus: str | sdata.SpeechCorpus, split: str
 
 
 @torch.no_grad()
-def utterance_states(model: nn.Module, data: SpeechData, site: Site | None = None
-                     ) -> np.ndarray:
+def utterance_states(model: nn.Module, data: SpeechData, site: Site | None = None,
+                     carry: bool = False) -> np.ndarray:
     """States (sum T_i x D float32) of one site's readout, each utterance from a zero state
-    (``site`` None: the last layer's output; units must be "all"), computed on the device and
+    (``carry``: the state carried from one utterance to the next, the ``stream`` regime;
+    ``site`` None: the last layer's output; units must be "all"), computed on the device and
     in the dtype of the model's parameters."""
     enc = as_encoder(model)
     site = resolve_site(enc, site)  # readout None: the layer's output
@@ -135,10 +137,11 @@ def utterance_states(model: nn.Module, data: SpeechData, site: Site | None = Non
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None else torch.float32
     enc.eval()
-    out = []
+    out, state = [], None
     for x in data.inputs:
         frames = torch.from_numpy(x).to(torch.float32).to(device=device, dtype=dtype)
-        st, _ = enc.states(frames[:, None], readouts=[key])
+        st, final = enc.states(frames[:, None], state, readouts=[key])
+        state = final if carry else None
         out.append(st[key][:, 0].float().cpu().numpy())
     return np.concatenate(out)
 
@@ -161,7 +164,8 @@ def _classes(y: np.ndarray, sym: SymbolSet) -> np.ndarray:
 
 def grapheme_signature(model: nn.Module, train: SpeechData, heldout: SpeechData,
                        max_delay: int, site: Site | None = None, decoder: str = "linear", *,
-                       seed: int = 0, decoder_options: dict | None = None,
+                       context: Context | str | None = None, seed: int = 0,
+                       decoder_options: dict | None = None,
                        options: RunOptions | None = None) -> Signature:
     """Memory signature of one site with lags in graphemes (module docstring): accuracy_k of
     decoding the grapheme k back from s_t (k = 0..``max_delay``), beside majority / prior
@@ -173,8 +177,15 @@ def grapheme_signature(model: nn.Module, train: SpeechData, heldout: SpeechData,
     "linear-fast" or "mlp"; ``decoder_options``: its keyword arguments. ``seed`` seeds the
     decoders and the bootstrap's block draws. ``options``: device and dtype of the state
     computation (device None: where the model is) and ``options.bootstrap`` (resamples,
-    default 1000, 0: no intervals; blocks, default 20).
+    default 1000, 0: no intervals; blocks, default 20). ``context``: "sentence" (default:
+    each utterance from the initial state, as the model was trained) or "stream" (the state
+    carried from one utterance to the next); lags, counted in graphemes, stay inside an
+    utterance either way, so windows of frames are refused.
     """
+    regime = Context.parse(context, default="sentence")
+    if regime.kind not in ("sentence", "stream"):
+        raise MemlensError(f"speech signatures count lags in graphemes of one utterance: give "
+                           f"context sentence or stream, not {regime}")
     opts = as_options(options)
     boot = _bootstrap(opts.bootstrap, seed)
     check_lag(max_delay, train.steps, heldout.steps)
@@ -184,13 +195,14 @@ def grapheme_signature(model: nn.Module, train: SpeechData, heldout: SpeechData,
     enc = as_encoder(model)
     site = resolve_site(enc, site)
     work = _working_copy(enc, opts)
-    tr_x = utterance_states(work, train, site)
-    he_x = utterance_states(work, heldout, site)
+    carry = regime.kind == "stream"
+    tr_x = utterance_states(work, train, site, carry)
+    he_x = utterance_states(work, heldout, site, carry)
     sig = signature_from_targets(tr_x, y_tr, he_x, y_he, sym, decoder, seed, boot,
                                  decoder_options)
     sig.info = {"model": type(model).__name__, "layer": site.layer, "readout": site.readout,
                 "units": site.units, "input": "vectors", "lag_unit": "graphemes",
-                "utterances": [len(train.inputs), len(heldout.inputs)]}
+                "utterances": [len(train.inputs), len(heldout.inputs)], "context": str(regime)}
     return sig
 
 
@@ -207,18 +219,23 @@ def speech_gradients(model: nn.Module, inputs: SpeechData, max_delay: int, *,
                      site: Site | None = None, options: RunOptions | None = None, **kwargs):
     """State gradients of one site w.r.t. the input frames of ``inputs`` (the utterances as
     one stream), classes vowel / consonant / space of the aligned grapheme at the source step
-    (module docstring). ``site``, ``options`` and ``kwargs`` (method, segment, ...) as
-    :func:`memlens.state_gradients`; the target mask keeps every pair inside one
-    utterance."""
+    (module docstring). ``site``, ``options`` and ``kwargs`` (method, context, ...) as
+    :func:`memlens.state_gradients`. Without ``context`` the state is carried across
+    utterances and the target mask keeps the targets with K frames of their utterance before
+    them; ``context="sentence"`` restarts the state at each utterance and keeps every pair
+    inside one instead (the utterances are the stream's sentences)."""
     from memlens.analyses.gradients import EngineSettings, state_gradients
     from memlens.models.inputs import Stream
 
-    mask = inputs.offsets() >= max_delay
+    offsets = inputs.offsets()
+    stream = Stream(inputs.values().to(torch.float32), labels=inputs.types(),
+                    sentences=np.nonzero(offsets == 0)[0])
+    if kwargs.get("context") is not None:
+        return state_gradients(model, stream, max_delay, site=site, options=options, **kwargs)
+    mask = offsets >= max_delay
     if not mask.any():
         raise MemlensError(f"no utterance is longer than max_delay={max_delay} steps")
-    return state_gradients(model, Stream(inputs.values().to(torch.float32),
-                                         labels=inputs.types()),
-                           max_delay, site=site, options=options,
+    return state_gradients(model, stream, max_delay, site=site, options=options,
                            engine=EngineSettings(target_mask=mask), **kwargs)
 
 
@@ -252,6 +269,10 @@ def speech_signature_study(cfg, log=print):
     if cfg.units != "all" or cfg.ngram or cfg.window_lm:
         raise MemlensError("--units, --ngram and --window-lm are not available for speech "
                            "corpora")
+    regime = Context.parse(cfg.context, default="sentence")
+    if regime.kind not in ("sentence", "stream"):
+        raise MemlensError(f"speech signatures count lags in graphemes of one utterance: give "
+                           f"--context sentence or stream, not {regime}")
     asr = load_asr(cfg.model)
     corpus = sdata.read_corpus(cfg.corpus)
     has_split = all("split" in u.meta for u in corpus.utterances)
@@ -279,7 +300,8 @@ def speech_signature_study(cfg, log=print):
                                       "train_steps": train.steps,
                                       "heldout_utterances": len(held.inputs),
                                       "heldout_steps": held.steps},
-                         extras={"lag_unit": "graphemes (k-th previous grapheme of the one "
+                         extras={"context": str(regime),
+                                 "lag_unit": "graphemes (k-th previous grapheme of the one "
                                              "being spoken, CTC forced alignment)",
                                  "step_ms": 10 * asr.stack})
     options = RunOptions(bootstrap=cfg.bootstrap_options())  # states on the cpu, as before
@@ -287,7 +309,7 @@ def speech_signature_study(cfg, log=print):
         for v in views:
             t0 = time.time()
             sig = grapheme_signature(net, train, held, cfg.max_delay, v, cfg.decoder,
-                                     seed=cfg.seed, options=options)
+                                     context=regime, seed=cfg.seed, options=options)
             result.entries.append(Entry(label, role, v, sig))
             log(f"{label} {v.label}: lag0 {sig.accuracy[0]:.3f}, lag1 "
                 f"{sig.accuracy[min(1, cfg.max_delay)]:.3f}, memory span {sig.memory_span()} "
