@@ -347,4 +347,10 @@ def _print_summary(args: argparse.Namespace, out: Path, result, group) -> None:
     for tau in sorted({0, 1, 5, 10, args.max_delay}):
         if tau <= args.max_delay:
             print(f"sum of singular values at delay {tau}: {spec[tau].sum():.4g}")
+    st = result.stability
+    if st is not None:
+        lam = "n/a" if st.lyapunov is None else f"{st.lyapunov:.3g}"
+        top = "n/a" if st.max_top1_share is None else f"{st.max_top1_share:.3g}"
+        print(f"stability: Lyapunov estimate {lam} per step, top-1% share up to {top}: "
+              + (f"UNSTABLE ({', '.join(st.flags)})" if st.flagged else "no warning"))
     print(f"wrote {out}")

@@ -13,7 +13,10 @@ renders every result only from what its ``result.json`` declares, with no per-ki
   more results overlaid in one plot, and the scalar headline numbers of each kind in one table.
 
 A further section whose value is ``{"title", "paragraphs", "items", "table"}`` (see
-:class:`ReportSection`) is shown as prose, open; any other dict or list sits behind a fold.
+:class:`ReportSection`) is shown as prose, open; any other dict or list sits behind a fold. A
+prose section with ``"warning": true`` (e.g. the state gradients' stability warning) is shown
+as a warning box at the top of its result's section, and listed in a warning box at the top of
+the page.
 
 The page leads with the answer: every result that declares a ``verdict`` (see
 :meth:`memlens.results.Result.verdict`: title, sentences, a table such as expected vs found with
@@ -64,6 +67,8 @@ details{margin:.5em 0}summary{cursor:pointer;color:#245}
 .findings li{margin:.3em 0}.note{color:#555;font-size:.9em}code{background:#f2f2f2}
 section.verdict{border-left:4px solid #345;padding:.2em 1em;margin:1em 0;background:#f7f9fb}
 section.verdict figure{background:#fff}
+section.warning{border:2px solid #c60;border-left-width:6px;padding:.2em 1em;margin:1em 0;
+background:#fff4e5}section.warning h2,section.warning h3{color:#a40}
 """
 
 
@@ -82,12 +87,13 @@ class ReportSection:
     table: list[dict[str, Any]] | None = None
     plots: list[tuple[bytes, str, str]] = field(default_factory=list)
     items: list[str] = field(default_factory=list)
+    warning: bool = False  # shown as a warning box
 
     @classmethod
     def from_data(cls, value: Any) -> ReportSection | None:
         """The section a result.json value declares, or None when it is no prose section."""
         if not (isinstance(value, dict) and isinstance(value.get("title"), str)
-                and set(value) <= {"title", "paragraphs", "items", "table"}):
+                and set(value) <= {"title", "paragraphs", "items", "table", "warning"}):
             return None
         paragraphs, items = value.get("paragraphs") or [], value.get("items") or []
         table = value.get("table")
@@ -97,7 +103,7 @@ class ReportSection:
                                       and all(isinstance(r, dict) for r in table)):
             return None
         return cls(value["title"], [str(p) for p in paragraphs], table,
-                   items=[str(i) for i in items])
+                   items=[str(i) for i in items], warning=value.get("warning") is True)
 
 
 def _esc(value: Any) -> str:
@@ -228,7 +234,21 @@ def _prose(sec: ReportSection, level: int = 2) -> str:
     if sec.plots:
         parts.append("<div class='grid'>" + "".join(_figure(b, t, c) for b, t, c in sec.plots)
                      + "</div>")
+    if sec.warning:
+        return "<section class='warning'>" + "\n".join(parts) + "</section>"
     return "\n".join(parts)
+
+
+def _warnings(results: Sequence[SavedResult], labels: Sequence[str]) -> str:
+    """A box at the top of the page listing every result's warning sections, or ""."""
+    items = [f"<li><a href='#r{i}'>{_esc(r.kind)}: {_esc(label)}</a>: {_esc(sec.title)}</li>"
+             for i, (r, label) in enumerate(zip(results, labels))
+             for sec in map(ReportSection.from_data, r.extra().values())
+             if sec is not None and sec.warning]
+    if not items:
+        return ""
+    return ("<section class='warning'><h2>Warnings</h2><ul class='findings'>" + "".join(items)
+            + "</ul></section>")
 
 
 def _verdict(res: SavedResult, index: int) -> str:
@@ -260,7 +280,8 @@ def _result_section(res: SavedResult, label: str, index: int) -> str:
              f"{_esc(res.data.get('memlens_version', '?'))}.</p>"]
     extra = res.extra()
     prose = {k: ReportSection.from_data(v) for k, v in extra.items()}
-    parts += [_prose(sec, 3) for sec in prose.values() if sec is not None]
+    parts += [_prose(sec, 3) for sec in sorted((s for s in prose.values() if s is not None),
+                                               key=lambda s: not s.warning)]
     if res.model_info() or res.corpus_info():
         parts.append("<div class='grid'><div><h3>Model</h3>" + _kv_table(res.model_info())
                      + "</div><div><h3>Corpus</h3>" + _kv_table(res.corpus_info())
@@ -371,6 +392,7 @@ def render_report(results: Sequence[SavedResult], title: str = "memlens report",
             "of the state (Koppula et al., 2018; the decoders are memlens' own design). "
             "Context ablation: how much a language model's loss rises when the context "
             "beyond some distance is destroyed (Khandelwal et al., 2018).</p>"]
+    body.append(_warnings(results, labels))
     body += [_verdict(r, i) for i, r in enumerate(results)]
     if findings:
         body.append(_prose(ReportSection("Findings", items=list(findings))))

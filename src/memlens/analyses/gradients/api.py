@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from memlens.analyses.gradients import metrics
+from memlens.analyses.gradients import metrics, stability
 from memlens.analyses.gradients.classes import encode_memberships
 from memlens.analyses.gradients.engine import EngineSettings, Sums, Task, accumulate
 from memlens.analyses.gradients.normalize import Normalization, embedding_normalization
@@ -220,6 +220,7 @@ def _prepare(enc: RecurrentEncoder, stream: Stream, site: Site, max_delay: int,
     engine.check()
     dtype = opts.torch_dtype()
     table, norm, positions = _normalization(enc, stream)
+    norm.warn(stacklevel=4)  # one TrustWarning line when normalised within the input span
     memberships, names = _memberships(stream, class_names)
     mask = _target_mask(engine.target_mask, len(stream))
     values, starts = stream.values, None
@@ -329,16 +330,18 @@ def _result(prep: _Prepared, sums: Sums, site: Site, stream: Stream, weighting: 
                 "bootstrap": int(boot.count(DEFAULT_RESAMPLES)), "seed": int(boot.seed),
                 "classes": len(names), "segment": task.segment, "context": prep.context,
                 "direction_weighting": weighting,
-                "world_size": 1 if group is None else group.world, "warmup": prep.warmup}
-    return GradientResult(max_delay=task.max_delay, layer=site.layer, readout=site.readout,
-                          class_names=names, raw=sums, normalization=prep.norm,
-                          settings=settings, class_embeddings=class_emb, probe=probe)
+                "world_size": 1 if group is None else group.world, "warmup": prep.warmup,
+                **prep.norm.settings()}  # input_rank, constant_inputs, ...
+    return stability.attach(GradientResult(  # the stability diagnostic; warns when flagged
+        max_delay=task.max_delay, layer=site.layer, readout=site.readout, class_names=names,
+        raw=sums, normalization=prep.norm, settings=settings, class_embeddings=class_emb,
+        probe=probe))
 
 
 def _reduce(group: distributed.Group, sums: Sums) -> None:
     """Replace the rank-local sums, counts and block sums by their sums over the ranks."""
     names = ("sums", "counts", "class_sums", "class_counts", "block_sums", "block_counts",
-             "class_block_sums", "class_block_counts")
+             "class_block_sums", "class_block_counts", "norms")
     reduced = distributed.all_reduce_arrays(group, [getattr(sums, n) for n in names])
     for n, v in zip(names, reduced):
         setattr(sums, n, v)

@@ -44,6 +44,15 @@ Units (``units`` of the site, other than "all"): the readout tangent (R x S*E) i
 unit set's linear map P (D x R, e.g. a selection of rows or the factor space A h), so the sums are
 those of d (P r_t) / d x_{t-tau}.
 
+Norms (the stability diagnostic, :mod:`memlens.analyses.gradients.stability`): for every counted
+pair the Frobenius norm ||G_t(tau)||_F of the raw readout tangent (one
+``torch.linalg.vector_norm`` over H and E of the H x S x E tangent per step, S values) is kept in
+a float32 targets x S array (delay order, zero where no pair counts): the chunk's slot-order
+norms are written into it once per chunk (one scatter). Every entry is one pair's own norm, so
+the array is the same however the work is chunked, interrupted, resumed or sharded (rows of other
+shards stay zero and the all-reduce adds them). Above :data:`NORM_MEMORY_LIMIT` bytes it is not
+kept (``Sums.norms`` None) and the diagnostic is skipped.
+
 Checkpoints (:class:`~memlens.runtime.options.Checkpointing`, through
 :class:`~memlens.runtime.progress.RunCheckpoint`, kind "gradients") hold the position, primal
 states, live tangents and all accumulators, under a fingerprint of the model, the stream, the
@@ -78,6 +87,8 @@ from memlens.runtime.progress import (
 )
 
 KIND = "gradients"  # the kind of the run's checkpoint
+#: bytes of the per-pair norms (targets x S float32) above which the stability diagnostic is off
+NORM_MEMORY_LIMIT = 1 << 30
 
 
 @dataclass(frozen=True, eq=False)
@@ -161,6 +172,8 @@ class Sums:
     block_sums: B x S x H x E and block_counts: B x S (overall sums per block of targets).
     class_block_sums: B x C x D x H x E at the delays ``ci_delays`` (D of them) and
     class_block_counts: B x C x S, for class-wise bootstrap intervals (empty when disabled).
+    norms: T x S float32, ||G_t(tau)||_F of every counted pair (target t, delay tau), zero
+    where no pair counts (None: not kept, see :data:`NORM_MEMORY_LIMIT`).
     """
 
     sums: np.ndarray
@@ -173,6 +186,7 @@ class Sums:
     ci_delays: list[int] = field(default_factory=list)
     class_block_sums: np.ndarray | None = None
     class_block_counts: np.ndarray | None = None
+    norms: np.ndarray | None = None
 
 
 # -- the steps of one run ----------------------------------------------------------------------
@@ -237,7 +251,7 @@ def _run_chunks(acc: _Accumulator, ck: RunCheckpoint, end: int, progress: bool,
 # -- the accumulator -----------------------------------------------------------------------------
 # the accumulators of a run (module docstring), saved in its checkpoint under these names
 ACCUMULATORS = ("st", "master", "st_x", "master_x", "block_sums", "counts", "counts_x",
-                "block_counts", "cblock_sums", "cblock_counts")
+                "block_counts", "cblock_sums", "cblock_counts", "norms")
 
 
 @dataclass
@@ -311,6 +325,11 @@ class _Accumulator:
         self.cblock_sums = torch.zeros(nb, H, nbk, len(self.ci_delays), E, dtype=torch.float64,
                                        device=dev)
         self.cblock_counts = torch.zeros(nb, nbk, S, dtype=torch.long)
+        rows = max(0, self.stop - self.start)  # per-pair norms of this run's targets
+        keep = rows * S * 4 <= NORM_MEMORY_LIMIT
+        self.norms = torch.zeros(rows, S, dtype=torch.float32) if keep else None
+        self.nbuf = (torch.zeros(self.task.chunk_size, S, dtype=self.task.dtype, device=dev)
+                     if keep else None)  # slot-order norms of the current chunk's steps
 
     # -- checkpoints -------------------------------------------------------------------------
     def settings(self) -> dict:
@@ -414,6 +433,8 @@ class _Accumulator:
             x, dx = p.output, p.output_tangent()
         if c.sel[k]:
             R = self._readout()
+            if self.nbuf is not None:
+                torch.linalg.vector_norm(R, dim=(0, 2), out=self.nbuf[k])
             self.st.index_add_(1, c.idx0_d[k], R)
             for ix in c.idx_x_d:
                 self.st_x.index_add_(1, ix[k], R)
@@ -457,6 +478,19 @@ class _Accumulator:
             for ix in (c.idx0, *c.idx_x):
                 self.cblock_counts.view(-1).index_add_(
                     0, (blk.unsqueeze(1) * ((self.C + 1) * S) + ix[:n])[lv], ones)
+        if self.norms is not None and n:
+            self._keep_norms(c, n)
+
+    def _keep_norms(self, c: _Chunk, n: int) -> None:
+        """The norms of the first n targets' counted pairs, slot order -> delay order, into
+        ``norms`` (rows t - start; warm-up targets have none)."""
+        a = int(c.tvec[0])
+        lo = max(0, self.start - a)
+        if lo >= n:
+            return
+        vals = self.nbuf[lo:n].to("cpu", torch.float32)
+        vals = torch.where(c.live[lo:n], vals, torch.zeros((), dtype=torch.float32))
+        self.norms[a + lo - self.start:a + n - self.start].scatter_(1, c.delays[lo:n], vals)
 
     # -- the result --------------------------------------------------------------------------
     def sums(self, processed: int, elapsed: float) -> Sums:
@@ -477,6 +511,10 @@ class _Accumulator:
                  "dtype": str(self.task.dtype).replace("torch.", ""),
                  "method": "generic" if self.props[0].generic else "hand"}
         nd = len(self.ci_delays)
+        norms = None
+        if self.norms is not None:
+            norms = np.zeros((self.T, S), dtype=np.float32)
+            norms[self.start:self.stop] = self.norms.numpy()
         return Sums(sums=m.sum(1).permute(1, 0, 2).cpu().numpy(), counts=cnt.sum(0).numpy(),
                     class_sums=cls.permute(1, 2, 0, 3).cpu().numpy(),
                     class_counts=(cnt[:C] + self.counts_x.view(nbk, S)[:C]).numpy(),
@@ -485,7 +523,8 @@ class _Accumulator:
                     ci_delays=self.ci_delays,
                     class_block_sums=self.cblock_sums[:, :, :C].permute(0, 2, 3, 1, 4).cpu()
                     .numpy() if nd else None,
-                    class_block_counts=self.cblock_counts[:, :C].numpy() if nd else None)
+                    class_block_counts=self.cblock_counts[:, :C].numpy() if nd else None,
+                    norms=norms)
 
 
 def _buckets(T: int, C: int, memberships: Sequence[Sequence[int]] | None

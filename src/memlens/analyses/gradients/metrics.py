@@ -1,8 +1,11 @@
 """Memory metrics on normalised average state gradients (DESIGN.md section 1).
 
 * SVD: Gn(tau) = Gbar(tau) D = U diag(sigma) V^T; all singular values, sigma_1..5, their sum.
-* Relative memory of a property direction d (embedding space): dn = Z d / |Z d|,
-  relmem(tau) = |Gn(tau) dn| / sigma_1(tau).
+  D is E x r (r = E at full rank; r < E when the inputs span only r dimensions,
+  :mod:`memlens.analyses.gradients.normalize`), so Gn is H x r and V^T is r x r.
+* Relative memory of a property direction d (embedding space): dn = Z d / |Z d| (Z: r x E;
+  the part of d outside the span of the inputs is dropped), relmem(tau) = |Gn(tau) dn| /
+  sigma_1(tau).
 * Subspace alignment: |V_k^T dn| (norm of dn's projection on the top-k right singular vectors)
   and share_k = (sigma_1 + .. + sigma_k) / sum(sigma).
 * Block bootstrap of sum(sigma) per delay: resample the B contiguous target blocks with
@@ -22,28 +25,30 @@ from memlens.runtime.bootstrap import block_weights, percentile_interval
 
 
 def singular_values(mats: np.ndarray) -> np.ndarray:
-    """Singular values (descending) of each matrix in a stack (... x H x E)."""
+    """Singular values (descending) of each matrix in a stack (... x H x r): min(H, r)."""
     mats = np.nan_to_num(np.asarray(mats, dtype=np.float64))
     return torch.linalg.svdvals(torch.from_numpy(mats)).numpy()
 
 
 def right_singular_vectors(mat: np.ndarray) -> np.ndarray:
-    """Rows of V^T (directions of normalised embedding space), strongest first: E x E."""
+    """Rows of V^T (directions of normalised embedding space, r coordinates in the basis of
+    Z), strongest first: r x r for Gn H x r."""
     _, _, vt = np.linalg.svd(np.nan_to_num(mat), full_matrices=True)
     return vt
 
 
 def unit_direction(direction: np.ndarray, Z: np.ndarray) -> np.ndarray:
-    """dn = Z d / |Z d| for a direction d in raw embedding space."""
+    """dn = Z d / |Z d| (r,) for a direction d (E,) in raw embedding space; Z is r x E."""
     dn = Z @ np.asarray(direction, dtype=np.float64)
     norm = np.linalg.norm(dn)
     if not norm > 0:
-        raise ValueError("property direction is zero")
+        raise ValueError("property direction is zero" + (
+            " within the span of the inputs" if Z.shape[0] < Z.shape[1] else ""))
     return dn / norm
 
 
 def relative_memory(gn: np.ndarray, dn: np.ndarray) -> float:
-    """|Gn dn| / sigma_1 for one normalised gradient Gn (H x E) and unit direction dn."""
+    """|Gn dn| / sigma_1 for one normalised gradient Gn (H x r) and unit direction dn (r)."""
     s1 = np.linalg.norm(gn, 2)
     return float(np.linalg.norm(gn @ dn) / s1) if s1 > 0 else float("nan")
 
@@ -63,7 +68,7 @@ def block_bootstrap(block_sums: np.ndarray, block_counts: np.ndarray, D: np.ndar
                     ) -> dict[str, np.ndarray]:
     """Bootstrap over contiguous blocks of sum(sigma(Gbar(tau) D)) for every delay.
 
-    block_sums: B x S x H x E, block_counts: B x S. Returns {"se", "low", "high"} (each S;
+    block_sums: B x S x H x E, block_counts: B x S, D: E x r. Returns {"se", "low", "high"} (each S;
     NaN where undefined, e.g. everywhere when ``resamples`` is 0 or there is one block).
     """
     B, S = block_counts.shape

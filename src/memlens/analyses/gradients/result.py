@@ -2,7 +2,9 @@
 
 Shapes: S = K + 1 delays, H state units, E embedding dimensions, C classes, B bootstrap blocks.
 ``mean(tau, cls)`` is the unnormalised average Gbar(tau) (H x E); every metric uses the
-normalised Gn(tau) = Gbar(tau) D unless ``normalized=False``.
+normalised Gn(tau) = Gbar(tau) D (H x r) unless ``normalized=False``; r = E, or the rank of
+the input covariance when the inputs span fewer dimensions (``normalization.full_rank`` False:
+normalised within their span, :mod:`memlens.analyses.gradients.normalize`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 from memlens.analyses.gradients import metrics
 from memlens.analyses.gradients.engine import Sums
 from memlens.analyses.gradients.normalize import Normalization
+from memlens.analyses.gradients.stability import Stability
 from memlens.core.errors import MemlensError
 from memlens.runtime.result import Result
 
@@ -43,6 +46,7 @@ class GradientResult(Result):
     model_meta: dict = field(default_factory=dict)
     corpus_meta: dict = field(default_factory=dict)
     directions: dict[str, np.ndarray] = field(default_factory=dict)
+    stability: Stability | None = None  # the stability diagnostic (gradients.stability)
     _boot: dict | None = field(default=None, repr=False)
     _rows: tuple | None = field(default=None, repr=False)
 
@@ -96,7 +100,7 @@ class GradientResult(Result):
         return np.stack([self.mean(t, cls) for t in range(self.max_delay + 1)])
 
     def normalized_mean(self, tau: int, cls: str | int | None = None) -> np.ndarray:
-        """Gn(tau) = Gbar(tau) D: H x E."""
+        """Gn(tau) = Gbar(tau) D: H x r (r = E at full rank)."""
         return self.normalization.apply(self.mean(tau, cls))
 
     def singular_values(self, tau: int, cls: str | int | None = None,
@@ -108,7 +112,7 @@ class GradientResult(Result):
         return metrics.singular_values(m)
 
     def spectrum(self, cls: str | int | None = None, normalized: bool = True) -> np.ndarray:
-        """Singular values for every delay: S x min(H, E)."""
+        """Singular values for every delay: S x min(H, r) (normalised; S x min(H, E) raw)."""
         m = self.means(cls)
         if normalized:
             m = self.normalization.apply(m)
@@ -117,7 +121,7 @@ class GradientResult(Result):
         return out
 
     def right_singular_vectors(self, tau: int, cls: str | int | None = None) -> np.ndarray:
-        """Rows of V^T of Gn(tau) (directions of normalised embedding space): E x E."""
+        """Rows of V^T of Gn(tau) (directions of normalised embedding space): r x r."""
         return metrics.right_singular_vectors(self.normalized_mean(tau, cls))
 
     # -- properties of directions ----------------------------------------------------------
@@ -203,18 +207,30 @@ class GradientResult(Result):
     def summary(self) -> dict:
         spec = self.spectrum(None)
         boot = self.bootstrap(self.resamples) if self.resamples else None
-        out = {"condition_number_Z": self.normalization.condition,
-               "pairs_at_delay_0": self.count(0)}
+        norm = self.normalization
+        out = {"condition_number_Z": norm.condition, "pairs_at_delay_0": self.count(0),
+               "input_rank": norm.rank, "input_dims": norm.dims,
+               "input_normalization": "full rank" if norm.full_rank else "within the span"}
         for tau in sorted({0, 1, 5, 10, self.max_delay}):
             if tau <= self.max_delay:
                 out[f"sum_sv_tau{tau}"] = _num(spec[tau].sum())
                 out[f"sum_sv_tau{tau}_se"] = _num(boot["se"][tau]) if boot else None
         if self.probe:
             out["probe_accuracy"] = self.probe["accuracy"]
+        if self.stability is not None:
+            out.update(self.stability.headline())
         return out
 
     def extra(self) -> dict:
-        return {"probe": self.probe, "performance": self.stats}
+        out = {"probe": self.probe, "performance": self.stats,
+               "normalization": self.normalization.to_dict()}
+        if not self.normalization.full_rank:  # a warning box in the report
+            out["normalization_warning"] = self.normalization.section()
+        if self.stability is not None:  # the data, and a warning box in the report if flagged
+            out["stability"] = self.stability.to_dict()
+            if self.stability.flagged:
+                out["stability_warning"] = self.stability.section()
+        return out
 
     def arrays(self) -> dict[str, np.ndarray]:
         boot = self.bootstrap(self.resamples) if self.resamples else None
@@ -268,6 +284,13 @@ class GradientResult(Result):
                     row["se"], row["ci_low"], row["ci_high"] = (_num(v) for v in cboot[tau])
                 else:
                     row["se"] = row["ci_low"] = row["ci_high"] = None
+                if self.stability is not None:
+                    st = self.stability
+                    row["mean_norm"] = _num(st.mean_norm[tau]) if cls is None else None
+                    row["top1_share"] = _num(st.top1_share[tau]) if cls is None else None
+                    row["stability_flags"] = ", ".join(st.flags)
+                if not self.normalization.full_rank:
+                    row["input_rank"] = self.normalization.rank
                 for name, d in dn.items():
                     if n:
                         gn = self.normalized_mean(tau, cls)
