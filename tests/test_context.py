@@ -66,7 +66,8 @@ def test_layout_of_each_regime():
     assert w.positions.tolist() == [0, 1, 2, 3, 3, 4, 5, 6, 6, 7, 8, 9]
     assert w.starts.tolist() == [True, False, False, False] * 3 and w.reset
     last = layout(Context.parse("window:4,targets=last"), 9)
-    assert last.positions.tolist() == list(range(8)) and last.targets.nonzero()[0].tolist() == [3, 7]
+    assert last.positions.tolist() == list(range(8))
+    assert last.targets.nonzero()[0].tolist() == [3, 7]
     s = layout(Context.parse("sentence"), 7, np.array([0, 3, 5]))
     assert s.offsets().tolist() == [0, 1, 2, 0, 1, 0, 1]
     seg = layout(Context.parse("segment:3"), 7)

@@ -98,7 +98,8 @@ class StudyCheckpoint:
             self.payload[f"{i}/{k}"] = np.zeros(0) if value is None else np.asarray(value)
         self.payload[f"{i}/symbols"] = np.array(sig.symbols, dtype=str)
         meta = {"sig": {"n_train": sig.n_train, "n_heldout": sig.n_heldout,
-                        "decoder": sig.decoder, "epochs": int(sig.epochs), "info": sig.info},
+                        "decoder": sig.decoder, "epochs": int(sig.epochs), "info": sig.info,
+                        "saturation": sig.saturation, "saturated_units": sig.saturated_units},
                 "extras": extras}
         self.payload[f"{i}/meta"] = json.dumps(meta)
         self.keys.append(key)

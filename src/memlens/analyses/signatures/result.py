@@ -5,6 +5,9 @@ OUT/result.json   {"kind": "signatures", "memlens_version", "model", "corpus", "
 OUT/table.csv     the same table as CSV
 OUT/recall.npz    per signature i: ``recall_i`` and ``support_i`` (K+1 x C), ``symbols``;
                   ``index`` lists "i: model | layer | readout | units"
+OUT/result.json   also "trust_warning" (a warning box of the report) when a trust check fires
+                  (:mod:`.trust`: the control decodes better than the model, saturated
+                  states); the flags are in summary["trust"]
 OUT/*.png         signature curves, recall heatmap, comparison plots; with ``--units groups``
                   or ``bases`` also groups.png / bases.png (one curve per part) and
                   group_divergence-*.png / basis_divergence-*.png (pairwise JS divergence)
@@ -28,9 +31,11 @@ from memlens.analyses.signatures.sites import SPLITS
 from memlens.analyses.signatures.table import (
     MEMORY_SPAN_DEFINITION,
     SERIES,
+    control_better,
     num,
     signature_rows,
 )
+from memlens.analyses.signatures.trust import trust_flags, trust_messages, trust_section
 from memlens.protocol import Site
 from memlens.runtime.result import Result
 
@@ -84,7 +89,16 @@ class StudyResult(Result):
 
     def summary(self) -> dict:
         return {"signatures": summary_rows(self), **self.extras,
+                "trust": trust_flags(self.entries),
                 "memory_span_definition": MEMORY_SPAN_DEFINITION}
+
+    def trust_messages(self) -> list[str]:
+        """The trust warnings of the study, one line each (:mod:`.trust`)."""
+        return trust_messages(self.entries, self.extras.get("context", "stream"))
+
+    def extra(self) -> dict:
+        section = trust_section(trust_flags(self.entries), self.trust_messages())
+        return {"trust_warning": section} if section else {}
 
     def arrays(self) -> dict:
         return recall_arrays(self)
@@ -111,8 +125,11 @@ def table_rows(result: StudyResult) -> list[dict]:
 def summary_rows(result: StudyResult) -> list[dict]:
     """Headline numbers per signature."""
     out = []
+    controls = {e.site: e.sig for e in result.entries if e.role == "control"}
     for e in result.entries:
         s = e.sig
+        ctrl = controls.get(e.site) if e.role == "model" else None
+        better = None if ctrl is None else [int(k) for k in control_better(s, ctrl).nonzero()[0]]
         out.append({"model": e.label, "role": e.role, "layer": e.site.layer,
                     "readout": e.site.readout, "units": e.site.units,
                     "memory_span": s.memory_span(),
@@ -121,8 +138,15 @@ def summary_rows(result: StudyResult) -> list[dict]:
                     "bits_total": float(s.bits.sum()),
                     "entropy_bits": float(s.entropy[0]),
                     "majority": float(s.majority[0]),
-                    "decoder_epochs": s.epochs})
+                    "decoder_epochs": s.epochs, "saturation": num_or_none(s.saturation),
+                    "saturated_units": num_or_none(s.saturated_units),
+                    "control_better_lags": better})
     return out
+
+
+def num_or_none(x: float | None) -> float | None:
+    """:func:`~.table.num` of ``x``, None for None."""
+    return None if x is None else num(x)
 
 
 def recall_arrays(result: StudyResult) -> dict[str, np.ndarray]:

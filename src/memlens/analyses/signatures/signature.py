@@ -13,12 +13,21 @@ separate held-out text:
 * 95% intervals  = percentiles (2.5, 97.5) over ``Bootstrap.resamples`` resamples of
   ``Bootstrap.blocks`` contiguous held-out blocks (accuracy and bits;
   :mod:`memlens.runtime.bootstrap`).
+* saturation     = fraction of the held-out state values h (M x D) with |h| > 0.99;
+  saturated_units = fraction of the D units with |h| > 0.99 at more than half of the M
+  positions (:func:`state_saturation`). Only for states bounded by 1 (every held-out
+  |h| <= 1: tanh / sigmoid outputs, the hidden state of an LSTM / GRU / tanh RNN); None for
+  unbounded states (an LSTM cell state, a linear readout: some |h| > 1, where |h| > 0.99 is
+  no saturation) and for one-hot n-gram windows. More than ``SATURATED_SHARE`` (50%) of the
+  values saturated is a :class:`~memlens.core.errors.TrustWarning`: the decoders then read
+  an almost binary state, typical of a model run outside its training regime.
 
 This module works on states (arrays); :mod:`.api` computes them from a model.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -27,12 +36,16 @@ import numpy as np
 from memlens.analyses.signatures.decoders import lag_targets, make_decoder
 from memlens.analyses.signatures.symbols import SymbolSet
 from memlens.analyses.signatures.table import MEMORY_SPAN_DEFINITION, SERIES, signature_rows
-from memlens.core.errors import MemlensError
+from memlens.core.errors import MemlensError, TrustWarning
+from memlens.models.states import IndexStates
 from memlens.runtime.bootstrap import block_edges, block_sums, block_weights, percentile_interval
 from memlens.runtime.options import Bootstrap
 from memlens.runtime.result import Result
 
 DEFAULT_RESAMPLES = 1000  # bootstrap resamples of a signature when none are given
+SATURATION_LEVEL = 0.99  # a state value with |h| above this is saturated
+SATURATED_SHARE = 0.5  # a TrustWarning when more than this share of the values is saturated
+BOUND = 1.0 + 1e-6  # states with every |h| <= BOUND count as bounded (saturation applies)
 
 
 @dataclass(repr=False)
@@ -67,6 +80,8 @@ class Signature(Result):
     epochs: int
     info: dict = field(default_factory=dict)
     temperature: np.ndarray | None = None  # per lag: the decoder's calibration temperature
+    saturation: float | None = None  # share of held-out values |h| > 0.99 (None: n/a)
+    saturated_units: float | None = None  # share of units saturated > half the time
     model_meta: dict = field(default_factory=dict)
     corpus_meta: dict = field(default_factory=dict)
 
@@ -97,12 +112,50 @@ class Signature(Result):
 
     def summary(self) -> dict:
         return {"memory_span": self.memory_span(), "accuracy_lag0": float(self.accuracy[0]),
-                "bits_lag0": float(self.bits[0]),
+                "bits_lag0": float(self.bits[0]), "saturation": self.saturation,
+                "saturated_units": self.saturated_units,
                 "memory_span_definition": MEMORY_SPAN_DEFINITION}
+
+    @property
+    def saturated(self) -> bool:
+        """True when more than ``SATURATED_SHARE`` of the held-out state values are
+        saturated (never for unbounded states or n-gram windows: saturation None)."""
+        return self.saturation is not None and self.saturation > SATURATED_SHARE
+
+    def saturation_message(self, what: str | None = None) -> str | None:
+        """The one-line warning about saturated states (None when not :attr:`saturated`),
+        prefixed with ``what`` (e.g. the model and site) when given."""
+        if not self.saturated:
+            return None
+        prefix = f"{what}: " if what else ""
+        return (f"{prefix}{self.saturation:.0%} of the held-out state values are saturated "
+                f"(|h| > {SATURATION_LEVEL}; {self.saturated_units:.0%} of the units more "
+                "than half the time): the decoders read an almost binary state; the model "
+                "may be analysed outside its training regime")
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"recall_0": self.recall, "support_0": self.support,
                 "symbols": np.array(self.symbols, dtype=str)}
+
+
+def state_saturation(states, chunk: int = 65536) -> tuple[float | None, float | None]:
+    """(saturation, saturated_units) of M x D states h: the fraction of the M*D values with
+    |h| > ``SATURATION_LEVEL`` (0.99), and the fraction of the D units with |h| > 0.99 at
+    more than half of the M positions. (None, None) for :class:`IndexStates` (one-hot
+    windows), empty states, and states not bounded by 1 (some |h| > 1 + 1e-6, e.g. an LSTM
+    cell state: there |h| > 0.99 says nothing about saturation). Read ``chunk`` rows at a
+    time (no M x D temporary)."""
+    if isinstance(states, IndexStates) or getattr(states, "ndim", 0) != 2 \
+            or states.shape[0] == 0 or states.shape[1] == 0:
+        return None, None
+    m = states.shape[0]
+    per_unit = np.zeros(states.shape[1], dtype=np.int64)
+    for i in range(0, m, chunk):
+        a = np.abs(np.asarray(states[i:i + chunk], dtype=np.float32))
+        if not (a <= BOUND).all():  # unbounded (or NaN): no saturation to speak of
+            return None, None
+        per_unit += (a > SATURATION_LEVEL).sum(0)
+    return float(per_unit.sum() / per_unit.size / m), float((per_unit > m / 2).mean())
 
 
 def _entropy_bits(counts: np.ndarray) -> float:
@@ -141,21 +194,24 @@ def bootstrap_intervals(correct: np.ndarray, nll: np.ndarray, valid: np.ndarray,
 def signature_from_states(train_x, train_cls: np.ndarray, held_x, held_cls: np.ndarray,
                           max_delay: int, symbols: SymbolSet, decoder: str = "linear",
                           seed: int = 0, bootstrap: Bootstrap | None = None,
-                          decoder_options: dict | None = None) -> Signature:
+                          decoder_options: dict | None = None, *, warn: bool = True
+                          ) -> Signature:
     """Train the joint decoder on (train_x, classes) and score it on (held_x, classes).
 
     ``train_x`` / ``held_x``: N x D and M x D states (arrays or
     :class:`~memlens.models.states.IndexStates`); ``train_cls`` / ``held_cls``: class id per
     position (-1: excluded). ``bootstrap``: the intervals' resamples and blocks (None:
     ``Bootstrap(1000, 20, seed)``); ``decoder_options``: keyword arguments of the decoder
-    (:func:`~memlens.analyses.signatures.decoders.make_decoder`, e.g. ``max_epochs``)."""
+    (:func:`~memlens.analyses.signatures.decoders.make_decoder`, e.g. ``max_epochs``).
+    ``warn``: issue the :class:`~memlens.core.errors.TrustWarning` of saturated held-out
+    states here (False: the caller does, e.g. the study, naming the model and site)."""
     check_lag(max_delay, len(train_cls), len(held_cls))
     if not (held_cls >= 0).any():
         raise MemlensError("the held-out text has no symbol known to the decoders (only "
                            "unknown or untagged tokens)")
     return signature_from_targets(train_x, lag_targets(train_cls, max_delay), held_x,
                                   lag_targets(held_cls, max_delay), symbols, decoder, seed,
-                                  bootstrap, decoder_options)
+                                  bootstrap, decoder_options, warn=warn)
 
 
 def _baselines(y_tr: np.ndarray, y_he: np.ndarray, pred: np.ndarray, n_cls: int) -> dict:
@@ -184,11 +240,12 @@ def _baselines(y_tr: np.ndarray, y_he: np.ndarray, pred: np.ndarray, n_cls: int)
 def signature_from_targets(train_x, y_tr: np.ndarray, held_x, y_he: np.ndarray,
                            symbols: SymbolSet, decoder: str = "linear", seed: int = 0,
                            bootstrap: Bootstrap | None = None,
-                           decoder_options: dict | None = None) -> Signature:
+                           decoder_options: dict | None = None, *, warn: bool = True
+                           ) -> Signature:
     """The signature from given per-lag targets: ``y_tr`` (N x (K+1)) and ``y_he``
     (M x (K+1)) class ids, -1 = no target (e.g. lags counted in graphemes of a speech
     encoder's frames, :mod:`memlens.analyses.speech.analysis`); ``lag_targets`` gives the usual
-    ones. ``bootstrap`` and ``decoder_options``: see :func:`signature_from_states`."""
+    ones. ``bootstrap``, ``decoder_options`` and ``warn``: see :func:`signature_from_states`."""
     if not (y_he >= 0).any():
         raise MemlensError("the held-out stream has no target known to the decoders")
     boot = Bootstrap(seed=seed) if bootstrap is None else bootstrap
@@ -205,11 +262,17 @@ def signature_from_targets(train_x, y_tr: np.ndarray, held_x, y_he: np.ndarray,
     bits = np.maximum(0.0, entropy - ce)
     lo, hi, blo, bhi = bootstrap_intervals(correct, nll, valid, entropy, boot.blocks,
                                            boot.count(DEFAULT_RESAMPLES), boot.seed)
-    return Signature(accuracy=accuracy, acc_low=lo, acc_high=hi, bits=bits, bits_low=blo,
-                     bits_high=bhi, bits_fraction=np.where(entropy > 0, bits / entropy, 0.0),
-                     cross_entropy=ce, symbols=list(symbols.names), n_train=len(y_tr),
-                     n_heldout=len(y_he), decoder=decoder, epochs=dec.epochs,
-                     temperature=dec.temperature, **base)
+    sat, sat_units = state_saturation(held_x)
+    sig = Signature(accuracy=accuracy, acc_low=lo, acc_high=hi, bits=bits, bits_low=blo,
+                    bits_high=bhi, bits_fraction=np.where(entropy > 0, bits / entropy, 0.0),
+                    cross_entropy=ce, symbols=list(symbols.names), n_train=len(y_tr),
+                    n_heldout=len(y_he), decoder=decoder, epochs=dec.epochs,
+                    temperature=dec.temperature, saturation=sat, saturated_units=sat_units,
+                    **base)
+    message = sig.saturation_message() if warn else None
+    if message:
+        warnings.warn(message, TrustWarning, stacklevel=2)
+    return sig
 
 
 def check_lag(max_delay: int, n_train: int, n_heldout: int) -> None:
@@ -252,5 +315,6 @@ def group_divergence(recalls: Sequence[np.ndarray]) -> np.ndarray:
     return out
 
 
-__all__ = ["DEFAULT_RESAMPLES", "Signature", "bootstrap_intervals", "check_lag",
-           "group_divergence", "js_divergence", "signature_from_states", "signature_from_targets"]
+__all__ = ["DEFAULT_RESAMPLES", "SATURATED_SHARE", "SATURATION_LEVEL", "Signature",
+           "bootstrap_intervals", "check_lag", "group_divergence", "js_divergence",
+           "signature_from_states", "signature_from_targets", "state_saturation"]

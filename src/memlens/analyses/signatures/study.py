@@ -51,6 +51,7 @@ from memlens.analyses.signatures.signature import (
 )
 from memlens.analyses.signatures.sites import SPLITS, parse_layers, study_sites
 from memlens.analyses.signatures.symbols import SymbolSet, build_symbols, parse_symbols
+from memlens.analyses.signatures.trust import check_trust
 from memlens.core.errors import MemlensError
 from memlens.models.encoder import as_encoder
 from memlens.models.inputs import Stream
@@ -225,11 +226,11 @@ class Scorer:
             (y_tr, keep_tr), (y_he, keep_he) = self.targets
             sig = signature_from_targets(kept(tr_x, keep_tr), y_tr, kept(he_x, keep_he), y_he,
                                          inputs.symbols, cfg.decoder, cfg.seed,
-                                         cfg.bootstrap_options())
+                                         cfg.bootstrap_options(), warn=False)
         else:
             sig = signature_from_states(tr_x, inputs.tr_cls, he_x, inputs.he_cls,
                                         cfg.max_delay, inputs.symbols, cfg.decoder, cfg.seed,
-                                        cfg.bootstrap_options())
+                                        cfg.bootstrap_options(), warn=False)
         entry = Entry(label, role, site, sig)
         self.result.entries.append(entry)
         if self.checkpoint is not None:
@@ -378,6 +379,8 @@ def run_study(cfg: StudyConfig, log: Log = print, checkpoint: StudyCheckpoint | 
         raise Interrupted(checkpoint.path, checkpoint.done, planned(cfg, inputs),
                           unit="signatures") from None
     add_divergence(result, cfg, inputs.layers)
+    # trust checks (control better than the model, saturated states): TrustWarnings + flags
+    result.extras["trust"] = check_trust(result.entries, result.extras["context"])
     return result
 
 

@@ -10,7 +10,15 @@ Columns per lag k: model, role, layer, readout, units, lag, accuracy with its 95
 (ci_low, ci_high), bits with its interval, bits_fraction = bits / H(X), cross_entropy_bits,
 temperature (the decoder's calibration temperature, or None), entropy_bits H(X), majority,
 prior, control_accuracy / control_bits (the random-init control beside the model, else
-None), decoder, train_states, heldout_states.
+None), control_better (True where the control decodes better than the model,
+:func:`control_better`; None without a control), saturation and saturated_units (of the
+signature's held-out states; None where not applicable), decoder, train_states,
+heldout_states.
+
+The control decodes better than the model at lag k when the difference is both clear and
+large: its 95% bootstrap interval lies entirely above the model's (control ci_low[k] > model
+ci_high[k]) and its accuracy exceeds the model's by more than ``CONTROL_MARGIN`` (0.05);
+without intervals (``--bootstrap 0``) the margin alone decides.
 """
 
 from __future__ import annotations
@@ -18,7 +26,29 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 MEMORY_SPAN_DEFINITION = "last lag with held-out accuracy above majority + 0.05 (-1: none)"
+CONTROL_MARGIN = 0.05  # how much better (accuracy) the control must be to count
+CONTROL_BETTER_DEFINITION = ("the random-init control's accuracy exceeds the model's by more "
+                             f"than {CONTROL_MARGIN} and its 95% interval lies above the "
+                             "model's (control ci_low > model ci_high; without intervals the "
+                             "margin alone)")
+
+
+def control_better(s: Any, control: Any) -> np.ndarray:
+    """Per lag k (bool, length K+1): does ``control`` decode better than ``s``? True when
+    control.accuracy[k] > s.accuracy[k] + ``CONTROL_MARGIN`` (a difference that matters) and
+    control.acc_low[k] > s.acc_high[k] (disjoint 95% intervals, the control's above: not
+    sampling noise); where either interval is missing (NaN), the margin alone. Lags past the
+    shorter signature are False."""
+    n = min(len(s.accuracy), len(control.accuracy))
+    lo, hi = np.asarray(control.acc_low[:n], float), np.asarray(s.acc_high[:n], float)
+    acc_c, acc_m = np.asarray(control.accuracy[:n], float), np.asarray(s.accuracy[:n], float)
+    with np.errstate(invalid="ignore"):
+        apart = np.isnan(lo) | np.isnan(hi) | (lo > hi)
+    better = apart & (acc_c > acc_m + CONTROL_MARGIN)
+    return np.concatenate([better, np.zeros(len(s.accuracy) - n, dtype=bool)])
 
 
 def num(x: Any) -> float | None:
@@ -32,6 +62,8 @@ def signature_rows(s: Any, label: str, role: str, layer: int | None, readout: st
     """One flat row per lag k = 0..K of signature ``s`` (a control's accuracy and bits beside
     it when ``control`` is given); see the module docstring for the columns."""
     rows = []
+    better = control_better(s, control) if control else None
+    sat, sat_units = getattr(s, "saturation", None), getattr(s, "saturated_units", None)
     for k in range(len(s.accuracy)):
         rows.append({
             "model": label, "role": role, "layer": layer, "readout": readout, "units": units,
@@ -45,6 +77,9 @@ def signature_rows(s: Any, label: str, role: str, layer: int | None, readout: st
             "prior": num(s.prior[k]),
             "control_accuracy": num(control.accuracy[k]) if control else None,
             "control_bits": num(control.bits[k]) if control else None,
+            "control_better": bool(better[k]) if better is not None else None,
+            "saturation": None if sat is None else num(sat),
+            "saturated_units": None if sat_units is None else num(sat_units),
             "decoder": s.decoder, "train_states": s.n_train, "heldout_states": s.n_heldout,
         })
     return rows
@@ -64,4 +99,5 @@ SERIES = [
                 "the mutual information between the state and the symbol k steps back."},
 ]
 
-__all__ = ["MEMORY_SPAN_DEFINITION", "SERIES", "num", "signature_rows"]
+__all__ = ["CONTROL_BETTER_DEFINITION", "CONTROL_MARGIN", "MEMORY_SPAN_DEFINITION", "SERIES",
+           "control_better", "num", "signature_rows"]
