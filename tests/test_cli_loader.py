@@ -201,7 +201,7 @@ def test_commands_do_not_import_the_cli():
         assert "from memlens import __version__" not in (root / rel).read_text(), rel
     from memlens.core.version import __version__
 
-    assert memlens.__version__ == __version__ == "0.2.0"
+    assert memlens.__version__ == __version__ == "0.3.0"
 
 
 def test_eval_uses_the_loader(files, capsys):
