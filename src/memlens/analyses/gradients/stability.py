@@ -27,7 +27,8 @@ Verdict, flags (:data:`FLAGS`):
   :data:`MIN_NORM_FRACTION` (1%) of delay 0's. Far delays of a contracting model are left
   out: there the norms are products of many factors, heavy-tailed by nature (a 1-epoch word
   LSTM on WikiText-2 in window:35 reaches a share of 0.30 at delay 10, where the mean norm is
-  0.2% of delay 0's and the memory 0.08%), and too small to move any number a reader uses. Measured (K = 20, 2,000-3,000 positions):
+  0.2% of delay 0's and the memory 0.08%), and too small to move any number a reader uses.
+  Measured (K = 20, 2,000-3,000 positions):
   small LSTM LMs trained on PTB (word, H = 64; char on 40-char windows, H = 128), streamed or
   in their training window, give at most 0.024-0.061 (lambda -0.15..-0.18, M(K)/M(0)
   0.03-0.05); contracting random Elman RNNs (gain 0.3-1.2) 0.02-0.07 and random LSTMs (gain
