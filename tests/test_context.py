@@ -13,6 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_signatures import delay_line
 from torch import nn
 
 import memlens
@@ -236,19 +237,6 @@ def _steps(enc, X):
     for i in range(X.shape[0]):
         st = enc.step(X[i:i + 1], st)
         yield st
-
-
-def delay_line(v: int, m: int):
-    rnn = nn.RNN(v, m * v, nonlinearity="relu")
-    with torch.no_grad():
-        for p in rnn.parameters():
-            p.zero_()
-        rnn.weight_ih_l0[:v, :v] = torch.eye(v)
-        for j in range(m - 1):
-            rnn.weight_hh_l0[(j + 1) * v:(j + 2) * v, j * v:(j + 1) * v] = torch.eye(v)
-    emb = nn.Embedding(v, v)
-    emb.weight.data = torch.eye(v)
-    return wrap(emb, rnn)
 
 
 def test_signature_sentence_and_segment_regimes_on_a_delay_line():

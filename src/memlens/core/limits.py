@@ -14,6 +14,7 @@ from memlens.core.errors import MemlensError
 MAX_LAYERS = 64
 MAX_WIDTH = 1 << 16        # embedding size, hidden size
 MAX_VOCAB = 1 << 24        # vocabulary entries
+MAX_POSITIONS = 2**62      # stream positions (stop_after, warmup, max_tokens, context lengths)
 
 
 def memory_budget() -> int:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from memlens.core.errors import MemlensError
-from memlens.runtime.options import MAX_POSITIONS
+from memlens.core.limits import MAX_POSITIONS
 
 KINDS = ("stream", "segment", "sentence", "window")
 TARGETS = ("all", "last")

@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memlens.core.errors import MemlensError
+from memlens.core.limits import MAX_POSITIONS
 
 if TYPE_CHECKING:
     import torch
 
 MAX_SEED = 2**63 - 1          # seeds: 0 <= seed < 2**63
 MAX_COUNT = 1 << 20           # resamples, blocks, batch sizes
-MAX_POSITIONS = 2**62         # stream positions (stop_after, warmup, max_tokens)
 DTYPES = ("float32", "float64")
 _DEVICE = re.compile(r"(auto|cpu|cuda(:\d+)?)")
 
