@@ -223,8 +223,9 @@ def _prepare(enc: RecurrentEncoder, stream: Stream, site: Site, max_delay: int,
     norm.warn(stacklevel=4)  # one TrustWarning line when normalised within the input span
     memberships, names = _memberships(stream, class_names)
     mask = _target_mask(engine.target_mask, len(stream))
-    values, starts = stream.values, None
-    if rows.starts is not None and segment is None:  # windows, sentences: rows of the stream
+    values = stream.values
+    starts = None if rows.starts is None else torch.from_numpy(rows.starts)
+    if rows.reset:  # windows, sentences: rows of the stream
         index = torch.from_numpy(rows.positions)
         values, positions = stream.values[index], positions[rows.positions]
         memberships = None if memberships is None else [memberships[p] for p in rows.positions]
@@ -232,7 +233,6 @@ def _prepare(enc: RecurrentEncoder, stream: Stream, site: Site, max_delay: int,
         if rows.targets is not None:
             wanted = torch.from_numpy(rows.targets)
             mask = wanted if mask is None else mask & wanted
-        starts = torch.from_numpy(rows.starts)
     T = len(values)
     H = site.size(enc)
     blocks = opts.bootstrap.blocks

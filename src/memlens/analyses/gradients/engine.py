@@ -11,16 +11,18 @@ G_t(tau) = d s_t / d x_{t-tau} to
 
 The overall sum is the sum over the pass-0 buckets, so it costs nothing extra.
 
-Pair set: by default every (t, tau) with t - tau >= 0, tau <= K. With ``segment=S_seg`` only
-pairs whose source and target lie in the same segment of S_seg tokens (segments start at
-stream positions 0, S_seg, 2 S_seg, ...): t // S_seg == (t - tau) // S_seg, i.e.
-tau <= t mod S_seg. This is the original implementation's pair set (truncated BPTT over
+Pair set: by default every (t, tau) with t - tau >= 0, tau <= K. With segment starts
+(``Task.starts``, from the context regime: ``segment:S`` starts one at 0, S, 2S, ...) only
+pairs whose source and target lie in the same segment: tau <= t - (start of t's segment); for
+``segment:S`` that is t // S == (t - tau) // S, tau <= t mod S, the original implementation's
+pair set (truncated BPTT over
 segments of ``num_steps`` tokens, batch 1, carried state; it runs once per ``time_step`` and
 averages over all of them, so every target of every segment is used). It costs nothing: at
 each segment start all tangents are zeroed (the gradient of later states with respect to
 earlier segments is cut, exactly as truncated BPTT does), so excluded slots add exact zeros,
 and the excluded pairs are left out of the counts. The primal state is carried on, as in the
-original; d s_t / d x_{t-tau} of an included pair is the same as on the full stream.
+original (``Task.reset`` False); d s_t / d x_{t-tau} of an included pair is the same as on the
+full stream. With ``Task.reset`` (windows, sentences) the primal state restarts too.
 
 Layout: accumulators are H x (buckets * S) x E with S = K + 1, so the readout tangent matrix
 (H x S*E, viewed H x S x E) is added with one ``index_add_`` per step (index = bucket * S +
@@ -138,11 +140,12 @@ class Task:
     ``method``: "auto", "hand" or "generic" (:func:`make_propagator`); ``dtype``, ``device``:
     of the tangent computation; ``blocks``: bootstrap blocks of targets; ``flush_every``,
     ``chunk_size``: see :class:`EngineSettings`; ``ci_delays``: delays of the per-class block
-    sums; ``segment``, ``shard`` = (start, stop), ``warmup``: module docstring. ``starts``
-    (bool, one per position, or None) marks where segments of a context regime begin
+    sums; ``shard`` = (start, stop), ``warmup``: module docstring. ``starts`` (bool, one per
+    position, or None) marks where segments of a context regime begin
     (:class:`~memlens.runtime.context.Layout`): only pairs inside one segment count, the
     tangents are cut there and, with ``reset``, the primal state restarts from each layer's
-    initial state (windows, sentences).
+    initial state (windows, sentences); ``segment``: S of ``segment:S`` (its starts are in
+    ``starts``), recorded in the settings and the checkpoint's fingerprint.
     """
 
     max_delay: int
@@ -399,8 +402,6 @@ class _Accumulator:
         live = src >= 0
         if self.start > 0:  # warm-up steps accumulate nothing
             live &= (tvec >= self.start).unsqueeze(1)
-        if task.segment is not None:
-            live &= delays <= (tvec % task.segment).unsqueeze(1)
         if self.seg_start is not None:
             live &= delays <= (tvec - self.seg_start[a:b]).unsqueeze(1)
         if self.mask is not None:
@@ -418,12 +419,8 @@ class _Accumulator:
         tangents into the short-term sums, a flush where one is due."""
         task = self.task
         x, dx = c.xs[k], None
-        if task.segment is not None and t % task.segment == 0:
-            for p in self.props:  # cut the gradient paths into earlier segments
-                for tan in p.tangents:
-                    tan.zero_()
         if self.starts is not None and t > 0 and self.starts[t]:
-            for p in self.props:  # a new window / sentence: cut, and restart the state
+            for p in self.props:  # a new segment: cut the gradient paths into earlier ones
                 for tan in p.tangents:
                     tan.zero_()
                 if task.reset:
