@@ -299,3 +299,12 @@ def test_cli_context_in_every_analysis(trained, capsys):
         err = capsys.readouterr().err
         assert rc == 2 and err.startswith("memlens: error:") and err.count("\n") == 1, err
         assert msg in err and not out.exists()
+
+
+@pytest.mark.parametrize("bad", [[0, 5, 3], [-1, 2], [0, 99], ["a", "b"]])
+def test_bad_sentence_starts_are_one_line_errors(bad):
+    model = tiny_lm("lstm")
+    ids = torch.randint(0, V, (20,), generator=torch.Generator().manual_seed(8))
+    with pytest.raises(MemlensError, match="sentence") as exc:
+        memlens.state_gradients(model, Stream(ids, sentences=bad), 2, context="sentence")
+    assert "\n" not in str(exc.value)
