@@ -125,7 +125,7 @@ def test_cli_bad_corpus(tmp_path, capsys, kind, fmt, message):
     (["--arch", "transformer"], "invalid choice: 'transformer'"),
     (["--tied", "--emb", "8", "--hidden", "16"], "tied weights need --emb equal to --hidden"),
     (["--arch", "glstm", "--groups", "3", "--emb", "8", "--hidden", "8"], "divisible"),
-    (["--epochs", "0"], "--epochs must be a positive integer"),
+    (["--epochs", "0"], "--epochs must be in 1..100000, got 0"),
     (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
 ])
 def test_cli_impossible_options(corpus, tmp_path, capsys, args, message):

@@ -1,5 +1,7 @@
+"""``python -m memlens``: the console program (:func:`memlens.cli.run`)."""
+
 import sys
 
-from memlens.cli import main
+from memlens.cli import run
 
-sys.exit(main())
+sys.exit(run())

@@ -18,7 +18,8 @@ import threading
 import warnings
 from collections.abc import Sequence
 
-from memlens.core.errors import MemlensError, TrustWarning
+from memlens.core.errors import MemlensError, TrustWarning, WriteError
+from memlens.core.signals import deferred_interrupts
 
 COMMANDS = ("train", "evaluate", "gradients", "signatures", "ablation", "ngram", "demo",
             "report", "speech-corpus", "train-asr")
@@ -52,8 +53,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line: control characters (a newline in a file name the user gave)
+    are shown escaped, as ``\\n``, so an error is always exactly one line."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in message)
+
+
 def _terminate(signum, frame):  # noqa: ARG001
     raise KeyboardInterrupt
+
+
+# True in the console program (:func:`run`): once main() has its exit code, SIGINT and SIGTERM
+# are ignored, so that a second signal cannot kill the process while it shuts down
+_ENTRY = False
+
+
+def _startup(signum, frame):  # noqa: ARG001
+    """SIGINT / SIGTERM while the program starts (imports torch, builds the parser): nothing
+    is written yet, so it ends at once. Raising KeyboardInterrupt inside an import can be
+    swallowed by a library's bare ``except`` and leave a half-imported module behind."""
+    os.write(2, b"memlens: interrupted\n")
+    os._exit(130)
+
+
+def run() -> int:
+    """The console entry point (``memlens``, ``python -m memlens``): :func:`main` with
+    SIGINT / SIGTERM handled from the first moment (``import memlens.cli`` is light: torch is
+    imported after this; a signal during start-up is exit 130 with ``memlens: interrupted``)
+    and both ignored once the exit code is known."""
+    global _ENTRY
+    _ENTRY = True
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _startup)
+    try:
+        return main()
+    except KeyboardInterrupt:  # in the instant main() returned: its line is out
+        return 130
 
 
 def _show_trust_warning(fallback):
@@ -71,15 +107,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Exit codes: 0 success, 2 a user-caused error (one line on stderr),
     130 interrupted (Ctrl-C or SIGTERM: temporary files are removed, resumable commands keep
     their progress), 1 an internal error (a bug)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command not in DISTRIBUTED and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)
+           if main_thread}
+    try:
+        args = build_parser().parse_args(argv)
+        if main_thread:
+            signal.signal(signal.SIGTERM, _terminate)  # SIGTERM unwinds like Ctrl-C
+            if old[signal.SIGINT] is _startup:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+        return _run(args)
+    except KeyboardInterrupt as exc:
+        with deferred_interrupts(absorb=True):  # a second signal: the line is printed
+            print(f"memlens: {one_line(str(exc))}" if str(exc) else "memlens: interrupted",
+                  file=sys.stderr)
+        return 130
+    finally:
+        for sig, handler in old.items():  # the console program ignores them from here on
+            signal.signal(sig, signal.SIG_IGN if _ENTRY else handler)  # type: ignore[arg-type]
+
+
+def _run(args: argparse.Namespace) -> int:
+    """:func:`main` without the signal handling: check, run, map the errors."""
+    try:  # a garbage WORLD_SIZE: one line naming it (issue 21), not a traceback
+        from memlens.core.limits import MAX_PROCESSES, env_int
+
+        world = env_int("WORLD_SIZE", 1, 1, MAX_PROCESSES)
+    except MemlensError as exc:
+        print(f"memlens: error: {exc}", file=sys.stderr)
+        return 2
+    if args.command not in DISTRIBUTED and world > 1:
         print(f"memlens: error: memlens {args.command} does not run under torchrun (only "
               f"{', '.join(DISTRIBUTED)} shard their work): run it as one process", file=sys.stderr)
         return 2
-    old = None
-    if threading.current_thread() is threading.main_thread():
-        old = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM unwinds like Ctrl-C
     try:
         from memlens.commands.common import check_schema_options
 
@@ -94,14 +154,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 warnings.showwarning = previous
         return int(result or 0)
     except MemlensError as exc:
-        print(f"memlens: error: {exc}", file=sys.stderr)
+        print(f"memlens: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as exc:
-        print(f"memlens: {exc}" if str(exc) else "memlens: interrupted", file=sys.stderr)
-        return 130
     except OSError as exc:  # the file system refused: a user-side problem, not a bug
+        full = WriteError.from_exception(exc, exc.filename or "the output")
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"memlens: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(f"memlens: error: {one_line(str(full) if full else f'{exc.strerror or exc}{where}')}",
+              file=sys.stderr)
         return 2
     except MemoryError:
         print("memlens: error: out of memory (inputs or options too large for this machine)",
@@ -110,13 +169,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # no tracebacks for users; MEMLENS_DEBUG=1 shows them
         if os.environ.get("MEMLENS_DEBUG"):
             raise
+        full = WriteError.from_exception(exc, "the output")  # torch.save on a full disk
+        if full is not None:
+            print(f"memlens: error: {full}", file=sys.stderr)
+            return 2
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(f"memlens: internal error: {type(exc).__name__}: {msg}", file=sys.stderr)
         return 1
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(run())

@@ -21,7 +21,6 @@ arrays, PNGs) atomically through one writer; :func:`load_result` reads any kind 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from memlens.core.errors import MemlensError
+from memlens.core.files import binary_limit, open_input, read_bytes, read_json
+from memlens.core.limits import check_memory
 from memlens.runtime.result import (  # noqa: F401 (the public names of memlens.results)
     MAX_JSON_DEPTH,
     PNG_MAGIC,
@@ -83,13 +84,37 @@ class SavedResult(Result):
     def arrays(self) -> dict[str, np.ndarray]:
         name = self.data.get("arrays_file") or f"{self.kind}.npz"
         file = self.path / name
-        if not file.is_file():
+        if not (file.exists() or file.is_symlink()):
             return {}
-        with np.load(file, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
+        return read_npz(file, f"result arrays of {self.path}")
 
 
-def _depth_ok(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+def read_npz(path: str | os.PathLike, what: str = "arrays") -> dict[str, np.ndarray]:
+    """The arrays of an .npz file: through the input gate (a special file, or one larger than
+    the memory budget, is refused by ``stat``), its members' expanded size checked against
+    the memory budget before anything is expanded, never unpickled; a file that is not an
+    .npz of plain arrays is one line naming ``what``."""
+    import zipfile
+
+    with open_input(path, what, binary_limit()) as fh:
+        try:
+            with zipfile.ZipFile(fh) as zf:
+                check_memory(sum(i.file_size for i in zf.infolist()), f"the {what} {path}")
+            fh.seek(0)
+            with np.load(fh, allow_pickle=False) as npz:
+                return {k: npz[k] for k in npz.files}
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            why = str(exc).strip().splitlines()[0][:150] if str(exc).strip() else \
+                type(exc).__name__
+            raise MemlensError(f"cannot read {what} {path}: {why}") from None
+
+
+MAX_JSON_INT = 2**63  # a larger integer in result.json is refused (no float holds it)
+
+
+def _depth_ok(value: Any, limit: int = MAX_JSON_DEPTH, where: object = "") -> bool:
+    """True when ``value`` is nested at most ``limit`` deep; a one-line error for an integer
+    beyond :data:`MAX_JSON_INT` (it would overflow every float conversion of the report)."""
     stack = [(value, 0)]
     while stack:
         v, d = stack.pop()
@@ -99,6 +124,9 @@ def _depth_ok(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
             stack.extend((x, d + 1) for x in v.values())
         elif isinstance(v, list):
             stack.extend((x, d + 1) for x in v)
+        elif isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_JSON_INT:
+            raise MemlensError(f"malformed result.json in {where}: the integer {str(v)[:12]}... "
+                               f"({len(str(abs(v)))} digits) is too large for a number")
     return True
 
 
@@ -111,19 +139,12 @@ def load_result(path: str | os.PathLike) -> SavedResult:
     if not path.is_dir():
         raise MemlensError(f"not a result directory: {path}")
     rfile = path / RESULT_FILE
-    if not rfile.is_file():
+    if not (rfile.exists() or rfile.is_symlink()):
         raise MemlensError(f"{path} has no result.json (not a memlens result directory)")
-    try:
-        data = json.loads(rfile.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MemlensError(f"malformed result.json in {path}: {str(exc)[:200]}") from None
-    except RecursionError:
-        raise MemlensError(f"malformed result.json in {path}: nested too deeply") from None
-    except OSError as exc:
-        raise MemlensError(f"cannot read {rfile}: {exc.strerror or exc}") from None
+    data = read_json(rfile, "result.json")  # the input gate: special, huge, malformed
     if not isinstance(data, dict):
         raise MemlensError(f"malformed result.json in {path}: top level is not an object")
-    if not _depth_ok(data):
+    if not _depth_ok(data, where=path):
         raise MemlensError(f"malformed result.json in {path}: nested too deeply (more "
                            f"than {MAX_JSON_DEPTH} levels)")
     kind = data.get("kind")
@@ -154,9 +175,9 @@ def load_result(path: str | os.PathLike) -> SavedResult:
         file = (path / plot["file"]).resolve()
         if root not in file.parents:
             raise MemlensError(f"plot {plot['file']!r} in {rfile} lies outside the directory")
-        if not file.is_file():
+        if not (file.exists() or file.is_symlink()):
             raise MemlensError(f"plot {plot['file']!r} listed in {rfile} is missing")
-        blob = file.read_bytes()
+        blob = read_bytes(file, "plot image", binary_limit())
         if not blob.startswith(PNG_MAGIC):
             raise MemlensError(f"plot {plot['file']!r} in {path} is not a PNG image")
         images[plot["file"]] = blob

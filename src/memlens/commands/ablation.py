@@ -40,7 +40,7 @@ def register(sub) -> None:
     add_option(p, "context", default="window:300", metavar="window:L",
                help="context regime: window:L, the L tokens read before every target from "
                "the initial state (default window:300; a bare L is the same)")
-    p.add_argument("--targets", type=int, default=1000,
+    add_option(p, "targets",
                    help="number of target positions, evenly spaced (default 1000)")
     add_option(p, "max_tokens", help="use only the first N tokens of the corpus")
     add_option(p, "bootstrap", default=1000,

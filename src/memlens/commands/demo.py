@@ -24,7 +24,7 @@ def register(sub) -> None:
                        description=__doc__)
     p.add_argument("--out", default="memlens-demo",
                    help="output directory (report.html, result directories, checkpoints)")
-    p.add_argument("--distance", type=int, default=5, help="planted memory length (steps)")
+    add_option(p, "distance")
     p.add_argument("--quick", action="store_true",
                    help="smaller corpus and fewer epochs (a smoke test; weaker models)")
     add_option(p, "seed")

@@ -37,7 +37,7 @@ def register(sub) -> None:
     p.add_argument("--corpus", required=True, help="corpus (one continuous stream); for a "
                    "model with continuous inputs a .npy file of T x I input vectors")
     p.add_argument("--format", choices=["text", "conllu"], default="text")
-    p.add_argument("--layer", type=int, default=-1, help="readout layer (default: top)")
+    add_option(p, "layer")
     p.add_argument("--readout", default=None, help="readout name (default: cell for LSTM "
                    "layers, as the paper; the layer's output otherwise)")
     p.add_argument("--units", default="all", help="units of the readout: all (default), "
@@ -264,14 +264,9 @@ def _directions(spec: str | None, names: list[str] | None) -> dict:
             return {"NOUN-VERB": ("NOUN", "VERB")}
         return {}
     if spec.endswith(".npy"):
-        from memlens.core.files import check_regular
+        from memlens.models.run_inputs import load_vectors_file
 
-        check_regular(spec, "direction vector")
-        try:
-            vec = np.load(spec)
-        except (OSError, ValueError) as exc:
-            raise MemlensError(f"cannot read direction vector {spec}: {exc}") from None
-        return {Path(spec).stem: np.asarray(vec, dtype=np.float64).reshape(-1)}
+        return {Path(spec).stem: load_vectors_file(spec, "direction vector")}
     parts = spec.split(",")
     if len(parts) != 2 or not names or any(p not in names for p in parts):
         raise MemlensError(f"--direction {spec!r}: give two classes A,B among the --classes "

@@ -17,7 +17,7 @@ def register(sub) -> None:
                        description=__doc__)
     p.add_argument("--train", required=True, help="training text")
     p.add_argument("--eval", help="evaluation text (default: the training text)")
-    p.add_argument("--order", type=int, default=5)
+    add_option(p, "order")
     p.add_argument("--unit", choices=["word", "char"], default="char")
     p.add_argument("--format", choices=["text", "conllu"], default="text")
     add_option(p, "max_tokens", help="use only the first N training tokens")
@@ -30,15 +30,12 @@ def run(args: argparse.Namespace) -> int:
     """Check the options and --out, fit the model, print (and write) the evaluation."""
     from contextlib import nullcontext
 
-    from memlens.core.errors import MemlensError
     from memlens.core.version import __version__
     from memlens.data import load_corpus
     from memlens.models.ngram import KneserNeyLM
     from memlens.models.run_inputs import check_max_tokens
     from memlens.runtime.io import claim_output, write_json
 
-    if args.order < 1:  # before --out is claimed; KneserNeyLM's own message names no flag
-        raise MemlensError(f"--order must be a positive integer, got {args.order}")
     max_tokens = check_max_tokens(args.max_tokens)
     claim = claim_output(args.out, args.overwrite, directory=False) if args.out else nullcontext()
     with claim as out:

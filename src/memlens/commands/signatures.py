@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from memlens.analyses.signatures.decoders import DECODERS
+from memlens.analyses.signatures.decoders import DECODER_CHOICES
 from memlens.commands.common import add_model_arguments, add_option, add_overwrite
 from memlens.core.errors import MemlensError
 
@@ -24,8 +24,7 @@ def register(sub) -> None:
     _add_inputs(p)
     _add_measure(p)
     _add_comparisons(p)
-    add_option(p, "blocks", help="bootstrap blocks (at least 2; default 20)",
-               schema_check=False)  # check_config: "--blocks must be at least 2"
+    add_option(p, "blocks", help="bootstrap blocks (at least 2; default 20)")
     add_option(p, "bootstrap", default=1000,
                help="bootstrap resamples (0: no intervals; default 1000)")
     add_option(p, "device", help="auto, cpu or cuda (state extraction)")
@@ -33,6 +32,8 @@ def register(sub) -> None:
     add_option(p, "seed")
     p.add_argument("--out", required=True, help="result directory")
     add_option(p, "resume", help="continue an interrupted run from .<OUT>.partial.npz")
+    add_option(p, "progress", flag="--no-progress", help="no progress lines (one per "
+               "signature) on stdout")
     add_overwrite(p)
     p.set_defaults(func=run)
 
@@ -45,8 +46,8 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heldout", help="held-out text for the reported numbers (default: the "
                    "part of --corpus after the training part)")
     p.add_argument("--format", choices=["text", "conllu"], default="text")
-    p.add_argument("--train-tokens", type=int, help="use only the first N training tokens")
-    p.add_argument("--heldout-tokens", type=int, help="use only N held-out tokens")
+    add_option(p, "train_tokens")
+    add_option(p, "heldout_tokens")
 
 
 def _add_measure(p: argparse.ArgumentParser) -> None:
@@ -67,8 +68,10 @@ def _add_measure(p: argparse.ArgumentParser) -> None:
                "(independent windows from the initial state); lags stay inside a segment. "
                "The n-gram and window-LM comparisons always read the stream. Speech corpora: "
                "sentence (default: each utterance from the initial state) or stream")
-    p.add_argument("--decoder", choices=DECODERS, default="linear",
-                   help="linear: joint softmax trained by Adam from a random start; "
+    p.add_argument("--decoder", choices=DECODER_CHOICES, default="auto",
+                   help="auto (default): linear-fast from 1000 decoded symbols on (word "
+                   "models), else linear; linear: joint softmax trained by Adam from a "
+                   "random start; "
                    "linear-fast: the same softmax from a closed-form (LDA) start and 3 "
                    "epochs, for large symbol sets (thousands of word types: 5x faster at "
                    "equal held-out accuracy, README); mlp: one shared hidden layer")
@@ -79,14 +82,14 @@ def _add_measure(p: argparse.ArgumentParser) -> None:
 def _add_comparisons(p: argparse.ArgumentParser) -> None:
     """The control and the comparison models: --control, --ngram, --window-lm, --lm-*."""
     p.add_argument("--control", choices=["random-init", "none"], default="random-init")
-    p.add_argument("--ngram", type=int, default=0, help="add the state of an N-gram model "
-                   "(its window) as a comparison, and its KN perplexity (0 = off)")
-    p.add_argument("--window-lm", type=int, default=0, help="add a feed-forward window LM of "
-                   "order N as a comparison (0 = off)")
+    add_option(p, "ngram", help="add the state of an N-gram model (its window) as a "
+               "comparison, and its KN perplexity (0 = off)")
+    add_option(p, "window_lm", help="add a feed-forward window LM of order N as a comparison "
+               "(0 = off)")
     p.add_argument("--lm-train", help="text for the comparison LMs (default: the model's "
                    "training text if recorded in the checkpoint)")
-    p.add_argument("--lm-max-tokens", type=int, default=300000)
-    p.add_argument("--lm-epochs", type=int, default=2)
+    add_option(p, "lm_max_tokens")
+    add_option(p, "lm_epochs")
 
 
 def progress_path(out: str | Path) -> Path:
@@ -151,7 +154,8 @@ def _compute(args: argparse.Namespace, cfg, checkpoint, group):
 
     if not _is_speech(args):
         rank0 = group is None or group.rank == 0
-        return run_study(cfg, log=print if rank0 else _silent, checkpoint=checkpoint)
+        return run_study(cfg, log=print if rank0 and args.progress else _silent,
+                         checkpoint=checkpoint)
     from memlens.analyses.speech.analysis import speech_signature_study
 
     if group is not None:  # a speech recogniser on a speech corpus (no --resume)

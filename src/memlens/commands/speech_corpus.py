@@ -20,21 +20,18 @@ def register(sub) -> None:
     p.add_argument("--text", required=True, help="running text to take sentences from "
                    "(e.g. ../shared/data/wikitext-2/valid.txt)")
     p.add_argument("--out", required=True, help="corpus directory to write")
-    p.add_argument("--utterances", type=int, default=100)
-    p.add_argument("--test-fraction", type=float, default=0.1,
+    add_option(p, "utterances")
+    add_option(p, "test_fraction",
                    help="held-out share (unseen sentences, seen voices)")
     add_option(p, "seed")
-    p.add_argument("--workers", type=int, default=2, help="processes (at most 2)")
+    add_option(p, "workers")
     add_overwrite(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from memlens.core.errors import MemlensError
     from memlens.data.speech.synth import espeak_binary, synthesise_corpus
 
-    if not 0 < args.test_fraction < 1:
-        raise MemlensError("--test-fraction must be between 0 and 1")
     espeak_binary()
     with claim_output(args.out, args.overwrite) as out:
         with atomic_dir(out, kind="speech-corpus") as tmp:

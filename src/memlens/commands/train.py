@@ -22,26 +22,21 @@ def register(sub) -> None:
     p.add_argument("--format", choices=["text", "conllu"], default="text")
     p.add_argument("--unit", choices=["word", "char"], default="word")
     p.add_argument("--arch", choices=ARCHITECTURES, default="lstm")
-    p.add_argument("--layers", type=int, default=1)
-    p.add_argument("--emb", type=int, default=64)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--rank", type=int, help="rank of the recurrent kernel (flstm)")
-    p.add_argument("--groups", type=int, default=2, help="number of groups (glstm)")
-    p.add_argument("--vocab-size", type=int, default=10000, help="word vocabulary cap")
-    p.add_argument("--min-freq", type=int, default=1)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--bptt", type=int, default=35)
-    p.add_argument("--batch", type=int, default=20)
+    for name in ("layers", "emb", "hidden", "rank", "groups", "vocab_size", "min_freq",
+                 "epochs", "bptt", "batch"):
+        add_option(p, name)
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
-    p.add_argument("--lr", type=float, help="learning rate (sgd: 1, adam: 0.002)")
-    p.add_argument("--clip", type=float, default=5.0)
-    p.add_argument("--dropout", type=float, default=0.5)
+    add_option(p, "lr", help="learning rate (sgd: 1, adam: 0.002)")
+    add_option(p, "clip")
+    add_option(p, "dropout")
     p.add_argument("--tied", action="store_true", help="tie input and output embeddings")
     p.add_argument("--pretrained", help="fixed embeddings in word2vec text format")
     add_option(p, "max_tokens", help="use only the first N training tokens")
     add_option(p, "seed")
     add_option(p, "device")
     add_option(p, "resume", help="continue an interrupted run from its last finished epoch")
+    add_option(p, "progress", flag="--no-progress", help="no progress bar (default: a bar "
+               "on a terminal)")
     add_overwrite(p)
     p.set_defaults(func=run)
 
@@ -55,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
                       bptt=args.bptt, batch=args.batch, optimizer=args.optimizer, lr=args.lr,
                       clip=args.clip, dropout=args.dropout, tied=args.tied,
                       pretrained=args.pretrained, max_tokens=args.max_tokens, seed=args.seed,
-                      device=args.device, resume=args.resume)
+                      device=args.device, resume=args.resume,
+                      progress=None if args.progress else False)
     model = train_into(args.out, args.overwrite, args.resume, lambda: train(cfg))
     best = min(model.history, key=lambda r: r.get("valid_loss", r["train_loss"]))
     print(f"best epoch {best['epoch']}: perplexity {best['valid_ppl']:.2f}; saved {args.out}")

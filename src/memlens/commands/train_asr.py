@@ -23,26 +23,26 @@ def register(sub) -> None:
                    "utterances, else the last 10%%) or a LibriSpeech-layout directory")
     p.add_argument("--out", required=True, help="checkpoint to write")
     p.add_argument("--arch", choices=["lstm", "gru"], default="lstm")
-    p.add_argument("--layers", type=int, default=3)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--stack", type=int, default=3,
-                   help="stack (and subsample by) this many 10 ms frames per step")
+    add_option(p, "layers", default=3)
+    add_option(p, "hidden")
+    add_option(p, "stack")
     p.add_argument("--norm", choices=["corpus", "utterance", "none"], default="corpus",
                    help="mean/variance normalisation of the features")
-    p.add_argument("--dropout", type=float, default=0.0, help="between layers")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch", type=int, default=16, help="utterances per batch")
-    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
-    p.add_argument("--clip", type=float, default=5.0, help="gradient-norm clip")
-    p.add_argument("--max-train", type=int, help="use only the first N training utterances")
-    p.add_argument("--time-limit", type=float,
-                   help="minutes of training: stop (evaluate, save) once passed "
-                   "(checked before every batch)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    add_option(p, "dropout", default=0.0, help="dropout between layers, in [0, 1)")
+    add_option(p, "epochs", default=10)
+    add_option(p, "batch", default=16, help="utterances per batch")
+    add_option(p, "lr", default=2e-3, help="Adam learning rate")
+    for name in ("clip", "max_train", "time_limit", "threads"):
+        add_option(p, name)
     add_option(p, "seed")
     add_option(p, "resume", help="continue an interrupted run from its last finished epoch")
+    add_option(p, "progress", flag="--no-progress", help="no per-epoch progress lines")
     add_overwrite(p)
     p.set_defaults(func=run)
+
+
+def _quiet(_message: str) -> None:
+    """The log of ``--no-progress``."""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
                     dropout=args.dropout, epochs=args.epochs, batch=args.batch, lr=args.lr,
                     clip=args.clip, seed=args.seed, max_train=args.max_train,
                     time_limit=args.time_limit, threads=args.threads, resume=args.resume)
-    model = train_into(args.out, args.overwrite, args.resume, lambda: train_asr(cfg))
+    log = print if args.progress else _quiet
+    model = train_into(args.out, args.overwrite, args.resume, lambda: train_asr(cfg, log=log))
     best = min(model.history, key=lambda r: r["cer"])
     print(f"best epoch {best['epoch']}: held-out CER {100 * best['cer']:.2f}% WER "
           f"{100 * best['wer']:.2f}%; saved {args.out}")

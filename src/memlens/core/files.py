@@ -1,8 +1,21 @@
-"""File primitives every layer may use: bounded reads of user files and atomic writes.
+"""File primitives every layer may use: the gate of every input file, bounded reads and atomic
+writes.
 
-Reading (:func:`read_bytes`, :func:`read_text`): a user's file is refused with a one-line
-:class:`MemlensError` when it is missing, a directory, unreadable, larger than a given bound,
-empty, binary (NUL bytes) or not UTF-8; nothing larger than the bound is read into memory.
+Reading: every reader of a user's file passes :func:`check_input_file` (or opens it with
+:func:`open_input`) before anything is opened. It refuses, with a one-line
+:class:`MemlensError` naming what the file is (corpus, vocabulary, checkpoint, ...) and the
+path: a missing path, a directory, anything that is not a regular file (a FIFO, a device such
+as ``/dev/zero``, a socket; ``/proc`` and ``/sys`` pseudo files, which stat as regular files of
+size 0), all by ``stat``, and a file larger than the **input limit**:
+
+* text inputs (corpora, vocabularies, lexicons, word lists, manifests, JSON):
+  :data:`TEXT_LIMIT` = 2 GiB (:func:`text_limit`);
+* weights, checkpoints and arrays: the memory budget, i.e. the physical memory or
+  ``MEMLENS_MAX_MEMORY`` (:func:`binary_limit`);
+* ``MEMLENS_MAX_INPUT_BYTES`` (a number of bytes, e.g. ``8e9``), when set, replaces both.
+
+:func:`read_bytes` / :func:`read_text` / :func:`read_json` never read more than the limit + 1
+bytes; :func:`read_text` also refuses empty, binary (NUL bytes) and non-UTF-8 files.
 
 Writing (:func:`atomic_path`, :func:`write_atomic`): a file is written under a temporary name
 beside its target, flushed to disk, given the mode a plain ``open`` would give it
@@ -11,15 +24,18 @@ beside its target, flushed to disk, given the mode a plain ``open`` would give i
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from memlens.core.errors import MemlensError
+from memlens.core.errors import MemlensError, WriteError
+from memlens.core.limits import memory_budget
+from memlens.core.signals import deferred_interrupts
 
 
 def _read_umask() -> int:
@@ -38,42 +54,172 @@ def public_mode(tmp: Path, mode: int) -> None:
 
 
 # -- reading -------------------------------------------------------------------------------------
-def check_regular(path: str | os.PathLike, what: str = "input") -> None:
-    """Refuse a path that is not a regular file (a FIFO, a device such as /dev/zero, a
-    socket): reading one could block forever or never end. A missing path or a directory is
-    left to the caller's own message."""
+LIMIT_ENV = "MEMLENS_MAX_INPUT_BYTES"
+TEXT_LIMIT = 2 << 30        # default bound of a text input (corpus, vocabulary, lexicon, ...)
+_KERNEL_DIRS = ("/proc", "/sys")  # pseudo files there stat as regular files of size 0
+
+
+def _env_limit() -> int | None:
+    """``MEMLENS_MAX_INPUT_BYTES`` as a number of bytes, None when unset or empty."""
+    raw = os.environ.get(LIMIT_ENV)
+    if raw is None or not raw.strip():
+        return None
     try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return
-    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 1 <= value < 2**63):
+        raise MemlensError(f"the environment variable {LIMIT_ENV} must be a positive finite "
+                           f"number of bytes (e.g. 4e9), got {raw!r:.60}")
+    return int(value)
+
+
+def text_limit() -> int:
+    """The size bound of a text input: ``MEMLENS_MAX_INPUT_BYTES`` or 2 GiB."""
+    env = _env_limit()
+    return TEXT_LIMIT if env is None else env
+
+
+def binary_limit() -> int:
+    """The size bound of weights, checkpoints and arrays: ``MEMLENS_MAX_INPUT_BYTES`` or the
+    memory budget (:func:`memlens.core.limits.memory_budget`)."""
+    env = _env_limit()
+    return memory_budget() if env is None else env
+
+
+def _kernel_devices() -> set[int]:
+    devices = set()
+    for d in _KERNEL_DIRS:
+        try:
+            devices.add(os.stat(d).st_dev)
+        except OSError:
+            pass
+    return devices
+
+
+def _check_path_type(path: Any, what: str) -> Path:
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise MemlensError(f"{what} path must be a str or os.PathLike, got "
+                           f"{type(path).__name__}")
+    p = Path(path)
+    if not str(path):
+        raise MemlensError(f"{what} path is empty")
+    return p
+
+
+def _refuse_special(p: Path, st: os.stat_result, what: str) -> None:
+    """Refuse a stat that is not a regular file, or a kernel pseudo file (``/proc``, ``/sys``)."""
+    if stat.S_ISDIR(st.st_mode):
+        raise MemlensError(f"{what} path is a directory, not a file: {p}")
+    if not stat.S_ISREG(st.st_mode):
         raise MemlensError(f"{what} path is not a regular file (a FIFO, device or socket): "
-                           f"{path}")
+                           f"{p}")
+    if st.st_dev in _kernel_devices() or str(p.resolve()).startswith(
+            tuple(d + "/" for d in _KERNEL_DIRS)):
+        raise MemlensError(f"{what} path is a kernel pseudo file (/proc or /sys), not a "
+                           f"regular file: {p}")
+
+
+def _limit_hint(limit: int) -> str:
+    """Where the bound ``limit`` comes from, for the message."""
+    if _env_limit() is not None or limit == TEXT_LIMIT:
+        return f"set {LIMIT_ENV} to raise it"
+    if limit == memory_budget():
+        return f"the memory budget; set {LIMIT_ENV} or MEMLENS_MAX_MEMORY to raise it"
+    return "the reader's own bound"
+
+
+def _refuse_size(p: Path, size: int, what: str, limit: int | None) -> None:
+    if limit is not None and size > limit:
+        raise MemlensError(f"{what} file {p} is {size} bytes, larger than the input limit "
+                           f"of {limit} bytes ({_limit_hint(limit)})")
+
+
+def check_input_file(path: str | os.PathLike, what: str = "input",
+                     limit: int | None = None) -> os.stat_result:
+    """The gate every reader passes before opening a user's file: refuse (one line naming
+    ``what`` and the path) a path of the wrong type, a missing path, a directory, anything
+    that is not a regular file (a FIFO, a device such as ``/dev/zero``, a socket, a ``/proc``
+    or ``/sys`` pseudo file) and a file larger than ``limit`` bytes (:func:`text_limit` when
+    None; pass :func:`binary_limit` for weights and arrays), all by ``stat``, before anything
+    is opened. Returns the ``stat`` result."""
+    p = _check_path_type(path, what)
+    if limit is None:
+        limit = text_limit()
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise MemlensError(f"{what} file not found: {p}") from None
+    except NotADirectoryError:
+        raise MemlensError(f"{what} file not found (a parent is not a directory): {p}") from None
+    except (OSError, ValueError) as exc:  # permissions, a name too long, a NUL byte
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise MemlensError(f"cannot read {what} file {p}: {why}") from None
+    _refuse_special(p, st, what)
+    _refuse_size(p, st.st_size, what, limit)
+    return st
+
+
+@contextmanager
+def open_input(path: str | os.PathLike, what: str = "input",
+               limit: int | None = None) -> Iterator[BinaryIO]:
+    """Open a user's file for reading in binary after :func:`check_input_file`. The file is
+    opened non-blocking and checked again with ``fstat`` (a FIFO swapped in after the
+    ``stat`` never blocks the open and is refused)."""
+    limit = text_limit() if limit is None else limit
+    st = check_input_file(path, what, limit)
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise MemlensError(f"cannot read {what} file {p}: {exc.strerror or exc}") from None
+    try:
+        now = os.fstat(fd)
+        _refuse_special(p, now, what)
+        _refuse_size(p, max(now.st_size, st.st_size), what, limit)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        fh = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with fh:
+        yield fh
+
+
+def check_regular(path: str | os.PathLike, what: str = "input",
+                  limit: int | None = None) -> None:
+    """Refuse a path that is not a regular file (a FIFO, a device such as /dev/zero, a
+    socket, a ``/proc`` file) or that is larger than ``limit`` bytes (:func:`binary_limit`
+    when None): reading one could block forever or never end. A missing path or a directory
+    is left to the caller's own message."""
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError, ValueError):
+        return
+    if stat.S_ISDIR(st.st_mode):
+        return
+    p = Path(path)
+    _refuse_special(p, st, what)
+    _refuse_size(p, st.st_size, what, binary_limit() if limit is None else limit)
 
 
 def read_bytes(path: str | os.PathLike, what: str = "input",
                max_bytes: int | None = None) -> bytes:
-    """The bytes of the regular file ``path``, refusing a missing path, a directory, an
-    unreadable file and (with ``max_bytes``) a file larger than ``max_bytes`` bytes, each with
-    a one-line :class:`MemlensError` that names ``what``."""
-    p = Path(path)
-    if not p.exists():
-        raise MemlensError(f"{what} file not found: {p}")
-    if p.is_dir():
-        raise MemlensError(f"{what} path is a directory, not a file: {p}")
-    check_regular(p, what)
-    try:
-        if max_bytes is None:
-            data = p.read_bytes()
-        else:
-            if p.stat().st_size > max_bytes:
-                raise MemlensError(f"{what} file {p} is larger than {max_bytes} bytes")
-            with open(p, "rb") as fh:
-                data = fh.read(max_bytes + 1)
-    except OSError as exc:  # unreadable (permissions), a special file, an I/O error
-        raise MemlensError(f"cannot read {what} file {p}: {exc.strerror or exc}") from None
-    if max_bytes is not None and len(data) > max_bytes:  # grew, or a special file
-        raise MemlensError(f"{what} file {p} is larger than {max_bytes} bytes")
+    """The bytes of the regular file ``path`` (through :func:`check_input_file`, bound
+    ``max_bytes`` or :func:`text_limit`), refusing a missing path, a directory, a special
+    file, an unreadable file and a file larger than the bound, each with a one-line
+    :class:`MemlensError` that names ``what``. At most bound + 1 bytes are ever read."""
+    limit = text_limit() if max_bytes is None else max_bytes
+    with open_input(path, what, limit) as fh:
+        try:
+            data = fh.read(limit + 1)
+        except OSError as exc:  # an I/O error
+            raise MemlensError(f"cannot read {what} file {path}: {exc.strerror or exc}"
+                               ) from None
+    if len(data) > limit:  # the file grew while it was read
+        raise MemlensError(f"{what} file {path} is larger than the input limit of {limit} "
+                           f"bytes ({_limit_hint(limit)})")
     return data
 
 
@@ -81,8 +227,8 @@ def read_text(path: str | os.PathLike, what: str = "corpus",
               max_bytes: int | None = None) -> str:
     """Return the UTF-8 text of ``path`` (a leading BOM removed), refusing missing, empty,
     binary (NUL in the first 64 KiB) and non-UTF-8 files (the error names the line)."""
-    p = Path(path)
-    data = read_bytes(p, what, max_bytes)
+    p = Path(path) if isinstance(path, (str, os.PathLike)) else path
+    data = read_bytes(path, what, max_bytes)
     if not data.strip():
         raise MemlensError(f"{what} file is empty: {p}")
     if b"\x00" in data[:65536]:
@@ -95,6 +241,22 @@ def read_text(path: str | os.PathLike, what: str = "corpus",
     return text.lstrip("\ufeff")
 
 
+def read_json(path: str | os.PathLike, what: str = "JSON", max_bytes: int | None = None
+              ) -> Any:
+    """The JSON document of ``path`` (through :func:`read_text`; a malformed or too deeply
+    nested document is a one-line error naming ``what``)."""
+    import json
+
+    text = read_text(path, what, max_bytes)
+    try:
+        return json.loads(text)
+    except ValueError as exc:  # malformed, or an integer of more than 4300 digits
+        why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "malformed"
+        raise MemlensError(f"malformed {what} {path}: {why}") from None
+    except RecursionError:
+        raise MemlensError(f"malformed {what} {path}: nested too deeply") from None
+
+
 # -- writing -------------------------------------------------------------------------------------
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -103,18 +265,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb") as fh:
-            os.fsync(fh.fileno())
-        public_mode(tmp_path, 0o666)
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
+    with deferred_interrupts():  # a save that has begun finishes (issue 21)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        try:
+            yield tmp_path
+            with open(tmp_path, "rb") as fh:
+                os.fsync(fh.fileno())
+            public_mode(tmp_path, 0o666)
+            os.replace(tmp_path, path)
+        except BaseException as exc:
+            tmp_path.unlink(missing_ok=True)
+            failure = WriteError.from_exception(exc, path)  # disk full, file too large
+            if failure is not None:
+                raise failure from None
+            raise
 
 
 def write_atomic(path: str | os.PathLike, writer: Callable[[Path], Any]) -> None:
@@ -123,4 +289,6 @@ def write_atomic(path: str | os.PathLike, writer: Callable[[Path], Any]) -> None
         writer(tmp)
 
 
-__all__ = ["UMASK", "atomic_path", "public_mode", "read_bytes", "read_text", "write_atomic"]
+__all__ = ["LIMIT_ENV", "TEXT_LIMIT", "UMASK", "atomic_path", "binary_limit", "check_input_file",
+           "check_regular", "open_input", "public_mode", "read_bytes", "read_json", "read_text",
+           "text_limit", "write_atomic"]

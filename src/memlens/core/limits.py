@@ -7,6 +7,7 @@ physical memory (or ``MEMLENS_MAX_MEMORY`` bytes, when set) before it is allocat
 
 from __future__ import annotations
 
+import math
 import os
 
 from memlens.core.errors import MemlensError
@@ -15,17 +16,21 @@ MAX_LAYERS = 64
 MAX_WIDTH = 1 << 16        # embedding size, hidden size
 MAX_VOCAB = 1 << 24        # vocabulary entries
 MAX_POSITIONS = 2**62      # stream positions (stop_after, warmup, max_tokens, context lengths)
+MAX_PROCESSES = 1 << 16    # WORLD_SIZE of a torchrun launch
 
 
 def memory_budget() -> int:
     """Bytes memlens may plan to allocate: ``MEMLENS_MAX_MEMORY`` or the physical memory."""
     env = os.environ.get("MEMLENS_MAX_MEMORY")
-    if env:
+    if env is not None and env.strip():
         try:
-            return int(float(env))
+            value = float(env)
         except ValueError:
-            raise MemlensError(f"MEMLENS_MAX_MEMORY must be a number of bytes, got {env!r}"
-                               ) from None
+            value = math.nan
+        if not (math.isfinite(value) and 1 <= value < 2**63):
+            raise MemlensError(f"the environment variable MEMLENS_MAX_MEMORY must be a "
+                               f"positive finite number of bytes (e.g. 8e9), got {env!r:.60}")
+        return int(value)
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
@@ -41,6 +46,23 @@ def check_memory(nbytes: float, what: str) -> None:
                            "sizes")
 
 
+def env_int(name: str, default: int, low: int, high: int) -> int:
+    """The environment variable ``name`` as an int in [low, high] (``default`` when unset or
+    empty), or a one-line error naming the variable."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    text = raw.strip()
+    if not (text.isascii() and text.lstrip("+-").isdigit()):
+        raise MemlensError(f"the environment variable {name} must be an integer in "
+                           f"{low}..{high}, got {raw!r:.60}")
+    value = int(text)
+    if not low <= value <= high:
+        raise MemlensError(f"the environment variable {name} must be in {low}..{high}, got "
+                           f"{raw!r:.60}")
+    return value
+
+
 def check_int(value, name: str, low: int, high: int) -> int:
     """``value`` as an int in [low, high], or a one-line error naming the option."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -48,3 +70,10 @@ def check_int(value, name: str, low: int, high: int) -> int:
     if not low <= value <= high:
         raise MemlensError(f"{name} must be in {low}..{high}, got {value}")
     return value
+
+
+def shown(value, limit: int = 40) -> str:
+    """``repr(value)`` on one line, at most ``limit`` characters (for error messages: the
+    repr of an array or a long string must not break the one-line contract)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

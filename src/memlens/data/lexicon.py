@@ -69,7 +69,7 @@ def parse_lexicon_line(line: str) -> tuple[str, list[str]] | None:
 def read_lexicon(path: str | os.PathLike) -> dict[str, list[str]]:
     """Return {word: [tags]} from a word -> possible-tags file (either format; words listed
     without a tag map to [])."""
-    lexicon: dict[str, list[str]] = {}
+    lexicon: dict = {}  # word -> {tag: None}: the tags in first-seen order, linear time
     for number, line in enumerate(read_text(path, "lexicon").splitlines(), start=1):
         try:
             entry = parse_lexicon_line(line)
@@ -78,11 +78,24 @@ def read_lexicon(path: str | os.PathLike) -> dict[str, list[str]]:
         if entry is None:
             continue
         word, tags = entry
-        known = lexicon.setdefault(word, [])
-        known.extend(t for t in dict.fromkeys(tags) if t not in known)
+        lexicon.setdefault(word, {}).update(dict.fromkeys(tags))  # ordered, no repeats
+    lexicon = {word: list(tags) for word, tags in lexicon.items()}
     if not lexicon:
         raise MemlensError(f"lexicon file has no entries: {path}")
     return lexicon
+
+
+def check_lexicon_words(lexicon: dict[str, list[str]], known, path: str | os.PathLike
+                        ) -> list[str]:
+    """The words of ``lexicon`` that are not among ``known`` (the model's vocabulary, or the
+    corpus' words), at most all of them; a lexicon none of whose words is known is refused
+    with one line (its classes would be empty: a lexicon of another language or
+    tokenisation)."""
+    missing = [w for w in lexicon if w not in known]
+    if lexicon and len(missing) == len(lexicon):
+        raise MemlensError(f"lexicon file {path}: none of its {len(lexicon)} words is in the "
+                           f"model's vocabulary or the corpus (e.g. {missing[0][:40]!r})")
+    return missing
 
 
 def read_groups(path: str | os.PathLike) -> dict[str, list[str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -9,9 +10,42 @@ from dataclasses import dataclass, field
 import torch
 
 from memlens.core.errors import MemlensError
+from memlens.core.limits import MAX_VOCAB, check_int
 
 UNK = "<unk>"
 EOS = "<eos>"
+
+
+def _symbols(symbols) -> list[str]:
+    """The symbols of a vocabulary: a sequence of strings (a str, a mapping or a symbol that
+    is not a str is refused: ``str(3)`` would silently stand for the id of ``3``)."""
+    if isinstance(symbols, (str, bytes, dict)) or not hasattr(symbols, "__iter__"):
+        raise MemlensError(f"vocabulary symbols must be a list of strings, got "
+                           f"{type(symbols).__name__}")
+    out = list(symbols)
+    if len(out) > MAX_VOCAB:
+        raise MemlensError(f"vocabulary has {len(out)} symbols, more than {MAX_VOCAB}")
+    bad = next((s for s in out if not isinstance(s, str)), None)
+    if bad is not None:
+        raise MemlensError(f"vocabulary symbols must be strings, got {type(bad).__name__} "
+                           f"{' '.join(repr(bad).split())[:40]}")
+    return out
+
+
+def _counts(counts) -> list[int] | None:
+    """Training counts: None, or non-negative integers (one per symbol, checked later)."""
+    if counts is None:
+        return None
+    if isinstance(counts, (str, bytes, dict)) or not hasattr(counts, "__iter__"):
+        raise MemlensError(f"vocabulary counts must be a list of integers, got "
+                           f"{type(counts).__name__}")
+    out = []
+    for c in counts:
+        if isinstance(c, bool) or not isinstance(c, numbers.Integral) or c < 0:
+            raise MemlensError(f"vocabulary counts must be non-negative integers, got "
+                               f"{' '.join(repr(c).split())[:40]}")
+        out.append(int(c))
+    return out
 
 
 @dataclass
@@ -32,6 +66,10 @@ class Vocab:
     stoi: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self):
+        self.itos, self.counts = _symbols(self.itos), _counts(self.counts)
+        if self.unk is not None and not isinstance(self.unk, str):
+            raise MemlensError(f"vocabulary unknown symbol must be a string or None, got "
+                               f"{type(self.unk).__name__}")
         if self.counts is not None and len(self.itos) != len(self.counts):
             raise MemlensError("vocabulary symbols and counts differ in length")
         if not self.itos:
@@ -49,11 +87,10 @@ class Vocab:
     def from_symbols(cls, symbols: Sequence[str], counts: Sequence[int] | None = None,
                      unk: str | None = "auto") -> Vocab:
         """A user's vocabulary in id order. ``unk="auto"``: ``<unk>`` if present, else none."""
-        symbols = [str(s) for s in symbols]
+        symbols = _symbols(symbols)
         if unk == "auto":
             unk = UNK if UNK in symbols else None
-        return cls(symbols, None if counts is None else [int(c) for c in counts], unk,
-                   memlens_layout=False)
+        return cls(symbols, _counts(counts), unk, memlens_layout=False)
 
     @classmethod
     def read(cls, path) -> Vocab:
@@ -68,10 +105,13 @@ class Vocab:
             sym, tab, count = line.partition("\t")
             if tab:
                 try:
-                    counts.append(int(count))
+                    value = int(count)
                 except ValueError:
-                    raise MemlensError(f"{path}:{number}: bad count {count!r} (expected "
-                                       "symbol<TAB>integer)") from None
+                    value = -1
+                if value < 0:
+                    raise MemlensError(f"{path}:{number}: bad count {count[:40]!r} (expected "
+                                       "symbol<TAB>non-negative integer)")
+                counts.append(value)
             symbols.append(sym)
         if not symbols:
             raise MemlensError(f"vocabulary file has no symbols: {path}")
@@ -83,9 +123,21 @@ class Vocab:
     def build(cls, tokens: Iterable[str], max_size: int | None = None,
               min_freq: int = 1) -> Vocab:
         """Count ``tokens`` and keep the most frequent (at most ``max_size`` incl. specials)."""
-        if max_size is not None and max_size < 3:
-            raise MemlensError(f"vocabulary size must be at least 3 (<unk>, <eos>, one symbol), "
-                               f"got {max_size}")
+        if max_size is not None and not isinstance(max_size, bool) \
+                and isinstance(max_size, int) and max_size < 3:
+            raise MemlensError(f"vocabulary size must be at least 3 (<unk>, <eos>, one "
+                               f"symbol), got {max_size}")
+        if max_size is not None:
+            check_int(max_size, "vocabulary size", 3, MAX_VOCAB)
+        check_int(min_freq, "min_freq", 1, 2**62)
+        if isinstance(tokens, (str, bytes)) or not hasattr(tokens, "__iter__"):
+            raise MemlensError(f"vocabulary tokens must be a sequence of strings, got "
+                               f"{type(tokens).__name__}")
+        tokens = list(tokens)
+        bad = next((t for t in tokens if not isinstance(t, str)), None)
+        if bad is not None:
+            raise MemlensError(f"vocabulary tokens must be strings, got "
+                               f"{type(bad).__name__}")
         counter = Counter(tokens)
         unk, eos = counter.pop(UNK, 0), counter.pop(EOS, 0)
         ranked = [(s, c) for s, c in counter.most_common() if c >= min_freq]

@@ -9,7 +9,10 @@ not add up to more than :data:`MAX_EXPANSION` times the file's size (``torch.sav
 members uncompressed), so a small "zip bomb" cannot make the loader allocate gigabytes. The
 config's sizes are bounded (:mod:`memlens.core.limits`) and every weight's shape is compared with
 the shape the config implies (computed on the ``meta`` device, allocating nothing) before the
-model is built.
+model is built. The file itself passes the input gate first (:mod:`memlens.core.files`: a
+FIFO, a device or a file larger than the memory budget is refused by ``stat``), and an archive
+whose members expand beyond the memory budget (``MEMLENS_MAX_MEMORY``) is refused before
+``torch.load``.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ import json
 import os
 import pickle
 import zipfile
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
 
 from memlens.core.errors import MemlensError
-from memlens.core.files import check_regular, write_atomic
+from memlens.core.files import binary_limit, check_input_file, open_input, write_atomic
+from memlens.core.limits import memory_budget
 from memlens.data.vocab import Vocab
 from memlens.models.encoder import RecurrentEncoder
 from memlens.models.layers import TorchLayer
@@ -37,36 +41,58 @@ MAX_EXPANSION = 4          # declared member bytes per byte of the file
 MAX_MEMBERS = 100_000
 
 
-def check_archive(path: str | os.PathLike, what: str = "checkpoint") -> None:
-    """Refuse a torch zip archive whose members declare more bytes than the file can hold
-    (see module docstring) or that is not a zip archive at all (legacy pickles are refused)."""
-    check_regular(path, what)
+def _archive_members(fh: BinaryIO, path: str | os.PathLike, what: str
+                     ) -> list[zipfile.ZipInfo]:
     try:
-        size = os.path.getsize(path)
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        with zipfile.ZipFile(fh) as zf:
+            return zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MemlensError(f"not a memlens {what} (cannot be read safely): {path}: not a "
                            f"torch zip archive ({reason[:200]})") from None
+
+
+def check_archive(path: str | os.PathLike, what: str = "checkpoint",
+                  fh: BinaryIO | None = None) -> None:
+    """Refuse a torch zip archive (through the input gate: a special file, or one larger
+    than :func:`~memlens.core.files.binary_limit`, is never opened) whose members declare
+    more bytes than the file can hold or than the memory budget (see module docstring), or
+    that is not a zip archive at all (legacy pickles are refused). ``fh``: the file already
+    opened through :func:`~memlens.core.files.open_input`."""
+    if fh is None:
+        with open_input(path, what, binary_limit()) as opened:
+            check_archive(path, what, opened)
+        return
+    fh.seek(0, os.SEEK_END)
+    size = fh.tell()
+    fh.seek(0)
+    infos = _archive_members(fh, path, what)
+    fh.seek(0)
     declared = sum(i.file_size for i in infos)
     if len(infos) > MAX_MEMBERS or declared > MAX_EXPANSION * size + (1 << 20):
         raise MemlensError(f"refusing {what} {path}: its archive declares {declared} bytes "
                            f"in {len(infos)} members for a {size}-byte file (a zip bomb?)")
+    budget = memory_budget()
+    if declared > budget:
+        raise MemlensError(f"refusing {what} {path}: it expands to {declared / 2**30:.1f} GiB, "
+                           f"more than the memory budget ({budget / 2**30:.1f} GiB; "
+                           "MEMLENS_MAX_MEMORY)")
 
 
 def load_checked(path: str | os.PathLike, what: str = "checkpoint",
                  map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(weights_only=True)`` after :func:`check_archive`; any unreadable content
-    becomes a one-line :class:`MemlensError`."""
-    check_archive(path, what)
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
-            OSError, AttributeError, TypeError, KeyError, IndexError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MemlensError(f"not a memlens {what} (cannot be read safely): {path}: "
-                           f"{reason[:200]}") from None
+    """``torch.load(weights_only=True)`` after the input gate and :func:`check_archive`, on
+    the file opened once; any unreadable content becomes a one-line :class:`MemlensError`."""
+    with open_input(path, what, binary_limit()) as fh:
+        check_archive(path, what, fh)
+        try:
+            return torch.load(fh, map_location=map_location, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile,
+                ValueError, OSError, AttributeError, TypeError, KeyError, IndexError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else \
+                type(exc).__name__
+            raise MemlensError(f"not a memlens {what} (cannot be read safely): {path}: "
+                               f"{reason[:200]}") from None
 
 
 def check_shapes(config: dict, vocab_size: int, state: dict) -> None:
@@ -192,10 +218,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
 
     The returned model is in eval mode and has ``.vocab``, ``.config`` and ``.extra``.
     """
-    if not os.path.exists(path):
-        raise MemlensError(f"checkpoint not found: {path}")
-    if os.path.isdir(path):
-        raise MemlensError(f"checkpoint path is a directory: {path}")
+    check_input_file(path, "checkpoint", binary_limit())  # missing, special, huge: one line
     payload = load_checked(path)
     if not isinstance(payload, dict) or payload.get("format") != MAGIC:
         raise MemlensError(f"not a memlens checkpoint: {path}")

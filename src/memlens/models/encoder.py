@@ -100,7 +100,7 @@ class RecurrentEncoder(nn.Module):
             raise MemlensError("a vocabulary needs token inputs: this model reads continuous "
                                "vectors")
         if not isinstance(vocab, Vocab):
-            vocab = Vocab.from_symbols(list(vocab))
+            vocab = Vocab.from_symbols(vocab)  # checks: a sequence of strings
         if len(vocab) != self.vocab_size:
             raise MemlensError(f"the vocabulary has {len(vocab)} symbols but the embedding "
                                f"table has {self.vocab_size} rows")

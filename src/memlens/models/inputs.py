@@ -53,12 +53,50 @@ class Stream:
 
 
 def _vectors(values, what: str) -> Tensor:
-    x = torch.as_tensor(values.detach().cpu() if isinstance(values, Tensor) else values)
+    x = _as_tensor(values, what, "input vectors must be a T x I array of numbers")
     if not x.is_floating_point():
         raise MemlensError(f"{what}: input vectors must be floating point, got {x.dtype}")
     if not torch.isfinite(x).all():
         raise MemlensError(f"{what}: input vectors contain NaN or infinite values")
     return x
+
+
+def _sequence(values, what: str, tokens: list[str] | None
+              ) -> tuple[list | None, list[str] | None]:
+    """A plain sequence given as a stream: (ids, None) or (None, symbols); a str, a mapping or
+    a non-sequence is refused (a str would silently become a stream of its characters)."""
+    if isinstance(values, (str, bytes)):
+        raise MemlensError(f"{what}: a str is not a stream: give a list of symbols "
+                           "(text.split() for words, list(text) for characters) or token ids")
+    if isinstance(values, (dict, set, frozenset)) or not hasattr(values, "__iter__") \
+            or not hasattr(values, "__len__"):
+        raise MemlensError(f"{what}: give a stream (a Corpus, a list of symbols, 1-D ids or "
+                           f"T x I vectors), not {type(values).__name__}")
+    seq = list(values)
+    strings = [isinstance(t, str) for t in seq]
+    if seq and any(strings):
+        if not all(strings):
+            bad = next(t for t in seq if not isinstance(t, str))
+            raise MemlensError(f"{what}: a list of symbols must hold only strings, got "
+                               f"{type(bad).__name__}")
+        return None, list(seq)
+    return seq, tokens
+
+
+def _as_tensor(values, what: str,
+               expected: str = "token ids must be a flat list of integers in the model's "
+                               "vocabulary") -> Tensor:
+    """``values`` (a tensor, array or list) as a tensor; ragged or non-numeric lists and
+    numbers beyond int64 are refused (``expected``: the message)."""
+    if isinstance(values, Tensor):
+        return torch.as_tensor(values.detach().cpu())
+    try:
+        arr = np.asarray(values)
+        if arr.dtype.kind not in "biufc":
+            raise TypeError(arr.dtype)
+        return torch.as_tensor(arr)
+    except (TypeError, ValueError, OverflowError, RuntimeError):
+        raise MemlensError(f"{what}: {expected}") from None
 
 
 def as_stream(encoder: RecurrentEncoder, inputs, what: str = "inputs",
@@ -70,6 +108,9 @@ def as_stream(encoder: RecurrentEncoder, inputs, what: str = "inputs",
     position) override those of a Stream.
     """
     sentences = None
+    if inputs is None:
+        raise MemlensError(f"{what}: give a stream (a Corpus, a list of symbols, 1-D ids or "
+                           "T x I vectors), not None")
     if isinstance(inputs, Stream):
         labels = inputs.labels if labels is None else labels
         tokens, tags, values = inputs.tokens, dict(inputs.tags), inputs.values
@@ -79,11 +120,7 @@ def as_stream(encoder: RecurrentEncoder, inputs, what: str = "inputs",
     else:
         tokens, tags, values = None, {}, inputs
     if values is not None and not isinstance(values, (Tensor, np.ndarray)):
-        seq = list(values)
-        if seq and isinstance(seq[0], str):
-            tokens, values = [str(t) for t in seq], None
-        else:
-            values = seq
+        values, tokens = _sequence(values, what, tokens)
     if encoder.input_kind == "vectors":
         if tokens is not None and values is None:
             raise MemlensError(f"{what}: this model reads continuous vectors (T x "
@@ -105,8 +142,7 @@ def as_stream(encoder: RecurrentEncoder, inputs, what: str = "inputs",
                 raise MemlensError(f"{what}: every symbol is unknown to the model's vocabulary "
                                    "(model and corpus do not match)")
             values = vocab.encode(tokens)
-        ids = torch.as_tensor(values.detach().cpu() if isinstance(values, Tensor)
-                              else np.asarray(values))
+        ids = _as_tensor(values, what)
         if ids.dim() == 2 and ids.is_floating_point():
             raise MemlensError(f"{what}: this model reads token ids through its embedding "
                                "table, not input vectors")
@@ -128,6 +164,10 @@ def as_stream(encoder: RecurrentEncoder, inputs, what: str = "inputs",
         out = Stream(ids, labels, tokens, tags)
     if len(out) == 0:
         raise MemlensError(f"{what}: the input stream is empty")
+    if out.labels is not None and (isinstance(out.labels, (str, bytes, dict))
+                                   or not hasattr(out.labels, "__len__")):
+        raise MemlensError(f"{what}: labels must be a sequence, one per position, got "
+                           f"{type(out.labels).__name__}")
     if out.labels is not None and len(out.labels) != len(out):
         raise MemlensError(f"{what}: {len(out.labels)} labels for {len(out)} positions")
     if sentences is not None:

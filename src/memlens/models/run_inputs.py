@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from memlens.core.errors import MemlensError
-from memlens.core.files import check_regular
+from memlens.core.files import binary_limit, check_input_file
+from memlens.core.limits import check_memory
 from memlens.data.corpus import Corpus
 from memlens.data.vocab import EOS
 from memlens.models.loading import LoadedModel, load_model
@@ -103,6 +104,18 @@ def check_need(loaded: LoadedModel, need: str = "any", what: str = "this command
                            "--vocab FILE (its symbols, one per line in id order)")
 
 
+def _read_npy(path: str | os.PathLike, what: str) -> np.ndarray:
+    """The array of a .npy file, memory-mapped (never unpickled), after the input gate (a
+    FIFO, a device or a file larger than the memory budget is refused by ``stat``)."""
+    check_input_file(path, what, binary_limit())
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as exc:
+        why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else \
+            type(exc).__name__
+        raise MemlensError(f"cannot read {what} {path}: {why}") from None
+
+
 def load_vectors(path: str | os.PathLike, size: int, max_rows: int | None = None
                  ) -> np.ndarray:
     """T x I input vectors (float64) from a .npy file of floats (never unpickled): the first
@@ -110,15 +123,32 @@ def load_vectors(path: str | os.PathLike, size: int, max_rows: int | None = None
     if not str(path).endswith(".npy"):
         raise MemlensError(f"this model reads continuous vectors: --corpus must be a .npy file "
                            f"of T x {size} floats, got {path}")
-    check_regular(path, "input vectors")
-    try:
-        arr = np.load(path, allow_pickle=False, mmap_mode="r")
-    except (OSError, ValueError) as exc:
-        raise MemlensError(f"cannot read input vectors {path}: {str(exc)[:200]}") from None
+    arr = _read_npy(path, "input vectors")
     if arr.ndim != 2 or arr.shape[1] != size or arr.dtype.kind != "f":
         raise MemlensError(f"{path}: expected a T x {size} float array, got {arr.dtype} "
                            f"{arr.shape}")
-    return np.array(arr[:max_rows] if max_rows else arr, dtype=np.float64)
+    rows = arr[:max_rows] if max_rows else arr
+    check_memory(rows.size * 8, f"the input vectors of {path}")
+    return np.array(rows, dtype=np.float64)
+
+
+def load_vectors_file(path: str | os.PathLike, what: str = "direction vector",
+                      size: int | None = None) -> np.ndarray:
+    """A vector of finite floats (float64, flattened) from a .npy file, e.g. a
+    ``--direction``: through the input gate, never unpickled; an array of strings, objects
+    or booleans, an empty one, NaN or inf, and (with ``size``) a length other than ``size``
+    are one-line errors naming the file."""
+    arr = _read_npy(path, what)
+    if arr.dtype.kind not in "iuf" or arr.size == 0:
+        raise MemlensError(f"{what} {path} must hold numbers, got a {arr.dtype} array of "
+                           f"shape {arr.shape}")
+    check_memory(arr.size * 8, f"the {what} {path}")
+    vec = np.array(arr, dtype=np.float64).reshape(-1)
+    if not np.isfinite(vec).all():
+        raise MemlensError(f"{what} {path} contains NaN or infinite values")
+    if size is not None and len(vec) != size:
+        raise MemlensError(f"{what} {path} has {len(vec)} values, expected {size}")
+    return vec
 
 
 def check_oov(tokens: Sequence[str], rate: float, log: Callable[[str], None] = _stderr
@@ -178,4 +208,4 @@ def load_run_inputs(model: str | os.PathLike, corpus: str | os.PathLike, *,
 
 
 __all__ = ["RunInputs", "check_max_tokens", "check_need", "check_oov", "load_run_inputs",
-           "load_vectors", "read_run_inputs"]
+           "load_vectors", "load_vectors_file", "read_run_inputs"]

@@ -23,6 +23,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from memlens.core.limits import check_memory
+
 # "multinomial": rng.multinomial(b, [1/b]*b, size=resamples) (signatures, ablation);
 # "indices": per resample, b indices rng.integers(0, b, b), counted (gradients)
 DRAWS = ("multinomial", "indices")
@@ -54,6 +56,9 @@ def block_weights(blocks: int, resamples: int, seed: int | np.random.Generator =
     """
     if draw not in DRAWS:
         raise ValueError(f"unknown draw {draw!r}: choose {' or '.join(DRAWS)}")
+    # the weights (float64) and the integer draws they are made from, before any is drawn
+    check_memory(16.0 * max(0, resamples) * blocks,
+                 f"the bootstrap's weights ({resamples} resamples x {blocks} blocks)")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     if resamples < 1:
         return np.zeros((0, blocks))

@@ -16,6 +16,7 @@ an interrupt on one rank makes the others stop with a one-line error instead of 
 from __future__ import annotations
 
 import datetime
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from memlens.core.errors import MemlensError
+from memlens.core.limits import MAX_PROCESSES, env_int
 from memlens.models.states import extract_states
 
 OK, INTERRUPTED, FAILED = 0, 1, 2
@@ -67,6 +69,48 @@ def launched() -> bool:
     return "WORLD_SIZE" in os.environ
 
 
+def world_size_env() -> int:
+    """WORLD_SIZE as torchrun sets it (1 when unset), or a one-line error naming it."""
+    if os.environ.get("WORLD_SIZE") is not None and not os.environ["WORLD_SIZE"].strip():
+        raise MemlensError("the environment variable WORLD_SIZE is empty: unset it, or set "
+                           f"it to the number of processes (1..{MAX_PROCESSES})")
+    return env_int("WORLD_SIZE", 1, 1, MAX_PROCESSES)
+
+
+def check_env() -> tuple[int, int, int]:
+    """(WORLD_SIZE, RANK, LOCAL_RANK) of a torchrun launch, each checked (one line naming
+    the variable instead of a traceback from torch.distributed): 1 <= WORLD_SIZE <= 65536,
+    0 <= RANK, LOCAL_RANK < WORLD_SIZE; MASTER_PORT (when set) a port, MEMLENS_DIST_TIMEOUT
+    (when set) a positive number of seconds."""
+    world = world_size_env()
+    ranks = []
+    for name in ("RANK", "LOCAL_RANK"):
+        raw = os.environ.get(name)
+        if raw is not None and not raw.strip():
+            raise MemlensError(f"the environment variable {name} is empty: set it to this "
+                               f"process's rank (0..{world - 1})")
+        ranks.append(env_int(name, 0, 0, world - 1))
+    if os.environ.get("MASTER_PORT") is not None:
+        env_int("MASTER_PORT", 0, 1, 65535)
+    dist_timeout()
+    return world, ranks[0], ranks[1]
+
+
+def dist_timeout() -> float:
+    """MEMLENS_DIST_TIMEOUT seconds (default a week) of the collective operations."""
+    raw = os.environ.get("MEMLENS_DIST_TIMEOUT")
+    if raw is None or not raw.strip():
+        return float(7 * 24 * 3600)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= 1e9):
+        raise MemlensError("the environment variable MEMLENS_DIST_TIMEOUT must be a positive "
+                           f"number of seconds (at most 1e9), got {raw!r:.60}")
+    return value
+
+
 def init_from_env(device: torch.device, timeout_s: float | None = None) -> torch.device:
     """Under torchrun: initialise the default process group (NCCL for a cuda device, gloo
     otherwise) and return this rank's device (``cuda:LOCAL_RANK``); else return ``device``."""
@@ -74,12 +118,13 @@ def init_from_env(device: torch.device, timeout_s: float | None = None) -> torch
 
     if not launched() or dist.is_initialized():
         return device
+    _, _, local_rank = check_env()
     if not dist.is_available():
         raise MemlensError("torchrun was used but this torch has no torch.distributed")
     if timeout_s is None:
-        timeout_s = float(os.environ.get("MEMLENS_DIST_TIMEOUT", 7 * 24 * 3600))
+        timeout_s = dist_timeout()
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"
     else:

@@ -29,13 +29,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memlens.core.errors import MemlensError
-from memlens.core.limits import MAX_POSITIONS
+from memlens.core.limits import MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH
 
 if TYPE_CHECKING:
     import torch
 
 MAX_SEED = 2**63 - 1          # seeds: 0 <= seed < 2**63
 MAX_COUNT = 1 << 20           # resamples, blocks, batch sizes
+MAX_EPOCHS = 100_000          # training epochs
+MAX_ORDER = 64                # n-gram orders, window-LM widths
+MAX_LM_EPOCHS = 10_000        # epochs of the signatures study's comparison LMs
+MAX_LR = 1e4                  # learning rates
+MAX_MINUTES = 1e7             # --time-limit (about 19 years)
+MAX_THREADS = 4096            # --threads
+MAX_STACK = 1024              # frames stacked per ASR step
+MAX_UTTERANCES = 1_000_000    # speech-corpus --utterances
 DTYPES = ("float32", "float64")
 _DEVICE = re.compile(r"(auto|cpu|cuda(:\d+)?)")
 
@@ -245,7 +253,69 @@ OPTIONS: Mapping[str, Option] = _declare(
     Option("context", str, optional=True, parse=_parse_context,
            help="context regime: stream, segment:S, sentence or window:N[,stride=M]"
                 "[,targets=all|last] (default: the analysis' own)"),
+    # -- what a model or a training run is: memlens train, memlens train-asr -------------
+    Option("layers", int, 1, MAX_LAYERS, default=1, help="recurrent layers"),
+    Option("emb", int, 1, MAX_WIDTH, default=64, help="embedding size"),
+    Option("hidden", int, 1, MAX_WIDTH, default=256, help="hidden (state) size per layer"),
+    Option("rank", int, 1, MAX_WIDTH, optional=True,
+           help="rank of the recurrent kernel (flstm)"),
+    Option("groups", int, 1, MAX_WIDTH, default=2, help="number of groups (glstm)"),
+    Option("vocab_size", int, 3, MAX_VOCAB, default=10000, optional=True,
+           help="word vocabulary cap (at least 3: <unk>, <eos> and one word)"),
+    Option("min_freq", int, 1, MAX_POSITIONS, default=1,
+           help="least count of a word kept in the vocabulary"),
+    Option("epochs", int, 1, MAX_EPOCHS, default=2, help="training epochs"),
+    Option("bptt", int, 1, MAX_COUNT, default=35, help="truncated backpropagation steps"),
+    Option("batch", int, 1, MAX_COUNT, default=20, help="sequences (utterances) per batch"),
+    Option("lr", float, 0.0, MAX_LR, low_open=True, optional=True, help="learning rate"),
+    Option("clip", float, 0.0, None, low_open=True, default=5.0,
+           help="gradient-norm clip (> 0)"),
+    Option("dropout", float, 0.0, 1.0, high_open=True, default=0.5,
+           help="dropout probability between layers, in [0, 1)"),
+    Option("stack", int, 1, MAX_STACK, default=3,
+           help="stack (and subsample by) this many 10 ms frames per step"),
+    Option("max_train", int, 1, MAX_POSITIONS, optional=True,
+           help="use only the first N training utterances"),
+    Option("time_limit", float, 0.0, MAX_MINUTES, optional=True,
+           help="minutes of training: stop (evaluate, save) once passed (checked before "
+                "every batch)"),
+    Option("threads", int, 1, MAX_THREADS, optional=True, help="torch CPU threads"),
+    # -- data made or read by the commands ---------------------------------------------------
+    Option("utterances", int, 2, MAX_UTTERANCES, default=100,
+           help="utterances to synthesise (at least 2: training and held-out)"),
+    Option("test_fraction", float, 0.0, 1.0, low_open=True, high_open=True, default=0.1,
+           help="share of held-out utterances, in (0, 1)"),
+    Option("workers", int, 1, 2, default=2, help="processes (at most 2)"),
+    Option("train_tokens", int, 1, MAX_POSITIONS, optional=True,
+           help="use only the first N training tokens"),
+    Option("heldout_tokens", int, 1, MAX_POSITIONS, optional=True,
+           help="use only N held-out tokens"),
+    # -- what an analysis measures -----------------------------------------------------------
+    Option("layer", int, -MAX_LAYERS, MAX_LAYERS - 1, default=-1,
+           help="readout layer (negative: from the top; default -1, the top layer)"),
+    Option("order", int, 1, MAX_ORDER, default=5, help="n-gram order"),
+    Option("ngram", int, 0, MAX_ORDER, default=0,
+           help="add the state of an N-gram model (N >= 2; 0: none)"),
+    Option("window_lm", int, 0, MAX_ORDER, default=0,
+           help="add a feed-forward window LM of N-1 previous symbols (N >= 2; 0: none)"),
+    Option("lm_max_tokens", int, 1, MAX_POSITIONS, default=300000,
+           help="tokens the comparison LMs train on"),
+    Option("lm_epochs", int, 1, MAX_LM_EPOCHS, default=2,
+           help="epochs of the comparison window LM"),
+    Option("targets", int, 1, MAX_POSITIONS, default=1000, help="scored target positions"),
+    Option("distance", int, 1, 100, default=5,
+           help="planted memory length in steps, 1..100 (the demo's corpus and lags grow "
+                "with it)"),
 )
+
+
+def check_fields(obj: Any, *names: str) -> None:
+    """Validate the attributes ``names`` of ``obj`` (a config dataclass whose fields are
+    named after options) against their declarations, the error naming the CLI flag
+    (``--vocab-size``); each attribute is replaced by its normalised value."""
+    for name in names:
+        value = check_option(name, getattr(obj, name), OPTIONS[name].cli_flag)
+        object.__setattr__(obj, name, value)
 
 
 # -- the option groups ---------------------------------------------------------------------------
@@ -387,4 +457,5 @@ def as_options(options: RunOptions | None = None, **overrides: Any) -> RunOption
 
 
 __all__ = ["DTYPES", "MAX_SEED", "OPTIONS", "Bootstrap", "Checkpointing", "Option",
-           "RunOptions", "as_options", "check_option", "resolve_device", "resolve_dtype"]
+           "RunOptions", "as_options", "check_fields", "check_option", "resolve_device",
+           "resolve_dtype"]

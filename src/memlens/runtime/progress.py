@@ -27,7 +27,8 @@ A long loop (positions of a stream, batches, signatures, epochs) runs like this:
   ``torch.load(weights_only=True)`` after a zip-bomb check. Nothing is ever unpickled.
 * :func:`interrupt_guard`: SIGINT / SIGTERM only set a flag while the loop runs, so the loop
   stops at its next safe point, saves and raises :class:`Interrupted`; a second signal while
-  it saves does not kill the save.
+  it saves does not kill the save (every atomic write holds signals until the file is
+  complete: :func:`memlens.core.signals.deferred_interrupts`).
 * :func:`progress_bar`: a tqdm bar on stderr.
 """
 
@@ -52,6 +53,7 @@ import numpy as np
 
 from memlens.core.errors import MemlensError
 from memlens.core.files import atomic_path
+from memlens.core.signals import deferred_interrupts
 
 FORMAT = "memlens-run-checkpoint"
 VERSION = 1
@@ -176,19 +178,25 @@ def interrupt_guard(enabled: bool = True) -> Iterator[Guard]:
     """While the block runs, SIGINT and SIGTERM set ``guard.requested`` instead of stopping
     the process; the loop checks it at its safe points, saves and raises
     :class:`Interrupted`. Signals that arrive while it saves (inside the block) only set the
-    flag again, so the save completes. The previous handlers are restored on exit. Not
-    ``enabled`` (e.g. no checkpoint) or outside the main thread: nothing is installed and
-    ``requested`` stays False (Ctrl-C raises KeyboardInterrupt as usual)."""
+    flag again, so the save completes. The previous handlers are restored on exit; a signal
+    that the block did not answer by raising (it came during the last item, the loop ended
+    anyway) is then delivered to them, so it is never lost. Not ``enabled`` (e.g. no
+    checkpoint) or outside the main thread: nothing is installed and ``requested`` stays
+    False (Ctrl-C raises KeyboardInterrupt as usual)."""
     guard = Guard(enabled and threading.current_thread() is threading.main_thread())
     old: dict[int, Any] = {}
+    answered = True
     try:
         if guard.active:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 old[sig] = signal.signal(sig, guard._handler)
         yield guard
+        answered = False
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
+        if not answered and guard.signum is not None:
+            signal.raise_signal(guard.signum)
 
 
 def progress_bar(total: int | None = None, enabled: bool | None = False, desc: str = "", *,
@@ -328,7 +336,8 @@ class RunCheckpoint:
         KeyboardInterrupt without a path: there is nothing to resume from)."""
         if self.path is None:
             return KeyboardInterrupt()
-        self.save(payload)
+        with deferred_interrupts(absorb=True):  # stopping anyway: a second signal waits
+            self.save(payload)
         return Interrupted(self.path, done, total, unit, head)
 
     def finish(self, keep: bool = False, payload: dict | None = None) -> None:

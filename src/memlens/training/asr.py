@@ -19,9 +19,11 @@ import torch
 from torch import nn
 
 from memlens.core.errors import MemlensError
+from memlens.core.signals import deferred_interrupts
 from memlens.data.speech import corpus as sdata
 from memlens.data.speech.graphemes import encode
 from memlens.models.asr import ASRModel, error_rates, load_asr, save_asr, transcribe
+from memlens.runtime.options import check_fields
 from memlens.runtime.progress import Interrupted, RunCheckpoint, fingerprint
 from memlens.training.lm import epoch_state, interrupted, load_progress, progress_path
 
@@ -47,6 +49,19 @@ class ASRConfig:
     time_limit: float | None = None   # minutes of training; checked before every batch
     threads: int | None = None
     resume: bool = False
+
+
+def check_config(cfg: ASRConfig) -> None:
+    """The options against their declarations in the option schema
+    (:data:`memlens.runtime.options.OPTIONS`), before anything is read."""
+    if cfg.arch not in ("lstm", "gru"):
+        raise MemlensError(f"unknown --arch {cfg.arch!r}: choose lstm or gru")
+    if cfg.norm not in ("corpus", "utterance", "none"):
+        raise MemlensError(f"unknown --norm {cfg.norm!r}: choose corpus, utterance or none")
+    check_fields(cfg, "layers", "hidden", "stack", "dropout", "epochs", "batch", "lr", "clip",
+                 "seed", "max_train", "time_limit", "threads")
+    if cfg.lr is None:
+        raise MemlensError("--lr must be given")
 
 
 def prepare(cfg: ASRConfig, log=print):
@@ -121,10 +136,9 @@ def train_asr(cfg: ASRConfig, log=print) -> ASRModel:
     """Train with Adam on length-bucketed batches (shuffled per epoch, seeded); after every
     epoch: held-out greedy CER/WER, the best (lowest CER) model saved to ``cfg.out``, the
     training state saved to :func:`progress_path` (``resume=True`` continues)."""
+    check_config(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if cfg.epochs < 1 or cfg.batch < 1 or not cfg.lr > 0:
-        raise MemlensError("--epochs, --batch and --lr must be positive")
     tr_x, tr_y, te_x, te_text, model = prepare(cfg, log)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     ctc = nn.CTCLoss(blank=0, zero_infinity=True)
@@ -155,12 +169,13 @@ def train_asr(cfg: ASRConfig, log=print) -> ASRModel:
                       "wer": rates["wer"], "seconds": seconds, "utterances": n,
                       "complete": not stopped}
             history.append(record)
-            if rates["cer"] < best:
-                best = rates["cer"]
-                save_asr(cfg.out, model, {"train_asr": asdict(cfg), "history": history,
-                                          "heldout": rates})
-            ck.save(epoch_state(epoch, best, history, model, opt, elapsed=elapsed))
-            saved = epoch
+            with deferred_interrupts():  # both files are written before a signal counts
+                if rates["cer"] < best:
+                    best = rates["cer"]
+                    save_asr(cfg.out, model, {"train_asr": asdict(cfg), "history": history,
+                                              "heldout": rates})
+                ck.save(epoch_state(epoch, best, history, model, opt, elapsed=elapsed))
+                saved = epoch
             log(f"epoch {epoch}: CTC loss {total / max(n, 1):.3f}, held-out CER "
                 f"{100 * rates['cer']:.1f}% WER {100 * rates['wer']:.1f}%, {seconds:.0f}s")
             if stopped or (cfg.time_limit is not None and elapsed > 60 * cfg.time_limit):

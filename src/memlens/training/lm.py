@@ -28,11 +28,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from memlens.core.errors import MemlensError
+from memlens.core.signals import deferred_interrupts
 from memlens.data import Corpus, Vocab, batchify, bptt_windows, load_corpus
 from memlens.models.checkpoint import load_checkpoint, save_checkpoint
 from memlens.models.embeddings import load_word2vec
 from memlens.models.lm import LanguageModel, check_config
-from memlens.runtime.options import resolve_device
+from memlens.runtime.options import check_fields, resolve_device
 from memlens.runtime.progress import (
     Interrupted,
     RunCheckpoint,
@@ -104,21 +105,12 @@ def evaluate(model: LanguageModel, ids: torch.Tensor, batch: int = 10, bptt: int
 
 
 def _check(cfg: TrainConfig) -> None:
+    """The options against their declarations in the option schema (one place for the CLI
+    and the API: :data:`memlens.runtime.options.OPTIONS`)."""
     if cfg.optimizer not in ("sgd", "adam"):
         raise MemlensError(f"unknown optimizer {cfg.optimizer!r}: choose sgd or adam")
-    for key in ("epochs", "bptt", "batch"):
-        if getattr(cfg, key) < 1:
-            raise MemlensError(f"--{key} must be a positive integer, got {getattr(cfg, key)}")
-    if cfg.lr is not None and not cfg.lr > 0:
-        raise MemlensError(f"--lr must be positive, got {cfg.lr}")
-    if not cfg.clip > 0:
-        raise MemlensError(f"--clip must be positive (the largest gradient norm), got {cfg.clip}")
-    if cfg.max_tokens is not None and cfg.max_tokens < 1:
-        raise MemlensError(f"--max-tokens must be positive, got {cfg.max_tokens}")
-    if cfg.min_freq < 1:
-        raise MemlensError(f"--min-freq must be positive, got {cfg.min_freq}")
-    if cfg.vocab_size is not None and cfg.vocab_size < 3:
-        raise MemlensError(f"--vocab-size must be at least 3, got {cfg.vocab_size}")
+    check_fields(cfg, "layers", "emb", "hidden", "rank", "groups", "vocab_size", "min_freq",
+                 "epochs", "bptt", "batch", "lr", "clip", "dropout", "seed", "max_tokens")
 
 
 def _vocab_and_ids(cfg: TrainConfig, train_c: Corpus, valid_c: Corpus | None, log
@@ -232,11 +224,12 @@ def train(cfg: TrainConfig | None = None, *, train_corpus: Corpus | None = None,
             log(f"epoch {epoch}: train ppl {math.exp(record['train_loss']):.2f}, "
                 + (f"valid ppl {math.exp(record['valid_loss']):.2f}, " if valid_ids is not None
                    else "") + f"{record['seconds']:.0f}s")
-            if key < best:
-                best = key
-                save_checkpoint(cfg.out, model, {"train": asdict(cfg), "history": history})
-            ck.save(epoch_state(epoch, best, history, model, opt))
-            saved = epoch
+            with deferred_interrupts():  # both files are written before a signal counts
+                if key < best:
+                    best = key
+                    save_checkpoint(cfg.out, model, {"train": asdict(cfg), "history": history})
+                ck.save(epoch_state(epoch, best, history, model, opt))
+                saved = epoch
     except Interrupted:
         raise
     except KeyboardInterrupt:

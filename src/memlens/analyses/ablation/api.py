@@ -150,14 +150,27 @@ def context_ablation(model, inputs, distances: Sequence[int] | str = DEFAULT_DIS
 # -- what is measured ----------------------------------------------------------------------------
 def parse_list(value, name: str, cast=int) -> list:
     """"1,2,5" or a sequence -> a list (order kept, duplicates removed)."""
+    shown = " ".join(repr(value).split())[:60]
+    if not isinstance(value, str) and (isinstance(value, dict) or not hasattr(value, "__iter__")):
+        raise MemlensError(f"{name}: give a list or a comma-separated string, not {shown}")
     items = value.split(",") if isinstance(value, str) else list(value)
     try:
-        out = [cast(str(v).strip()) if isinstance(v, str) else cast(v) for v in items]
-    except (TypeError, ValueError):
-        raise MemlensError(f"{name}: cannot read {value!r}") from None
+        out = [cast(str(v).strip()) if isinstance(v, str) else _cast(cast, v) for v in items]
+    except (TypeError, ValueError, OverflowError):
+        raise MemlensError(f"{name}: cannot read {shown}") from None
     if not out:
         raise MemlensError(f"{name}: give at least one value")
     return list(dict.fromkeys(out))
+
+
+def _cast(cast, v):
+    """``cast(v)`` of a non-str item: an int list takes integral numbers only (no 1.5, NaN,
+    bool), a str list takes strings only."""
+    if cast is int and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+        raise TypeError(v)
+    if cast is str and not isinstance(v, str):
+        raise TypeError(v)
+    return cast(v)
 
 
 def ablation_settings(distances, perturbation, context: int, tolerance: float, seed: int,
@@ -202,7 +215,13 @@ def target_positions(T: int, context: int, targets: int | Sequence[int] | None) 
             raise MemlensError(f"targets must be in 1..{T - lo} (the positions with a full "
                                f"context of {context} tokens), got {targets}")
         return np.unique(np.linspace(lo, T - 1, int(targets)).round().astype(np.int64))
-    pos = np.asarray(list(targets), dtype=np.int64)
+    if isinstance(targets, (str, bytes, dict)) or not hasattr(targets, "__iter__"):
+        raise MemlensError(f"targets must be None, a number of targets or a list of target "
+                           f"positions, got {' '.join(repr(targets).split())[:60]}")
+    try:
+        pos = np.asarray(parse_list(targets, "targets"), dtype=np.int64)
+    except OverflowError:
+        raise MemlensError("targets: positions must lie in the stream") from None
     if pos.size == 0 or pos.min() < lo or pos.max() >= T:
         raise MemlensError(f"target positions must lie in {lo}..{T - 1} (a full context of "
                            f"{context} tokens before each)")

@@ -200,7 +200,10 @@ def unigram_cdf(ids: np.ndarray, vocab_size: int, unigram=None) -> np.ndarray:
     if unigram is None:
         p = np.bincount(ids, minlength=vocab_size).astype(np.float64)
     else:
-        p = np.asarray(unigram, dtype=np.float64).reshape(-1)
+        try:
+            p = np.asarray(unigram, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError, OverflowError):
+            p = np.array([np.nan])
         if p.size != vocab_size or not np.isfinite(p).all() or (p < 0).any():
             raise MemlensError(f"unigram= must hold {vocab_size} non-negative finite weights")
     if p.sum() <= 0:

@@ -241,6 +241,9 @@ def _prepare(enc: RecurrentEncoder, stream: Stream, site: Site, max_delay: int,
     check_memory(H * (max_delay + 1) * enc.input_size * (
         (len(names) + 1) * (dtype.itemsize + 8) * 2 + min(blocks, T) * 8
         + (site.layer + 1) * 2 * dtype.itemsize), "the state-gradient accumulators")
+    resamples, nb = opts.bootstrap.count(DEFAULT_RESAMPLES), min(blocks, T)
+    check_memory(8.0 * resamples * (2 * nb + (max_delay + 1) * (len(names) + 1) * 4),
+                 f"the bootstrap ({resamples} resamples x {nb} blocks x {max_delay + 1} delays)")
     shard, warmup, checkpoint, progress = None, None, opts.checkpoint, opts.progress
     if group is not None:
         shard = group.shard(T)

@@ -28,6 +28,7 @@ import numpy as np
 
 from memlens.core.errors import MemlensError
 from memlens.data import read_groups, read_lexicon, read_word_list
+from memlens.data.lexicon import check_lexicon_words
 from memlens.data.vocab import EOS, UNK
 
 KINDS = ("upos", "xpos", "groups", "lexicon", "freq", "words")
@@ -106,6 +107,7 @@ def token_classes(spec: str, tokens: Sequence[str], tags: dict[str, list] | None
                              log)
     if kind == "lexicon":
         lexicon = read_lexicon(arg)
+        check_lexicon_words(lexicon, set(tokens) | set(getattr(vocab, "stoi", ())), arg)
         names = sorted({t for ts in lexicon.values() for t in ts})
         per_token = [list(lexicon.get(w, [])) for w in tokens]
         seen = {c for cs in per_token for c in cs}

@@ -215,10 +215,7 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, task: Task,
     start_pos, started = acc.pos, time.perf_counter()
     _run_chunks(acc, ck, stop_point(acc.pos, acc.stop, checkpoint.stop_after), progress,
                 on_chunk)
-    elapsed = time.perf_counter() - started
-    if acc.pos < acc.stop:  # interrupted, or stop_after reached
-        raise ck.stop(acc.payload(), acc.pos, acc.T, unit="tokens",
-                      head=f"interrupted at token {acc.pos}/{acc.T}")
+    elapsed = time.perf_counter() - started  # (interrupted: _run_chunks raised)
     ck.finish(checkpoint.keep, acc.payload() if acc.pos > start_pos else None)
     return acc.sums(acc.pos - start_pos, elapsed)
 
@@ -249,6 +246,9 @@ def _run_chunks(acc: _Accumulator, ck: RunCheckpoint, end: int, progress: bool,
                 on_chunk(acc.pos)
             if acc.pos < acc.stop and not guard.requested and ck.due():
                 ck.save(acc.payload())
+        if acc.pos < acc.stop:  # interrupted, or stop_after reached: answered in the guard
+            raise ck.stop(acc.payload(), acc.pos, acc.T, unit="tokens",
+                          head=f"interrupted at token {acc.pos}/{acc.T}")
 
 
 # -- the accumulator -----------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from memlens.analyses.gradients.engine import Sums
 from memlens.analyses.gradients.normalize import Normalization
 from memlens.analyses.gradients.stability import Stability
 from memlens.core.errors import MemlensError
+from memlens.core.limits import check_int, shown
+from memlens.runtime.options import check_option
 from memlens.runtime.result import Result
 
 
@@ -66,6 +68,8 @@ class GradientResult(Result):
     def _cls(self, cls: str | int | None) -> int | None:
         if cls is None:
             return None
+        if isinstance(cls, (bool, np.bool_)):
+            raise MemlensError(f"class must be a class name or index, got {cls!r}")
         if isinstance(cls, (int, np.integer)):
             if not 0 <= cls < len(self.class_names):
                 raise MemlensError(f"class index {cls} out of range")
@@ -76,6 +80,9 @@ class GradientResult(Result):
         return self.class_names.index(cls)
 
     def _tau(self, tau: int) -> int:
+        if isinstance(tau, (bool, np.bool_)) or not isinstance(tau, (int, np.integer)):
+            raise MemlensError(f"delay must be an integer in 0..{self.max_delay}, got "
+                               f"{shown(tau)}")
         if not 0 <= tau <= self.max_delay:
             raise MemlensError(f"delay {tau} out of range 0..{self.max_delay}")
         return int(tau)
@@ -125,6 +132,22 @@ class GradientResult(Result):
         return metrics.right_singular_vectors(self.normalized_mean(tau, cls))
 
     # -- properties of directions ----------------------------------------------------------
+    def _unit(self, direction) -> np.ndarray:
+        """The unit normalised direction of ``direction`` (E finite numbers, not zero within
+        the span of the inputs), or a one-line error."""
+        try:
+            d = np.asarray(direction, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            d = np.array(np.nan)
+        E = self.normalization.Z.shape[1]
+        if d.shape != (E,) or not np.isfinite(d).all():
+            raise MemlensError(f"a direction must be {E} finite numbers (one per input "
+                               f"dimension), got {' '.join(repr(direction).split())[:60]}")
+        try:
+            return metrics.unit_direction(d, self.normalization.Z)
+        except ValueError as exc:  # zero (within the span of the inputs)
+            raise MemlensError(str(exc)) from None
+
     def direction(self, a: str | int, b: str | int) -> np.ndarray:
         """Difference of class-mean embeddings a - b (raw embedding space, E); the means are
         over vocabulary types or token occurrences, ``settings["direction_weighting"]``."""
@@ -138,14 +161,15 @@ class GradientResult(Result):
     def relative_memory(self, direction: np.ndarray, cls: str | int | None = None
                         ) -> np.ndarray:
         """|Gn(tau) dn| / sigma_1(tau) for every delay (S,)."""
-        dn = metrics.unit_direction(direction, self.normalization.Z)
+        dn = self._unit(direction)
         return np.array([metrics.relative_memory(self.normalized_mean(t, cls), dn)
                          for t in range(self.max_delay + 1)])
 
     def alignment(self, direction: np.ndarray, k: int = 5, cls: str | int | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
         """(|V_k^T dn|, share of the sigma sum in the top k) for every delay: S x k each."""
-        dn = metrics.unit_direction(direction, self.normalization.Z)
+        dn = self._unit(direction)
+        k = check_int(k, "k", 1, 1 << 16)
         rows = [metrics.alignment(self.normalized_mean(t, cls), dn, k)
                 for t in range(self.max_delay + 1)]
         return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
@@ -160,7 +184,8 @@ class GradientResult(Result):
                   ) -> dict[str, np.ndarray]:
         """Block-bootstrap standard error and interval of the overall sum(sigma) per delay
         (``seed`` None: the run's, :attr:`seed`)."""
-        seed = self.seed if seed is None else seed
+        resamples, level, seed = _boot_args(resamples, level, self.seed if seed is None
+                                            else seed)
         key = (resamples, level, seed)
         if self._boot is None or self._boot.get("key") != key:
             out = metrics.block_bootstrap(self.raw.block_sums, self.raw.block_counts,
@@ -172,7 +197,8 @@ class GradientResult(Result):
                         seed: int | None = None) -> dict[int, tuple[float, float, float]]:
         """{delay: (se, low, high)} of sum(sigma) for one class at the delays that kept
         per-block class sums (``raw.ci_delays``); empty when none were kept."""
-        seed = self.seed if seed is None else seed
+        resamples, level, seed = _boot_args(resamples, level, self.seed if seed is None
+                                            else seed)
         c = self._cls(cls)
         if self.raw.class_block_sums is None or not self.raw.ci_delays:
             return {}
@@ -260,11 +286,14 @@ class GradientResult(Result):
     def table(self, resamples: int = 200, directions: dict[str, np.ndarray] | None = None
               ) -> list[dict]:
         """One flat dict per (delay, class) row (class "all" is the overall average)."""
+        resamples, _, _ = _boot_args(resamples, 0.5, 0)
+        if directions is not None and not isinstance(directions, dict):
+            raise MemlensError(f"directions must be a dict of name -> direction, got "
+                               f"{type(directions).__name__}")
         boot = self.bootstrap(resamples) if resamples else None
         rows = []
         groups: list[str | None] = [None, *self.class_names]
-        dn = {name: metrics.unit_direction(d, self.normalization.Z)
-              for name, d in (directions or {}).items()}
+        dn = {name: self._unit(d) for name, d in (directions or {}).items()}
         for cls in groups:
             spec = self.spectrum(cls)
             cboot = (self.class_bootstrap(cls, resamples)
@@ -309,3 +338,14 @@ class GradientResult(Result):
 def _num(x) -> float | None:
     x = float(x)
     return x if math.isfinite(x) else None
+
+
+def _boot_args(resamples, level, seed) -> tuple[int, float, int]:
+    """Checked bootstrap arguments: resamples 0..2**20, level in (0, 1), seed 0..2**63-1."""
+    if resamples is None:
+        raise MemlensError("resamples must be an integer in 0..1048576, got None")
+    resamples = check_option("bootstrap", resamples, "resamples")
+    if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)) \
+            or not 0 < level < 1:
+        raise MemlensError(f"level must be a number in (0, 1), got {shown(level)}")
+    return resamples, float(level), check_option("seed", seed)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from memlens.analyses.signatures.decoders import choose_decoder
 from memlens.analyses.signatures.regime import kept, regime_states, regime_targets, stream_layout
 from memlens.analyses.signatures.signature import (
     DEFAULT_RESAMPLES,
@@ -44,7 +45,7 @@ from memlens.runtime.options import Bootstrap, RunOptions, as_options
 
 
 def memory_signature(model: nn.Module, train_inputs, heldout_inputs, max_delay: int,
-                     site: Site | None = None, decoder: str = "linear",
+                     site: Site | None = None, decoder: str = "auto",
                      symbols: str | None = None, *,
                      context: Context | str | int | None = None,
                      labels: tuple[Sequence, Sequence] | None = None, seed: int = 0,
@@ -58,7 +59,8 @@ def memory_signature(model: nn.Module, train_inputs, heldout_inputs, max_delay: 
     :class:`~memlens.models.inputs.Stream`): decoders are trained on the first and scored on
     the second. ``max_delay``: the largest lag K. ``site``: ``Site(layer=-1, readout=None,
     units="all")`` by default; readout None is the layer's output ("hidden" for LSTM / GRU /
-    RNN layers). ``decoder``: "linear", "linear-fast" or "mlp". ``symbols``: None (every
+    RNN layers). ``decoder``: "auto" (default: "linear-fast" from 1000 decoded symbols on,
+    else "linear"), "linear", "linear-fast" or "mlp". ``symbols``: None (every
     symbol; top:1000 for word models), ``"chars"``, ``"top:N"`` or ``"upos"``. ``context``:
     the context regime (:mod:`memlens.runtime.context`): "stream" (default: one continuous
     pass, state carried), "segment:S", "sentence" or "window:N[,stride=M][,targets=last]"
@@ -78,11 +80,12 @@ def memory_signature(model: nn.Module, train_inputs, heldout_inputs, max_delay: 
         raise MemlensError("memory_signature needs max_delay (the largest lag K)")
     encoder = as_encoder(model)
     site = resolve_site(encoder, site)
-    tr_labels, he_labels = labels if labels is not None else (None, None)
+    tr_labels, he_labels = _label_pair(labels, symbols)
     train = as_stream(encoder, train_inputs, "training inputs", tr_labels)
     held = as_stream(encoder, heldout_inputs, "held-out inputs", he_labels)
     check_lag(max_delay, len(train), len(held))
     sym, tr_cls, he_cls = stream_classes(model, encoder, train, held, symbols)
+    decoder = choose_decoder(decoder, sym.size)
     work = _working_copy(encoder, opts)
     regime = Context.parse(context)
     if regime.kind == "stream":
@@ -102,6 +105,20 @@ def memory_signature(model: nn.Module, train_inputs, heldout_inputs, max_delay: 
     sig.info = {"model": type(model).__name__, "layer": site.layer, "readout": site.readout,
                 "units": site.units, "input": encoder.input_kind, "context": str(regime)}
     return sig
+
+
+def _label_pair(labels, symbols) -> tuple[Sequence | None, Sequence | None]:
+    """Check ``symbols`` (None or a str) and split ``labels`` (None or a pair of per-position
+    sequences) into (training labels, held-out labels)."""
+    if symbols is not None and not isinstance(symbols, str):
+        raise MemlensError(f"symbols must be None, 'chars', 'top:N' or 'upos', got "
+                           f"{type(symbols).__name__}")
+    if labels is None:
+        return None, None
+    if not isinstance(labels, (tuple, list)) or len(labels) != 2:
+        raise MemlensError("labels must be a pair (train_labels, heldout_labels), one label "
+                           "per position of each stream")
+    return labels[0], labels[1]
 
 
 def _bootstrap(given: Bootstrap, seed: int) -> Bootstrap:

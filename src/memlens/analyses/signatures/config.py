@@ -10,13 +10,12 @@ before any heavy work.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
+from memlens.analyses.signatures.decoders import choose_decoder
 from memlens.core.errors import MemlensError
-from memlens.runtime.options import Bootstrap, RunOptions, check_option
-
-MAX_ORDER = 64         # --ngram, --window-lm: the order of a comparison LM
-MAX_LM_EPOCHS = 10000  # --lm-epochs
+from memlens.runtime.options import Bootstrap, RunOptions, check_fields, check_option
 
 CONTROLS = ("random-init", "none")
 
@@ -35,7 +34,7 @@ class StudyConfig:
     readout: str | None = None
     units: str = "all"
     max_delay: int = 20
-    decoder: str = "linear"
+    decoder: str = "auto"
     symbols: str | None = None
     control: str = "random-init"
     ngram: int = 0
@@ -74,25 +73,18 @@ class StudyConfig:
 def check_config(cfg: StudyConfig) -> None:
     """Everything about the options that can fail, checked before any heavy work (a one-line
     MemlensError naming the CLI option)."""
+    choose_decoder(cfg.decoder, 0)  # a known name ("auto" is resolved once symbols are known)
     if cfg.control not in CONTROLS:
         raise MemlensError(f"unknown --control {cfg.control!r}: choose random-init or none")
-    if cfg.ngram < 0 or cfg.ngram == 1 or cfg.window_lm < 0 or cfg.window_lm == 1:
+    check_fields(cfg, "ngram", "window_lm", "train_tokens", "heldout_tokens", "lm_max_tokens",
+                 "lm_epochs")  # the option schema: types, ranges, finiteness
+    if cfg.ngram == 1 or cfg.window_lm == 1:
         raise MemlensError("--ngram and --window-lm need an order >= 2 (0 = off)")
-    for name in ("ngram", "window_lm"):
-        if getattr(cfg, name) > MAX_ORDER:
-            raise MemlensError(f"--{name.replace('_', '-')} must be at most {MAX_ORDER} (an "
-                               f"order of a comparison LM), got {getattr(cfg, name)}")
-    for name in ("train_tokens", "heldout_tokens", "lm_max_tokens"):
-        value = getattr(cfg, name)
-        if value is not None and value < 1:
-            raise MemlensError(f"--{name.replace('_', '-')} must be positive, got {value}")
-    if cfg.blocks < 2:
-        raise MemlensError(f"--blocks must be at least 2 (bootstrap intervals over blocks), "
-                           f"got {cfg.blocks}")
-    if cfg.bootstrap < 0:
-        raise MemlensError(f"--bootstrap must be >= 0 (0: no intervals), got {cfg.bootstrap}")
-    if cfg.lm_epochs < 1 or cfg.lm_epochs > MAX_LM_EPOCHS:
-        raise MemlensError(f"--lm-epochs must be in 1..{MAX_LM_EPOCHS}, got {cfg.lm_epochs}")
+    from memlens.core.files import check_input_file  # the input gate, up front (issue 21)
+    for flag, path in (("--corpus", cfg.corpus), ("--heldout", cfg.heldout),
+                       ("--lm-train", cfg.lm_train)):
+        if path is not None and (flag == "--lm-train" or not os.path.isdir(path)):
+            check_input_file(path, f"{flag} text")  # missing, special, huge: one line
     if cfg.warmup is not None:
         check_option("warmup", cfg.warmup, "--warmup")
     check_option("seed", cfg.seed, "--seed")
@@ -100,6 +92,9 @@ def check_config(cfg: StudyConfig) -> None:
         cfg.context = check_option("context", cfg.context, "--context")
     check_option("bootstrap", cfg.bootstrap, "--bootstrap")
     check_option("blocks", cfg.blocks, "--blocks")
+    if cfg.blocks < 2:
+        raise MemlensError(f"--blocks must be at least 2 (bootstrap intervals over blocks), "
+                           f"got {cfg.blocks}")
 
 
 __all__ = ["CONTROLS", "StudyConfig", "check_config"]

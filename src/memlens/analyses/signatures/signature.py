@@ -27,6 +27,7 @@ This module works on states (arrays); :mod:`.api` computes them from a model.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from memlens.analyses.signatures.decoders import lag_targets, make_decoder
 from memlens.analyses.signatures.symbols import SymbolSet
 from memlens.analyses.signatures.table import MEMORY_SPAN_DEFINITION, SERIES, signature_rows
 from memlens.core.errors import MemlensError, TrustWarning
+from memlens.core.limits import shown
 from memlens.models.states import IndexStates
 from memlens.runtime.bootstrap import block_edges, block_sums, block_weights, percentile_interval
 from memlens.runtime.options import Bootstrap
@@ -92,6 +94,9 @@ class Signature(Result):
 
     def memory_span(self, margin: float = 0.05) -> int:
         """Last lag whose accuracy exceeds majority + margin (-1 if none)."""
+        if isinstance(margin, bool) or not isinstance(margin, (int, float, np.floating)) \
+                or not math.isfinite(margin):
+            raise MemlensError(f"margin must be a finite number, got {shown(margin)}")
         above = np.nonzero(self.accuracy > self.majority + margin)[0]
         return int(above.max()) if above.size else -1
 
@@ -250,6 +255,9 @@ def signature_from_targets(train_x, y_tr: np.ndarray, held_x, y_he: np.ndarray,
         raise MemlensError("the held-out stream has no target known to the decoders")
     boot = Bootstrap(seed=seed) if bootstrap is None else bootstrap
     n_cls = symbols.size
+    if decoder_options is not None and not isinstance(decoder_options, dict):
+        raise MemlensError(f"decoder_options must be a dict of decoder keywords, got "
+                           f"{type(decoder_options).__name__}")
     dec = make_decoder(decoder, seed=seed, **(decoder_options or {})).fit(train_x, y_tr, n_cls)
     pred, nll = dec.evaluate(held_x, y_he)
     valid = y_he >= 0

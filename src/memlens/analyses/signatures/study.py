@@ -40,6 +40,7 @@ import torch
 
 from memlens.analyses.signatures.api import random_init_copy, to_ids
 from memlens.analyses.signatures.config import StudyConfig, check_config
+from memlens.analyses.signatures.decoders import AUTO_FAST_SYMBOLS, choose_decoder
 from memlens.analyses.signatures.progress import StudyCheckpoint
 from memlens.analyses.signatures.regime import kept, regime_states, regime_targets, stream_layout
 from memlens.analyses.signatures.result import WINDOW_SITE, Entry, StudyResult, entry_key
@@ -63,9 +64,6 @@ from memlens.runtime import distributed
 from memlens.runtime.context import Context, Layout
 from memlens.runtime.progress import Interrupted
 
-# a symbol count from which the joint decoder's cost is worth a hint (word types)
-LARGE_SYMBOL_SET = 1000
-
 Log = Callable[[str], None]
 
 
@@ -87,6 +85,7 @@ class StudyInputs:
     he_cls: np.ndarray
     lm_path: str | None = None
     lm_tokens: list[str] | None = None
+    decoder: str = "linear"  # the decoder used: --decoder, "auto" resolved by the symbols
 
 
 # -- 2. the inputs ------------------------------------------------------------------------------
@@ -112,12 +111,16 @@ def load_study(cfg: StudyConfig, log: Log = print) -> StudyInputs:
     if not (he_cls >= 0).any():
         raise MemlensError("the held-out text has no symbol known to the decoders (only "
                            "unknown or untagged tokens)")
-    if cfg.decoder == "linear" and sym.size >= LARGE_SYMBOL_SET:
+    decoder = choose_decoder(cfg.decoder, sym.size)
+    if cfg.decoder == "auto":
+        log(f"{sym.size} symbols: decoder {decoder} (--decoder auto: linear-fast from "
+            f"{AUTO_FAST_SYMBOLS} symbols on; --decoder linear to choose the other)")
+    elif cfg.decoder == "linear" and sym.size >= AUTO_FAST_SYMBOLS:
         log(f"{sym.size} symbols: the joint decoder's cost grows with the number of symbols; "
             "--decoder linear-fast fits the same softmax several times faster (README, "
             "'Large symbol sets')")
     inputs = StudyInputs(loaded, layers, sites, tr_tokens, he_tokens, tr_ids, he_ids, sym,
-                         tr_cls, he_cls)
+                         tr_cls, he_cls, decoder=decoder)
     if cfg.ngram or cfg.window_lm:
         inputs.lm_path, inputs.lm_tokens = lm_text(cfg, loaded, tr_tokens)
     return inputs
@@ -160,7 +163,7 @@ def lm_text(cfg: StudyConfig, loaded: LoadedModel, tr_tokens: list[str]
     """(path, tokens) of the comparison LMs' training text: ``--lm-train``, else the model's
     recorded training text, else the decoder-training part; cut to ``--lm-max-tokens``."""
     lm_path = cfg.lm_train or loaded.extra.get("train", {}).get("train")
-    if lm_path and Path(lm_path).exists():
+    if cfg.lm_train or (lm_path and Path(lm_path).exists()):  # --lm-train: always read
         lm_tokens = loaded.read_corpus(lm_path, cfg.format).tokens
     else:
         lm_path, lm_tokens = cfg.corpus + " (decoder-training part)", tr_tokens
@@ -225,11 +228,11 @@ class Scorer:
         if in_context:
             (y_tr, keep_tr), (y_he, keep_he) = self.targets
             sig = signature_from_targets(kept(tr_x, keep_tr), y_tr, kept(he_x, keep_he), y_he,
-                                         inputs.symbols, cfg.decoder, cfg.seed,
+                                         inputs.symbols, inputs.decoder, cfg.seed,
                                          cfg.bootstrap_options(), warn=False)
         else:
             sig = signature_from_states(tr_x, inputs.tr_cls, he_x, inputs.he_cls,
-                                        cfg.max_delay, inputs.symbols, cfg.decoder, cfg.seed,
+                                        cfg.max_delay, inputs.symbols, inputs.decoder, cfg.seed,
                                         cfg.bootstrap_options(), warn=False)
         entry = Entry(label, role, site, sig)
         self.result.entries.append(entry)
@@ -364,6 +367,7 @@ def run_study(cfg: StudyConfig, log: Log = print, checkpoint: StudyCheckpoint | 
     result = new_result(cfg, inputs)
     scorer = Scorer(cfg, inputs, result, checkpoint, log)
     result.extras["context"] = str(scorer.regime)  # the regime run (settings: as given)
+    result.extras["decoder"] = inputs.decoder  # the decoder used ("auto" resolved)
     try:
         if not score_recurrent(scorer, recurrent_runs(cfg, inputs)):
             return result  # ranks other than 0: the comparisons need no states of the model
@@ -384,6 +388,6 @@ def run_study(cfg: StudyConfig, log: Log = print, checkpoint: StudyCheckpoint | 
     return result
 
 
-__all__ = ["LARGE_SYMBOL_SET", "Scorer", "StudyInputs", "add_divergence", "lm_text",
+__all__ = ["Scorer", "StudyInputs", "add_divergence", "lm_text",
            "load_study", "new_result", "planned", "read_streams", "recurrent_runs",
            "run_study", "score_ngram", "score_recurrent", "score_window_lm"]

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from memlens.analyses.signatures.api import _working_copy
+from memlens.analyses.signatures.decoders import choose_decoder
 from memlens.analyses.signatures.signature import (
     DEFAULT_RESAMPLES,
     Signature,
@@ -41,7 +42,7 @@ from memlens.models.asr import ASRModel
 from memlens.models.encoder import as_encoder
 from memlens.protocol import Site
 from memlens.runtime.context import Context
-from memlens.runtime.options import Bootstrap, RunOptions, as_options
+from memlens.runtime.options import Bootstrap, RunOptions, as_options, check_option
 
 
 def grapheme_name(g: str) -> str:
@@ -163,7 +164,7 @@ def _classes(y: np.ndarray, sym: SymbolSet) -> np.ndarray:
 
 
 def grapheme_signature(model: nn.Module, train: SpeechData, heldout: SpeechData,
-                       max_delay: int, site: Site | None = None, decoder: str = "linear", *,
+                       max_delay: int, site: Site | None = None, decoder: str = "auto", *,
                        context: Context | str | None = None, seed: int = 0,
                        decoder_options: dict | None = None,
                        options: RunOptions | None = None) -> Signature:
@@ -173,8 +174,9 @@ def grapheme_signature(model: nn.Module, train: SpeechData, heldout: SpeechData,
     utterances' steps. Decoders train on ``train`` and are scored on ``heldout``.
 
     ``site``: ``Site(layer=-1, readout=None, units="all")`` by default; readout None is the
-    layer's output (as :func:`memlens.memory_signature`). ``decoder``: "linear",
-    "linear-fast" or "mlp"; ``decoder_options``: its keyword arguments. ``seed`` seeds the
+    layer's output (as :func:`memlens.memory_signature`). ``decoder``: "auto" (default:
+    "linear" for the 29 graphemes, as memory_signature's rule), "linear", "linear-fast" or
+    "mlp"; ``decoder_options``: its keyword arguments. ``seed`` seeds the
     decoders and the bootstrap's block draws. ``options``: device and dtype of the state
     computation (device None: where the model is) and ``options.bootstrap`` (resamples,
     default 1000, 0: no intervals; blocks, default 20). ``context``: "sentence" (default:
@@ -182,6 +184,8 @@ def grapheme_signature(model: nn.Module, train: SpeechData, heldout: SpeechData,
     carried from one utterance to the next); lags, counted in graphemes, stay inside an
     utterance either way, so windows of frames are refused.
     """
+    _check_data(train, "train")
+    _check_data(heldout, "heldout")
     regime = Context.parse(context, default="sentence")
     if regime.kind not in ("sentence", "stream"):
         raise MemlensError(f"speech signatures count lags in graphemes of one utterance: give "
@@ -198,12 +202,22 @@ def grapheme_signature(model: nn.Module, train: SpeechData, heldout: SpeechData,
     carry = regime.kind == "stream"
     tr_x = utterance_states(work, train, site, carry)
     he_x = utterance_states(work, heldout, site, carry)
+    decoder = choose_decoder(decoder, sym.size)
     sig = signature_from_targets(tr_x, y_tr, he_x, y_he, sym, decoder, seed, boot,
                                  decoder_options)
     sig.info = {"model": type(model).__name__, "layer": site.layer, "readout": site.readout,
                 "units": site.units, "input": "vectors", "lag_unit": "graphemes",
                 "utterances": [len(train.inputs), len(heldout.inputs)], "context": str(regime)}
     return sig
+
+
+def _check_data(data, what: str) -> None:
+    """``data`` must be a :class:`SpeechData` (from :func:`prepare_speech`) with utterances."""
+    if not isinstance(data, SpeechData):
+        raise MemlensError(f"{what} must be SpeechData (memlens.analyses.speech.analysis."
+                           f"prepare_speech), got {type(data).__name__}")
+    if not data.inputs:
+        raise MemlensError(f"{what}: the speech data holds no utterance")
 
 
 def _bootstrap(given: Bootstrap, seed: int) -> Bootstrap:
@@ -227,6 +241,10 @@ def speech_gradients(model: nn.Module, inputs: SpeechData, max_delay: int, *,
     from memlens.analyses.gradients import EngineSettings, state_gradients
     from memlens.models.inputs import Stream
 
+    _check_data(inputs, "inputs")
+    if max_delay is None:
+        raise MemlensError("speech_gradients needs max_delay (the largest delay K)")
+    check_option("max_delay", max_delay)
     offsets = inputs.offsets()
     stream = Stream(inputs.values().to(torch.float32), labels=inputs.types(),
                     sentences=np.nonzero(offsets == 0)[0])

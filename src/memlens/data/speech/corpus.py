@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from memlens.core.errors import MemlensError
+from memlens.core.files import binary_limit, check_input_file, open_input, read_text
 from memlens.data.speech.graphemes import normalize_transcript
 
 SAMPLE_RATE = 16000
@@ -93,10 +94,7 @@ class SpeechCorpus:
 def read_manifest(path: str | os.PathLike) -> SpeechCorpus:
     """A TSV manifest (see module docstring); every path and transcript checked."""
     p = Path(path)
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MemlensError(f"cannot read manifest {p}: {exc}") from None
+    lines = read_text(p, "speech manifest").splitlines()  # the input gate; UTF-8 checked
     rows = list(csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE))
     header = ["path", "transcript"]
     if rows and rows[0][:2] == header:
@@ -110,6 +108,7 @@ def read_manifest(path: str | os.PathLike) -> SpeechCorpus:
         audio = (p.parent / row[0]).resolve() if not os.path.isabs(row[0]) else Path(row[0])
         if not audio.is_file():
             raise MemlensError(f"{p}:{n}: audio file not found: {row[0]}")
+        check_input_file(audio, f"{p}:{n}: audio", binary_limit())
         text = normalize_transcript(row[1], f"{p}:{n}")
         uid = Path(row[0]).stem
         if uid in seen:
@@ -131,7 +130,7 @@ def read_librispeech(root: str | os.PathLike) -> SpeechCorpus:
                            "corpus")
     utts = []
     for t in trans:
-        for n, line in enumerate(t.read_text(encoding="utf-8").splitlines(), start=1):
+        for n, line in enumerate(read_text(t, "transcript").splitlines(), start=1):
             if not line.strip():
                 continue
             uid, _, text = line.strip().partition(" ")
@@ -139,6 +138,7 @@ def read_librispeech(root: str | os.PathLike) -> SpeechCorpus:
                           if (t.parent / f"{uid}{ext}").is_file()), None)
             if audio is None:
                 raise MemlensError(f"{t}:{n}: audio file not found: {uid}.flac / {uid}.wav")
+            check_input_file(audio, f"{t}:{n}: audio", binary_limit())
             utts.append(Utterance(uid, str(audio.resolve()),
                                   normalize_transcript(text, f"{t}:{n}"),
                                   {"speaker": uid.split("-")[0]}))
@@ -152,10 +152,11 @@ def read_corpus(path: str | os.PathLike) -> SpeechCorpus:
     p = Path(path)
     if not p.exists():
         raise MemlensError(f"speech corpus not found: {p}")
-    if p.is_file():
+    if not p.is_dir():  # a manifest file, or a special file the gate refuses
         return read_manifest(p)
-    if (p / "manifest.tsv").is_file():
-        return read_manifest(p / "manifest.tsv")
+    manifest = p / "manifest.tsv"
+    if manifest.exists() or manifest.is_symlink():  # a special file: the gate refuses it
+        return read_manifest(manifest)
     return read_librispeech(p)
 
 
@@ -254,24 +255,75 @@ def save_feature_cache(path: str | os.PathLike, corpus: SpeechCorpus,
     write_atomic(path, write)
 
 
+def _cache_members(z, path) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(meta, frames, offsets) of an open feature cache, each checked: one line naming
+    ``path`` for a cache that is malformed (not one written by :func:`save_feature_cache`)."""
+    def bad(why: str) -> MemlensError:
+        return MemlensError(f"malformed speech feature cache {path}: {why} (delete it to "
+                            "recompute the features)")
+
+    if not {"meta", "frames", "offsets"} <= set(z.files):
+        raise bad("it needs the arrays meta, frames and offsets")
+    meta_a, frames, off = z["meta"], z["frames"], z["offsets"]
+    try:
+        meta = json.loads(str(meta_a)) if meta_a.dtype.kind == "U" and meta_a.ndim == 0 \
+            else None
+    except (ValueError, RecursionError):
+        meta = None
+    ids = meta.get("ids") if isinstance(meta, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise bad("its metadata lists no utterance ids (strings)")
+    if frames.ndim != 2 or frames.shape[1] != N_MELS or frames.dtype.kind != "f":
+        raise bad(f"frames must be a T x {N_MELS} float array, got {frames.dtype} "
+                  f"{frames.shape}")
+    if off.ndim != 1 or off.dtype.kind not in "iu" or len(off) != len(ids) + 1:
+        raise bad(f"offsets must be {len(ids) + 1} integers (one per utterance + 1), got "
+                  f"{off.dtype} {off.shape}")
+    if off[0] != 0 or off[-1] != len(frames) or (np.diff(off) < 0).any():
+        raise bad("offsets must rise from 0 to the number of frames")
+    if not np.isfinite(frames).all():
+        raise bad("frames contain NaN or infinite values")
+    return meta, frames, off
+
+
+def read_feature_cache(path: str | os.PathLike) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(meta, frames, offsets) of a feature cache, through the input gate; its members'
+    expanded size is checked before anything is expanded, then every array is checked
+    (:func:`_cache_members`). Never unpickles."""
+    import zipfile
+
+    from memlens.core.limits import check_memory
+
+    with open_input(path, "speech feature cache", binary_limit()) as fh:
+        try:
+            with zipfile.ZipFile(fh) as zf:
+                check_memory(sum(i.file_size for i in zf.infolist()),
+                             f"the speech feature cache {path}")
+            fh.seek(0)
+            with np.load(fh, allow_pickle=False) as z:
+                return _cache_members(z, path)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            why = str(exc).strip().splitlines()[0][:150] if str(exc).strip() else \
+                type(exc).__name__
+            raise MemlensError(f"cannot read speech feature cache {path}: {why} (delete it "
+                               "to recompute the features)") from None
+
+
 def load_features(corpus: SpeechCorpus, workers: int = 1,
                   cache: str | os.PathLike | None = None) -> list[np.ndarray]:
     """Features of every utterance: from the cache (``features.npz`` beside the manifest by
-    default) when it matches the corpus and the feature settings, else computed."""
+    default) when it matches the corpus and the feature settings, else computed. A cache of
+    other settings or other utterances is ignored (recomputed); a malformed one (not an .npz
+    of this layout, short offsets, a wrong width, NaN frames, a special or huge file) is
+    refused with one line."""
     if cache is None:
         cache = Path(corpus.source).parent / CACHE if corpus.layout == "manifest" else None
-    if cache is not None and Path(cache).is_file():
-        try:
-            with np.load(cache, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                ids = {u: i for i, u in enumerate(meta["ids"])}
-                if meta.get("features") == FEATURES and all(
-                        u.id in ids for u in corpus.utterances):
-                    frames, off = z["frames"], z["offsets"]
-                    return [np.array(frames[off[ids[u.id]]:off[ids[u.id] + 1]])
-                            for u in corpus.utterances]
-        except (OSError, ValueError, KeyError):
-            pass  # a stale or foreign cache is ignored and recomputed
+    if cache is not None and (Path(cache).exists() or Path(cache).is_symlink()):
+        meta, frames, off = read_feature_cache(cache)
+        ids = {u: i for i, u in enumerate(meta["ids"])}
+        if meta.get("features") == FEATURES and all(u.id in ids for u in corpus.utterances):
+            return [np.array(frames[off[ids[u.id]]:off[ids[u.id] + 1]])
+                    for u in corpus.utterances]
     return compute_features(corpus, workers)
 
 

@@ -88,7 +88,7 @@ def synthesise_corpus(text_path: str | os.PathLike, out: Path, utterances: int =
     espeak_binary()
     from memlens.core.files import read_text
 
-    text = read_text(text_path, "--text")  # refuses missing, special, empty and binary files
+    text = read_text(text_path, "speech text (--text)")  # the input gate: special, huge, binary
     if utterances < 2:
         raise MemlensError("--utterances must be at least 2 (training and held-out)")
     sents = sentences(text)

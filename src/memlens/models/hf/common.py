@@ -9,7 +9,6 @@ and builds the vocabulary from the tokenizer (:func:`hf_symbols`).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +18,12 @@ from memlens.core.errors import MemlensError
 from memlens.data.vocab import Vocab
 from memlens.models.encoder import RecurrentEncoder
 from memlens.models.hf.block import _require_transformers
+from memlens.models.hf.files import (
+    TOKENIZER_FILES,
+    check_config_size,
+    check_hf_dir,
+    resolve_hf_spec,
+)
 from memlens.models.hf.registry import FAMILIES, family_of, model_type_of, unsupported
 
 
@@ -85,32 +90,52 @@ def from_hf(model_or_dir: nn.Module | str | os.PathLike, tokenizer: Any = None) 
     return enc
 
 
+def _read_config(transformers, spec: str):
+    try:
+        return transformers.AutoConfig.from_pretrained(spec)
+    except Exception as exc:  # noqa: BLE001 - transformers' errors of a bad config
+        raise MemlensError(f"hf:{spec}: cannot read a transformers config: "
+                           f"{_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
 def load_hf(path: str | os.PathLike) -> tuple[nn.Module, Any]:
-    """(model, tokenizer or None) from a directory or a name ``from_pretrained`` resolves;
-    the config's architecture is checked before any weights are read."""
+    """(model, tokenizer or None) from a directory or a name ``from_pretrained`` resolves.
+
+    A directory's files pass the input gate first (:mod:`memlens.models.hf.files`: special
+    and huge files, pickle-only, truncated or garbage weights are refused); the config's
+    architecture and the size it implies are checked before any weights are read; the
+    weights are read from safetensors only (never unpickled)."""
     transformers = _require_transformers()
     transformers.utils.logging.disable_progress_bar()  # no bars or warnings among memlens'
     transformers.utils.logging.set_verbosity_error()  # own lines (errors stay one line)
     spec = str(path)
-    try:
-        config = transformers.AutoConfig.from_pretrained(spec)
-    except (OSError, ValueError, KeyError) as exc:
-        raise MemlensError(f"hf:{spec}: cannot read a transformers config: "
-                           f"{str(exc).strip().splitlines()[0][:200]}") from None
+    root = resolve_hf_spec(spec)
+    values = None
+    if root is not None:
+        _, values = check_hf_dir(root, spec)
+    config = _read_config(transformers, spec)
     mt = getattr(config, "model_type", "?")
     if mt not in FAMILIES:
         archs = ",".join(getattr(config, "architectures", None) or []) or mt
         raise unsupported(f"hf:{spec} ({archs}, model_type {mt!r})")
+    check_config_size(config, spec, values)
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise MemlensError(f"hf:{spec}: cannot load the model: "
-                           f"{str(exc).strip().splitlines()[0][:200]}") from None
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            spec, config=config, dtype=torch.float32, use_safetensors=True)
+    except Exception as exc:  # noqa: BLE001 - transformers' and safetensors' load errors
+        raise MemlensError(f"hf:{spec}: cannot load the model: {_first_line(exc)}") from None
     tokenizer = None
-    if not Path(spec).is_dir() or any((Path(spec) / f).exists() for f in (
-            "tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")):
+    if root is None or any((root / f).exists() for f in TOKENIZER_FILES):
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(spec)
-        except (OSError, ValueError, KeyError, TypeError):
+        except Exception as exc:  # noqa: BLE001 - a broken tokenizer file
+            if root is not None:
+                raise MemlensError(f"hf:{spec}: cannot read the tokenizer: "
+                                   f"{_first_line(exc)}") from None
             tokenizer = None
     return model, tokenizer

@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from memlens.core.errors import MemlensError
+from memlens.runtime.options import OPTIONS, check_fields
 
 NGRAM_ORDER = 3          # the n-gram window oracle sees exactly the last NGRAM_ORDER - 1 tokens
-MAX_DISTANCE = 100       # largest planted distance the demo accepts
+MAX_DISTANCE = int(OPTIONS["distance"].high)  # largest planted distance the demo accepts
 SIGNATURE_RESAMPLES = 200
 GRADIENT_BOOTSTRAP = 100
 ABLATION_BOOTSTRAP = 200
@@ -38,11 +39,7 @@ class PlantedConfig:
 
     def check(self) -> None:
         """Refuse sizes the experiment cannot run with."""
-        if self.distance < 1:
-            raise MemlensError(f"--distance must be at least 1, got {self.distance}")
-        if self.distance > MAX_DISTANCE:
-            raise MemlensError(f"--distance must be at most {MAX_DISTANCE} (the demo's corpus "
-                               f"and lags grow with it), got {self.distance}")
+        check_fields(self, "distance", "seed")  # the schema: 1..MAX_DISTANCE, 0 <= seed
         for key in ("sentences", "decoder_sentences", "heldout_sentences",
                     "gradient_sentences", "ablation_targets", "epochs", "emb", "hidden"):
             if getattr(self, key) < 1:
