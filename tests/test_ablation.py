@@ -329,7 +329,7 @@ def test_cli_result_directory_and_report(trained, capsys):
     (["--distances", "30", "--context", "20"], "distance must be in 1..19"),
     (["--distances", "a,b"], "distances: cannot read"),
     (["--perturbation", "reverse"], "unknown perturbation 'reverse'"),
-    (["--targets", "0"], "targets must be in 1.."),
+    (["--targets", "0"], "--targets must be positive, got 0"),
     (["--context", "1"], "context window must be in 2.."),
     (["--context", "50000", "--distances", "1"], "leaves no target"),
     (["--tolerance", "1.5"], "tolerance must be in [0, 1)"),
