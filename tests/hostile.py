@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CASE_SECONDS = 60          # a case that runs longer hangs (refusals take milliseconds)
+BASE_SECONDS = 300         # a base case (run without an interrupt) that runs longer hangs
 SOFT_SECONDS = 12          # a run that accepted its options is interrupted (SIGINT) after this
 CASE_MEMORY = 1 << 30      # new peak resident memory of one case
 HUGE_FILE = (1 << 40) + 1  # a sparse file of a TiB: above every input size limit
@@ -193,8 +194,10 @@ class _Alarm:
         raise CaseTimeout
 
 
-def run_case(argv: list[str], workdir: Path, watch: list[Path]) -> Outcome:
-    """Run ``memlens ARGV`` in this process with ``workdir`` as the working directory."""
+def run_case(argv: list[str], workdir: Path, watch: list[Path], interrupt: bool = True
+             ) -> Outcome:
+    """Run ``memlens ARGV`` in this process with ``workdir`` as the working directory
+    (``interrupt``: send SIGINT after SOFT_SECONDS; False: let it run to CASE_SECONDS)."""
     from memlens.cli import main
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -203,8 +206,9 @@ def run_case(argv: list[str], workdir: Path, watch: list[Path]) -> Outcome:
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     old_cwd = os.getcwd()
     alarm = _Alarm()
+    alarm.interrupted = not interrupt  # the first alarm then times out at once
     old = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(SOFT_SECONDS)
+    signal.alarm(SOFT_SECONDS if interrupt else BASE_SECONDS)
     t0 = time.perf_counter()
     rc: int | None
     try:
@@ -231,9 +235,9 @@ def run_case(argv: list[str], workdir: Path, watch: list[Path]) -> Outcome:
     lines = [x for x in stderr.splitlines() if x.strip()]
     if rc is None:
         problem = f"runs past {CASE_SECONDS} s"
-    elif alarm.interrupted and rc != 130:
+    elif alarm.interrupted and interrupt and rc != 130:
         problem = f"interrupted after {SOFT_SECONDS} s: exit {rc}, not 130: {stderr[-300:]!r}"
-    elif alarm.interrupted:
+    elif alarm.interrupted and interrupt:
         left = [f for f in new if ".partial" not in f and not f.endswith(".lock")]
         if left:
             problem = f"files left after an interrupt: {left[:3]}"
@@ -250,7 +254,7 @@ def run_case(argv: list[str], workdir: Path, watch: list[Path]) -> Outcome:
         problem = f"user files changed: {changed[:3]}"
     elif memory > CASE_MEMORY:
         problem = f"took {memory / 2**30:.1f} GiB"
-    return Outcome(rc, stderr, seconds, new, memory, problem, alarm.interrupted)
+    return Outcome(rc, stderr, seconds, new, memory, problem, alarm.interrupted and interrupt)
 
 
 def probe(bases: dict[str, list[str]], files: dict[str, str], scratch: Path,

@@ -101,7 +101,7 @@ def test_vector_model_reads_npy(files):
     assert ri.corpus_meta()["format"] == "npy" and ri.oov_rate == 0.0
     for corpus, message in [("c.txt", "must be a .npy file of T x 3 floats"),
                             ("wide.npy", r"expected a T x 3 float array"),
-                            ("nope.npy", "cannot read input vectors")]:
+                            ("nope.npy", "input vectors file not found")]:
         with pytest.raises(MemlensError, match=message):
             load_run_inputs(spec, files / corpus)
     with pytest.raises(MemlensError, match="memlens ablation needs a token model; this one "

@@ -176,10 +176,11 @@ def _with(argv: list, option: str, value) -> list:
 
 # every file input: (name, build(env, bad file dir, kind) -> argv). Each build puts the bad
 # file where the reader looks for it.
-def _opt(command: str, option: str, name: str, prefix: str = "") -> Callable:
+def _opt(command: str, option: str, name: str, prefix: str = "", suffix: str = ""
+         ) -> Callable:
     def build(env: Path, tmp: Path, kind: str) -> list:
         bad = make_bad(tmp / name, kind)
-        return _with(base(env, tmp)[command], option, prefix + str(bad))
+        return _with(base(env, tmp)[command], option, prefix + str(bad) + suffix)
     return build
 
 
@@ -242,7 +243,9 @@ INPUTS = {
     "tag groups": _opt("gradients", "--classes", "g.txt", "lexicon:{lex}+groups:"),
     "pretrained": _opt("train", "--pretrained", "vec.txt"),
     "checkpoint": _opt("gradients", "--model", "m.pt"),
+    "signatures checkpoint": _opt("signatures", "--model", "huge"),
     "npy frames": _vectors,
+    "model file (FILE.py)": _opt("gradients", "--model", "m.py", suffix=":build"),
     "direction": _opt("gradients", "--direction", "d.npy"),
     "speech manifest": _speech_file("manifest.tsv"),
     "speech audio": _speech_file("u1.wav"),
@@ -265,7 +268,7 @@ def test_every_file_input_refuses_special_and_huge_files(env, tmp_path, capsys, 
     if kind == "huge":
         assert "larger than" in line or "limit" in line or "memory" in line, line
     else:
-        assert "not a regular file" in line or "audio file not found" in line or \
+        assert "not a regular file" in line or "file not found" in line or \
             "outside the directory" in line, line
 
 

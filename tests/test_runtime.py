@@ -97,7 +97,7 @@ def test_read_bytes_bounds(tmp_path):
     f.write_text("\ufeffhello\n")
     assert read_text(f) == "hello\n"
     assert read_bytes(f, max_bytes=100) == f.read_bytes()
-    with pytest.raises(MemlensError, match="larger than 3 bytes"):
+    with pytest.raises(MemlensError, match="larger than the input limit of 3 bytes"):
         read_bytes(f, "corpus", max_bytes=3)
     with pytest.raises(MemlensError, match="not found"):
         read_text(tmp_path / "missing.txt")

@@ -152,7 +152,7 @@ def test_cli_foreign_and_tampered_checkpoints(corpus, tmp_path, capsys):
     torch.save(payload, tampered)
     cases = [(foreign, "not a memlens checkpoint"), (garbage, "cannot be read safely"),
              (pickled, "cannot be read safely"), (tampered, "integrity check failed"),
-             (tmp_path / "nope.pt", "checkpoint not found")]
+             (tmp_path / "nope.pt", "checkpoint file not found")]
     for path, message in cases:
         code = main(["eval", "--model", str(path), "--corpus", str(corpus)])
         err = capsys.readouterr().err.strip()

@@ -59,8 +59,25 @@ def one_line(message: str) -> str:
     return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in message)
 
 
+_LAST_SIGNAL = [signal.SIGINT]  # the signal behind the latest KeyboardInterrupt
+
+
 def _terminate(signum, frame):  # noqa: ARG001
+    _LAST_SIGNAL[0] = signum
     raise KeyboardInterrupt
+
+
+def _unraisable(fallback):
+    """A ``sys.unraisablehook`` for a run: a KeyboardInterrupt that Python had to drop (the
+    signal handler ran inside a ``__del__`` or a weakref callback, where exceptions are
+    "ignored") is delivered again (the same signal), so the interrupt is never lost and no
+    "Exception ignored" traceback is printed; anything else goes to ``fallback``."""
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            signal.raise_signal(_LAST_SIGNAL[0])  # raised again at the next bytecode
+        else:
+            fallback(unraisable)
+    return hook
 
 
 # True in the console program (:func:`run`): once main() has its exit code, SIGINT and SIGTERM
@@ -114,9 +131,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if main_thread:
             signal.signal(signal.SIGTERM, _terminate)  # SIGTERM unwinds like Ctrl-C
-            if old[signal.SIGINT] is _startup:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-        return _run(args)
+            if old[signal.SIGINT] in (_startup, signal.default_int_handler):
+                signal.signal(signal.SIGINT, _terminate)  # as Python's, and noted
+        hook, sys.unraisablehook = sys.unraisablehook, _unraisable(sys.unraisablehook)
+        try:
+            return _run(args)
+        finally:
+            sys.unraisablehook = hook
     except KeyboardInterrupt as exc:
         with deferred_interrupts(absorb=True):  # a second signal: the line is printed
             print(f"memlens: {one_line(str(exc))}" if str(exc) else "memlens: interrupted",
@@ -169,9 +190,12 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as exc:  # no tracebacks for users; MEMLENS_DEBUG=1 shows them
         if os.environ.get("MEMLENS_DEBUG"):
             raise
-        full = WriteError.from_exception(exc, "the output")  # torch.save on a full disk
-        if full is not None:
-            print(f"memlens: error: {full}", file=sys.stderr)
+        from memlens.protocol.usercode import user_error
+
+        # torch.save on a full disk; an exception raised in the user's own model code
+        known = WriteError.from_exception(exc, "the output") or user_error(exc)
+        if known is not None:
+            print(f"memlens: error: {one_line(str(known))}", file=sys.stderr)
             return 2
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(f"memlens: internal error: {type(exc).__name__}: {msg}", file=sys.stderr)

@@ -30,7 +30,7 @@ from collections.abc import Collection, Mapping
 import torch
 from torch import Tensor, nn
 
-from memlens.core.errors import MemlensError
+from memlens.core.errors import MemlensError, UserCodeError
 from memlens.protocol import (
     GATE_KINDS,
     Readout,
@@ -40,6 +40,7 @@ from memlens.protocol import (
     lstm_cell,
     lstm_cell_sequence,
 )
+from memlens.protocol.usercode import check_state
 
 KINDS = GATE_KINDS
 
@@ -319,6 +320,7 @@ class StepLayer(RecurrentLayer):
         if not readouts or not all(callable(f) for f in readouts.values()):
             raise MemlensError("StepLayer needs at least one readout: {name: fn(state)}")
         self._step, self._init = step, init_state
+        self._checked = False  # has a step's new state been checked against its input
         self._readouts = dict(readouts)
         self.output_readout = output or next(iter(self._readouts))
         if self.output_readout not in self._readouts:
@@ -355,13 +357,32 @@ class StepLayer(RecurrentLayer):
         ref = self._reference()
         device = device or (ref.device if ref is not None else "cpu")
         dtype = dtype or (ref.dtype if ref is not None else torch.get_default_dtype())
-        return self._init(batch, device, dtype)
+        try:  # the user's own code: its errors are reported as theirs (issue 21)
+            return self._init(batch, device, dtype)
+        except (MemlensError, MemoryError):
+            raise
+        except Exception as exc:
+            raise UserCodeError.raised("init_state", exc) from exc
 
     def readout(self, state, name: str) -> Tensor:
-        return self._readouts[name](state)
+        try:
+            return self._readouts[name](state)
+        except (MemlensError, MemoryError):
+            raise
+        except Exception as exc:
+            raise UserCodeError.raised(f"readout {name!r}", exc) from exc
 
     def step(self, x: Tensor, state):
-        return self._step(x, state)
+        try:
+            new = self._step(x, state)
+        except (MemlensError, MemoryError):
+            raise
+        except Exception as exc:
+            raise UserCodeError.raised("step", exc) from exc
+        if not self._checked:  # the first step: the state keeps its tensors and shapes
+            check_state(new, state, "step")
+            self._checked = True
+        return new
 
     def forward(self, x: Tensor, state=None) -> tuple[Tensor, object]:
         seqs, state = self.sequence_states(x, state, (self.output_readout,))

@@ -27,10 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from memlens.core.errors import MemlensError
+from memlens.core.errors import MemlensError, UserCodeError
 from memlens.data.corpus import Corpus, load_corpus
 from memlens.data.vocab import Vocab
 from memlens.models.encoder import RecurrentEncoder, as_encoder
+from memlens.protocol.usercode import register_user_file
 
 SPEC_HELP = ("a memlens checkpoint (.pt), FILE.py:FUNCTION returning a wrapped model, or "
              "hf:DIR (a Hugging Face Mamba/RWKV/xLSTM causal LM)")
@@ -77,7 +78,11 @@ def _call_builder(spec: str) -> Any:
     path = Path(path_s)
     if not path.is_file():
         raise MemlensError(f"model file not found: {path}")
+    from memlens.core.files import check_input_file
+
+    check_input_file(path, "model file (FILE.py)")  # the input gate: special, /proc, huge
     name = f"memlens_user_model_{abs(hash(str(path.resolve())))}"
+    register_user_file(path)  # an error raised later in this code is the user's
     try:
         module_spec = importlib.util.spec_from_file_location(name, path)
         if module_spec is None or module_spec.loader is None:
@@ -91,8 +96,7 @@ def _call_builder(spec: str) -> Any:
     except MemlensError:
         raise
     except (Exception, SystemExit) as exc:
-        raise MemlensError(f"importing {path} failed: {type(exc).__name__}: "
-                           f"{_first_line(exc)}") from None
+        raise UserCodeError.raised(f"file {path} (imported)", exc) from None
     builder = getattr(module, func, None)
     if not callable(builder):
         raise MemlensError(f"{path} defines no function {func!r}")
@@ -101,13 +105,7 @@ def _call_builder(spec: str) -> Any:
     except MemlensError:
         raise
     except (Exception, SystemExit) as exc:
-        raise MemlensError(f"{path}:{func}() failed: {type(exc).__name__}: "
-                           f"{_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else "(no message)"
+        raise UserCodeError.raised(f"{path.name}:{func}()", exc) from None
 
 
 def describe(encoder: RecurrentEncoder, path: str) -> dict[str, Any]:

@@ -7,15 +7,27 @@ Atomic writes: a result file or directory is either complete or absent, never pa
 Output-path policy (one place for every command; README "Bad input"):
 
 * A memlens result directory holds a manifest, ``.memlens-result.json`` (``kind``,
-  ``memlens_version``, ``files``: every file memlens wrote there). :func:`atomic_dir` writes
-  it last.
+  ``memlens_version``, ``files``: every file memlens wrote there, and ``digests``: the SHA-256
+  of each). :func:`atomic_dir` writes it last.
+* Manifest entries are plain relative names inside the directory: an entry with a ``..``
+  component, an absolute path, an empty name or component, a NUL, or a name reached through a
+  symbolic link marks a tampered manifest, refused with one line naming the entry (by
+  :func:`check_out_dir` and again before anything is deleted).
 * :func:`check_out_dir` / :func:`check_out_file` run before any computation. They refuse an
   output path that exists and was not written by memlens (a file where a directory is wanted,
   a directory holding files memlens did not write, ``.``), a previous memlens output unless
   ``overwrite`` (or the same run's ``resume``) is given, a parent that is a file, and a
   parent that cannot be written.
 * A replaced result directory loses only the files listed in its manifest; memlens never
-  deletes a file it did not write.
+  deletes a file it did not write, and never deletes or replaces anything through a symbolic
+  link (a link is removed as a link; a listed name under a linked directory is refused).
+* ``overwrite`` refuses, naming the file, to replace a result one of whose files no longer has
+  the digest memlens recorded (the user edited it). Manifests without digests (memlens 0.3.0
+  and before) are replaced as before.
+* The checkpoints beside an output (``.<name>.partial.pt`` / ``.npz`` / ``.rank<r>``) must be
+  memlens checkpoints: :func:`claim_output` refuses a user's file, a directory or a symbolic
+  link at those names (:func:`memlens.runtime.progress.check_scratch`). Temporary names are
+  made by ``mkstemp`` / ``mkdtemp`` (unique, created exclusively) and removed on every exit.
 * :func:`claim_output` does the check and holds a lock (``flock`` on ``.<name>.lock`` beside
   the output) for the whole run, so a second run on the same output says so instead of
   silently replacing the first one's result.
@@ -24,9 +36,11 @@ Output-path policy (one place for every command; README "Bad input"):
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import warnings
 import zipfile
@@ -39,6 +53,7 @@ from memlens.core.errors import MemlensError
 from memlens.core.files import UMASK as _UMASK  # noqa: F401 (kept for callers)
 from memlens.core.files import atomic_path, write_atomic
 from memlens.core.files import public_mode as _public_mode
+from memlens.core.signals import deferred_interrupts
 
 MANIFEST = ".memlens-result.json"
 LOCK_TEXT = b"memlens output lock\n"
@@ -77,6 +92,113 @@ def read_manifest(path: str | os.PathLike) -> dict | None:
             isinstance(x, str) for x in doc["files"]) or "memlens_version" not in doc:
         return None
     return doc
+
+
+def _entry_problem(name: str) -> str | None:
+    """Why a manifest entry is not a plain relative name inside its directory (None: it is)."""
+    if not name:
+        return "an empty name"
+    if "\x00" in name:
+        return "a NUL byte"
+    if os.path.isabs(name):
+        return "an absolute path"
+    parts = name.split("/")
+    if ".." in parts:
+        return "a '..' component"
+    if any(part in ("", ".") for part in parts):
+        return "an empty or '.' component"
+    return None
+
+
+def _tampered(path: str | os.PathLike, what: str, detail: str) -> MemlensError:
+    return MemlensError(f"{what} {path}: its manifest {MANIFEST} {detail}: a tampered manifest; "
+                        "memlens does not replace or delete anything there")
+
+
+def check_manifest(path: str | os.PathLike, doc: dict, what: str = "--out") -> None:
+    """Refuse a tampered manifest (one line naming the entry): an entry that is not a plain
+    relative name inside ``path`` (a ``..`` component, an absolute path, an empty name or
+    component, a NUL), a listed name reached through a symbolic link inside ``path``, or
+    ``digests`` that are not a {name: hex SHA-256} mapping."""
+    for name in doc["files"]:
+        why = _entry_problem(name)
+        if why is not None:
+            raise _tampered(path, what, f"lists {name!r} ({why}), not a plain name inside "
+                                        "the directory")
+        link = _through_link(Path(path), name)
+        if link is not None:
+            raise MemlensError(f"{what} {path}: {link} is a symbolic link and the manifest lists "
+                               f"{name!r} under it; memlens does not delete or replace anything "
+                               "through a link: move it away or choose another path")
+    digests = doc.get("digests", {})
+    if not isinstance(digests, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in digests.items()):
+        raise _tampered(path, what, "has malformed digests")
+
+
+def _through_link(root: Path, name: str) -> str | None:
+    """The first directory component of ``root / name`` (below ``root``) that is a symbolic
+    link or not a directory, as a relative name; None when every one is a real directory (or
+    missing)."""
+    parts = name.split("/")[:-1]
+    for i in range(1, len(parts) + 1):
+        rel = "/".join(parts[:i])
+        try:
+            st = os.lstat(root / rel)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not stat.S_ISDIR(st.st_mode):
+            return rel
+    return None
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a regular file's bytes, read without following a symbolic link."""
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def changed_files(path: str | os.PathLike, doc: dict) -> list[str]:
+    """The listed files of the result ``path`` whose content is no longer the one memlens
+    recorded in the manifest's ``digests`` (edited, or replaced by a link or a directory). A
+    listed file that is gone is not changed (nothing of it would be lost); a manifest without
+    digests (memlens 0.3.0 and before) has none."""
+    root, digests, out = Path(path), doc.get("digests") or {}, []
+    for name in doc["files"]:
+        want = digests.get(name)
+        if want is None:
+            continue
+        try:
+            st = os.lstat(root / name)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        try:
+            same = stat.S_ISREG(st.st_mode) and file_digest(root / name) == want
+        except OSError:
+            same = False
+        if not same:
+            out.append(name)
+    return out
+
+
+def _check_replaceable(path: str | os.PathLike, doc: dict, what: str) -> None:
+    """Refuse to replace the memlens result ``path`` (manifest ``doc``) when its manifest is
+    tampered, it holds files memlens did not write, or a file changed since memlens wrote it."""
+    check_manifest(path, doc, what)
+    foreign = foreign_files(path)
+    if foreign:
+        raise MemlensError(f"{what} {path} holds files memlens did not write "
+                           f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
+                           "memlens does not replace it: move them away or choose another path")
+    changed = changed_files(path, doc)
+    if changed:
+        raise MemlensError(f"{what} {path}: file {changed[0]} was changed since memlens wrote "
+                           "it; memlens does not replace it (move it away or choose another "
+                           "path)")
 
 
 def foreign_files(path: str | os.PathLike) -> list[str]:
@@ -148,11 +270,13 @@ def check_out_dir(path: str | os.PathLike, overwrite: bool = False, resume: bool
                            "replace it: choose another path")
     if not p.exists():
         return p
-    if read_manifest(p) is None:
+    doc = read_manifest(p)
+    if doc is None:
         if _files_under(p):
             raise MemlensError(f"{what} {path} is an existing directory that is not a memlens "
                                "result; memlens does not write into it: choose a new path")
         return p  # an empty directory
+    check_manifest(path, doc, what)
     foreign = foreign_files(p)
     if foreign:
         raise MemlensError(f"{what} {path} holds files memlens did not write "
@@ -161,6 +285,7 @@ def check_out_dir(path: str | os.PathLike, overwrite: bool = False, resume: bool
     if not (overwrite or resume):
         raise MemlensError(f"{what} {path} holds a previous memlens result: add --overwrite "
                            "to replace it")
+    _check_replaceable(path, doc, what)
     return p
 
 
@@ -205,9 +330,17 @@ def output_lock(path: str | os.PathLike, what: str = "--out") -> Iterator[Path]:
             os.write(fd, LOCK_TEXT)
         except FileExistsError:
             try:
-                fd = os.open(lock, os.O_RDONLY)
+                fd = os.open(lock, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+                             | getattr(os, "O_NONBLOCK", 0))
             except FileNotFoundError:
                 continue  # removed by the run that held it: try again
+            except OSError:  # a symbolic link (ELOOP), or unreadable
+                raise MemlensError(f"{what} {path}: the lock file {lock} is not a memlens lock "
+                                   "(a symbolic link or unreadable): move it away") from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise MemlensError(f"{what} {path}: the lock file {lock} is not a regular file: "
+                                   "move it away") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -240,10 +373,14 @@ def claim_output(path: str | os.PathLike, overwrite: bool = False, resume: bool 
 
     Call it before any computation; yields the absolute output path.
     """
+    from memlens.runtime.progress import check_scratch
+
     check = check_out_dir if directory else check_out_file
     p = check(path, overwrite, resume, what)
+    check_scratch(p, resume)
     with output_lock(p, what):
         check(path, overwrite, resume, what)  # again: it may have changed while unlocked
+        check_scratch(p, resume)
         _CLAIMED[p] = overwrite or resume
         try:
             yield p
@@ -253,10 +390,23 @@ def claim_output(path: str | os.PathLike, overwrite: bool = False, resume: bool 
 
 def _remove_listed(old: Path, files: list[str]) -> None:
     """Delete the listed files (and the manifest) in ``old``, then its empty directories; a
-    file memlens did not list stays, and so does ``old`` (with a warning)."""
+    file memlens did not list stays, and so does ``old`` (with a warning). Every entry is
+    checked first (a tampered manifest deletes nothing); a listed symbolic link is removed as
+    a link, and nothing under a linked directory is touched."""
+    for rel in files:
+        why = _entry_problem(rel) if isinstance(rel, str) else "not a name"
+        if why is not None:
+            raise _tampered(old, "--out", f"lists {rel!r} ({why}), not a plain name inside the "
+                                          "directory")
     for rel in [*files, MANIFEST]:
         f = old / rel
-        if old in f.parents and (f.is_file() or f.is_symlink()):
+        if _through_link(old, rel) is not None:
+            continue
+        try:
+            st = os.lstat(f)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if not stat.S_ISDIR(st.st_mode):
             f.unlink()
     for dirpath, _, _ in sorted(os.walk(old), key=lambda w: -len(w[0])):
         try:
@@ -291,34 +441,57 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False,
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        files = _files_under(tmp)
-        if kind is None and (tmp / "result.json").is_file():
-            try:
-                kind = json.loads((tmp / "result.json").read_text()).get("kind")
-            except (ValueError, AttributeError):
-                kind = None
-        (tmp / MANIFEST).write_text(json.dumps(
-            {"kind": kind, "memlens_version": __version__, "files": files}, indent=1) + "\n")
+        _write_manifest(tmp, kind, __version__)
         _public_mode(tmp, 0o777)
-        if path.exists() or path.is_symlink():
-            old_doc = read_manifest(path)
-            if old_doc is not None and allowed and not foreign_files(path):
-                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old",
-                                            dir=path.parent))
-                os.replace(path, old)  # onto the empty directory just made
-                os.replace(tmp, path)
-                _remove_listed(old, old_doc["files"])
-                return
-            if old_doc is not None or path.is_symlink() or not path.is_dir() or \
-                    _files_under(path):
-                raise MemlensError(f"{path} exists and is not a memlens result this run may "
-                                   "replace; nothing was changed there")
-        os.replace(tmp, path)  # onto nothing, or onto an empty directory
+        with deferred_interrupts():  # the old result is never left half-replaced
+            _install(tmp, path, allowed)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-__all__ = ["LOCK_TEXT", "MANIFEST", "MAX_SNIFF", "atomic_dir", "atomic_path", "check_out_dir",
-           "check_out_file", "claim_output", "foreign_files", "is_memlens_file", "lock_path",
-           "output_lock", "read_manifest", "write_atomic", "write_json"]
+def _write_manifest(tmp: Path, kind: str | None, version: str) -> None:
+    """The manifest of the finished directory ``tmp``: kind, version, every file and its
+    SHA-256."""
+    files = _files_under(tmp)
+    if kind is None and (tmp / "result.json").is_file():
+        try:
+            kind = json.loads((tmp / "result.json").read_text()).get("kind")
+        except (ValueError, AttributeError):
+            kind = None
+    digests = {f: file_digest(tmp / f) for f in files
+               if stat.S_ISREG(os.lstat(tmp / f).st_mode)}
+    (tmp / MANIFEST).write_text(json.dumps(
+        {"kind": kind, "memlens_version": version, "files": files, "digests": digests},
+        indent=1) + "\n")
+
+
+def _install(tmp: Path, path: Path, allowed: bool) -> None:
+    """Rename the finished ``tmp`` onto ``path``: onto nothing or an empty directory, or, when
+    ``allowed``, onto an earlier memlens result that may be replaced (checked again now:
+    :func:`_check_replaceable`), whose listed files are then deleted. If the rename fails the
+    earlier result is put back."""
+    if path.exists() or path.is_symlink():
+        old_doc = None if path.is_symlink() else read_manifest(path)
+        if old_doc is not None and allowed:
+            _check_replaceable(path, old_doc, "--out")
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old",
+                                        dir=path.parent))
+            os.replace(path, old)  # onto the empty directory just made
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)  # put the earlier result back
+                raise
+            _remove_listed(old, old_doc["files"])
+            return
+        if old_doc is not None or path.is_symlink() or not path.is_dir() or _files_under(path):
+            raise MemlensError(f"{path} exists and is not a memlens result this run may "
+                               "replace; nothing was changed there")
+    os.replace(tmp, path)  # onto nothing, or onto an empty directory
+
+
+__all__ = ["LOCK_TEXT", "MANIFEST", "MAX_SNIFF", "atomic_dir", "atomic_path", "changed_files",
+           "check_manifest", "check_out_dir", "check_out_file", "claim_output", "file_digest",
+           "foreign_files", "is_memlens_file", "lock_path", "output_lock", "read_manifest",
+           "write_atomic", "write_json"]

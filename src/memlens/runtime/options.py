@@ -401,6 +401,8 @@ class RunOptions:
     def device_for(self, model: torch.nn.Module) -> torch.device:
         """The device an analysis of ``model`` runs on: ``device`` when given, else the
         device of the model's first parameter or buffer (cpu for a model without any)."""
+        import torch
+
         if self.device is not None:
             return resolve_device(self.device)
         for tensor in (*model.parameters(), *model.buffers()):

@@ -25,6 +25,9 @@ A long loop (positions of a stream, batches, signatures, epochs) runs like this:
   files hold flat dicts of numpy arrays and scalars (``np.load(allow_pickle=False)``); other
   names are ``torch.save`` archives of nested dicts / lists of tensors and scalars, read with
   ``torch.load(weights_only=True)`` after a zip-bomb check. Nothing is ever unpickled.
+  Nothing but a memlens checkpoint is ever replaced or deleted at its name: a user's file, a
+  directory or a symbolic link there is refused with one line (:func:`check_checkpoint_path`;
+  :func:`check_scratch` checks every checkpoint name beside an output before a run starts).
 * :func:`interrupt_guard`: SIGINT / SIGTERM only set a flag while the loop runs, so the loop
   stops at its next safe point, saves and raises :class:`Interrupted`; a second signal while
   it saves does not kill the save (every atomic write holds signals until the file is
@@ -39,7 +42,9 @@ import hashlib
 import json
 import math
 import os
+import re
 import signal
+import stat
 import sys
 import threading
 import time
@@ -155,6 +160,98 @@ def partial_path(out: str | os.PathLike, suffix: str = ".pt") -> Path:
     payloads, ``.pt`` for torch ones)."""
     out = Path(out)
     return out.parent / f".{out.name}.partial{suffix}"
+
+
+# -- whose file is at a checkpoint's name ----------------------------------------------------------
+MAX_META = 1 << 20  # bytes of a checkpoint's metadata read to recognise it
+
+
+def is_run_checkpoint(path: str | os.PathLike) -> bool:
+    """True for a regular file (not a symbolic link) that memlens wrote as a run checkpoint:
+    an ``.npz`` holding the metadata entry of this format, a torch archive whose pickle names
+    it, or a checkpoint of an earlier memlens version (:data:`LEGACY_FORMATS`, the ablation
+    ``.npz`` of fingerprint / done / nll). Reads only the small metadata, never unpickles."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        with zipfile.ZipFile(path) as zf:
+            infos = {i.filename: i for i in zf.infolist()}
+            meta = infos.get(f"{META}.npy")
+            if meta is not None:
+                if meta.file_size > MAX_META:
+                    return False
+                with zf.open(meta) as fh:
+                    doc = json.loads(str(np.lib.format.read_array(fh, allow_pickle=False)))
+                return isinstance(doc, dict) and doc.get("format") == FORMAT
+            if {"fingerprint.npy", "done.npy", "nll.npy"} <= set(infos):
+                return True  # the ablation checkpoint written before this module
+            pkl = [i for name, i in infos.items() if name.endswith("data.pkl")]
+            if len(pkl) != 1 or pkl[0].file_size > 64 * MAX_META:
+                return False
+            data = zf.read(pkl[0])
+        return any(f.encode() in data for f in (FORMAT, *LEGACY_FORMATS))
+    except (OSError, ValueError, EOFError, KeyError, RuntimeError, zipfile.BadZipFile,
+            RecursionError):
+        return False
+
+
+def _stamp(st: os.stat_result) -> tuple:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def check_checkpoint_path(path: str | os.PathLike, contents: bool = True,
+                          written: tuple | None = None) -> None:
+    """Refuse (one line naming the file and saying to move it) to write, read or delete a
+    checkpoint at ``path`` when a symbolic link, a directory or a special file (FIFO, device,
+    socket) is there, or (``contents``) a file that is not a memlens checkpoint
+    (:func:`is_run_checkpoint`): a user's file at that name is never replaced or deleted.
+    Nothing there: fine. ``written``: the stamp of the file this run saved last (it is not
+    read again)."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except (OSError, ValueError) as exc:
+        raise MemlensError(f"cannot check the checkpoint {path}: "
+                           f"{getattr(exc, 'strerror', None) or exc}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise MemlensError(f"{path} is a symbolic link where memlens keeps a checkpoint; "
+                           "memlens does not write, read or delete through it: move it away")
+    if stat.S_ISDIR(st.st_mode):
+        raise MemlensError(f"{path} is a directory where memlens keeps a checkpoint; memlens "
+                           "does not replace it: move it away")
+    if not stat.S_ISREG(st.st_mode):
+        raise MemlensError(f"{path} is not a regular file (a FIFO, device or socket) where "
+                           "memlens keeps a checkpoint; memlens does not read, replace or delete "
+                           "it: move it away")
+    if contents and _stamp(st) != written and not is_run_checkpoint(path):
+        raise MemlensError(f"{path} is not a memlens checkpoint, but memlens keeps its progress "
+                           "under that name; memlens does not replace or delete it: move it away")
+
+
+def scratch_paths(out: str | os.PathLike) -> list[Path]:
+    """The checkpoint names memlens may use beside the output ``out`` that are taken now:
+    ``.<name>.partial.pt``, ``.<name>.partial.npz`` and their per-rank variants
+    ``.<name>.partial.rank<r>.pt`` / ``.npz`` (anything there, links included)."""
+    out = Path(out)
+    prefix = f".{out.name}.partial"
+    try:
+        names = os.listdir(out.parent)
+    except OSError:
+        return []
+    rank = re.compile(re.escape(prefix) + r"\.rank\d+\.(pt|npz)")
+    return [out.parent / n for n in sorted(names)
+            if n in (prefix + ".pt", prefix + ".npz") or rank.fullmatch(n)]
+
+
+def check_scratch(out: str | os.PathLike, resume: bool = False) -> None:
+    """Before a run on ``out`` starts: every checkpoint name beside it (:func:`scratch_paths`)
+    is free or holds a memlens checkpoint (:func:`check_checkpoint_path`); a user's file, a
+    directory, a special file or a symbolic link there is refused with one line. With
+    ``resume`` a file's contents are left to :meth:`RunCheckpoint.load` (which refuses a
+    foreign or damaged one with its own message, and writes nothing)."""
+    for path in scratch_paths(out):
+        check_checkpoint_path(path, contents=not resume)
 
 
 # -- interrupts and the progress bar -------------------------------------------------------------
@@ -273,6 +370,7 @@ class RunCheckpoint:
         self.path = None if path is None else Path(path)
         self.fingerprint, self.every, self.kind = fingerprint, float(every), kind
         self._last = time.perf_counter()
+        self._written: tuple | None = None  # the stamp of the file this object saved last
 
     @property
     def enabled(self) -> bool:
@@ -315,6 +413,7 @@ class RunCheckpoint:
             return
         payload = self._normalised(payload)
         meta = self._meta(payload)
+        check_checkpoint_path(self.path, written=self._written)  # never a user's file
         with atomic_path(self.path) as tmp:
             if self.numpy:
                 with open(tmp, "wb") as fh:
@@ -323,6 +422,7 @@ class RunCheckpoint:
                 import torch
 
                 torch.save({META: meta, "payload": payload}, tmp)
+        self._written = _stamp(os.lstat(self.path))
         self._last = time.perf_counter()
 
     def due(self) -> bool:
@@ -352,9 +452,12 @@ class RunCheckpoint:
             self.save(payload)
 
     def discard(self) -> None:
-        """Delete the checkpoint file (if any)."""
+        """Delete the checkpoint file (if any); a file there that is not a memlens checkpoint,
+        a directory or a link is refused (:func:`check_checkpoint_path`), never deleted."""
         if self.path is not None:
+            check_checkpoint_path(self.path, written=self._written)
             self.path.unlink(missing_ok=True)
+            self._written = None
 
     # -- reading ---------------------------------------------------------------------------
     def _read(self, device) -> tuple[Any, Any]:
@@ -390,6 +493,8 @@ class RunCheckpoint:
         fingerprint, a digest mismatch and (with ``like``, a fresh payload of this run) any
         entry missing, unexpected or of another shape or dtype are one-line
         :class:`MemlensError` s. ``device``: where torch tensors are loaded."""
+        if self.path is not None:
+            check_checkpoint_path(self.path, contents=False)  # a link or a directory
         if self.path is None or not self.path.exists():
             raise MemlensError(f"nothing to resume: no checkpoint at {self.path}")
         meta, payload = self._read(device)
@@ -436,5 +541,6 @@ def _plain(payload: Any) -> Any:
     return payload
 
 
-__all__ = ["FORMAT", "Guard", "Interrupted", "RunCheckpoint", "fingerprint", "interrupt_guard",
-           "partial_path", "progress_bar", "stop_point"]
+__all__ = ["FORMAT", "Guard", "Interrupted", "RunCheckpoint", "check_checkpoint_path",
+           "check_scratch", "fingerprint", "interrupt_guard", "is_run_checkpoint", "partial_path",
+           "progress_bar", "scratch_paths", "stop_point"]

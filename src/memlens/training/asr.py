@@ -185,8 +185,8 @@ def train_asr(cfg: ASRConfig, log=print) -> ASRModel:
         raise
     except KeyboardInterrupt:
         raise interrupted(ck, saved, cfg.epochs) from None
-    if not stopped:
-        ck.finish()  # kept after a time-limit stop: --resume continues
+    if not stopped or saved >= cfg.epochs:
+        ck.finish()  # kept after a time-limit stop with epochs left: --resume continues
     best_model = load_asr(cfg.out)
     best_model.history = history
     return best_model

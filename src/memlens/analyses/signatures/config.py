@@ -85,6 +85,9 @@ def check_config(cfg: StudyConfig) -> None:
                        ("--lm-train", cfg.lm_train)):
         if path is not None and (flag == "--lm-train" or not os.path.isdir(path)):
             check_input_file(path, f"{flag} text")  # missing, special, huge: one line
+    if os.path.lexists(cfg.model) and not os.path.isdir(cfg.model):  # a checkpoint file
+        from memlens.core.files import binary_limit
+        check_input_file(cfg.model, "checkpoint", binary_limit())  # before its fingerprint
     if cfg.warmup is not None:
         check_option("warmup", cfg.warmup, "--warmup")
     check_option("seed", cfg.seed, "--seed")
