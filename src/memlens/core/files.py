@@ -213,7 +213,16 @@ def read_bytes(path: str | os.PathLike, what: str = "input",
     limit = text_limit() if max_bytes is None else max_bytes
     with open_input(path, what, limit) as fh:
         try:
-            data = fh.read(limit + 1)
+            # in blocks: fh.read(limit + 1) would allocate limit + 1 bytes up front (the
+            # memory budget for weights), whatever the file's size
+            chunks, total = [], 0
+            while total <= limit:
+                block = fh.read(min(1 << 24, limit + 1 - total))
+                if not block:
+                    break
+                chunks.append(block)
+                total += len(block)
+            data = b"".join(chunks)
         except OSError as exc:  # an I/O error
             raise MemlensError(f"cannot read {what} file {path}: {exc.strerror or exc}"
                                ) from None
