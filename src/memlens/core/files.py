@@ -24,7 +24,6 @@ beside its target, flushed to disk, given the mode a plain ``open`` would give i
 
 from __future__ import annotations
 
-import math
 import os
 import stat
 import tempfile
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from memlens.core.errors import MemlensError, WriteError
-from memlens.core.limits import memory_budget
+from memlens.core.limits import env_bytes, memory_budget
 from memlens.core.signals import deferred_interrupts
 
 
@@ -61,17 +60,7 @@ _KERNEL_DIRS = ("/proc", "/sys")  # pseudo files there stat as regular files of 
 
 def _env_limit() -> int | None:
     """``MEMLENS_MAX_INPUT_BYTES`` as a number of bytes, None when unset or empty."""
-    raw = os.environ.get(LIMIT_ENV)
-    if raw is None or not raw.strip():
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and 1 <= value < 2**63):
-        raise MemlensError(f"the environment variable {LIMIT_ENV} must be a positive finite "
-                           f"number of bytes (e.g. 4e9), got {raw!r:.60}")
-    return int(value)
+    return env_bytes(LIMIT_ENV, "4e9")
 
 
 def text_limit() -> int:

@@ -19,18 +19,27 @@ MAX_POSITIONS = 2**62      # stream positions (stop_after, warmup, max_tokens, c
 MAX_PROCESSES = 1 << 16    # WORLD_SIZE of a torchrun launch
 
 
+def env_bytes(name: str, example: str) -> int | None:
+    """The environment variable ``name`` as a number of bytes (1 <= n < 2**63; ``example``
+    shown in the message), None when unset or empty; anything else is a one-line error."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 1 <= value < 2**63):
+        raise MemlensError(f"the environment variable {name} must be a positive finite "
+                           f"number of bytes (e.g. {example}), got {raw!r:.60}")
+    return int(value)
+
+
 def memory_budget() -> int:
     """Bytes memlens may plan to allocate: ``MEMLENS_MAX_MEMORY`` or the physical memory."""
-    env = os.environ.get("MEMLENS_MAX_MEMORY")
-    if env is not None and env.strip():
-        try:
-            value = float(env)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and 1 <= value < 2**63):
-            raise MemlensError(f"the environment variable MEMLENS_MAX_MEMORY must be a "
-                               f"positive finite number of bytes (e.g. 8e9), got {env!r:.60}")
-        return int(value)
+    env = env_bytes("MEMLENS_MAX_MEMORY", "8e9")
+    if env is not None:
+        return env
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX

@@ -185,15 +185,27 @@ def changed_files(path: str | os.PathLike, doc: dict) -> list[str]:
     return out
 
 
-def _check_replaceable(path: str | os.PathLike, doc: dict, what: str) -> None:
-    """Refuse to replace the memlens result ``path`` (manifest ``doc``) when its manifest is
-    tampered, it holds files memlens did not write, or a file changed since memlens wrote it."""
+def _check_owned(path: str | os.PathLike, doc: dict, what: str) -> None:
+    """Refuse the memlens result ``path`` (manifest ``doc``) when its manifest is tampered or
+    it holds files memlens did not write."""
     check_manifest(path, doc, what)
     foreign = foreign_files(path)
     if foreign:
         raise MemlensError(f"{what} {path} holds files memlens did not write "
                            f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
                            "memlens does not replace it: move them away or choose another path")
+
+
+def _check_replaceable(path: str | os.PathLike, doc: dict, what: str) -> None:
+    """Refuse to replace the memlens result ``path`` (manifest ``doc``) when its manifest is
+    tampered, it holds files memlens did not write, or a file changed since memlens wrote it."""
+    _check_owned(path, doc, what)
+    _check_unchanged(path, doc, what)
+
+
+def _check_unchanged(path: str | os.PathLike, doc: dict, what: str) -> None:
+    """Refuse a memlens result ``path`` one of whose files changed since memlens wrote it
+    (its digest in the manifest ``doc``)."""
     changed = changed_files(path, doc)
     if changed:
         raise MemlensError(f"{what} {path}: file {changed[0]} was changed since memlens wrote "
@@ -276,16 +288,11 @@ def check_out_dir(path: str | os.PathLike, overwrite: bool = False, resume: bool
             raise MemlensError(f"{what} {path} is an existing directory that is not a memlens "
                                "result; memlens does not write into it: choose a new path")
         return p  # an empty directory
-    check_manifest(path, doc, what)
-    foreign = foreign_files(p)
-    if foreign:
-        raise MemlensError(f"{what} {path} holds files memlens did not write "
-                           f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
-                           "memlens does not replace it: move them away or choose another path")
+    _check_owned(path, doc, what)
     if not (overwrite or resume):
         raise MemlensError(f"{what} {path} holds a previous memlens result: add --overwrite "
                            "to replace it")
-    _check_replaceable(path, doc, what)
+    _check_unchanged(path, doc, what)
     return p
 
 
