@@ -208,6 +208,21 @@ def test_user_directory_at_the_bare_partial_name_is_untouched(bases, tmp_path, c
     assert snapshot(scratch) == {"inside.txt": b"the user's data"}
 
 
+OTHER_FORMAT = [("train", ".m.pt.partial.npz"), ("gradients", ".g.partial.npz"),
+                ("gradients", ".g.partial.rank0.npz"), ("signatures", ".s.partial.pt"),
+                ("ablation", ".a.partial.rank1.pt")]
+
+
+@pytest.mark.parametrize("command,name", OTHER_FORMAT)
+def test_a_user_file_at_the_other_format_name_is_left_alone(bases, tmp_path, command, name):
+    """Only the checkpoint names a command can write are checked: gradients keeps ``.pt``,
+    so a user's ``.g.partial.npz`` neither blocks it nor is touched."""
+    mine = tmp_path / name
+    mine.write_bytes(b"the user's data")
+    assert run(argv(bases, command, tmp_path / OUTS[command])) == 0
+    assert mine.read_bytes() == b"the user's data"
+
+
 def test_resume_of_a_user_file_is_refused_and_keeps_it(bases, tmp_path, capsys):
     scratch = tmp_path / ".g.partial.pt"
     scratch.write_bytes(b"the user's data")

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from memlens.runtime.options import resolve_device
 
     with sharded_output(args.out, args.overwrite, args.resume,
-                        resolve_device(args.device)) as (out, device, group):
+                        resolve_device(args.device), scratch=".npz") as (out, device, group):
         return _run(args, out, device, group)
 
 

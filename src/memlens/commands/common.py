@@ -122,7 +122,7 @@ def train_into(out: str, overwrite: bool, resume: bool, fit: Callable[[], T]) ->
     from memlens.runtime.io import claim_output
     from memlens.training import progress_path
 
-    with claim_output(out, overwrite, resume, directory=False) as path:
+    with claim_output(out, overwrite, resume, directory=False, scratch=(".pt",)) as path:
         try:
             return fit()
         except KeyboardInterrupt:
@@ -140,8 +140,8 @@ def log(msg: str) -> None:
 
 
 @contextlib.contextmanager
-def sharded_output(out: str, overwrite: bool, resume: bool, device: torch.device
-                   ) -> Iterator[tuple[Path, torch.device, object]]:
+def sharded_output(out: str, overwrite: bool, resume: bool, device: torch.device,
+                   scratch: str = ".pt") -> Iterator[tuple[Path, torch.device, object]]:
     """Claim ``--out`` for a command that shards its work under torchrun.
 
     Yields (out, device, group): without torchrun, ``io.claim_output`` as every command uses it
@@ -149,6 +149,8 @@ def sharded_output(out: str, overwrite: bool, resume: bool, device: torch.device
     GPU; ``device`` becomes cuda:LOCAL_RANK), only rank 0 claims OUT (the others learn its
     path, and stop with a one-line error when rank 0 could not claim it), and the group is
     destroyed on the way out. Inside, :func:`log` is silent on ranks other than 0.
+    ``scratch``: the suffix of the command's checkpoint (".pt" or ".npz"), whose names
+    beside OUT must be free or hold a memlens checkpoint.
     """
     from memlens.runtime import distributed
     from memlens.runtime.io import claim_output
@@ -161,7 +163,8 @@ def sharded_output(out: str, overwrite: bool, resume: bool, device: torch.device
             claimed, err = None, None
             if group is None or group.rank == 0:
                 try:
-                    claimed = stack.enter_context(claim_output(out, overwrite, resume))
+                    claimed = stack.enter_context(claim_output(out, overwrite, resume,
+                                                                   scratch=(scratch,)))
                 except BaseException as exc:
                     if group is None:
                         raise

@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from memlens.runtime.io import claim_output, write_json
 
     max_tokens = check_max_tokens(args.max_tokens)
-    claim = claim_output(args.out, args.overwrite, directory=False) if args.out else nullcontext()
+    claim = claim_output(args.out, args.overwrite, directory=False,
+                                 scratch=()) if args.out else nullcontext()
     with claim as out:
         train = load_corpus(args.train, args.format, args.unit).tokens
         if max_tokens:

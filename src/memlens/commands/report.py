@@ -24,7 +24,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the report; errors in the inputs surface as MemlensError (exit 2)."""
-    with claim_output(args.out, args.overwrite, directory=False) as path:
+    with claim_output(args.out, args.overwrite, directory=False, scratch=()) as path:
         out = build_report(args.dirs, path, title=args.title)
     print(f"wrote {out}")
     return 0

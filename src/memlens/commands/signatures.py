@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_config(study_config(args, args.device))
     with sharded_output(args.out, args.overwrite, args.resume,
-                        resolve_device(args.device)) as (out, device, group):
+                        resolve_device(args.device), scratch=".npz") as (out, device, group):
         rank0 = group is None or group.rank == 0
         cfg = study_config(args, device, 1 if group is None else group.world)
         checkpoint = None

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from memlens.data.speech.synth import espeak_binary, synthesise_corpus
 
     espeak_binary()
-    with claim_output(args.out, args.overwrite) as out:
+    with claim_output(args.out, args.overwrite, scratch=()) as out:
         with atomic_dir(out, kind="speech-corpus") as tmp:
             info = synthesise_corpus(args.text, tmp, args.utterances, args.seed,
                                      args.test_fraction, args.workers)

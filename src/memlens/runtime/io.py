@@ -374,20 +374,26 @@ def output_lock(path: str | os.PathLike, what: str = "--out") -> Iterator[Path]:
 
 @contextmanager
 def claim_output(path: str | os.PathLike, overwrite: bool = False, resume: bool = False,
-                 directory: bool = True, what: str = "--out") -> Iterator[Path]:
+                 directory: bool = True, what: str = "--out",
+                 scratch: tuple[str, ...] | None = None) -> Iterator[Path]:
     """Check ``path`` by the policy, lock it, and let :func:`atomic_dir` replace an earlier
     memlens result there while the block runs (only with ``overwrite`` / ``resume``).
 
+    ``scratch``: the suffixes of the checkpoint the command keeps beside ``path`` (".pt",
+    ".npz"; ``()`` for a command that keeps none; None: both), whose names must be free or
+    hold a memlens checkpoint (:func:`~memlens.runtime.progress.check_scratch`).
+
     Call it before any computation; yields the absolute output path.
     """
-    from memlens.runtime.progress import check_scratch
+    from memlens.runtime.progress import SCRATCH_SUFFIXES, check_scratch
 
+    suffixes = SCRATCH_SUFFIXES if scratch is None else scratch
     check = check_out_dir if directory else check_out_file
     p = check(path, overwrite, resume, what)
-    check_scratch(p, resume)
+    check_scratch(p, resume, suffixes)
     with output_lock(p, what):
         check(path, overwrite, resume, what)  # again: it may have changed while unlocked
-        check_scratch(p, resume)
+        check_scratch(p, resume, suffixes)
         _CLAIMED[p] = overwrite or resume
         try:
             yield p

@@ -229,28 +229,36 @@ def check_checkpoint_path(path: str | os.PathLike, contents: bool = True,
                            "under that name; memlens does not replace or delete it: move it away")
 
 
-def scratch_paths(out: str | os.PathLike) -> list[Path]:
+SCRATCH_SUFFIXES = (".pt", ".npz")  # the two checkpoint formats (torch, NumPy)
+
+
+def scratch_paths(out: str | os.PathLike,
+                  suffixes: tuple[str, ...] = SCRATCH_SUFFIXES) -> list[Path]:
     """The checkpoint names memlens may use beside the output ``out`` that are taken now:
-    ``.<name>.partial.pt``, ``.<name>.partial.npz`` and their per-rank variants
-    ``.<name>.partial.rank<r>.pt`` / ``.npz`` (anything there, links included)."""
+    ``.<name>.partial<suffix>`` and its per-rank variants ``.<name>.partial.rank<r><suffix>``
+    for each suffix in ``suffixes`` (anything there, links included)."""
     out = Path(out)
     prefix = f".{out.name}.partial"
+    if not suffixes:
+        return []
     try:
         names = os.listdir(out.parent)
     except OSError:
         return []
-    rank = re.compile(re.escape(prefix) + r"\.rank\d+\.(pt|npz)")
-    return [out.parent / n for n in sorted(names)
-            if n in (prefix + ".pt", prefix + ".npz") or rank.fullmatch(n)]
+    ends = "|".join(re.escape(s) for s in suffixes)
+    name = re.compile(re.escape(prefix) + rf"(\.rank\d+)?({ends})")
+    return [out.parent / n for n in sorted(names) if name.fullmatch(n)]
 
 
-def check_scratch(out: str | os.PathLike, resume: bool = False) -> None:
-    """Before a run on ``out`` starts: every checkpoint name beside it (:func:`scratch_paths`)
+def check_scratch(out: str | os.PathLike, resume: bool = False,
+                  suffixes: tuple[str, ...] = SCRATCH_SUFFIXES) -> None:
+    """Before a run on ``out`` starts: every checkpoint name beside it that the run may use
+    (:func:`scratch_paths` with the ``suffixes`` of its checkpoint format; all by default)
     is free or holds a memlens checkpoint (:func:`check_checkpoint_path`); a user's file, a
     directory, a special file or a symbolic link there is refused with one line. With
     ``resume`` a file's contents are left to :meth:`RunCheckpoint.load` (which refuses a
     foreign or damaged one with its own message, and writes nothing)."""
-    for path in scratch_paths(out):
+    for path in scratch_paths(out, suffixes):
         check_checkpoint_path(path, contents=not resume)
 
 
