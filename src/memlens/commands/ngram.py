@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     """Check the options and --out, fit the model, print (and write) the evaluation."""
     from contextlib import nullcontext
 
+    from memlens.core.seal import seal_json
     from memlens.core.version import __version__
     from memlens.data import load_corpus
     from memlens.models.ngram import KneserNeyLM
@@ -53,9 +54,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"bits per {unit}: {report['bits']:.4f}")
         print(f"perplexity: {report['perplexity']:.4f}")
         if out is not None:
-            write_json(out, {"kind": "ngram", "memlens_version": __version__,
+            write_json(out, seal_json({"kind": "ngram", "memlens_version": __version__,
                              "order": args.order, "unit": args.unit,
                              "smoothing": "interpolated Kneser-Ney", "train": args.train,
                              "train_tokens": len(train), "eval": args.eval or args.train,
-                             **report})
+                             **report}))
     return 0

@@ -30,6 +30,7 @@ from torch import nn
 from memlens.core.errors import MemlensError
 from memlens.core.files import binary_limit, check_input_file, open_input, write_atomic
 from memlens.core.limits import memory_budget
+from memlens.core.seal import ZIP_MARK, seal_zip
 from memlens.data.vocab import Vocab
 from memlens.models.encoder import RecurrentEncoder
 from memlens.models.layers import TorchLayer
@@ -208,8 +209,8 @@ def save_checkpoint(path: str | os.PathLike, model: LanguageModel | RecurrentEnc
     vocab = vocab_obj.to_dict() if vocab_obj is not None else {}
     payload = {"format": MAGIC, "version": VERSION, "config": config, "vocab": vocab,
                "state_dict": state, "extra": extra or {},
-               "sha256": _digest(config, vocab, state)}
-    write_atomic(path, lambda p: torch.save(payload, p))
+               "sha256": _digest(config, vocab, state), "seal": ZIP_MARK}
+    write_atomic(path, lambda p: (torch.save(payload, p), seal_zip(p)))
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"

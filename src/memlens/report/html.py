@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from memlens.core.errors import MemlensError
+from memlens.core.seal import HTML_MARK, seal_html
 from memlens.results import SavedResult, curves, load_result, plot_series
 from memlens.runtime.io import write_atomic
 from memlens.runtime.plotting import plain_text, pyplot
@@ -405,7 +406,7 @@ def render_report(results: Sequence[SavedResult], title: str = "memlens report",
     body += [_result_section(r, label, i) for i, (r, label) in enumerate(zip(results, labels))]
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\">"
-            f'<meta name="generator" content="memlens {_esc(__version__)}">'
+            f'<meta name="generator" content="memlens {_esc(__version__)}">{HTML_MARK}'
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>\n"
             + "\n".join(b for b in body if b) + "\n</body></html>\n")
@@ -423,6 +424,6 @@ def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike = "re
     results = [load_result(d) for d in dirs]
     text = render_report(results, title, findings, sections)
     out = Path(out)
-    write_atomic(out, lambda p: p.write_text(text, encoding="utf-8"))
+    write_atomic(out, lambda p: p.write_text(seal_html(text), encoding="utf-8"))
     out.chmod(0o644)  # a page to open and share (the atomic temp file is created 0600)
     return out

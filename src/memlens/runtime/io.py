@@ -53,6 +53,7 @@ from memlens.core.errors import MemlensError
 from memlens.core.files import UMASK as _UMASK  # noqa: F401 (kept for callers)
 from memlens.core.files import atomic_path, write_atomic
 from memlens.core.files import public_mode as _public_mode
+from memlens.core.seal import seal_state
 from memlens.core.signals import deferred_interrupts
 
 MANIFEST = ".memlens-result.json"
@@ -301,8 +302,9 @@ def check_out_file(path: str | os.PathLike, overwrite: bool = False, resume: boo
     """Check that a single output file may be written at ``path``; return it (absolute).
 
     Allowed: a path that does not exist, and a file memlens wrote (:func:`is_memlens_file`)
-    with ``overwrite`` or ``resume``. A directory, a file memlens did not write or a parent
-    that cannot be written raises a one-line :class:`MemlensError`.
+    with ``overwrite`` or ``resume``, unless its content no longer matches its seal
+    (:func:`memlens.core.seal.seal_state`: the user edited it). A directory, a file memlens
+    did not write or a parent that cannot be written raises a one-line :class:`MemlensError`.
     """
     p = _absolute(path)
     if p.is_dir():
@@ -316,6 +318,10 @@ def check_out_file(path: str | os.PathLike, overwrite: bool = False, resume: boo
     if not (overwrite or resume):
         raise MemlensError(f"{what} {path} exists (an earlier memlens output): add "
                            "--overwrite to replace it")
+    if seal_state(p) == "edited":
+        raise MemlensError(f"{what} {path} was changed since memlens wrote it (its content no "
+                           "longer matches the digest memlens sealed it with); memlens does not "
+                           "replace it (move it away or choose another path)")
     return p
 
 
