@@ -1,4 +1,4 @@
-"""Benchmark: sharded state gradients, 1 process vs N gloo processes on CPU (README "Scale").
+"""Benchmark: sharded state gradients, 1 process vs N gloo processes on CPU (docs/scaling.md).
 
 A random 1-layer LSTM LM (E=64, H=256, V=10k, K=50 by default; speed does not depend on
 training) over a random stream of T tokens, cell readout, float32, bootstrap off:

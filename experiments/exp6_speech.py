@@ -6,7 +6,8 @@ demonstration), on **synthetic speech** (espeak-ng, 8 voices).
     memlens train-asr --data runs/speech-wt2 --out runs/asr-lstm3.pt --layers 3 --hidden 128 \\
         --stack 3 --batch 16 --lr 3e-3 --epochs 40 --time-limit 55 --threads 2 --seed 0
     python experiments/exp6_speech.py     # EXP6_QUICK=1: a small smoke run
-    # the README's epoch-4 run: EXP6_MODEL=runs/asr-lstm3-e4.pt EXP6_OUT=exp6-epoch4.json
+    # the documented epoch-4 run (docs/experiments/exp6.md):
+    # EXP6_MODEL=runs/asr-lstm3-e4.pt EXP6_OUT=exp6-epoch4.json
 
 Held-out CER/WER (greedy, the manifest's test split: unseen sentences, seen voices); per layer
 of the 3-layer LSTM and of a random-init encoder of the same shape: memory signatures with

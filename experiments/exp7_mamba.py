@@ -8,10 +8,10 @@ WikiText-2 test (target: perplexity within 20% of the LSTM's 135.3, i.e. <= 162.
 beside the LSTM and the GRU of experiment 4 (state gradients of the top block's output on UD EWT
 dev; word signatures on WikiText-2 test) through ``--model hf:DIR``.
 
-    python experiments/exp7_mamba.py train --target-ppl 162.4   # the README run: 3 epochs
+    python experiments/exp7_mamba.py train --target-ppl 162.4   # docs/experiments/exp7.md: 3 epochs
     python experiments/exp7_mamba.py analyse [--tokens 2000] [--max-delay 30]
 
-The README run planned 10 epochs (the cosine schedule is for 10) and stopped after epoch 3,
+The documented run planned 10 epochs (the cosine schedule is for 10) and stopped after epoch 3,
 the first within the target (``--target-ppl``; 5-6 min per epoch on 2 idle cores).
 
 Training: AdamW (lr 3e-3, weight decay 0.1, linear warm-up 100 steps, cosine decay), batches of
@@ -303,7 +303,7 @@ def main() -> None:
     ap.add_argument("--max-test-tokens", type=int)
     ap.add_argument("--target-ppl", type=float,
                     help="train: stop after the first epoch whose test perplexity is at most "
-                         "this (the run in the README: 162.4 = 1.2 x the LSTM's 135.3)")
+                         "this (the documented run: 162.4 = 1.2 x the LSTM's 135.3)")
     ap.add_argument("--tokens", type=int, default=2000, help="analyse: EWT dev tokens")
     ap.add_argument("--max-delay", type=int, default=30, help="analyse: largest delay")
     args = ap.parse_args()

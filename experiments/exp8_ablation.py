@@ -6,7 +6,7 @@ memory signature) -- on WikiText-2 test.
 
 Khandelwal et al. (LSTM LMs on PTB and WikiText-103): about 200 tokens of context used,
 word order mattering only nearby (about 20 tokens). Output: experiments/results/exp8.json,
-docs/img/exp8-ablation.png, the tables quoted in the README.
+docs/img/exp8-ablation.png, the tables quoted in docs/experiments/exp8.md.
 """
 
 from __future__ import annotations

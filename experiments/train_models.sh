@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Trains every model that the README and the experiments use, with the exact commands quoted there.
+# Trains every model that the docs (docs/experiments/) use, with the exact commands quoted there.
 # Usage: experiments/train_models.sh [DATA_DIR=../shared/data] [OUT_DIR=runs] [DEVICE=auto]
 set -euo pipefail
 DATA=${1:-../shared/data}; OUT=${2:-runs}; DEV=${3:-auto}

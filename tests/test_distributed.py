@@ -1,5 +1,5 @@
 """Sharded state gradients over torch.distributed: 2 gloo processes on CPU reproduce the
-single-process averages of a trained LSTM (README "Scale")."""
+single-process averages of a trained LSTM (docs/scaling.md)."""
 
 from __future__ import annotations
 

@@ -74,7 +74,8 @@ def _add_measure(p: argparse.ArgumentParser) -> None:
                    "random start; "
                    "linear-fast: the same softmax from a closed-form (LDA) start and 3 "
                    "epochs, for large symbol sets (thousands of word types: 5x faster at "
-                   "equal held-out accuracy, README); mlp: one shared hidden layer")
+                   "equal held-out accuracy, docs/analyses/signatures.md); mlp: one shared "
+                   "hidden layer")
     p.add_argument("--symbols", help="what is decoded: chars, top:N or upos (default: chars "
                    "for character models, top:1000 for word models)")
 

@@ -34,7 +34,7 @@ OK, INTERRUPTED, FAILED = 0, 1, 2
 
 
 def default_warmup(max_delay: int) -> int:
-    """The default warm-up W of a shard: max(1000, 4 K) positions (README, "Scale")."""
+    """The default warm-up W of a shard: max(1000, 4 K) positions (docs/scaling.md)."""
     return max(1000, 4 * int(max_delay))
 
 

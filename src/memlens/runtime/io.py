@@ -4,7 +4,7 @@ Atomic writes: a result file or directory is either complete or absent, never pa
 (:func:`atomic_path` / :func:`write_atomic` come from :mod:`memlens.core.files`;
 :func:`atomic_dir` is here).
 
-Output-path policy (one place for every command; README "Bad input"):
+Output-path policy (one place for every command; docs/bad-input.md):
 
 * A memlens result directory holds a manifest, ``.memlens-result.json`` (``kind``,
   ``memlens_version``, ``files``: every file memlens wrote there, and ``digests``: the SHA-256

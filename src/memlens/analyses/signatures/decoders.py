@@ -469,7 +469,7 @@ class FastLinearDecoder(JointDecoder):
        over-confident at once, so the loss at T = 1 rises while the ranking improves:
        judged at T = 1, lags >= 2 kept epoch 1 and lag 2 stayed 1.4 points below the joint
        decoder on the word case; judged calibrated, lags 1-3 keep epoch 3 and no lag is
-       more than 0.36 points below it (README).
+       more than 0.36 points below it (docs/analyses/signatures.md).
 
     Index (one-hot window) states have no covariance to whiten: they get the joint
     decoder's training from its random start.
@@ -647,7 +647,8 @@ class _GroupScaleLoss:
 def choose_decoder(name: str, n_symbols: int) -> str:
     """The decoder a signature uses: ``name``, or for "auto" "linear-fast" when there are
     :data:`AUTO_FAST_SYMBOLS` (1000) decoded symbols or more (word types: the same held-out
-    accuracy about 5x faster, README "Large symbol sets") and "linear" below."""
+    accuracy about 5x faster, docs/analyses/signatures.md, "Large symbol sets") and "linear"
+    below."""
     if name == "auto":
         return "linear-fast" if n_symbols >= AUTO_FAST_SYMBOLS else "linear"
     if name not in DECODERS:

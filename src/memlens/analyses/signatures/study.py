@@ -117,8 +117,8 @@ def load_study(cfg: StudyConfig, log: Log = print) -> StudyInputs:
             f"{AUTO_FAST_SYMBOLS} symbols on; --decoder linear to choose the other)")
     elif cfg.decoder == "linear" and sym.size >= AUTO_FAST_SYMBOLS:
         log(f"{sym.size} symbols: the joint decoder's cost grows with the number of symbols; "
-            "--decoder linear-fast fits the same softmax several times faster (README, "
-            "'Large symbol sets')")
+            "--decoder linear-fast fits the same softmax several times faster (docs/analyses/"
+            "signatures.md, 'Large symbol sets')")
     inputs = StudyInputs(loaded, layers, sites, tr_tokens, he_tokens, tr_ids, he_ids, sym,
                          tr_cls, he_cls, decoder=decoder)
     if cfg.ngram or cfg.window_lm:

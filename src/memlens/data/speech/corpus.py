@@ -11,7 +11,7 @@ Layouts read by :func:`read_corpus`:
 Audio is decoded with soundfile (libsndfile), mixed down to mono and resampled to 16 kHz with
 librosa (soxr). Features: 80-bin log-mel filterbank energies, 25 ms Hann window (400
 samples), 10 ms hop (160 samples), from ``librosa.feature.melspectrogram`` (torchaudio's
-Kaldi fbank would replace the pinned torch build, see README), ``log(mel + 1e-6)``.
+Kaldi fbank would replace the pinned torch build, see docs/analyses/speech.md), ``log(mel + 1e-6)``.
 
 Bad input is refused before anything is computed or written, with one line naming the file:
 a missing audio file, audio that cannot be decoded, empty (or shorter than one 25 ms window)
