@@ -246,7 +246,17 @@ def _streams() -> dict[str, Any]:
 def _paths(world: World) -> dict[str, Any]:
     f = world.files
     return {"path-dir": f["dir"], "path-missing": f["missing"], "path-empty": f["empty"],
-            "path-binary": f["binary"], "path-obj": Path(f["missing"])}
+            "path-binary": f["binary"], "path-obj": Path(f["missing"]),
+            "path-bytes": os.fsencode(f["corpus"]), "path-nul": f["corpus"] + "\x00x"}
+
+
+def _devices() -> dict[str, Any]:
+    """Device names torch refuses (or that this machine lacks) and foreign torch devices."""
+    out = {"gpu9": "gpu9", "cuda:x": "cuda:x", "cuda:99": "cuda:99", "CPU": "CPU",
+           "meta": torch.device("meta"), "index-5": 5}
+    if not torch.cuda.is_available():
+        out["cuda-absent"] = "cuda"
+    return out
 
 
 def _is_stream(value: Any) -> bool:
@@ -262,13 +272,15 @@ def _is_path(param: inspect.Parameter, value: Any) -> bool:
 def hostile_values(world: World, param: inspect.Parameter, baseline: Any
                    ) -> Iterator[tuple[str, Any]]:
     """The hostile values of one parameter: every generic one; the stream ones for a
-    parameter whose baseline is a sequence; the path ones for a path parameter; a foreign
-    torch module for a module parameter."""
+    parameter whose baseline is a sequence; the path ones for a path parameter; bad device
+    names for a ``device``; a foreign torch module for a module parameter."""
     yield from _generic().items()
     if _is_stream(baseline) or param.name in ("inputs", "ids", "tokens", "symbols", "itos"):
         yield from _streams().items()
     if _is_path(param, baseline):
         yield from _paths(world).items()
+    if param.name == "device":
+        yield from _devices().items()
     if isinstance(baseline, nn.Module) or param.name in ("model", "rnn", "embedding"):
         yield "foreign-module", nn.Linear(2, 2)
         yield "gru", nn.GRU(3, 4)
@@ -344,32 +356,14 @@ def world(tmp_path_factory) -> World:
     return build_world(tmp_path_factory.mktemp("api-hostile"))
 
 
-#: entry points whose failures are not yet fixed (outside the analyses' area, issue 21):
-#: their failures are reported as a warning, not asserted. Remove an entry once it is clean.
-PENDING = {"LanguageModel": "models/lm.py: config / vocab_size types",
-           "evaluate": "training/lm.py: model, ids, batch, bptt, device",
-           "load_checkpoint": "models/checkpoint.py: path and device types",
-           "save_checkpoint": "models/checkpoint.py: path and model types",
-           "load_model": "models/loading.py: vocab path and device types",
-           "load_run_inputs": "models/run_inputs.py: corpus / vocab path and device types",
-           "load_corpus": "data/files.py: path type", "Vocab.read": "data/files.py: path type",
-           "load_result": "results.py: path type",
-           "make_synthetic": "data/synthetic.py: sizes and seed (huge sizes hang)"}
-
-
 def test_every_entry_point_keeps_the_contract(world):
     """Every parameter of every public entry point, every hostile value: success or one
     MemlensError line (the failures are listed together)."""
-    failures, pending = [], []
+    failures = []
     for case in cases(world):
-        pending_case = case.entry.name in PENDING  # a pending hang costs 2 s, not 20
-        problem = outcome(world, case, 2 if pending_case else CASE_SECONDS)
+        problem = outcome(world, case)
         if problem:
-            (pending if case.entry.name in PENDING else failures).append(
-                f"{case.name}: {problem}")
-    if pending:
-        warnings.warn(f"{len(pending)} pending API cases break the contract (PENDING), e.g. "
-                      f"{pending[0]}", stacklevel=1)
+            failures.append(f"{case.name}: {problem}")
     assert not failures, f"{len(failures)} cases break the contract:\n" + "\n".join(failures)
 
 
@@ -403,6 +397,49 @@ def test_string_and_non_string_inputs_refused(world):
         memlens.Vocab(["<unk>", "<eos>", 3, None])
     with pytest.raises(MemlensError, match="vocabulary"):
         memlens.Vocab.from_symbols([b"a", "b"])
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda w: memlens.load_corpus(3), r"^path must be a file path \(str or os.PathLike\), "
+                                        "got int$"),
+    (lambda w: memlens.load_checkpoint(None), "^path must be a file path .*got NoneType$"),
+    (lambda w: memlens.load_result([w.files["result"]]), "^path must be a file path .*got list$"),
+    (lambda w: memlens.Vocab.read(os.fsencode(w.files["vocab"])), "^path must .*got bytes$"),
+    (lambda w: memlens.save_checkpoint(7, w.lm), "^path must be a file path .*got int$"),
+    (lambda w: memlens.save_checkpoint(w.files["dir"], w.lm), "is a directory"),
+    (lambda w: memlens.save_checkpoint(str(w.root / "never.pt"), nn.Linear(2, 2)),
+     "save_checkpoint needs a memlens LanguageModel or a wrapped encoder .*got Linear"),
+    (lambda w: memlens.load_checkpoint(w.files["checkpoint"], device="gpu9"),
+     "unknown device 'gpu9'"),
+    (lambda w: memlens.load_checkpoint(w.files["checkpoint"], device=5),
+     "^device must be a device name .*got 5$"),
+    (lambda w: memlens.evaluate(w.lm, torch.tensor(w.ids), device=None),
+     "^device must be a device name .*got None$"),
+    (lambda w: memlens.evaluate(w.lm, w.ids), "^ids must be a 1-D torch tensor"),
+    (lambda w: memlens.evaluate(nn.GRU(3, 4), torch.tensor(w.ids)),
+     "evaluate needs a memlens LanguageModel"),
+    (lambda w: memlens.LanguageModel(3, V), "^config must be a mapping"),
+    (lambda w: memlens.make_synthetic(10**12), "synthetic corpus of 7000000000000 tokens "
+                                               "would need about .* GiB"),
+    (lambda w: memlens.make_synthetic(2**70), "^n_sentences must be in 1"),
+    (lambda w: memlens.make_synthetic(5, seed=[1]), "^seed must be an integer"),
+])
+def test_named_refusals(world, call, message):
+    """The refusals of issue 21's API classes name the parameter and what was expected, in
+    one line, at once (a huge synthetic corpus is refused from its estimate, not built)."""
+    start = time.perf_counter()
+    with pytest.raises(MemlensError, match=message) as info:
+        call(world)
+    assert "\n" not in str(info.value) and time.perf_counter() - start < 5
+    assert not (world.root / "never.pt").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_one_line(world):
+    for call in (lambda: memlens.load_checkpoint(world.files["checkpoint"], device="cuda"),
+                 lambda: memlens.evaluate(world.lm, torch.tensor(world.ids), device="cuda:0")):
+        with pytest.raises(MemlensError, match="no CUDA device is available"):
+            call()
 
 
 GARBAGE = {"WORLD_SIZE": ["abc", "-1", "0", "1e3", str(2**70), "", "2.5"],

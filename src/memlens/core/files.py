@@ -86,14 +86,44 @@ def _kernel_devices() -> set[int]:
     return devices
 
 
+def as_path(value: Any, name: str = "path", kind: str = "file path") -> Path:
+    """``value`` as a :class:`~pathlib.Path`, checked before anything touches the file system.
+
+    Parameters
+    ----------
+    value
+        What the caller was given as a file path: a ``str`` or an ``os.PathLike``.
+    name
+        The parameter (or input) it was given as, for the message (``"path"``,
+        ``"vocab"``, ``"corpus path"``).
+    kind
+        What is expected, for the message (``"file path"``, ``"directory path"``).
+
+    Returns
+    -------
+    Path
+        ``Path(value)``.
+
+    Raises
+    ------
+    MemlensError
+        One line naming ``name`` and what was expected: a value of another type (an int,
+        a list, None, bytes: "path must be a file path (str or os.PathLike), got int"), an
+        empty path, or a path with a NUL byte.
+    """
+    text = os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
+    if not isinstance(text, str):
+        raise MemlensError(f"{name} must be a {kind} (str or os.PathLike), got "
+                           f"{type(value).__name__}")
+    if not text:
+        raise MemlensError(f"{name} is empty: give a {kind}")
+    if "\x00" in text:
+        raise MemlensError(f"{name} contains a NUL byte: {text[:80]!r}")
+    return Path(text)
+
+
 def _check_path_type(path: Any, what: str) -> Path:
-    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
-        raise MemlensError(f"{what} path must be a str or os.PathLike, got "
-                           f"{type(path).__name__}")
-    p = Path(path)
-    if not str(path):
-        raise MemlensError(f"{what} path is empty")
-    return p
+    return as_path(path, f"{what} path")
 
 
 def _refuse_special(p: Path, st: os.stat_result, what: str) -> None:
@@ -261,7 +291,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success fsync it and rename it onto
     ``path``. On any exception the temporary file is removed and ``path`` is left untouched.
     """
-    path = Path(path)
+    path = as_path(path, "output path")
+    if path.is_dir() and not path.is_symlink():
+        raise MemlensError(f"cannot write {path}: it is a directory, not a file")
     path.parent.mkdir(parents=True, exist_ok=True)
     with deferred_interrupts():  # a save that has begun finishes (issue 21)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -287,6 +319,6 @@ def write_atomic(path: str | os.PathLike, writer: Callable[[Path], Any]) -> None
         writer(tmp)
 
 
-__all__ = ["LIMIT_ENV", "TEXT_LIMIT", "UMASK", "atomic_path", "binary_limit", "check_input_file",
-           "check_regular", "open_input", "public_mode", "read_bytes", "read_json", "read_text",
-           "text_limit", "write_atomic"]
+__all__ = ["LIMIT_ENV", "TEXT_LIMIT", "UMASK", "as_path", "atomic_path", "binary_limit",
+           "check_input_file", "check_regular", "open_input", "public_mode", "read_bytes",
+           "read_json", "read_text", "text_limit", "write_atomic"]

@@ -28,10 +28,11 @@ import torch
 from torch import nn
 
 from memlens.core.errors import MemlensError
-from memlens.core.files import binary_limit, check_input_file, open_input, write_atomic
+from memlens.core.files import as_path, binary_limit, check_input_file, open_input, write_atomic
 from memlens.core.limits import memory_budget
 from memlens.core.seal import ZIP_MARK, seal_zip
 from memlens.data.vocab import Vocab
+from memlens.models.devices import resolve_device
 from memlens.models.encoder import RecurrentEncoder
 from memlens.models.layers import TorchLayer
 from memlens.models.lm import LanguageModel, check_config
@@ -190,10 +191,34 @@ def save_checkpoint(path: str | os.PathLike, model: LanguageModel | RecurrentEnc
                     extra: dict[str, Any] | None = None) -> None:
     """Write ``model`` (with its vocabulary) to ``path`` atomically.
 
-    ``model``: a memlens LanguageModel, or a wrapped encoder (``memlens.wrap``) of
-    nn.LSTM/GRU/RNN layers with any vocabulary (a user's vocabulary needs no ``<unk>``,
-    ``<eos>`` first; a continuous-input encoder needs none).
+    The file holds the config, the vocabulary, the weights (on cpu) and ``extra``, with a
+    SHA-256 digest that :func:`load_checkpoint` checks; it is written to a temporary file and
+    renamed, so an error leaves no partial file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The checkpoint file to write.
+    model : LanguageModel or RecurrentEncoder
+        A memlens language model (with its ``vocab``), or a wrapped encoder
+        (:func:`~memlens.models.encoder.wrap`) of nn.LSTM/GRU/RNN layers with any vocabulary
+        (a user's vocabulary needs no ``<unk>``, ``<eos>`` first; a continuous-input encoder
+        needs none).
+    extra : dict or None, optional
+        Plain data saved with the model (e.g. training history), read back as
+        ``model.extra`` (default None: empty).
+
+    Raises
+    ------
+    MemlensError
+        When ``model`` is of another type, a token model has no vocabulary, or the path is
+        invalid.
     """
+    path = as_path(path, "path")
+    if not isinstance(model, (LanguageModel, RecurrentEncoder)):
+        raise MemlensError("save_checkpoint needs a memlens LanguageModel or a wrapped encoder "
+                           f"(memlens.wrap(embedding, rnn, vocab=...)), got "
+                           f"{type(model).__name__}")
     if isinstance(model, RecurrentEncoder):
         config = encoder_config(model)
         vocab_obj = model.vocab
@@ -217,8 +242,30 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
                     ) -> LanguageModel:
     """Load a memlens checkpoint; refuse foreign, corrupt or tampered files with a clear error.
 
-    The returned model is in eval mode and has ``.vocab``, ``.config`` and ``.extra``.
+    The file is never unpickled: its contents are checked before any object is built, then
+    its digest, then the config's bounds and the weights' shapes before allocation.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by :func:`save_checkpoint` (or ``memlens train``).
+    device : str or torch.device, optional
+        Where to put the model: "cpu" (default), "cuda", "cuda:N" or "auto".
+
+    Returns
+    -------
+    LanguageModel or RecurrentEncoder
+        The model in eval mode, with ``.vocab``, ``.extra`` and (language models)
+        ``.config``; a saved wrapped encoder comes back as a :class:`RecurrentEncoder`.
+
+    Raises
+    ------
+    MemlensError
+        When the file is missing, too large, not a memlens checkpoint, of another version,
+        tampered or corrupt, or does not describe a valid model.
     """
+    path = as_path(path, "path")
+    device = resolve_device(device, "device", allow_none=False)
     check_input_file(path, "checkpoint", binary_limit())  # missing, special, huge: one line
     payload = load_checked(path)
     if not isinstance(payload, dict) or payload.get("format") != MAGIC:

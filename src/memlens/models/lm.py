@@ -10,6 +10,7 @@ is a :class:`~memlens.protocol.RecurrentLayer` subclass and one ``register_layer
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -76,10 +77,46 @@ class LanguageModel(nn.Module):
     ``forward(tokens T x B, state)`` returns logits T x B x V and the final state. The
     analyses use ``self.encoder`` (a :class:`RecurrentEncoder`). ``config`` holds everything
     needed to rebuild the model; ``vocab`` is attached by training or checkpoint loading.
+    Embedding and decoder weights start uniform in [-0.1, 0.1], the decoder bias at zero.
+
+    Parameters
+    ----------
+    config : dict
+        Model options, defaults filled in: ``arch`` ("lstm" (default), "gru", "rnn",
+        "flstm", "glstm" or a registered layer type), ``layers`` (1..64, default 1), ``emb``
+        (1..65536, default 64), ``hidden`` (1..65536, default 256), ``dropout`` (in [0, 1),
+        default 0.0; on embeddings, between layers and before the decoder), ``tied`` (tie
+        decoder and embedding weights; needs emb == hidden), ``rank`` (flstm), ``groups``
+        (glstm, default 2), ``unit`` ("word" or "char"), ``fixed_embeddings`` (freeze the
+        embedding table).
+    vocab_size : int
+        V, the vocabulary size, 1..2**24.
+
+    Attributes
+    ----------
+    encoder : RecurrentEncoder
+        The embedding and recurrent layers.
+    decoder : torch.nn.Linear
+        The output layer H -> V.
+    config : dict
+        The checked config, ``vocab_size`` included.
+    vocab : Vocab or None
+        The vocabulary, once attached.
+
+    Raises
+    ------
+    MemlensError
+        When ``config`` is not a mapping, an option is out of range, the combination is
+        impossible (tied with emb != hidden, a bad rank or group count) or the model would
+        not fit the memory budget.
     """
 
     def __init__(self, config: dict[str, Any], vocab_size: int):
         super().__init__()
+        if not isinstance(config, Mapping):
+            raise MemlensError("config must be a mapping of model options (e.g. {'arch': "
+                               f"'lstm', 'hidden': 650}}), got {type(config).__name__}")
+        check_int(vocab_size, "vocab_size", 1, MAX_VOCAB)
         cfg = check_config({**config, "vocab_size": vocab_size})
         self.config = cfg
         self.vocab = None
@@ -101,8 +138,38 @@ class LanguageModel(nn.Module):
 
     def forward(self, tokens: Tensor, state: list[State] | None = None
                 ) -> tuple[Tensor, list[State]]:
+        """Next-token logits of a batch of sequences.
+
+        Parameters
+        ----------
+        tokens : torch.Tensor
+            Token ids, T x B.
+        state : list of State or None, optional
+            The initial states, one per layer (default: zero states).
+
+        Returns
+        -------
+        logits : torch.Tensor
+            T x B x V, unnormalised.
+        state : list of State
+            The final states.
+        """
         hidden, state = self.encoder(tokens, state)
         return self.decoder(self.drop(hidden)), state
 
     def init_state(self, batch: int = 1, device=None) -> list[State]:
+        """The initial (zero) state of every layer.
+
+        Parameters
+        ----------
+        batch : int, optional
+            B, the number of sequences (default 1).
+        device : torch.device or str or None, optional
+            Where to allocate it (default: the parameters' device).
+
+        Returns
+        -------
+        list of State
+            One state per layer.
+        """
         return self.encoder.init_state(batch, device)

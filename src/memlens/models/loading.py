@@ -28,8 +28,10 @@ import torch
 from torch import nn
 
 from memlens.core.errors import MemlensError, UserCodeError
+from memlens.core.files import as_path
 from memlens.data.corpus import Corpus, load_corpus
 from memlens.data.vocab import Vocab
+from memlens.models.devices import resolve_device
 from memlens.models.encoder import RecurrentEncoder, as_encoder
 from memlens.protocol.usercode import register_user_file
 
@@ -126,7 +128,11 @@ def load_model(spec: str | os.PathLike, vocab: str | os.PathLike | None = None,
     """
     from memlens.models.checkpoint import load_checkpoint
 
-    spec = str(spec)
+    as_path(spec, "model spec")
+    spec = os.fspath(spec)  # a str keeps its spelling ("hf:NAME", "FILE.py:FUNCTION")
+    if vocab is not None:
+        as_path(vocab, "vocab")
+    device = resolve_device(device, "device", allow_none=False)
     if spec.startswith("hf:"):
         return _load_hf(spec, vocab, device, unit)
     if is_python_spec(spec):

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from memlens.core.errors import MemlensError
-from memlens.core.files import binary_limit, check_input_file
+from memlens.core.files import as_path, binary_limit, check_input_file
 from memlens.core.limits import check_memory
 from memlens.data.corpus import Corpus
 from memlens.data.vocab import EOS
@@ -199,6 +199,8 @@ def load_run_inputs(model: str | os.PathLike, corpus: str | os.PathLike, *,
     Warnings go to ``log`` (default stderr). Every refusal is one-line
     :class:`~memlens.core.errors.MemlensError`.
     """
+    as_path(model, "model")
+    as_path(corpus, "corpus")
     max_tokens = check_max_tokens(max_tokens)
     if need not in NEEDS:
         raise MemlensError(f"need must be one of {', '.join(NEEDS)}, got {need!r}")

@@ -22,7 +22,6 @@ import dataclasses
 import math
 import numbers
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +44,6 @@ MAX_THREADS = 4096            # --threads
 MAX_STACK = 1024              # frames stacked per ASR step
 MAX_UTTERANCES = 1_000_000    # speech-corpus --utterances
 DTYPES = ("float32", "float64")
-_DEVICE = re.compile(r"(auto|cpu|cuda(:\d+)?)")
 
 
 @dataclass(frozen=True)
@@ -160,32 +158,18 @@ def check_option(name: str, value: Any, what: str | None = None) -> Any:
 # -- device and dtype ----------------------------------------------------------------------------
 def _parse_device(value: Any, what: str) -> Any:
     """A device name (auto, cpu, cuda, cuda:N) or a torch.device; checked, not resolved."""
-    if isinstance(value, str):
-        if not _DEVICE.fullmatch(value):
-            raise MemlensError(f"unknown device {value!r}: choose auto, cpu or cuda")
-        return value
-    if type(value).__name__ == "device" and type(value).__module__.startswith("torch"):
-        return value
-    raise MemlensError(f"{what} must be a device name (auto, cpu, cuda) or a torch.device, "
-                       f"got {value!r}")
+    # one place for every device argument: memlens.models.devices
+    from memlens.models.devices import parse_device
+
+    return parse_device(value, what)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """The torch device to run on: None or "auto" -> cuda if available, else cpu; "cpu",
     "cuda", "cuda:N" or a torch.device as given, once checked (a cuda device must exist)."""
-    import torch
+    from memlens.models.devices import resolve_device as resolve
 
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = _parse_device(device, "device")
-    out = torch.device(device)
-    if out.type == "cuda":
-        if not torch.cuda.is_available():
-            raise MemlensError("--device cuda requested but no CUDA device is available")
-        if out.index is not None and out.index >= torch.cuda.device_count():
-            raise MemlensError(f"--device {out} requested but only {torch.cuda.device_count()} "
-                               "CUDA device(s) are available")
-    return out
+    return resolve(device)
 
 
 def _parse_dtype(value: Any, what: str) -> Any:  # noqa: ARG001 - the message names the dtype
@@ -306,6 +290,13 @@ OPTIONS: Mapping[str, Option] = _declare(
     Option("distance", int, 1, 100, default=5,
            help="planted memory length in steps, 1..100 (the demo's corpus and lags grow "
                 "with it)"),
+    Option("contrasts", str, optional=True,
+           help="tag contrasts A-B (relative memory and alignment of the direction mean "
+                "embedding of A minus that of B): a preset, ptb (NNS-NN, VBD-VB, ...) or upos "
+                "(NOUN-VERB, ...), or pairs A-B,C-D among the --classes names"),
+    Option("tagset", str, choices=("xpos", "upos"), optional=True,
+           help="tag column of a CoNLL-U lexicon (--classes lexicon:FILE.conllu): xpos "
+                "(default, PTB tags as the paper's lexicon) or upos"),
 )
 
 
@@ -327,9 +318,28 @@ def _check_fields(obj: Any, names: Mapping[str, str]) -> None:
 
 @dataclass(frozen=True)
 class Bootstrap:
-    """The block bootstrap of a per-position statistic: ``resamples`` resamples (None: the
-    analysis' default, gradients 200, others 1000; 0: no intervals) of ``blocks`` contiguous
-    blocks drawn with replacement, from the random generator seeded with ``seed``."""
+    """The block bootstrap of a per-position statistic.
+
+    The stream is cut into ``blocks`` contiguous blocks; each of the ``resamples`` resamples
+    draws that many blocks with replacement (from a generator seeded with ``seed``) and
+    recomputes the statistic; the intervals are percentiles of the resampled values.
+
+    Parameters
+    ----------
+    resamples : int or None, optional
+        Bootstrap resamples, 0 <= resamples <= 2**20 (option ``bootstrap``). None (default):
+        the analysis' own default, 200 for state gradients, 1000 for the others; 0: no
+        intervals.
+    blocks : int, optional
+        Contiguous blocks of the stream resampled, 1 <= blocks <= 2**20 (default 20).
+    seed : int, optional
+        Random seed, 0 <= seed < 2**63 (default 0).
+
+    Raises
+    ------
+    MemlensError
+        When a field is out of range or of the wrong type (a bool is not a number).
+    """
 
     resamples: int | None = None
     blocks: int = 20
@@ -339,7 +349,18 @@ class Bootstrap:
         _check_fields(self, {"resamples": "bootstrap", "blocks": "blocks", "seed": "seed"})
 
     def count(self, default: int) -> int:
-        """The number of resamples: ``resamples``, or the analysis' ``default`` when None."""
+        """The number of resamples to draw.
+
+        Parameters
+        ----------
+        default : int
+            The analysis' own default, used when ``resamples`` is None.
+
+        Returns
+        -------
+        int
+            ``resamples``, or ``default`` when ``resamples`` is None.
+        """
         return default if self.resamples is None else self.resamples
 
 
@@ -347,10 +368,27 @@ class Bootstrap:
 class Checkpointing:
     """Checkpointing of an interruptible run (see :mod:`memlens.runtime.progress`).
 
-    ``path``: the checkpoint file (None: none; an interrupt then just stops the run);
-    ``every``: seconds between saves; ``resume``: continue from ``path``; ``keep``: leave the
-    final checkpoint of a finished run for the caller to delete; ``stop_after``: process at
-    most this many items in this call, then save and raise ``Interrupted``.
+    Parameters
+    ----------
+    path : str or Path or None, optional
+        The checkpoint file (option ``checkpoint``). None (default): no checkpoint; an
+        interrupt then just stops the run.
+    every : float, optional
+        Seconds between saves, > 0 (option ``checkpoint_every``, default 300).
+    resume : bool, optional
+        Continue the interrupted run saved at ``path`` (default False).
+    keep : bool, optional
+        Leave the final checkpoint of a finished run, for the caller to delete (option
+        ``keep_checkpoint``, default False).
+    stop_after : int or None, optional
+        Process at most this many items (positions, targets) in this call, then save and raise
+        :class:`~memlens.runtime.progress.Interrupted`; 0 <= stop_after <= 2**62. None
+        (default): no limit.
+
+    Raises
+    ------
+    MemlensError
+        When a field is out of range, or ``resume`` is set without a ``path``.
     """
 
     path: str | Path | None = None
@@ -369,13 +407,34 @@ class Checkpointing:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How an analysis runs (not what it computes). ``device``: None -> where the model is
-    (:meth:`device_for`), "auto" -> cuda if available, else cpu (:func:`resolve_device`),
-    or "cpu" / "cuda" / "cuda:N"; ``dtype``: "float32" / "float64";
-    ``bootstrap``, ``checkpoint``: see :class:`Bootstrap`, :class:`Checkpointing`;
-    ``progress``: a tqdm bar on stderr; ``distributed``: shard over the torch.distributed group
-    when one is up. The context regime is not a run option but part of what is measured:
-    the ``context=`` keyword of each analysis (:mod:`memlens.runtime.context`)."""
+    """How an analysis runs (not what it computes).
+
+    The context regime is not a run option but part of what is measured: the ``context=``
+    keyword of each analysis (:mod:`memlens.runtime.context`).
+
+    Parameters
+    ----------
+    device : str or torch.device or None, optional
+        None (default): where the model is (:meth:`device_for`); "auto": cuda if available,
+        else cpu (:func:`resolve_device`); or "cpu", "cuda", "cuda:N".
+    dtype : str or torch.dtype, optional
+        The compute dtype: "float32" (default) or "float64".
+    bootstrap : Bootstrap, optional
+        The block bootstrap behind every interval (default ``Bootstrap()``).
+    checkpoint : Checkpointing, optional
+        Checkpointing of the run (default ``Checkpointing()``: none).
+    progress : bool, optional
+        Show a tqdm progress bar on stderr (default False).
+    distributed : bool, optional
+        Shard the work over the torch.distributed process group when one is up (default
+        True); False computes everything in this process.
+
+    Raises
+    ------
+    MemlensError
+        When a field is invalid (an unknown device or dtype, ``bootstrap`` not a
+        :class:`Bootstrap`, ``checkpoint`` not a :class:`Checkpointing`).
+    """
 
     device: str | torch.device | None = None
     dtype: str | torch.dtype = "float32"
@@ -395,12 +454,30 @@ class RunOptions:
             raise MemlensError(f"checkpoint must be a Checkpointing, got {self.checkpoint!r}")
 
     def torch_device(self) -> torch.device:
-        """:func:`resolve_device` of ``device``."""
+        """The torch device of ``device``.
+
+        Returns
+        -------
+        torch.device
+            :func:`resolve_device` of ``device`` (None and "auto": cuda if available, else
+            cpu).
+        """
         return resolve_device(self.device)
 
     def device_for(self, model: torch.nn.Module) -> torch.device:
-        """The device an analysis of ``model`` runs on: ``device`` when given, else the
-        device of the model's first parameter or buffer (cpu for a model without any)."""
+        """The device an analysis of ``model`` runs on.
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The model analysed.
+
+        Returns
+        -------
+        torch.device
+            ``device`` when given (resolved), else the device of the model's first parameter
+            or buffer (cpu for a model without any).
+        """
         import torch
 
         if self.device is not None:
@@ -410,7 +487,13 @@ class RunOptions:
         return torch.device("cpu")
 
     def torch_dtype(self) -> torch.dtype:
-        """:func:`resolve_dtype` of ``dtype``."""
+        """The torch dtype of ``dtype``.
+
+        Returns
+        -------
+        torch.dtype
+            :func:`resolve_dtype` of ``dtype``: ``torch.float32`` or ``torch.float64``.
+        """
         return resolve_dtype(self.dtype)
 
 

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from memlens.core.errors import MemlensError
-from memlens.core.limits import shown
+from memlens.core.files import as_path
 from memlens.runtime.plotting import plain_text, pyplot
 
 RESULT_FILE = "result.json"
@@ -233,8 +233,7 @@ class Result:
 
     def save(self, out: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the standard result directory ``out`` (complete or absent)."""
-        if isinstance(out, bool) or not isinstance(out, (str, os.PathLike)) or not str(out):
-            raise MemlensError(f"out must be a directory path, got {shown(out)}")
+        as_path(out, "out", "directory path")
         return write_result_dir(self, out, overwrite=overwrite)
 
     def __repr__(self) -> str:

@@ -30,10 +30,11 @@ from torch import Tensor
 from memlens.core.errors import MemlensError
 from memlens.core.signals import deferred_interrupts
 from memlens.data import Corpus, Vocab, batchify, bptt_windows, load_corpus
+from memlens.models import devices
 from memlens.models.checkpoint import load_checkpoint, save_checkpoint
 from memlens.models.embeddings import load_word2vec
 from memlens.models.lm import LanguageModel, check_config
-from memlens.runtime.options import check_fields, resolve_device
+from memlens.runtime.options import check_fields, check_option, resolve_device
 from memlens.runtime.progress import (
     Interrupted,
     RunCheckpoint,
@@ -87,10 +88,36 @@ def progress_path(out: str | Path) -> Path:
     return partial_path(out, ".pt")
 
 
+def _check_evaluate(model: LanguageModel, ids: torch.Tensor, batch: int, bptt: int,
+                    device: torch.device | str) -> tuple[int, int, torch.device]:
+    """The arguments of :func:`evaluate`, checked (one-line MemlensError naming the
+    parameter): returns ``batch``, ``bptt`` and the resolved device."""
+    if not isinstance(model, LanguageModel):
+        raise MemlensError("evaluate needs a memlens LanguageModel (memlens.load_checkpoint or "
+                           f"memlens.train), got {type(model).__name__}")
+    if not isinstance(ids, torch.Tensor):
+        raise MemlensError("ids must be a 1-D torch tensor of token ids (e.g. "
+                           f"vocab.encode(tokens)), got {type(ids).__name__}")
+    if ids.dim() != 1 or ids.dtype.is_floating_point or ids.is_complex() or \
+            ids.dtype == torch.bool:
+        raise MemlensError(f"ids must be a 1-D tensor of integer token ids, got shape "
+                           f"{tuple(ids.shape)} of {ids.dtype}")
+    if ids.numel() < 2:
+        raise MemlensError(f"ids has {ids.numel()} token(s): at least 2 are needed")
+    V = model.encoder.vocab_size
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= V:
+        raise MemlensError(f"ids: token id {lo if lo < 0 else hi} is outside the model's "
+                           f"vocabulary (0..{V - 1})")
+    return (check_option("batch", batch), check_option("bptt", bptt),
+            devices.resolve_device(device, "device", allow_none=False))
+
+
 @torch.no_grad()
 def evaluate(model: LanguageModel, ids: torch.Tensor, batch: int = 10, bptt: int = 70,
              device: torch.device | str = "cpu") -> float:
     """Mean negative log-likelihood in nats per token of ``ids`` (contiguous streams)."""
+    batch, bptt, device = _check_evaluate(model, ids, batch, bptt, device)
     model.eval()
     batch = max(1, min(batch, ids.numel() // 2))
     data = batchify(ids, batch).to(device)
