@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from memlens.core.errors import MemlensError
-from memlens.core.files import binary_limit, open_input, read_bytes, read_json
+from memlens.core.files import as_path, binary_limit, open_input, read_bytes, read_json
 from memlens.core.limits import check_memory
 from memlens.runtime.result import (  # noqa: F401 (the public names of memlens.results)
     MAX_JSON_DEPTH,
@@ -131,9 +131,28 @@ def _depth_ok(value: Any, limit: int = MAX_JSON_DEPTH, where: object = "") -> bo
 
 
 def load_result(path: str | os.PathLike) -> SavedResult:
-    """Read and check one result directory (any kind); raise :class:`MemlensError` on bad
-    input (missing, malformed, tampered plot paths, non-PNG plots)."""
-    path = Path(path)
+    """Read and check one result directory of any kind (as :meth:`Result.save` writes it).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The result directory.
+
+    Returns
+    -------
+    SavedResult
+        A :class:`~memlens.runtime.result.Result` (``rows``, ``summary``, ``to_frame``,
+        ``plot``, ``save`` ...) of the kind result.json names, with ``path``, ``data`` (the
+        parsed result.json) and ``images`` (file name -> PNG bytes of its plots).
+
+    Raises
+    ------
+    MemlensError
+        When the directory or its result.json is missing or malformed (not an object, nested
+        more than 64 levels, no kind, bad table or series), or a plot lies outside the
+        directory, is missing or is not a PNG.
+    """
+    path = as_path(path, "path")
     if not path.exists():
         raise MemlensError(f"result directory not found: {path}")
     if not path.is_dir():

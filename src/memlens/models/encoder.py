@@ -34,15 +34,50 @@ from memlens.protocol import Site
 
 class RecurrentEncoder(nn.Module):
     """Input side (embedding table V x E, or continuous vectors of size I) followed by L
-    recurrent layers.
+    recurrent layers: the model protocol every analysis uses.
 
-    Attributes for analyses: ``embedding`` (the input table, or None), ``input_kind``
-    ("tokens" or "vectors"), ``input_size``, ``vocab`` (a :class:`~memlens.data.Vocab` or
-    None), ``layers``, ``step(x, state)`` for one time step, ``states(inputs)`` for named
-    readouts per layer (which readout an analysis reads by default is the analysis'
-    choice: ``Site.resolve(encoder, default=role)``). ``tokenizer``: the model's own
-    tokenizer (Hugging Face models; corpora are read through it), else None; ``model_type``:
-    where the model came from ("mamba", "rwkv", ... for Hugging Face models), else None.
+    Layer k maps its input x_t (E, I, or the previous layer's output H_{k-1}) and its state
+    s_{t-1} to s_t; its output readout feeds layer k + 1. Sequences are time-first (T x B).
+    ``step(x, state)`` runs one time step, ``states(inputs)`` the named readouts per layer
+    (which readout an analysis reads by default is the analysis' choice:
+    ``Site.resolve(encoder, default=role)``). Usually built by :func:`wrap`, or found inside a
+    memlens model by :func:`as_encoder`.
+
+    Parameters
+    ----------
+    embedding : torch.nn.Embedding or None
+        The input table V x E (token inputs), or None for continuous vectors T x B x I, with
+        I the first layer's ``input_size``.
+    layers : sequence of RecurrentLayer
+        The recurrent layers, at least one, each ``input_size`` matching the previous size.
+    dropout : float, optional
+        Dropout probability on the embeddings and between layers in training mode (default
+        0.0); never applied by :meth:`states`.
+    vocab : Vocab or None, optional
+        The token vocabulary, one symbol per embedding row (default None).
+    head : torch.nn.Module or None, optional
+        A next-token head B x H -> B x V, kept outside the module tree (see
+        :meth:`set_head`; default None).
+
+    Attributes
+    ----------
+    embedding : torch.nn.Embedding or None
+        The input table, or None.
+    layers : torch.nn.ModuleList
+        The recurrent layers.
+    vocab : Vocab or None
+        The vocabulary of a token model, when known.
+    tokenizer : object or None
+        The model's own tokenizer (Hugging Face models; corpora are read through it), else
+        None.
+    model_type : str or None
+        Where the model came from ("mamba", "rwkv", ... for Hugging Face models), else None.
+
+    Raises
+    ------
+    MemlensError
+        When there is no layer, ``embedding`` is not an ``nn.Embedding`` or None, the layer
+        sizes do not chain, or the vocabulary does not match the embedding table.
     """
 
     tokenizer: object | None = None
@@ -74,7 +109,14 @@ class RecurrentEncoder(nn.Module):
         self.model_type = None
 
     def set_tokenizer(self, tokenizer: object | None) -> None:
-        """Attach the model's own tokenizer (None: read corpora as symbols of ``vocab``)."""
+        """Attach the model's own tokenizer.
+
+        Parameters
+        ----------
+        tokenizer : object or None
+            A tokenizer with the Hugging Face interface; corpora are then read through it.
+            None: read corpora as symbols of ``vocab``.
+        """
         self.tokenizer = tokenizer
 
     def set_head(self, head: nn.Module | None) -> None:
@@ -83,6 +125,16 @@ class RecurrentEncoder(nn.Module):
 
         The head is kept *out* of the encoder's modules (``parameters()``, ``state_dict()``,
         ``.to()``, checkpoints): the analyses of the state never see it.
+
+        Parameters
+        ----------
+        head : torch.nn.Module or None
+            The head (e.g. the decoder ``nn.Linear(H, V)``), or None to remove it.
+
+        Raises
+        ------
+        MemlensError
+            When ``head`` is not an ``nn.Module`` or None.
         """
         if head is not None and not isinstance(head, nn.Module):
             raise MemlensError(f"head= must be an nn.Module mapping B x H outputs to B x V "
@@ -95,7 +147,21 @@ class RecurrentEncoder(nn.Module):
         return self.__dict__.get("_next_token_head")
 
     def set_vocab(self, vocab: Vocab | Sequence[str]) -> None:
-        """Attach a vocabulary (a Vocab or symbols in id order) to a token-input encoder."""
+        """Attach a vocabulary to a token-input encoder.
+
+        Parameters
+        ----------
+        vocab : Vocab or sequence of str
+            A :class:`~memlens.data.Vocab`, or the symbols in id order (read with
+            :meth:`Vocab.from_symbols <memlens.data.Vocab.from_symbols>`), one per embedding
+            row.
+
+        Raises
+        ------
+        MemlensError
+            When the encoder reads continuous vectors, or the vocabulary's size differs from
+            the embedding table's rows.
+        """
         if self.embedding is None:
             raise MemlensError("a vocabulary needs token inputs: this model reads continuous "
                                "vectors")
@@ -119,24 +185,44 @@ class RecurrentEncoder(nn.Module):
 
     @property
     def emb_size(self) -> int:
+        """The size of the analysed input x_t (same as :attr:`input_size`)."""
         return self.input_size
 
     @property
     def num_layers(self) -> int:
+        """L, the number of recurrent layers."""
         return len(self.layers)
 
     @property
     def hidden_sizes(self) -> list[int]:
+        """The output size H of each layer, bottom to top."""
         return [layer.hidden_size for layer in self.layers]
 
     @property
     def vocab_size(self) -> int:
+        """V, the rows of the embedding table; a vector-input model raises MemlensError."""
         if self.embedding is None:
             raise MemlensError("this model reads continuous vectors: it has no vocabulary")
         return self.embedding.num_embeddings
 
     def resolve_layer(self, layer: int) -> int:
-        """Turn a possibly negative layer index into 0..L-1, or raise a clear error."""
+        """Turn a possibly negative layer index into 0..L-1.
+
+        Parameters
+        ----------
+        layer : int
+            A layer index, -L <= layer < L (negative: from the top; -1 is the top layer).
+
+        Returns
+        -------
+        int
+            The index in 0..L-1.
+
+        Raises
+        ------
+        MemlensError
+            When ``layer`` is not an integer or out of range.
+        """
         if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
             raise MemlensError(f"layer must be an integer, got {layer!r}")
         if not -self.num_layers <= layer < self.num_layers:
@@ -145,17 +231,60 @@ class RecurrentEncoder(nn.Module):
         return int(layer) % self.num_layers
 
     def check_readout(self, layer: int, readout: str | None) -> tuple[int, str]:
-        """Validate a (layer, readout) pair (readout None: the layer's output readout);
-        return (layer index >= 0, readout name)."""
+        """Validate a (layer, readout) pair.
+
+        Parameters
+        ----------
+        layer : int
+            A layer index, -L <= layer < L.
+        readout : str or None
+            A readout of that layer; None: its output readout ("hidden").
+
+        Returns
+        -------
+        tuple of (int, str)
+            The layer index in 0..L-1 and the readout name.
+
+        Raises
+        ------
+        MemlensError
+            When the layer does not exist or has no such readout.
+        """
         site = Site(layer, readout).resolve(self)
         return site.layer, site.readout
 
     def readout_size(self, layer: int, readout: str) -> int:
+        """The size D of a readout.
+
+        Parameters
+        ----------
+        layer : int
+            A layer index, -L <= layer < L.
+        readout : str
+            A readout of that layer (None: its output readout).
+
+        Returns
+        -------
+        int
+            D, the readout's number of units.
+
+        Raises
+        ------
+        MemlensError
+            When the layer does not exist or has no such readout.
+        """
         layer, readout = self.check_readout(layer, readout)
         return self.layers[layer].readout_size(readout)
 
     def describe(self) -> dict:
-        """A JSON-able summary: input kind and size, layers with their readouts and sizes."""
+        """A JSON-able summary of the architecture.
+
+        Returns
+        -------
+        dict
+            ``{"input": "tokens" or "vectors", "input_size": E or I, "vocab_size": V or
+            None, "layers": [{"kind": ..., "readouts": {name: size}}, ...]}``.
+        """
         return {"input": self.input_kind, "input_size": self.input_size,
                 "vocab_size": self.vocab_size if self.embedding is not None else None,
                 "layers": [{"kind": lay.kind, "readouts": {n: lay.readout_size(n)
@@ -164,30 +293,109 @@ class RecurrentEncoder(nn.Module):
 
     # -- inputs -----------------------------------------------------------------------------
     def embed(self, inputs: Tensor) -> Tensor:
-        """Input vectors: ids (T x B) -> embeddings (T x B x E); vectors (T x B x I) as is."""
+        """The analysed input vectors x_t of a batch of sequences.
+
+        Parameters
+        ----------
+        inputs : torch.Tensor
+            Token ids T x B (long), or vectors T x B x I.
+
+        Returns
+        -------
+        torch.Tensor
+            The embeddings T x B x E of the ids, or the vectors as given.
+        """
         if self.embedding is None:
             return inputs
         return self.embedding(inputs)
 
     def input_table(self) -> Tensor | None:
-        """The embedding table (V x E) of a token model, None for vector inputs."""
+        """The input table of a token model.
+
+        Returns
+        -------
+        torch.Tensor or None
+            The embedding weight V x E, None for vector inputs.
+        """
         return None if self.embedding is None else self.embedding.weight
 
     # -- state ------------------------------------------------------------------------------
     def init_state(self, batch: int = 1, device=None, dtype=None) -> list[State]:
+        """The initial (zero) state of every layer.
+
+        Parameters
+        ----------
+        batch : int, optional
+            B, the number of sequences (default 1).
+        device : torch.device or str or None, optional
+            Where to allocate the state (default: the layers' own default).
+        dtype : torch.dtype or None, optional
+            The state's dtype (default: the layers' own default).
+
+        Returns
+        -------
+        list of State
+            One state per layer, each a nested structure of B x ... tensors.
+        """
         return [layer.init_state(batch, device, dtype) for layer in self.layers]
 
     @staticmethod
     def detach_state(state: list[State]) -> list[State]:
+        """The states cut from the autograd graph (truncated backpropagation).
+
+        Parameters
+        ----------
+        state : list of State
+            One state per layer.
+
+        Returns
+        -------
+        list of State
+            The same structure with every tensor detached.
+        """
         return [pytree.tree_map(lambda t: t.detach(), s) for s in state]
 
     def readout(self, state: list[State], layer: int, name: str) -> Tensor:
+        """One readout of one layer's state.
+
+        Parameters
+        ----------
+        state : list of State
+            One state per layer (as from :meth:`step` or :meth:`init_state`).
+        layer : int
+            A layer index, -L <= layer < L.
+        name : str
+            A readout of that layer (None: its output readout).
+
+        Returns
+        -------
+        torch.Tensor
+            The readout's values, B x D.
+
+        Raises
+        ------
+        MemlensError
+            When the layer does not exist or has no such readout.
+        """
         layer, name = self.check_readout(layer, name)
         return self.layers[layer].readout(state[layer], name)
 
     # -- computation ------------------------------------------------------------------------
     def step(self, x: Tensor, state: list[State]) -> list[State]:
-        """One time step through every layer: x (B x I) input vector -> new states."""
+        """One time step through every layer.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The input vectors x_t, B x E (embedded) or B x I.
+        state : list of State
+            The states s_{t-1}, one per layer.
+
+        Returns
+        -------
+        list of State
+            The new states s_t; each layer's output readout is the next layer's input.
+        """
         new = []
         for layer, s in zip(self.layers, state):
             s = layer.step(x, s)
@@ -197,8 +405,22 @@ class RecurrentEncoder(nn.Module):
 
     def forward(self, inputs: Tensor, state: list[State] | None = None
                 ) -> tuple[Tensor, list[State]]:
-        """Fast path: inputs (T x B ids or T x B x I) -> top-layer outputs (T x B x H), final
-        states."""
+        """Run whole sequences through every layer (the fast path, dropout in training mode).
+
+        Parameters
+        ----------
+        inputs : torch.Tensor
+            Token ids T x B, or vectors T x B x I.
+        state : list of State or None, optional
+            The initial states, one per layer (default: zero states).
+
+        Returns
+        -------
+        outputs : torch.Tensor
+            The top layer's outputs, T x B x H.
+        states : list of State
+            The final states, one per layer.
+        """
         if state is None:
             state = self.init_state(inputs.shape[1], inputs.device)
         x = self.dropout(self.embed(inputs))
@@ -217,9 +439,31 @@ class RecurrentEncoder(nn.Module):
                ) -> tuple[dict[tuple[int, str], Tensor], list[State]]:
         """Readouts at every step (eval mode, no dropout), through the fast sequence paths.
 
-        ``layers``: every readout of these layers (default all); ``readouts``: only these
-        (layer, readout) pairs (overrides ``layers``). Returns ({(layer, readout): T x B x D},
-        final states).
+        Layers above the highest one asked for are not run (their final states are the
+        initial ones).
+
+        Parameters
+        ----------
+        inputs : torch.Tensor
+            Token ids T x B, or vectors T x B x I.
+        state : list of State or None, optional
+            The initial states, one per layer (default: zero states).
+        layers : sequence of int or None, optional
+            Every readout of these layers (default: all layers).
+        readouts : sequence of (int, str) or None, optional
+            Only these (layer, readout) pairs; overrides ``layers``.
+
+        Returns
+        -------
+        values : dict of (int, str) to torch.Tensor
+            ``{(layer, readout): T x B x D}``, layer indices in 0..L-1.
+        states : list of State
+            The final states, one per layer.
+
+        Raises
+        ------
+        MemlensError
+            When a layer index does not exist.
         """
         if state is None:
             state = self.init_state(inputs.shape[1], inputs.device)
@@ -251,6 +495,22 @@ def as_encoder(model: nn.Module) -> RecurrentEncoder:
     """The :class:`RecurrentEncoder` inside a memlens model, or the model itself.
 
     A memlens language model's vocabulary is attached to its encoder on the way.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A :class:`RecurrentEncoder`, or a memlens model holding one as ``model.encoder``
+        (e.g. :class:`~memlens.models.lm.LanguageModel`).
+
+    Returns
+    -------
+    RecurrentEncoder
+        The encoder.
+
+    Raises
+    ------
+    MemlensError
+        When ``model`` is neither (wrap a user's model with :func:`wrap`).
     """
     if isinstance(model, RecurrentEncoder):
         return model
@@ -269,17 +529,39 @@ def wrap(embedding: nn.Embedding | None, rnn: nn.RNNBase | Sequence[RecurrentLay
          ) -> RecurrentEncoder:
     """Give a user's model the memlens interface.
 
-    ``embedding``: an ``nn.Embedding`` (token inputs) or None (continuous inputs T x I, with
-    I = ``rnn.input_size``). ``rnn``: an ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (any layer count,
-    batch_first or not; hand-derived tangents) or a list of
-    :class:`~memlens.models.layers.RecurrentLayer` (e.g. :class:`StepLayer` for a custom
-    cell; generic tangents). ``vocab``: symbols in id order (or a Vocab), so that results show
-    words and frequency/word-list/lexicon classes work. Parameters are shared, not copied: the
-    wrapped encoder always sees the user's current weights. Bidirectional modules, LSTMs with
-    ``proj_size`` and modules without bias are refused. ``head``: optional next-token head
-    (e.g. the user's decoder ``nn.Linear(H, V)``), mapping the top layer's output B x H to
-    logits B x V; needed by :func:`memlens.context_ablation` only and kept out of everything
-    else (see :meth:`RecurrentEncoder.set_head`).
+    Parameters are shared, not copied: the wrapped encoder always sees the user's current
+    weights. A multi-layer ``nn.LSTM``/``nn.GRU``/``nn.RNN`` becomes one
+    :class:`~memlens.models.layers.TorchLayer` per layer (hand-derived tangents); a list of
+    layers is used as given (e.g. :class:`~memlens.models.layers.StepLayer` for a custom cell;
+    generic tangents).
+
+    Parameters
+    ----------
+    embedding : torch.nn.Embedding or None
+        The input table (token inputs), or None for continuous inputs T x I with
+        I = ``rnn.input_size``.
+    rnn : torch.nn.LSTM or torch.nn.GRU or torch.nn.RNN or sequence of RecurrentLayer
+        The recurrent module (any layer count, batch_first or not), or a list of
+        :class:`~memlens.models.layers.RecurrentLayer`.
+    vocab : Vocab or sequence of str or None, optional
+        The symbols in id order (or a Vocab), so that results show words and
+        frequency/word-list/lexicon classes work (default None).
+    head : torch.nn.Module or None, optional
+        A next-token head (e.g. the user's decoder ``nn.Linear(H, V)``) mapping the top
+        layer's output B x H to logits B x V; needed by :func:`memlens.context_ablation`
+        only and kept out of everything else (see :meth:`RecurrentEncoder.set_head`).
+
+    Returns
+    -------
+    RecurrentEncoder
+        The encoder, in eval mode.
+
+    Raises
+    ------
+    MemlensError
+        For an input side that is not an ``nn.Embedding`` or None, another module type,
+        a bidirectional module, an LSTM with ``proj_size``, a module without bias, or sizes
+        that do not match.
     """
     if embedding is not None and not isinstance(embedding, nn.Embedding):
         raise MemlensError(f"wrap() needs an nn.Embedding or None (continuous inputs), got "

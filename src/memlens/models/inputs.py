@@ -31,11 +31,23 @@ from memlens.models.encoder import RecurrentEncoder
 class Stream:
     """One continuous input stream (from a zero state).
 
-    ``values``: T token ids (int64) or T x I input vectors (float); ``labels``: optional, one
-    per position (None for "no label"); ``tokens``: the symbols of a token stream when known;
-    ``tags``: CoNLL-U annotations ({"upos": [...], "xpos": [...]}); ``sentences``: optional,
-    the positions where a sentence (a line, an utterance) begins, for the ``sentence`` context
-    regime (None: after each ``<eos>`` of a token stream, see :func:`sentence_starts`).
+    ``len(stream)`` is T, the number of positions.
+
+    Parameters
+    ----------
+    values : torch.Tensor or numpy.ndarray or sequence
+        T token ids (int64) or T x I input vectors (float).
+    labels : sequence or None, optional
+        One class label per position (None for "no label"); default None.
+    tokens : list of str or None, optional
+        The symbols of a token stream, when known (default None).
+    tags : dict of str to list, optional
+        CoNLL-U annotations, one entry per position (``{"upos": [...], "xpos": [...]}``);
+        default empty.
+    sentences : sequence of int or None, optional
+        The positions where a sentence (a line, an utterance) begins, for the ``sentence``
+        context regime; None (default): after each ``<eos>`` of a token stream (see
+        :func:`sentence_starts`).
     """
 
     values: Tensor | np.ndarray | Sequence
@@ -49,6 +61,7 @@ class Stream:
 
     @property
     def is_tokens(self) -> bool:
+        """Whether ``values`` is a 1-D tensor of token ids (rather than T x I vectors)."""
         return isinstance(self.values, Tensor) and self.values.dim() == 1
 
 

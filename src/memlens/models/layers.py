@@ -48,7 +48,23 @@ __all__ = ["KINDS", "FactorizedLSTMLayer", "GroupedLSTMLayer", "RecurrentLayer",
            "StepLayer", "TorchLayer", "lstm_cell", "lstm_cell_sequence"]
 
 class TorchLayer(RecurrentLayer):
-    """One layer backed by a single-layer ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` (fast path)."""
+    """One layer backed by a single-layer ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` (fast path).
+
+    ``kind`` is "lstm", "gru", "rnn_tanh" or "rnn_relu"; ``step`` uses the textbook gate
+    equations over :meth:`dense_weights` (hand-derived tangents), ``forward`` the module itself
+    (cuDNN / oneDNN). The module's parameters are used, not copied.
+
+    Parameters
+    ----------
+    module : torch.nn.LSTM or torch.nn.GRU or torch.nn.RNN
+        A single-layer, unidirectional module with bias (batch_first or not).
+
+    Raises
+    ------
+    MemlensError
+        For a multi-layer or bidirectional module, an LSTM with ``proj_size``, a module
+        without bias, or another module type.
+    """
 
     def __init__(self, module: nn.RNNBase):
         super().__init__()
@@ -73,6 +89,28 @@ class TorchLayer(RecurrentLayer):
 
     @classmethod
     def create(cls, kind: str, input_size: int, hidden_size: int) -> TorchLayer:
+        """A freshly initialised layer of a gate kind.
+
+        Parameters
+        ----------
+        kind : str
+            "lstm", "gru", "rnn_tanh" or "rnn_relu".
+        input_size : int
+            I, the input size.
+        hidden_size : int
+            H, the state size.
+
+        Returns
+        -------
+        TorchLayer
+            The layer over a new ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` (PyTorch's default
+            initialisation).
+
+        Raises
+        ------
+        MemlensError
+            For an unknown kind.
+        """
         if kind == "lstm":
             return cls(nn.LSTM(input_size, hidden_size))
         if kind == "gru":
@@ -82,10 +120,34 @@ class TorchLayer(RecurrentLayer):
         raise MemlensError(f"unknown layer kind {kind!r}")
 
     def dense_weights(self):
+        """The module's weights, in PyTorch's gate order (LSTM: i, f, g, o; GRU: r, z, n).
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            (W_ih, W_hh, b_ih, b_hh): G H x I, G H x H, G H, G H (G = 4, 3 or 1), the
+            module's own parameters.
+        """
         r = self.rnn
         return r.weight_ih_l0, r.weight_hh_l0, r.bias_ih_l0, r.bias_hh_l0
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """Run a sequence through the module (the fast path).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The input sequence, T x B x I (time-first, whatever the module's batch_first).
+        state : State or None, optional
+            The initial state ``(h,)`` or ``(h, c)``, B x H each (default: zeros).
+
+        Returns
+        -------
+        outputs : torch.Tensor
+            The hidden states, T x B x H.
+        state : State
+            The final state.
+        """
         if state is None:
             state = self.init_state(x.shape[1], x.device, x.dtype)
         hx = (state[0].unsqueeze(0), state[1].unsqueeze(0)) if self.kind == "lstm" \
@@ -298,6 +360,34 @@ class StepLayer(RecurrentLayer):
     * ``linear``: names of readouts that are linear in the state (``lambda s: s[0].flatten(1)``,
       y = C h): their tangents skip a jvp (:class:`~memlens.protocol.Readout`).
 
+    Parameters
+    ----------
+    step : callable
+        ``step(x, state) -> state``, x B x ``input_size``; the new state must have the
+        tensors and shapes of the one given (checked on the first step).
+    init_state : callable
+        ``init_state(batch, device, dtype) -> state``.
+    input_size : int
+        I, the size of the input vectors.
+    readouts : dict of str to callable
+        ``{name: fn(state) -> B x D tensor}``, at least one; the sizes D are probed on
+        ``init_state(1)``.
+    output : str or None, optional
+        The readout fed to the next layer (default None: the first of ``readouts``); its
+        size is ``hidden_size``.
+    module : torch.nn.Module or None, optional
+        The module owning the parameters the functions use (default None: none).
+    linear : collection of str, optional
+        Names of the readouts linear in the state (default: none).
+
+    Raises
+    ------
+    MemlensError
+        When ``step`` or ``init_state`` is not callable, there is no readout, ``output`` or
+        a ``linear`` name is not a readout, or a readout does not return a B x D tensor; an
+        exception raised by the user's functions is reported as a
+        :class:`~memlens.core.errors.UserCodeError` (a MemlensError).
+
     Example (a diagonal linear state-space layer, state d x n, readout y = C h)::
 
         ssm = nn.ParameterDict({"a": nn.Parameter(torch.rand(d, n)), ...})
@@ -343,17 +433,45 @@ class StepLayer(RecurrentLayer):
         self.hidden_size = self._specs[self.output_readout].size
 
     def readout_specs(self) -> Mapping[str, Readout]:
-        """The readouts given, with the sizes probed on ``init_state(1)``."""
+        """The readouts given, with the sizes probed on ``init_state(1)``.
+
+        Returns
+        -------
+        Mapping of str to Readout
+            ``{name: Readout(name, D, linear)}`` in the order given.
+        """
         return self._specs
 
     @property
     def state_names(self) -> tuple[str, ...]:
+        """The readout names (a custom state has no named entries)."""
         return self.readouts
 
     def _reference(self) -> Tensor | None:
         return next(self.module.parameters(), None)
 
     def init_state(self, batch: int, device=None, dtype=None):
+        """The state before the first input, from the user's ``init_state``.
+
+        Parameters
+        ----------
+        batch : int
+            B, the number of sequences.
+        device : torch.device or str or None, optional
+            The device (default: that of ``module``'s first parameter, else cpu).
+        dtype : torch.dtype or None, optional
+            The dtype (default: that of ``module``'s first parameter, else torch's default).
+
+        Returns
+        -------
+        State
+            Whatever the user's function returns: a nested structure of tensors, batch first.
+
+        Raises
+        ------
+        UserCodeError
+            When the user's function raises.
+        """
         ref = self._reference()
         device = device or (ref.device if ref is not None else "cpu")
         dtype = dtype or (ref.dtype if ref is not None else torch.get_default_dtype())
@@ -365,6 +483,25 @@ class StepLayer(RecurrentLayer):
             raise UserCodeError.raised("init_state", exc) from exc
 
     def readout(self, state, name: str) -> Tensor:
+        """Evaluate the user's readout function ``name`` on ``state``.
+
+        Parameters
+        ----------
+        state : State
+            The layer's state.
+        name : str
+            One of the readouts given.
+
+        Returns
+        -------
+        torch.Tensor
+            B x D.
+
+        Raises
+        ------
+        UserCodeError
+            When the user's function raises.
+        """
         try:
             return self._readouts[name](state)
         except (MemlensError, MemoryError):
@@ -373,6 +510,26 @@ class StepLayer(RecurrentLayer):
             raise UserCodeError.raised(f"readout {name!r}", exc) from exc
 
     def step(self, x: Tensor, state):
+        """One time step through the user's ``step``.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The input x_t, B x I.
+        state : State
+            The state s_{t-1}.
+
+        Returns
+        -------
+        State
+            The new state s_t.
+
+        Raises
+        ------
+        UserCodeError
+            When the user's function raises, or (first step) returns a state with other
+            tensors or shapes than it was given.
+        """
         try:
             new = self._step(x, state)
         except (MemlensError, MemoryError):
@@ -385,12 +542,45 @@ class StepLayer(RecurrentLayer):
         return new
 
     def forward(self, x: Tensor, state=None) -> tuple[Tensor, object]:
+        """Run a sequence by looping :meth:`step` (there is no faster path).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The input sequence, T x B x I.
+        state : State or None, optional
+            The initial state (default: :meth:`init_state`).
+
+        Returns
+        -------
+        outputs : torch.Tensor
+            The output readout at every step, T x B x H.
+        state : State
+            The final state.
+        """
         seqs, state = self.sequence_states(x, state, (self.output_readout,))
         return seqs[self.output_readout], state
 
     def sequence_states(self, x: Tensor, state=None, names=None) -> tuple[dict[str, Tensor],
                                                                          object]:
-        """Readouts ``names`` (default: all) at every step by looping ``step``: T x B x D."""
+        """Readouts at every step, by looping :meth:`step`.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The input sequence, T x B x I.
+        state : State or None, optional
+            The initial state (default: :meth:`init_state`).
+        names : sequence of str or None, optional
+            The readouts wanted (default None: all).
+
+        Returns
+        -------
+        values : dict of str to torch.Tensor
+            ``{name: T x B x D}``.
+        state : State
+            The final state.
+        """
         if state is None:
             state = self.init_state(x.shape[1], x.device, x.dtype)
         names = tuple(dict.fromkeys(names or self.readouts))  # a name asked twice: once

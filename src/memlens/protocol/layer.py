@@ -73,12 +73,34 @@ class RecurrentLayer(nn.Module):
         return ("hidden", "cell") if self.kind == "lstm" else ("hidden",)
 
     def readout_specs(self) -> Mapping[str, Readout]:
-        """{name: Readout(name, size, linear)}; gate kinds: "hidden" (and "cell" for LSTM
-        kinds), H values each, linear (an entry of the state tuple)."""
+        """The readouts the layer declares.
+
+        Returns
+        -------
+        Mapping of str to Readout
+            ``{name: Readout(name, size, linear)}``; gate kinds: "hidden" (and "cell" for
+            LSTM kinds), H values each, linear (an entry of the state tuple).
+        """
         return {n: Readout(n, self.hidden_size, linear=True) for n in self.state_names}
 
     def readout_spec(self, name: str) -> Readout:
-        """The declared readout ``name``, or a one-line error naming the choices."""
+        """The declared readout ``name``.
+
+        Parameters
+        ----------
+        name : str
+            A readout name of :meth:`readout_specs`.
+
+        Returns
+        -------
+        Readout
+            Its declaration (name, size D, linear).
+
+        Raises
+        ------
+        MemlensError
+            When the layer declares no such readout (the message names the choices).
+        """
         specs = self.readout_specs()
         if name not in specs:
             raise MemlensError(f"unknown readout {name!r} for this {self.kind} layer: choose "
@@ -110,7 +132,23 @@ class RecurrentLayer(nn.Module):
         return tuple(self.readout_specs())
 
     def readout_size(self, name: str) -> int:
-        """Number of values D of readout ``name`` (per batch row)."""
+        """Number of values D of readout ``name`` (per batch row).
+
+        Parameters
+        ----------
+        name : str
+            A declared readout.
+
+        Returns
+        -------
+        int
+            D.
+
+        Raises
+        ------
+        MemlensError
+            When the layer declares no such readout.
+        """
         return self.readout_spec(name).size
 
     @property
@@ -120,13 +158,45 @@ class RecurrentLayer(nn.Module):
 
     # -- unit sets --------------------------------------------------------------------------
     def unit_sets(self, readout: str | None = None) -> Mapping[str, str]:
-        """{spec form: description} of the unit sets of ``readout`` (default: the output)."""
+        """The unit sets offered for a readout.
+
+        Parameters
+        ----------
+        readout : str or None, optional
+            The readout (default None: the output readout).
+
+        Returns
+        -------
+        Mapping of str to str
+            ``{spec form: description}``, e.g. ``{"all": ..., "I,J-K": ...}`` for a plain
+            layer; subclasses add their own families.
+        """
         return dict(COMMON_UNIT_SETS)
 
     def units(self, spec: str, readout: str | None = None) -> UnitSet:
-        """Resolve the unit spec ``spec`` of ``readout`` (default: the output readout) into a
-        :class:`UnitSet` (size D; readout values ... x R -> ... x D), or raise a one-line
-        :class:`MemlensError`. Subclasses handle their own families and defer the rest."""
+        """Resolve a unit spec of a readout into a unit set.
+
+        Subclasses handle their own families and defer the rest to this method.
+
+        Parameters
+        ----------
+        spec : str
+            "all", explicit indices ``"0,5,10-19"`` (ranges inclusive, each in 0..R-1), or a
+            family this layer type offers (:meth:`unit_sets`).
+        readout : str or None, optional
+            The readout (default None: the output readout).
+
+        Returns
+        -------
+        UnitSet
+            Its size D and the map of readout values ... x R to unit values ... x D.
+
+        Raises
+        ------
+        MemlensError
+            When the readout does not exist, the spec is malformed or out of range, or it
+            names a family of another layer type.
+        """
         readout = self.output_readout if readout is None else readout
         size = self.readout_spec(readout).size
         if spec == "all":
@@ -136,17 +206,58 @@ class RecurrentLayer(nn.Module):
         return UnitSet(spec, readout, len(index), index=index)
 
     def select_units(self, values: Tensor, spec: str, readout: str | None = None) -> Tensor:
-        """Readout values (... x R) -> the values of unit set ``spec`` (... x D)."""
+        """The values of a unit set, from a readout's values.
+
+        Parameters
+        ----------
+        values : torch.Tensor
+            Readout values, ... x R.
+        spec : str
+            A unit spec (see :meth:`units`).
+        readout : str or None, optional
+            The readout (default None: the output readout).
+
+        Returns
+        -------
+        torch.Tensor
+            The unit values, ... x D.
+
+        Raises
+        ------
+        MemlensError
+            When the spec does not resolve (see :meth:`units`).
+        """
         return self.units(spec, readout)(values)
 
     def unit_splits(self) -> Mapping[str, list[str]]:
-        """Named partitions of the layer's units into unit sets that analyses compare with
-        each other, {split: [unit spec, ...]} (none for a plain layer)."""
+        """Named partitions of the layer's units into unit sets that analyses compare.
+
+        Returns
+        -------
+        Mapping of str to list of str
+            ``{split: [unit spec, ...]}``, e.g. ``{"groups": ["group:0", "group:1"]}`` for a
+            grouped LSTM; empty for a plain layer.
+        """
         return {}
 
     def split_units(self, split: str) -> list[str]:
-        """The unit specs of partition ``split`` ("groups", "bases"), or [split] itself when
-        it is a plain unit spec; refuses a partition this layer type does not offer."""
+        """The unit specs of a partition.
+
+        Parameters
+        ----------
+        split : str
+            A partition of :meth:`unit_splits` ("groups", "bases"), or a plain unit spec.
+
+        Returns
+        -------
+        list of str
+            The partition's unit specs, or ``[split]`` for a plain unit spec.
+
+        Raises
+        ------
+        MemlensError
+            When ``split`` names a partition or family that another layer type offers.
+        """
         splits = self.unit_splits()
         if split in splits:
             return list(splits[split])
@@ -163,38 +274,132 @@ class RecurrentLayer(nn.Module):
 
     # -- computation ------------------------------------------------------------------------
     def output(self, state) -> Tensor:
-        """The layer's output (B x hidden_size): the next layer's input."""
+        """The layer's output: the next layer's input.
+
+        Parameters
+        ----------
+        state : State
+            The layer's state.
+
+        Returns
+        -------
+        torch.Tensor
+            The output readout, B x hidden_size.
+        """
         return self.readout(state, self.output_readout)
 
     def init_state(self, batch: int, device=None, dtype=None) -> State:
-        """Zeros: (h,) or (h, c), B x H each, on the parameters' device and dtype."""
+        """The initial state s_0: zeros.
+
+        Parameters
+        ----------
+        batch : int
+            B, the number of sequences.
+        device : torch.device or str or None, optional
+            The device (default: that of the parameters).
+        dtype : torch.dtype or None, optional
+            The dtype (default: that of the parameters).
+
+        Returns
+        -------
+        State
+            ``(h,)`` or ``(h, c)`` for LSTM kinds, B x H each.
+        """
         ref = next(self.parameters())
         z = torch.zeros(batch, self.hidden_size, device=device or ref.device,
                         dtype=dtype or ref.dtype)
         return (z, z.clone()) if self.kind == "lstm" else (z,)
 
     def readout(self, state: State, name: str) -> Tensor:
-        """Readout ``name`` of ``state``: B x readout_size(name)."""
+        """Evaluate one readout of a state.
+
+        Parameters
+        ----------
+        state : State
+            The layer's state.
+        name : str
+            A declared readout.
+
+        Returns
+        -------
+        torch.Tensor
+            B x readout_size(name); for gate kinds the state entry of that name.
+        """
         return state[self.state_names.index(name)]
 
     def dense_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(W_ih, W_hh, b_ih, b_hh) as dense matrices in PyTorch's gate order (gate kinds)."""
+        """The dense weights of a gate-kind layer, in PyTorch's gate order.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            (W_ih, W_hh, b_ih, b_hh): G H x I, G H x H, G H and G H, with G = 4 gates for an
+            LSTM, 3 for a GRU, 1 for an Elman RNN.
+
+        Raises
+        ------
+        NotImplementedError
+            In the base class; gate-kind subclasses implement it.
+        """
         raise NotImplementedError
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """The fast sequence path (subclasses implement it).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The input sequence, T x B x I.
+        state : State or None, optional
+            The initial state (default: :meth:`init_state`).
+
+        Returns
+        -------
+        outputs : torch.Tensor
+            The output readout at every step, T x B x H.
+        state : State
+            The final state.
+        """
         raise NotImplementedError
 
     def step(self, x: Tensor, state: State) -> State:
-        """One time step: x (B x I), state -> new state (gate kinds: :func:`gate_step`)."""
+        """One time step, s_t = step(x_t, s_{t-1}), written out so analyses can differentiate it.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The input x_t, B x I.
+        state : State
+            The state s_{t-1}.
+
+        Returns
+        -------
+        State
+            The new state s_t (gate kinds: :func:`~memlens.protocol.gates.gate_step`).
+        """
         return gate_step(self.kind, self.dense_weights(), x, state)
 
     def sequence_states(self, x: Tensor, state: State | None = None, names=None
                         ) -> tuple[dict[str, Tensor], State]:
         """Readouts at every step: ({"hidden": T x B x H[, "cell": T x B x H]}, final).
 
-        ``names``: the readouts wanted (default all); "hidden" is always included (it is the
-        next layer's input); the LSTM cell sequence costs an extra scan, so it is computed only
-        when asked for.
+        Parameters
+        ----------
+        x : torch.Tensor
+            The input sequence, T x B x I.
+        state : State or None, optional
+            The initial state (default: :meth:`init_state`).
+        names : sequence of str or None, optional
+            The readouts wanted (default None: all); "hidden" is always included (it is the
+            next layer's input); the LSTM cell sequence costs an extra scan, so it is
+            computed only when asked for.
+
+        Returns
+        -------
+        values : dict of str to torch.Tensor
+            ``{name: T x B x D}``.
+        state : State
+            The final state.
         """
         if state is None:
             state = self.init_state(x.shape[1], x.device, x.dtype)

@@ -37,7 +37,21 @@ def role_readout(layer: Any, default: str | Callable[[Any], str]) -> str:
 
 @dataclass(frozen=True)
 class Site:
-    """(layer, readout, units) of a model's state (see module docstring)."""
+    """Which numbers of a model's state an analysis reads: (layer, readout, units).
+
+    Parameters
+    ----------
+    layer : int, optional
+        The layer, an index, negative from the top (default -1: the top layer).
+    readout : str or None, optional
+        One of the layer's readouts ("hidden", "cell", a custom layer's names); None
+        (default): the analysis' default role (the output readout for signatures, the memory
+        readout, an LSTM's cell state, for state gradients).
+    units : str, optional
+        A unit spec of that readout: "all" (default), indices ``"0,5,10-19"`` (ranges
+        inclusive), or a family of the layer type (``"group:G"``, ``"factor"``,
+        ``"basis:J"``).
+    """
 
     layer: int = -1
     readout: str | None = None
@@ -49,9 +63,29 @@ class Site:
         return f"layer{self.layer}/{self.readout}/{self.units}"
 
     def resolve(self, encoder: Any, default: str | Callable[[Any], str] = "output") -> Site:
-        """The concrete site on ``encoder``: layer in 0..L-1, readout (None: the layer's
-        ``default`` role, see module docstring) checked against the layer's declared
-        readouts, unit spec checked against the readout. Raises a one-line MemlensError."""
+        """The concrete site on an encoder.
+
+        Parameters
+        ----------
+        encoder : RecurrentEncoder
+            The model (anything with ``layers`` and ``resolve_layer``).
+        default : str or callable, optional
+            The readout used when ``readout`` is None: a role the layer declares, "output"
+            (default, ``layer.output_readout``) or "memory" (``layer.memory_readout``), or a
+            function layer -> readout name.
+
+        Returns
+        -------
+        Site
+            The site with the layer in 0..L-1, a readout name the layer declares and a unit
+            spec valid for it.
+
+        Raises
+        ------
+        MemlensError
+            When the layer does not exist, the readout is not declared, the role is unknown,
+            or the unit spec does not resolve.
+        """
         layer = encoder.resolve_layer(self.layer)
         lay = encoder.layers[layer]
         readout = role_readout(lay, default) if self.readout is None else self.readout
@@ -64,7 +98,23 @@ class Site:
         return site
 
     def unit_set(self, encoder: Any) -> UnitSet:
-        """The :class:`UnitSet` of a resolved site (size D, the map readout -> units)."""
+        """The unit set of a resolved site.
+
+        Parameters
+        ----------
+        encoder : RecurrentEncoder
+            The model the site was resolved on (:meth:`resolve`).
+
+        Returns
+        -------
+        UnitSet
+            Its size D and the map of readout values ... x R to unit values ... x D.
+
+        Raises
+        ------
+        MemlensError
+            When the unit spec does not resolve on that layer.
+        """
         lay = encoder.layers[self.layer]
         try:
             return lay.units(self.units, self.readout)
@@ -72,5 +122,16 @@ class Site:
             raise MemlensError(f"layer {self.layer}: {exc}") from None
 
     def size(self, encoder: Any) -> int:
-        """D: the number of values of a resolved site."""
+        """The number of values D of a resolved site.
+
+        Parameters
+        ----------
+        encoder : RecurrentEncoder
+            The model the site was resolved on (:meth:`resolve`).
+
+        Returns
+        -------
+        int
+            D, the size of its unit set.
+        """
         return self.unit_set(encoder).size

@@ -127,38 +127,115 @@ def plot_series(ax, rows: Sequence[dict], decl: dict, max_curves: int = 12):
 
 
 class Result:
-    """Base of every analysis result (see module docstring). Subclasses implement ``rows``
-    and ``series`` and may override ``summary``, ``arrays``, ``figures`` and ``extra``."""
+    """Base of every analysis result: a table plus what it declares about itself.
+
+    Subclasses implement :meth:`rows` and :meth:`series` and may override :meth:`summary`,
+    :meth:`arrays`, :meth:`figures`, :meth:`extra` and :meth:`verdict`; :meth:`save`,
+    :meth:`to_frame`, :meth:`plot` and :meth:`memlens.results.load_result` then need no
+    per-kind code.
+
+    Attributes
+    ----------
+    kind : str
+        The result's kind: "gradients", "signatures", "ablation", ... (class attribute).
+    arrays_file : str or None
+        The file name of the saved arrays; None: ``<kind>.npz`` (class attribute).
+    """
 
     kind: ClassVar[str] = "result"
     arrays_file: ClassVar[str | None] = None
 
     # -- what a result declares (override) -------------------------------------------------
     def rows(self) -> list[dict[str, Any]]:
+        """The result table (subclasses implement it).
+
+        Returns
+        -------
+        list of dict
+            One flat dict per row, column name -> number, string, bool or None; written as
+            ``table.csv`` and the ``table`` of result.json.
+        """
         raise NotImplementedError
 
     def series(self) -> list[dict[str, Any]]:
+        """The plot declarations over :meth:`rows` (default: none).
+
+        Returns
+        -------
+        list of dict
+            One dict per plot: ``{"name", "title", "x", "y", "group": [columns], "low",
+            "high", "xlabel", "ylabel", "log_x", "log_y", "caption"}``; one curve per
+            distinct value of the ``group`` columns, y against x, with an interval band
+            where ``low``/``high`` name columns.
+        """
         return []
 
     def summary(self) -> dict[str, Any]:
+        """The headline numbers (default: none).
+
+        Returns
+        -------
+        dict
+            JSON-able name -> value, the ``summary`` of result.json.
+        """
         return {}
 
     def settings_info(self) -> dict[str, Any]:
+        """How the result was computed.
+
+        Returns
+        -------
+        dict
+            A copy of the result's ``settings`` attribute (empty when it has none).
+        """
         return dict(getattr(self, "settings", {}) or {})
 
     def model_info(self) -> dict[str, Any]:
+        """A description of the model analysed.
+
+        Returns
+        -------
+        dict
+            A copy of the result's ``model_meta`` attribute (empty when it has none).
+        """
         return dict(getattr(self, "model_meta", {}) or {})
 
     def corpus_info(self) -> dict[str, Any]:
+        """A description of the input analysed.
+
+        Returns
+        -------
+        dict
+            A copy of the result's ``corpus_meta`` attribute (empty when it has none).
+        """
         return dict(getattr(self, "corpus_meta", {}) or {})
 
     def arrays(self) -> dict[str, np.ndarray]:
+        """Arrays saved with the result (default: none).
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            Saved compressed as ``arrays_file`` (default ``<kind>.npz``) when not empty.
+        """
         return {}
 
     @plain_text
     def figures(self, out: Path) -> list[dict[str, str]]:
-        """Write PNGs into ``out``; return [{"file", "title", "caption"}]. Default: one PNG
-        per declared series."""
+        """Write the result's PNG figures into a directory.
+
+        Default: one PNG per declared series (:meth:`series`), named ``<name>.png``.
+
+        Parameters
+        ----------
+        out : pathlib.Path
+            The (existing) directory to write into.
+
+        Returns
+        -------
+        list of dict
+            One ``{"file", "title", "caption"}`` per PNG written.
+        """
         plt = pyplot()
         made, rows = [], self.rows()
         for decl in self.series():
@@ -175,7 +252,14 @@ class Result:
         return made
 
     def extra(self) -> dict[str, Any]:
-        """Further JSON-able sections of result.json (e.g. probe, performance)."""
+        """Further sections of result.json (default: none).
+
+        Returns
+        -------
+        dict
+            JSON-able section name -> content (e.g. probe, performance); a name may not be
+            one of the standard keys.
+        """
         return {}
 
     def verdict(self) -> dict[str, Any]:
@@ -185,19 +269,48 @@ class Result:
         list of flat dicts (e.g. expected vs found per method, with a yes/no column);
         ``figures``: file names of PNGs that :meth:`figures` writes (shown with the verdict,
         not again in the result's section); ``findings``: sentences, one finding each.
+
+        Returns
+        -------
+        dict
+            The verdict (see :func:`check_verdict`), or an empty dict for none.
         """
         return {}
 
     # -- the common interface --------------------------------------------------------------
     def to_frame(self):
-        """The result table as a pandas DataFrame (one row per table row)."""
+        """The result table as a pandas DataFrame.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per row of :meth:`rows`, NaN and infinities as missing values.
+        """
         import pandas as pd
 
         return pd.DataFrame(clean(self.rows()))
 
     @plain_text
     def plot(self, ax=None, series: int | str = 0):
-        """Draw a declared series (index or name) on ``ax`` (new figure if None); return ax."""
+        """Draw one declared series with matplotlib.
+
+        Parameters
+        ----------
+        ax : matplotlib.axes.Axes or None, optional
+            The axes to draw on (default None: a new figure).
+        series : int or str, optional
+            The series' index in :meth:`series` or its name (default 0: the first).
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+            The axes drawn on: one curve per group, interval bands where declared.
+
+        Raises
+        ------
+        MemlensError
+            When the result declares no series, or none of that name.
+        """
         decls = self.series()
         if not decls:
             raise MemlensError(f"{self.kind} result declares no series to plot")
@@ -214,7 +327,20 @@ class Result:
         return plot_series(ax, self.rows(), decl)
 
     def document(self) -> dict[str, Any]:
-        """The content of result.json (without plots, which ``save`` adds)."""
+        """The content of result.json (without plots, which :meth:`save` adds).
+
+        Returns
+        -------
+        dict
+            ``kind``, ``memlens_version``, ``model``, ``corpus``, ``settings``, ``summary``,
+            ``table``, ``series``, ``arrays_file`` and ``verdict`` when set, and the
+            :meth:`extra` sections; JSON-able (NaN and infinities as None).
+
+        Raises
+        ------
+        MemlensError
+            When an extra section clashes with a standard key.
+        """
         from memlens.core.version import __version__
 
         doc = {"kind": self.kind, "memlens_version": __version__, "model": self.model_info(),
@@ -232,7 +358,30 @@ class Result:
         return clean(doc)
 
     def save(self, out: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write the standard result directory ``out`` (complete or absent)."""
+        """Write the standard result directory: complete, or absent on error.
+
+        The directory holds ``result.json`` (:meth:`document` plus the plots), ``table.csv``,
+        the arrays and the PNGs, and a manifest; it is built under a temporary name and
+        renamed, and :func:`memlens.results.load_result` reads it back.
+
+        Parameters
+        ----------
+        out : str or os.PathLike
+            The directory to write.
+        overwrite : bool, optional
+            Replace a previous memlens result at ``out`` (default False).
+
+        Returns
+        -------
+        pathlib.Path
+            ``out``.
+
+        Raises
+        ------
+        MemlensError
+            When ``out`` holds a previous result and ``overwrite`` is False, holds other
+            files, or the verdict is malformed.
+        """
         as_path(out, "out", "directory path")
         return write_result_dir(self, out, overwrite=overwrite)
 

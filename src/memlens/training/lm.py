@@ -46,7 +46,75 @@ from memlens.runtime.progress import (
 
 @dataclass
 class TrainConfig:
-    """Everything ``memlens train`` accepts (see ``memlens train --help``)."""
+    """Everything ``memlens train`` accepts (see ``memlens train --help``).
+
+    The defaults are the reference recipe (SGD, lr 1, clip 5, lr x 0.8 per epoch after epoch
+    6, dropout 0.5). :func:`train` checks the fields against the option schema
+    (:data:`memlens.runtime.options.OPTIONS`), a one-line MemlensError naming the flag.
+
+    Parameters
+    ----------
+    train : str
+        The training corpus file.
+    valid : str or None, optional
+        The validation corpus file (default None: the best epoch is chosen by training loss).
+    out : str, optional
+        The checkpoint written (default "model.pt").
+    format : str, optional
+        Corpus format, "text" (default) or "conllu".
+    unit : str, optional
+        "word" (default) or "char".
+    arch : str, optional
+        "lstm" (default), "gru", "rnn", "flstm", "glstm" or a registered layer type.
+    layers : int, optional
+        Recurrent layers, 1..64 (default 1).
+    emb : int, optional
+        Embedding size, 1..65536 (default 64).
+    hidden : int, optional
+        Hidden (state) size per layer, 1..65536 (default 256).
+    vocab_size : int or None, optional
+        Word vocabulary cap, specials included, 3..2**24 (default 10000; None: no cap;
+        ignored for characters).
+    min_freq : int, optional
+        Least count of a word kept in the vocabulary, >= 1 (default 1).
+    epochs : int, optional
+        Training epochs, 1..100000 (default 2).
+    bptt : int, optional
+        Truncated backpropagation steps, 1..2**20 (default 35).
+    batch : int, optional
+        Parallel streams per batch, 1..2**20 (default 20).
+    optimizer : str, optional
+        "sgd" (default; loss summed over the window) or "adam" (mean token loss).
+    lr : float or None, optional
+        Learning rate, in (0, 1e4] (default None: 1.0 for SGD, 2e-3 for Adam).
+    clip : float, optional
+        Gradient-norm clip, > 0 (default 5.0).
+    decay : float, optional
+        SGD learning-rate factor per epoch after ``decay_after`` (default 0.8).
+    decay_after : int, optional
+        The last epoch at the base learning rate (default 6).
+    dropout : float, optional
+        Dropout probability, in [0, 1) (default 0.5).
+    tied : bool, optional
+        Tie the decoder to the embedding table (needs emb == hidden; default False).
+    rank : int or None, optional
+        Rank of the recurrent kernel of an flstm, 1..hidden (default None).
+    groups : int, optional
+        Number of groups of a glstm, dividing emb and hidden (default 2).
+    pretrained : str or None, optional
+        A word2vec text file of embeddings, kept fixed during training (default None).
+    seed : int, optional
+        Random seed, 0 <= seed < 2**63 (default 0).
+    device : str, optional
+        "auto" (default: cuda if available), "cpu", "cuda" or "cuda:N".
+    max_tokens : int or None, optional
+        Train on the first N tokens only, N >= 1 (default None: all).
+    progress : bool or None, optional
+        Show a progress bar per epoch (None, default: only on a terminal).
+    resume : bool, optional
+        Continue an interrupted run from its per-epoch state ``.<out>.partial.pt``
+        (default False).
+    """
 
     train: str
     valid: str | None = None
@@ -116,7 +184,36 @@ def _check_evaluate(model: LanguageModel, ids: torch.Tensor, batch: int, bptt: i
 @torch.no_grad()
 def evaluate(model: LanguageModel, ids: torch.Tensor, batch: int = 10, bptt: int = 70,
              device: torch.device | str = "cpu") -> float:
-    """Mean negative log-likelihood in nats per token of ``ids`` (contiguous streams)."""
+    """Mean negative log-likelihood of a token stream, in nats per token.
+
+    The stream is cut into ``batch`` contiguous streams read in windows of ``bptt`` steps,
+    the state carried across windows (eval mode); the loss is averaged over every predicted
+    token. Perplexity is ``exp`` of the result.
+
+    Parameters
+    ----------
+    model : LanguageModel
+        A memlens language model (:func:`load_checkpoint`, :func:`train`).
+    ids : torch.Tensor
+        1-D integer token ids, at least 2, each in 0..V-1 (e.g. ``vocab.encode(tokens)``).
+    batch : int, optional
+        Parallel streams, 1..2**20 (default 10; at most half the tokens are used).
+    bptt : int, optional
+        Window length, 1..2**20 (default 70).
+    device : torch.device or str, optional
+        Where to compute: "cpu" (default), "cuda", "cuda:N" or "auto".
+
+    Returns
+    -------
+    float
+        The mean cross-entropy in nats per token.
+
+    Raises
+    ------
+    MemlensError
+        When ``model`` is not a LanguageModel, ``ids`` is not a 1-D integer tensor of at
+        least 2 ids within the vocabulary, or an option is out of range.
+    """
     batch, bptt, device = _check_evaluate(model, ids, batch, bptt, device)
     model.eval()
     batch = max(1, min(batch, ids.numel() // 2))
@@ -210,8 +307,38 @@ def train(cfg: TrainConfig | None = None, *, train_corpus: Corpus | None = None,
           valid_corpus: Corpus | None = None, log=print, **kwargs: Any) -> LanguageModel:
     """Train a language model and write the best checkpoint (by validation loss) to ``cfg.out``.
 
-    Either give paths in ``cfg`` (or as keyword arguments) or ready corpora. Returns the best
-    model (eval mode) with ``.vocab``, ``.config`` and ``.history`` (per-epoch records).
+    The vocabulary is built from the (capped) training tokens; after every epoch the
+    checkpoint is rewritten when the validation loss (training loss without a validation
+    corpus) improves, and the per-epoch state is saved beside it for ``resume``.
+
+    Parameters
+    ----------
+    cfg : TrainConfig or None, optional
+        The options; None (default): ``TrainConfig(**kwargs)``, with ``train`` "" when only
+        corpora are given.
+    train_corpus : Corpus or None, optional
+        A ready training corpus, used instead of ``cfg.train`` (default None).
+    valid_corpus : Corpus or None, optional
+        A ready validation corpus, used instead of ``cfg.valid`` (default None).
+    log : callable, optional
+        Called with one line of text per message (default ``print``).
+    **kwargs
+        The fields of :class:`TrainConfig`, when ``cfg`` is None.
+
+    Returns
+    -------
+    LanguageModel
+        The best model (eval mode) with ``.vocab``, ``.config`` and ``.history`` (one record
+        per epoch: epoch, train_loss, valid_loss, valid_ppl, lr, seconds).
+
+    Raises
+    ------
+    MemlensError
+        When an option is out of range, a corpus is missing or malformed, the vocabulary has
+        fewer than 3 symbols besides the specials, or the corpus is too short for the batch.
+    Interrupted
+        On Ctrl-C / SIGTERM after at least one finished epoch (resume with
+        ``resume=True``).
     """
     if cfg is None:
         cfg = TrainConfig(**{"train": "", **kwargs})

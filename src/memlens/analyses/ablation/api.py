@@ -83,32 +83,58 @@ def context_ablation(model, inputs, distances: Sequence[int] | str = DEFAULT_DIS
                      unigram=None, options: RunOptions | None = None) -> ContextAblationResult:
     """Loss increase on the same targets when the context beyond distance k is perturbed.
 
-    See the module docstring for the definitions. ``model``: a memlens LanguageModel, an
-    encoder from ``memlens.wrap(..., head=decoder)``, a fitted
-    :class:`~memlens.models.ngram.KneserNeyLM` (then ``inputs`` are its ids,
-    ``lm.encode(words)``) or any :class:`~memlens.analyses.ablation.scorers.NextTokenScorer`.
-    ``inputs``: one stream (ids, symbols, a Corpus or a Stream, as every analysis takes).
-    ``context``: the context regime, ``window:L`` (default ``window:300``; a bare integer L
-    is the same): each target is scored after a window of the L tokens before it, read from
-    the model's initial state (:mod:`memlens.runtime.context`; the windows end at the
-    targets, so ``stride=`` and ``targets=`` are refused: ``targets`` below picks them).
-    ``distances``: k values, 1 <= k < L; ``perturbation``: names in
-    :data:`~memlens.analyses.ablation.perturbations.PERTURBATIONS` ("shuffle", "replace",
-    "drop": the default set; "swap" needs two or more targets); ``targets``: how many evenly
-    spaced targets (None: every position with a full window; or explicit positions);
-    ``tolerance``: the effective-context criterion as a fraction of the unperturbed loss;
-    ``seed``: the perturbations' randomness; ``batch_size``: contexts per forward pass;
-    ``unigram``: V weights for "replace" (default: the stream's counts).
+    Each target x_t is scored after the L tokens before it, read from the initial state; at
+    distance k the tokens farther than k are perturbed and the last k stay intact.
+    Delta(p, k) = (1/N) sum_t [l_t(p, k) - l_t] (nats) per perturbation p, with a 95%
+    block-bootstrap interval; the effective context of p is the smallest k with
+    |Delta(p, k')| <= tolerance x the unperturbed loss for every k' >= k (module docstring).
 
-    ``options`` (:class:`~memlens.runtime.options.RunOptions`): ``device`` (where a torch
-    model runs; None: where it is), ``bootstrap`` (resamples, default 1000, 0: no intervals;
-    ``blocks`` >= 2 contiguous blocks of targets; ``seed`` of the resampling), ``checkpoint``
-    (save finished batches every ``every`` seconds and on SIGINT / SIGTERM or after
-    ``stop_after`` batches, which then raise :class:`~memlens.runtime.progress.Interrupted`;
-    ``resume`` continues from them; under a process group per-rank files
-    ``<stem>.rank<r><suffix>``), ``progress`` (a bar over the batches) and ``distributed``
-    (False: compute everything in this process even inside a process group). ``dtype`` is
-    not used (the model runs in its own dtype, the losses are float64).
+    Parameters
+    ----------
+    model : torch.nn.Module or KneserNeyLM or NextTokenScorer
+        A memlens LanguageModel, an encoder from ``memlens.wrap(..., head=decoder)``, a
+        fitted :class:`~memlens.models.ngram.KneserNeyLM` (then ``inputs`` are its ids) or
+        any :class:`~memlens.analyses.ablation.scorers.NextTokenScorer`.
+    inputs : sequence or Corpus or Stream or torch.Tensor
+        One stream (ids, symbols, a Corpus or a Stream).
+    distances : sequence of int or str, optional
+        The distances k, each 1 <= k < L, or a string "1,2,5" (default 1, 2, 3, 5, 10, 20,
+        50, 100, 200).
+    perturbation : sequence of str or str, optional
+        Registered names: "shuffle", "replace", "drop" (the default set) and "swap" (needs
+        two or more targets).
+    context : Context or str or int, optional
+        ``window:L``, 2 <= L <= 65536 (default ``"window:300"``; a bare integer L is the
+        same); ``stride=`` and ``targets=`` are refused (``targets`` below picks them).
+    targets : int or sequence of int or None, optional
+        How many evenly spaced targets (default 1000), None for every position with a full
+        window, or explicit positions.
+    tolerance : float, optional
+        The effective-context criterion, a fraction of the unperturbed loss in [0, 1)
+        (default 0.01).
+    seed : int, optional
+        Seeds the perturbations, per (seed, perturbation, target, distance) (default 0).
+    batch_size : int, optional
+        Contexts per forward pass, 1..2**20 (default 256); changes no number.
+    unigram : array-like or None, optional
+        V weights for "replace" (default None: the stream's counts).
+    options : RunOptions or None, optional
+        device (None: where the model is), bootstrap (resamples, default 1000; blocks >= 2;
+        seed), checkpoint (an interrupt or ``stop_after`` batches saves and raises
+        :class:`~memlens.runtime.progress.Interrupted`; per-rank files under a process
+        group), progress, distributed; ``dtype`` is not used (losses are float64).
+
+    Returns
+    -------
+    ContextAblationResult
+        ``base_nll`` (N losses, nats), ``nll`` (P x D x N), ``positions``, ``increase``
+        (P x D), ``effective_context()``; ``to_frame()`` has one row per (p, k).
+
+    Raises
+    ------
+    MemlensError
+        One line naming a bad model (no next-token head), stream, distance, perturbation,
+        context, target choice, tolerance or option.
     """
     options = as_options(options)
     group = distributed.current() if options.distributed else None

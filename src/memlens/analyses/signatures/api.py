@@ -51,28 +51,64 @@ def memory_signature(model: nn.Module, train_inputs, heldout_inputs, max_delay: 
                      labels: tuple[Sequence, Sequence] | None = None, seed: int = 0,
                      decoder_options: dict | None = None,
                      options: RunOptions | None = None) -> Signature:
-    """Memory signature of one site (layer, readout, units) of ``model`` (see
-    :mod:`memlens.analyses.signatures.signature` for the formulas).
+    """Memory signature of one site: how well each lag k of the input decodes from the state.
 
-    ``model``: anything the model protocol accepts (a memlens model, ``memlens.wrap(...)``).
-    ``train_inputs`` / ``heldout_inputs``: two streams (Corpus, symbols, ids, T x I vectors or
-    :class:`~memlens.models.inputs.Stream`): decoders are trained on the first and scored on
-    the second. ``max_delay``: the largest lag K. ``site``: ``Site(layer=-1, readout=None,
-    units="all")`` by default; readout None is the layer's output ("hidden" for LSTM / GRU /
-    RNN layers). ``decoder``: "auto" (default: "linear-fast" from 1000 decoded symbols on,
-    else "linear"), "linear", "linear-fast" or "mlp". ``symbols``: None (every
-    symbol; top:1000 for word models), ``"chars"``, ``"top:N"`` or ``"upos"``. ``context``:
-    the context regime (:mod:`memlens.runtime.context`): "stream" (default: one continuous
-    pass, state carried), "segment:S", "sentence" or "window:N[,stride=M][,targets=last]"
-    (each window or sentence from the initial state, lags inside it;
-    :mod:`memlens.analyses.signatures.regime`);
-    ``labels=(train_labels, heldout_labels)`` (or Streams with labels) decode given
-    per-position labels instead (required for vector inputs). ``seed``: seeds the decoders
-    and the bootstrap's block draws. ``decoder_options``: keyword arguments of the decoder
-    (e.g. ``{"max_epochs": 20}``). ``options``: device and dtype of the state computation
-    (device None: where the model is) and ``options.bootstrap`` (resamples, default 1000, 0:
-    no intervals; blocks, default 20). Returns a :class:`Signature` with ``.accuracy``,
-    ``.bits``, ``.majority`` etc. (length K+1).
+    For lags k = 0..K a decoder D_k is trained on the training states s_t to predict x_{t-k}
+    and scored on the held-out states: accuracy_k = mean_t [argmax D_k(s_t) == x_{t-k}] and
+    bits_k = max(0, H(X) - CE_k), a lower bound on I(s_t; x_{t-k}) (CE_k: held-out
+    cross-entropy in bits; :mod:`memlens.analyses.signatures.signature` has the formulas).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Anything the model protocol accepts: a memlens model, ``memlens.wrap(...)``,
+        ``memlens.from_hf(...)``.
+    train_inputs : sequence or Corpus or Stream or torch.Tensor or numpy.ndarray
+        The stream the decoders are trained on: a Corpus, symbols, ids, T x I vectors or a
+        :class:`~memlens.models.inputs.Stream`.
+    heldout_inputs : sequence or Corpus or Stream or torch.Tensor or numpy.ndarray
+        The stream the decoders are scored on (same forms).
+    max_delay : int
+        K, the largest lag, shorter than both streams.
+    site : Site or None, optional
+        The (layer, readout, units) read; None (default): ``Site()``, the top layer's output
+        readout ("hidden" for LSTM / GRU / RNN layers), all units.
+    decoder : str, optional
+        "auto" (default: "linear-fast" from 1000 decoded symbols on, else "linear"),
+        "linear", "linear-fast" or "mlp".
+    symbols : str or None, optional
+        What is decoded: None (default: every symbol; top:1000 for word models),
+        ``"chars"``, ``"top:N"`` (the N most frequent, the rest one class) or ``"upos"``.
+    context : Context or str or int or None, optional
+        The context regime (:mod:`memlens.runtime.context`): "stream" (default: one
+        continuous pass, state carried), "segment:S", "sentence" or
+        ``"window:N[,stride=M][,targets=last]"`` (each window or sentence from the initial
+        state, lags inside it; :mod:`memlens.analyses.signatures.regime`).
+    labels : tuple of (sequence, sequence) or None, optional
+        ``(train_labels, heldout_labels)``, one label per position of each stream, decoded
+        instead of the symbols (or Streams with labels); required for vector inputs.
+        Default None.
+    seed : int, optional
+        Seeds the decoders and the bootstrap's block draws (default 0).
+    decoder_options : dict or None, optional
+        Keyword arguments of the decoder (e.g. ``{"max_epochs": 20}``); default None.
+    options : RunOptions or None, optional
+        Device and dtype of the state computation (device None: where the model is) and
+        ``options.bootstrap`` (resamples, default 1000, 0: no intervals; blocks, default
+        20). Default None: ``RunOptions()``.
+
+    Returns
+    -------
+    Signature
+        Per-lag arrays of length K+1 (``.accuracy`` with ``.acc_low`` / ``.acc_high``,
+        ``.bits`` with ``.bits_low`` / ``.bits_high``, ``.majority``, ``.prior``,
+        ``.entropy``) and the K+1 x C ``.recall``; ``to_frame()`` has one row per lag.
+
+    Raises
+    ------
+    MemlensError
+        One line naming the problem: a model outside the protocol, a bad stream, site,
+        lag, decoder, symbol choice, label pair, context or option.
     """
     opts = as_options(options)
     boot = _bootstrap(opts.bootstrap, seed)

@@ -51,21 +51,37 @@ def hf_symbols(tokenizer, size: int) -> list[str]:
 
 
 def from_hf(model_or_dir: nn.Module | str | os.PathLike, tokenizer: Any = None) -> RecurrentEncoder:
-    """A Hugging Face recurrent causal LM of a registered family (Mamba, RWKV, xLSTM, ...:
-    :mod:`memlens.models.hf.registry`) as a :class:`RecurrentEncoder`.
+    """A Hugging Face recurrent causal LM of a registered family as a :class:`RecurrentEncoder`.
 
-    ``model_or_dir``: a loaded ``MambaForCausalLM`` / ``RwkvForCausalLM`` /
-    ``xLSTMForCausalLM`` (or its base model, without a head), or a directory or name that
-    ``from_pretrained`` resolves (weights via ``AutoModelForCausalLM``, tokenizer via
-    ``AutoTokenizer`` from the same place when it has one). ``tokenizer``: a tokenizer to use
-    instead (gives the vocabulary: symbols are the decoded tokens).
+    The families (Mamba, RWKV, xLSTM, ...) are those of :mod:`memlens.models.hf.registry`.
+    Parameters are the model's own (shared, not copied). Needs the optional ``transformers``
+    package (``pip install 'memlens[hf]'``).
 
-    Returns an encoder in eval mode whose layers are one :class:`HFBlockLayer` per block
-    (readouts: ``"hidden"``, the default, plus the state components; see
-    :mod:`memlens.models.hf`), with ``head`` (final norm + LM head) for context ablation,
-    ``tokenizer`` and ``model_type`` attached. Parameters are the model's own (shared). Any
-    other architecture (a transformer, a bidirectional encoder) is a one-line
-    :class:`MemlensError` naming what is supported.
+    Parameters
+    ----------
+    model_or_dir : torch.nn.Module or str or os.PathLike
+        A loaded ``MambaForCausalLM`` / ``RwkvForCausalLM`` / ``xLSTMForCausalLM`` (or its
+        base model, without a head), or a directory or name that ``from_pretrained``
+        resolves (weights via ``AutoModelForCausalLM``, tokenizer via ``AutoTokenizer`` from
+        the same place when it has one).
+    tokenizer : object, optional
+        A tokenizer to use instead (default None); it gives the vocabulary: the symbols are
+        the decoded tokens.
+
+    Returns
+    -------
+    RecurrentEncoder
+        An encoder in eval mode whose layers are one :class:`HFBlockLayer` per block
+        (readouts: ``"hidden"``, the default, plus the state components; see
+        :mod:`memlens.models.hf`), with ``head`` (final norm + LM head) for context
+        ablation, ``tokenizer`` and ``model_type`` attached.
+
+    Raises
+    ------
+    MemlensError
+        For any other architecture (a transformer, a bidirectional encoder; the message
+        names what is supported), input embeddings that are not an ``nn.Embedding``, or a
+        model or directory that cannot be loaded.
     """
     if isinstance(model_or_dir, (str, os.PathLike)):
         model, tok = load_hf(model_or_dir)
