@@ -359,5 +359,5 @@ def test_recipe_hf_family_state_gradients(toy_hf_dir):
                                    decoder_options={"max_epochs": 2})
     assert len(sig.accuracy) == 2
     unregister_family("toyrnn")
-    with pytest.raises(MemlensError, match="not a recurrent model memlens can analyse"):
+    with pytest.raises(MemlensError, match="is not supported yet; supported: mamba"):
         from_hf(model)

@@ -1,9 +1,11 @@
-"""Today's recurrent language models from Hugging Face transformers: Mamba, RWKV and xLSTM.
+"""Today's recurrent language models from Hugging Face transformers: Mamba, FalconMamba, Mamba-2,
+RWKV and xLSTM.
 
 Modules: :mod:`.registry` (the family registry, ``register_family``), :mod:`.common`
 (:func:`load_hf`, :func:`from_hf`, the tokenizer's symbols), :mod:`.block` (the block layer
 and head every family shares), :mod:`.corpus` (corpora in the model's own tokens), and one
-module per family (:mod:`.mamba`, :mod:`.rwkv`, :mod:`.xlstm`) with its registry line below.
+module per family (:mod:`.mamba` with FalconMamba, :mod:`.mamba2`, :mod:`.rwkv`, :mod:`.xlstm`)
+with its registry line below.
 
 :func:`from_hf` turns a ``MambaForCausalLM``, ``RwkvForCausalLM`` or ``xLSTMForCausalLM`` (or a
 directory / name that ``from_pretrained`` resolves) into a :class:`RecurrentEncoder`:
@@ -20,7 +22,10 @@ directory / name that ``from_pretrained`` resolves) into a :class:`RecurrentEnco
 
   ======  ==========================================================================
   Mamba   ``ssm`` (d_inner x d_state), ``conv`` (d_inner x (conv_kernel - 1): the last
-          inputs of the causal convolution; HF's cache keeps one more, unused, column)
+          inputs of the causal convolution; HF's cache keeps one more, unused, column);
+          FalconMamba the same
+  Mamba2  ``ssm`` (heads x head_dim x d_state; unit sets ``head:H``, split ``heads``),
+          ``conv`` (conv_dim x (conv_kernel - 1), conv_dim = d_inner + 2 n_groups d_state)
   RWKV    ``numerator``, ``denominator``, ``max`` (the stabilised WKV sums, attention size
           each), ``att_shift``, ``ffn_shift`` (the previous token's normalised input of the
           time-mix and channel-mix, hidden size each)
@@ -44,7 +49,13 @@ that inference form, as its own forward in eval mode does.
 from memlens.models.hf.block import HFBlockLayer, HFHead, HFState
 from memlens.models.hf.common import from_hf, hf_symbols, load_hf
 from memlens.models.hf.corpus import SubwordCorpus, tokenize_corpus
-from memlens.models.hf.mamba import MambaFamily, MambaLayer
+from memlens.models.hf.mamba import (
+    FalconMambaFamily,
+    FalconMambaLayer,
+    MambaFamily,
+    MambaLayer,
+)
+from memlens.models.hf.mamba2 import Mamba2Family, Mamba2Layer
 from memlens.models.hf.registry import (
     FAMILIES,
     HFFamily,
@@ -58,10 +69,13 @@ from memlens.models.hf.xlstm import XLSTMFamily, XLSTMLayer
 
 # the families memlens reads: one line each (a new family: its module + one line here)
 register_family("mamba", MambaFamily())
+register_family("falcon_mamba", FalconMambaFamily())
+register_family("mamba2", Mamba2Family())
 register_family("rwkv", RwkvFamily())
 register_family("xlstm", XLSTMFamily())
 
-__all__ = ["FAMILIES", "HFBlockLayer", "HFFamily", "HFHead", "HFState", "MambaFamily",
-           "MambaLayer", "RwkvFamily", "RwkvLayer", "SubwordCorpus", "XLSTMFamily",
-           "XLSTMLayer", "family_of", "from_hf", "hf_symbols", "load_hf", "register_family",
-           "supported_text", "tokenize_corpus", "unregister_family"]
+__all__ = ["FAMILIES", "FalconMambaFamily", "FalconMambaLayer", "HFBlockLayer", "HFFamily",
+           "HFHead", "HFState", "Mamba2Family", "Mamba2Layer", "MambaFamily", "MambaLayer",
+           "RwkvFamily", "RwkvLayer", "SubwordCorpus", "XLSTMFamily", "XLSTMLayer", "family_of",
+           "from_hf", "hf_symbols", "load_hf", "register_family", "supported_text",
+           "tokenize_corpus", "unregister_family"]

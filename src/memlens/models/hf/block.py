@@ -15,19 +15,14 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from memlens.core.errors import MemlensError
+from memlens.core.optional import require
 from memlens.protocol import Readout, RecurrentLayer
 
 HFState = dict[str, Tensor]
 
 
 def _require_transformers():
-    try:
-        import transformers
-    except ImportError:
-        raise MemlensError("Hugging Face models need the transformers package: pip install "
-                           "'memlens[hf]'") from None
-    return transformers
+    return require("transformers")
 
 
 def _rms(x: Tensor, weight: Tensor | None, eps: float, bias: Tensor | None = None) -> Tensor:
@@ -119,9 +114,7 @@ def _value_and_slope(fn: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor,
 
 
 def _activation(name: str) -> Callable[[Tensor], Tensor]:
-    from transformers.activations import ACT2FN
-
-    return ACT2FN[name]
+    return require("transformers.activations").ACT2FN[name]
 
 
 class HFHead(nn.Module):

@@ -9,6 +9,8 @@ and builds the vocabulary from the tokenizer (:func:`hf_symbols`).
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,6 +25,7 @@ from memlens.models.hf.files import (
     check_config_size,
     check_hf_dir,
     resolve_hf_spec,
+    stored_dtype,
 )
 from memlens.models.hf.registry import FAMILIES, family_of, model_type_of, unsupported
 
@@ -50,7 +53,25 @@ def hf_symbols(tokenizer, size: int) -> list[str]:
     return symbols
 
 
-def from_hf(model_or_dir: nn.Module | str | os.PathLike, tokenizer: Any = None) -> RecurrentEncoder:
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def upcast_low_precision(model: nn.Module) -> str:
+    """Upcast a model's float16 / bfloat16 parameters and buffers to float32, in place
+    (exact: every low-precision value is a float32 value). Returns the dtype(s) the model had
+    ("bfloat16", "float32", "bfloat16+float32", ...)."""
+    dtypes = {t.dtype for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()}
+    if dtypes & set(LOW_PRECISION):
+        model.float()
+    return "+".join(sorted(str(d).removeprefix("torch.") for d in dtypes)) or "float32"
+
+
+def from_hf(model_or_dir: nn.Module | str | os.PathLike, tokenizer: Any = None,
+            log: Callable[[str], None] = _stderr) -> RecurrentEncoder:
     """A Hugging Face recurrent causal LM of a registered family as a :class:`RecurrentEncoder`.
 
     The families (Mamba, RWKV, xLSTM, ...) are those of :mod:`memlens.models.hf.registry`.
@@ -67,6 +88,12 @@ def from_hf(model_or_dir: nn.Module | str | os.PathLike, tokenizer: Any = None) 
     tokenizer : object, optional
         A tokenizer to use instead (default None); it gives the vocabulary: the symbols are
         the decoded tokens.
+    log : callable, optional
+        Where the one-line precision notice goes (default: stderr). Low-precision weights
+        (float16, bfloat16; a directory's as its safetensors headers store them) are
+        analysed in float32: a loaded model is upcast in place (exact), a directory is read
+        into float32; ``log`` gets one line saying so, and the encoder's ``weights_dtype``
+        records the stored dtype.
 
     Returns
     -------
@@ -84,10 +111,13 @@ def from_hf(model_or_dir: nn.Module | str | os.PathLike, tokenizer: Any = None) 
         model or directory that cannot be loaded.
     """
     if isinstance(model_or_dir, (str, os.PathLike)):
-        model, tok = load_hf(model_or_dir)
+        model, tok, stored = _load(model_or_dir)
         tokenizer = tokenizer if tokenizer is not None else tok
+        what = f"hf:{model_or_dir}"
     elif isinstance(model_or_dir, nn.Module):
         model = model_or_dir
+        family_of(model)  # an unsupported model is refused before it is touched
+        stored, what = upcast_low_precision(model), type(model).__name__
     else:
         raise MemlensError(f"from_hf() needs a transformers model or a directory, got "
                            f"{type(model_or_dir).__name__}")
@@ -103,13 +133,22 @@ def from_hf(model_or_dir: nn.Module | str | os.PathLike, tokenizer: Any = None) 
     enc = RecurrentEncoder(emb, layers, vocab=vocab, head=head).eval()
     enc.set_tokenizer(tokenizer)
     enc.model_type = model_type_of(model)
+    enc.weights_dtype = stored
+    loaded = isinstance(model_or_dir, nn.Module)  # a float64 model stays float64
+    if "float16" in stored or (stored != "float32" and not loaded):
+        how = "upcast in place" if loaded else "read as float32"
+        log(f"memlens: note: {what} has {stored} weights: analysed in float32 ({how}; the "
+            f"numbers are those of the {stored} values)")
     return enc
 
 
-def _read_config(transformers, spec: str):
+def _read_config(transformers, spec: str, local: bool):
     try:
         return transformers.AutoConfig.from_pretrained(spec)
     except Exception as exc:  # noqa: BLE001 - transformers' errors of a bad config
+        if not local:  # a name that is no directory here and that the hub did not resolve
+            raise MemlensError(f"hf:{spec}: no such directory (nor a model the Hugging Face "
+                               f"hub resolves: {_first_line(exc)})") from None
         raise MemlensError(f"hf:{spec}: cannot read a transformers config: "
                            f"{_first_line(exc)}") from None
 
@@ -125,20 +164,27 @@ def load_hf(path: str | os.PathLike) -> tuple[nn.Module, Any]:
     A directory's files pass the input gate first (:mod:`memlens.models.hf.files`: special
     and huge files, pickle-only, truncated or garbage weights are refused); the config's
     architecture and the size it implies are checked before any weights are read; the
-    weights are read from safetensors only (never unpickled)."""
+    weights are read from safetensors only (never unpickled), into float32."""
+    model, tokenizer, _ = _load(path)
+    return model, tokenizer
+
+
+def _load(path: str | os.PathLike) -> tuple[nn.Module, Any, str]:
+    """:func:`load_hf` and the floating dtype(s) the weights were stored in."""
     transformers = _require_transformers()
     transformers.utils.logging.disable_progress_bar()  # no bars or warnings among memlens'
     transformers.utils.logging.set_verbosity_error()  # own lines (errors stay one line)
     spec = str(path)
     root = resolve_hf_spec(spec)
-    values = None
+    values, stored = None, "float32"
     if root is not None:
         _, values = check_hf_dir(root, spec)
-    config = _read_config(transformers, spec)
+        stored = stored_dtype(root, spec)
+    config = _read_config(transformers, spec, root is not None)
     mt = getattr(config, "model_type", "?")
     if mt not in FAMILIES:
         archs = ",".join(getattr(config, "architectures", None) or []) or mt
-        raise unsupported(f"hf:{spec} ({archs}, model_type {mt!r})")
+        raise unsupported(f"hf:{spec}: {mt} ({archs})")
     check_config_size(config, spec, values)
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -154,4 +200,6 @@ def load_hf(path: str | os.PathLike) -> tuple[nn.Module, Any]:
                 raise MemlensError(f"hf:{spec}: cannot read the tokenizer: "
                                    f"{_first_line(exc)}") from None
             tokenizer = None
-    return model, tokenizer
+    if root is None:  # a hub model: the dtype its config says its weights are stored in
+        stored = str(getattr(config, "dtype", None) or "float32").removeprefix("torch.")
+    return model, tokenizer, stored

@@ -29,6 +29,7 @@ from typing import Any
 from memlens.core.errors import MemlensError
 from memlens.core.files import binary_limit, check_input_file, open_input, read_json
 from memlens.core.limits import check_memory
+from memlens.core.optional import require
 
 TEXT_FILES = ("config.json", "generation_config.json", "tokenizer.json",
               "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -156,14 +157,29 @@ def check_hf_dir(root: Path, spec: str) -> tuple[dict, int]:
     return config, values
 
 
+SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+                      "F8_E4M3": "float8_e4m3", "F8_E5M2": "float8_e5m2", "F8_E8M0": "float8_e8m0"}
+
+
+def stored_dtype(root: Path, spec: str) -> str:
+    """The floating dtype(s) the weight files of ``root`` store, from their headers:
+    "bfloat16", "float32", or several joined by "+" ("bfloat16+float32")."""
+    found = set()
+    for f in _weight_files(root, spec):
+        for dtype, _ in read_safetensors_header(f, f"hf:{spec} weights").values():
+            if dtype in SAFETENSORS_DTYPES:
+                found.add(SAFETENSORS_DTYPES[dtype])
+    return "+".join(sorted(found)) or "float32"
+
+
 def check_config_size(config: Any, spec: str, weight_values: int | None = None) -> int:
     """The parameter count a transformers ``config`` implies, counted on the ``meta`` device
     (nothing allocated) after its layer count is bounded; refused (one line) when the model
     would not fit in the memory budget as float32 or when the weight files hold fewer values
     (``weight_values``) than that. Returns the count."""
     import torch
-    import transformers
 
+    transformers = require("transformers")
     for key in LAYER_KEYS:
         layers = getattr(config, key, None)
         if isinstance(layers, int) and not 0 <= layers <= MAX_HF_LAYERS:
@@ -186,4 +202,4 @@ def check_config_size(config: Any, spec: str, weight_values: int | None = None) 
 
 
 __all__ = ["check_config_size", "check_hf_dir", "looks_like_repo_id", "read_safetensors_header",
-           "resolve_hf_spec"]
+           "resolve_hf_spec", "stored_dtype"]

@@ -2,7 +2,8 @@
 ``MambaBlock``; readouts ``hidden`` (the block output), ``ssm`` (d_inner x d_state) and
 ``conv`` (d_inner x (conv_kernel - 1): the last inputs of the causal convolution; HF's cache
 keeps one more, unused, column). Its tangents are written out (``jvp_step``,
-``TangentRule.WRITTEN``)."""
+``TangentRule.WRITTEN``). FalconMamba (``FalconMambaForCausalLM``, model_type "falcon_mamba")
+is the same block with RMS norms on dt, B and C: :class:`FalconMambaLayer`, same readouts."""
 
 from __future__ import annotations
 
@@ -55,8 +56,8 @@ class MambaLayer(HFBlockLayer):
         if mix.conv1d.bias is not None:
             c = c + mix.conv1d.bias
         c = self.act(c)
-        dt, b, cc = torch.split(F.linear(c, mix.x_proj.weight), [self.rank, self.n, self.n],
-                                dim=-1)
+        dt, b, cc = self._select(*torch.split(F.linear(c, mix.x_proj.weight),
+                                              [self.rank, self.n, self.n], dim=-1))
         dt = F.softplus(F.linear(dt, mix.dt_proj.weight, mix.dt_proj.bias))
         a = -torch.exp(mix.A_log)
         ssm = (torch.exp(a * dt.unsqueeze(-1)) * state["ssm"]
@@ -65,6 +66,16 @@ class MambaLayer(HFBlockLayer):
         y = y * F.silu(z)
         out = F.linear(y, mix.out_proj.weight, mix.out_proj.bias)
         return {"hidden": x + out, "ssm": ssm, "conv": window[..., 1:]}
+
+    def _select(self, dt: Tensor, b: Tensor, cc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The selective parameters (low-rank dt, B, C) as the SSM uses them: Mamba uses
+        ``x_proj``'s split as it is (FalconMamba normalises each, :class:`FalconMambaLayer`)."""
+        return dt, b, cc
+
+    def _select_jvp(self, primal: tuple[Tensor, ...], tangent: tuple[Tensor, ...]
+                    ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+        """``_select`` and its derivative (primal, tangent) for ``jvp_step``."""
+        return primal, tangent
 
     @torch.no_grad()
     def jvp_step(self, x: Tensor, state: HFState, dx: Tensor, dstate: HFState
@@ -98,6 +109,7 @@ class MambaLayer(HFBlockLayer):
                                   dim=-1)
         ddt_r, db, dcc = torch.split(F.linear(dc, mix.x_proj.weight),
                                      [self.rank, self.n, self.n], dim=-1)
+        (dt_r, b, cc), (ddt_r, db, dcc) = self._select_jvp((dt_r, b, cc), (ddt_r, db, dcc))
         dt_raw = F.linear(dt_r, mix.dt_proj.weight, mix.dt_proj.bias)
         dt = F.softplus(dt_raw)
         ddt = F.linear(ddt_r, mix.dt_proj.weight) * torch.sigmoid(dt_raw)
@@ -133,3 +145,40 @@ class MambaFamily(HFFamily):
 
     def head(self, model: nn.Module, backbone: nn.Module) -> HFHead:
         return HFHead(backbone.norm_f, model.lm_head)
+
+
+class FalconMambaLayer(MambaLayer):
+    """A ``FalconMambaBlock``: a :class:`MambaLayer` whose dt (low rank), B and C are each
+    RMS-normalised (no weight; eps ``mixer_rms_eps``, read from the mixer's ``b_layernorm``)
+    before the SSM uses them. Tangents written out as for Mamba, with the norm's derivative
+    d(v r) = r dv - r^3 v mean(v dv)."""
+
+    kind = "falcon_mamba"
+
+    def _eps(self) -> float:
+        return float(self.block.mixer.b_layernorm.eps)
+
+    def _select(self, dt: Tensor, b: Tensor, cc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # the mixer's weightless norms, in the input's dtype (its own forward rounds them to
+        # float32, which equals this in float32)
+        eps = self._eps()
+        return _rms(dt, None, eps), _rms(b, None, eps), _rms(cc, None, eps)
+
+    def _select_jvp(self, primal: tuple[Tensor, ...], tangent: tuple[Tensor, ...]
+                    ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+        eps, vals, tans = self._eps(), [], []
+        for v, dv in zip(primal, tangent):
+            r = torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + eps)
+            vals.append(v * r)
+            tans.append(dv * r - v * r.pow(3) * (dv * v).mean(-1, keepdim=True))
+        return tuple(vals), tuple(tans)
+
+
+class FalconMambaFamily(MambaFamily):
+    """``FalconMambaForCausalLM`` / ``FalconMambaModel``: as Mamba (blocks ``backbone.layers``,
+    head ``norm_f`` + ``lm_head``), with :class:`FalconMambaLayer` blocks."""
+
+    causal_lm = "FalconMambaForCausalLM"
+
+    def layers(self, backbone: nn.Module, config: Any) -> list[MambaLayer]:
+        return [FalconMambaLayer(b, config, i) for i, b in enumerate(backbone.layers)]

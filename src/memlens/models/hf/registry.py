@@ -35,8 +35,8 @@ class HFFamily:
 
     def accepts(self, model: nn.Module) -> bool:
         """Whether ``model`` is this family's causal LM or base model (the class name starts
-        with the model type: MambaForCausalLM, MambaModel)."""
-        return type(model).__name__.lower().startswith(self.model_type.lower())
+        with the model type, underscores dropped: MambaForCausalLM, FalconMambaModel)."""
+        return type(model).__name__.lower().startswith(self.model_type.lower().replace("_", ""))
 
     def layers(self, backbone: nn.Module, config: Any) -> Sequence[HFBlockLayer]:
         """One layer per block of the base model ``backbone``."""
@@ -83,9 +83,10 @@ def supported_text() -> str:
 
 
 def unsupported(what: str) -> MemlensError:
-    """The one-line error for a model memlens cannot read, naming what it can."""
-    return MemlensError(f"{what} is not a recurrent model memlens can analyse; supported: "
-                        f"{supported_text()}")
+    """The one-line error for a model memlens cannot read, naming what it can: "<what> is not
+    supported yet; supported: mamba, falcon_mamba, ... (MambaForCausalLM, ...)"."""
+    return MemlensError(f"{what} is not supported yet; supported: {', '.join(FAMILIES)} "
+                        f"({', '.join(f.causal_lm for f in FAMILIES.values())})")
 
 
 def model_type_of(model: nn.Module) -> str:
@@ -99,5 +100,5 @@ def family_of(model: nn.Module) -> HFFamily:
     mt = model_type_of(model)
     family = FAMILIES.get(mt)
     if family is None or not family.accepts(model):
-        raise unsupported(f"{type(model).__name__} (model_type {mt!r})")
+        raise unsupported(f"{mt} ({type(model).__name__})")
     return family

@@ -1,0 +1,131 @@
+"""Mamba-2 (``Mamba2ForCausalLM``, model_type "mamba2"): one :class:`Mamba2Layer` per
+``Mamba2Block``; readouts ``hidden`` (the block output), ``ssm`` (heads x head_dim x d_state:
+the multi-head SSM state) and ``conv`` (conv_dim x (conv_kernel - 1): the last inputs of the
+causal convolution over [x, B, C]; HF's cache keeps one more, unused, column). Per head: the
+unit sets ``head:H`` of the ``ssm`` readout (head H's head_dim x d_state values) and the
+split ``heads`` (one set per head). Tangents: the generic ``torch.func.jvp`` path."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from memlens.core.errors import MemlensError
+from memlens.models.hf.block import HFBlockLayer, HFHead, HFState, _activation, _rms
+from memlens.models.hf.registry import HFFamily
+from memlens.protocol.units import UnitSet
+
+
+class Mamba2Layer(HFBlockLayer):
+    """A ``Mamba2Block``: h = x + out_proj(GatedRMSNorm(y, z)), with heads h, head channels p,
+    state index n and groups g (B, C shared by the heads of a group):
+
+    z, u, dt = split(in_proj(RMSNorm(x)));  c = act(causal conv of u, K taps) = [xs, B, C]
+    dt = clamp(softplus(dt + dt_bias), time_step_limit);  A = -exp(A_log)  (one per head)
+    ssm'[h, p, n] = exp(A[h] dt[h]) ssm[h, p, n] + dt[h] B[g(h), n] xs[h, p]
+    y[h, p] = sum_n ssm'[h, p, n] C[g(h), n] + D[h] xs[h, p]
+    GatedRMSNorm(y, z) = w * RMS_group(y silu(z))  (RMS over each of n_groups slices)
+    """
+
+    kind = "mamba2"
+    unit_families: ClassVar[tuple[str, ...]] = ("head", "heads")
+    unit_owner: ClassVar[str] = "a Mamba-2 block"
+
+    def __init__(self, block: nn.Module, config: Any, index: int):
+        super().__init__(block, config.hidden_size, index)
+        mix = block.mixer
+        self.eps = float(block.norm.variance_epsilon)
+        self.act = _activation(config.hidden_act)
+        self.heads, self.head_dim = int(mix.num_heads), int(mix.head_dim)
+        self.groups, self.n = int(mix.n_groups), int(mix.ssm_state_size)
+        self.inner, self.conv_dim = int(mix.intermediate_size), int(mix.conv_dim)
+        k = int(mix.conv_kernel_size)
+        self.components = {"hidden": (self.hidden_size,),
+                           "ssm": (self.heads, self.head_dim, self.n),
+                           "conv": (self.conv_dim, k - 1)}
+
+    def _per_head(self, v: Tensor) -> Tensor:
+        """B x (groups * n) -> B x heads x n (each group's values for its heads)."""
+        v = v.view(v.shape[0], self.groups, self.n)
+        return v.repeat_interleave(self.heads // self.groups, dim=1)
+
+    def _gated_norm(self, y: Tensor, z: Tensor) -> Tensor:
+        """The mixer's ``MambaRMSNormGated`` (weight, eps, group size read from it) in the
+        input's dtype (its own forward rounds to float32, which equals this in float32)."""
+        norm = self.block.mixer.norm
+        g = y * F.silu(z)
+        size = int(norm.group_size)
+        g = _rms(g.view(*g.shape[:-1], g.shape[-1] // size, size), None,
+                 float(norm.variance_epsilon))
+        return norm.weight * g.view(*y.shape)
+
+    def step(self, x: Tensor, state: HFState) -> HFState:
+        mix = self.block.mixer
+        proj = F.linear(_rms(x, self.block.norm.weight, self.eps), mix.in_proj.weight,
+                        mix.in_proj.bias)
+        z, u, dt = proj.split([self.inner, self.conv_dim, self.heads], dim=-1)
+        window = torch.cat([state["conv"], u.unsqueeze(-1)], -1)  # B x conv_dim x K
+        c = (window * mix.conv1d.weight[:, 0, :]).sum(-1)
+        if mix.conv1d.bias is not None:
+            c = c + mix.conv1d.bias
+        c = self.act(c)
+        xs, b, cc = c.split([self.inner, self.groups * self.n, self.groups * self.n], dim=-1)
+        xs = xs.view(-1, self.heads, self.head_dim)
+        lo, hi = mix.time_step_limit
+        dt = torch.clamp(F.softplus(dt + mix.dt_bias), min=lo, max=hi)      # B x heads
+        decay = torch.exp(-torch.exp(mix.A_log) * dt)[..., None, None]
+        drive = (dt[..., None] * self._per_head(b))[:, :, None, :]          # B x h x 1 x n
+        ssm = decay * state["ssm"] + drive * xs.unsqueeze(-1)
+        y = (ssm * self._per_head(cc)[:, :, None, :]).sum(-1) + xs * mix.D[:, None]
+        y = self._gated_norm(y.reshape(-1, self.inner), z)
+        out = F.linear(y, mix.out_proj.weight, mix.out_proj.bias)
+        return {"hidden": x + out, "ssm": ssm, "conv": window[..., 1:]}
+
+    # -- per-head unit sets of the ssm readout -------------------------------------------
+    def unit_sets(self, readout: str | None = None) -> Mapping[str, str]:
+        sets = dict(super().unit_sets(readout))
+        if readout == "ssm":
+            sets["head:H"] = (f"the {self.head_dim * self.n} values of head H's SSM state "
+                              f"(H in 0..{self.heads - 1})")
+        return sets
+
+    def units(self, spec: str, readout: str | None = None) -> UnitSet:
+        """``"head:H"`` on the ``ssm`` readout: head H's head_dim x d_state values. Other
+        specs: :meth:`RecurrentLayer.units`."""
+        if not spec.startswith("head:"):
+            return super().units(spec, readout)
+        if readout != "ssm":
+            raise MemlensError(f"units {spec!r}: per-head unit sets are offered for the ssm "
+                               f"readout of a Mamba-2 block, not {readout or 'hidden'!r}")
+        try:
+            h = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise MemlensError(f"bad unit spec {spec!r}: expected head:H with an integer H"
+                               ) from None
+        if not 0 <= h < self.heads:
+            raise MemlensError(f"head {h} out of range: the block has {self.heads} heads "
+                               f"(valid 0..{self.heads - 1})")
+        size = self.head_dim * self.n
+        return UnitSet(spec, "ssm", size, index=tuple(range(h * size, (h + 1) * size)))
+
+    def unit_splits(self) -> Mapping[str, list[str]]:
+        """``"heads"``: one unit set per head (of the ``ssm`` readout)."""
+        return {"heads": [f"head:{h}" for h in range(self.heads)]}
+
+
+class Mamba2Family(HFFamily):
+    """``Mamba2ForCausalLM`` / ``Mamba2Model``: blocks ``backbone.layers``, head final RMSNorm
+    ``norm_f`` + ``lm_head``."""
+
+    causal_lm = "Mamba2ForCausalLM"
+    backbone_attr = "backbone"
+
+    def layers(self, backbone: nn.Module, config: Any) -> list[Mamba2Layer]:
+        return [Mamba2Layer(b, config, i) for i, b in enumerate(backbone.layers)]
+
+    def head(self, model: nn.Module, backbone: nn.Module) -> HFHead:
+        return HFHead(backbone.norm_f, model.lm_head)
