@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# the local CPU build of PyTorch; avoids multi-GB CUDA wheels on CPU machines
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test,hf,speech]"
+	$(BIN)/pip install -q -e ".[test,hf,speech,docs]"
 	touch $@
 
 demo: install
@@ -24,4 +24,4 @@ test: install
 	$(BIN)/python -m pytest -q -ra
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks experiments
+	$(BIN)/ruff check src tests benchmarks experiments notebooks

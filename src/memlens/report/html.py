@@ -45,6 +45,7 @@ from typing import Any
 from memlens.core.errors import MemlensError
 from memlens.core.seal import HTML_MARK, seal_html
 from memlens.results import SavedResult, curves, load_result, plot_series
+from memlens.runtime.html import sentinel_text
 from memlens.runtime.io import write_atomic
 from memlens.runtime.plotting import plain_text, pyplot
 
@@ -173,8 +174,8 @@ def _value(value: Any, depth: int = 0) -> str:
 def _kv_table(d: dict[str, Any], depth: int = 0) -> str:
     if not d:
         return "<p class='note'>(none)</p>"
-    rows = "".join(f"<tr><th class='k'>{_esc(k)}</th><td class='k'>{_value(v, depth)}</td></tr>"
-                   for k, v in d.items())
+    rows = "".join(f"<tr><th class='k'>{_esc(k)}</th><td class='k'>"
+                   f"{sentinel_text(k, v) or _value(v, depth)}</td></tr>" for k, v in d.items())
     return f"<table>{rows}</table>"
 
 
@@ -186,8 +187,8 @@ def _table(rows: Sequence[dict[str, Any]], max_rows: int | None = None) -> str:
         cols += [k for k in r if k not in cols]
     head = "".join(f"<th>{_esc(c)}</th>" for c in cols)
     shown = rows if max_rows is None else rows[:max_rows]
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in cols) + "</tr>"
-                   for r in shown)
+    body = "".join("<tr>" + "".join(f"<td>{sentinel_text(c, r.get(c)) or _fmt(r.get(c))}</td>"
+                                    for c in cols) + "</tr>" for r in shown)
     more = ("" if len(shown) == len(rows) else
             f"<p class='note'>{len(rows) - len(shown)} more rows not shown.</p>")
     return f"<div class='scroll'><table><tr>{head}</tr>{body}</table></div>{more}"

@@ -18,10 +18,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def pyplot():
-    """``matplotlib.pyplot`` on the Agg backend."""
+    """``matplotlib.pyplot``, on the Agg backend unless pyplot was already imported with
+    another one (Jupyter's inline backend: ``result.plot()`` then shows in the notebook)."""
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg")
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt

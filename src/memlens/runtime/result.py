@@ -278,6 +278,12 @@ class Result:
         return {}
 
     # -- the common interface --------------------------------------------------------------
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the headline numbers, the first rows and the trust warnings."""
+        from memlens.runtime.html import result_html
+
+        return result_html(self)
+
     def to_frame(self):
         """The result table as a pandas DataFrame.
 

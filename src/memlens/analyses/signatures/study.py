@@ -62,6 +62,7 @@ from memlens.models.window_lm import WindowLM
 from memlens.protocol import Site
 from memlens.runtime import distributed
 from memlens.runtime.context import Context, Layout
+from memlens.runtime.html import span_text
 from memlens.runtime.progress import Interrupted
 
 Log = Callable[[str], None]
@@ -239,7 +240,8 @@ class Scorer:
         if self.checkpoint is not None:
             self.checkpoint.put(entry.key, sig, extras or {})
         self.log(f"{label} {site.label}: lag0 {sig.accuracy[0]:.3f}, lag1 "
-                 f"{sig.accuracy[min(1, cfg.max_delay)]:.3f}, memory span {sig.memory_span()} "
+                 f"{sig.accuracy[min(1, cfg.max_delay)]:.3f}, memory span: "
+                 f"{span_text(sig.memory_span())} "
                  f"({time.time() - t0:.0f}s, {sig.epochs} epochs)")
 
 

@@ -42,6 +42,7 @@ from memlens.models.asr import ASRModel
 from memlens.models.encoder import as_encoder
 from memlens.protocol import Site
 from memlens.runtime.context import Context
+from memlens.runtime.html import span_text
 from memlens.runtime.options import Bootstrap, RunOptions, as_options, check_option
 
 
@@ -330,6 +331,6 @@ def speech_signature_study(cfg, log=print):
                                      context=regime, seed=cfg.seed, options=options)
             result.entries.append(Entry(label, role, v, sig))
             log(f"{label} {v.label}: lag0 {sig.accuracy[0]:.3f}, lag1 "
-                f"{sig.accuracy[min(1, cfg.max_delay)]:.3f}, memory span {sig.memory_span()} "
-                f"graphemes ({time.time() - t0:.0f}s)")
+                f"{sig.accuracy[min(1, cfg.max_delay)]:.3f}, memory span: "
+                f"{span_text(sig.memory_span(), 'graphemes')} ({time.time() - t0:.0f}s)")
     return result

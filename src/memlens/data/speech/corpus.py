@@ -34,6 +34,7 @@ import numpy as np
 
 from memlens.core.errors import MemlensError
 from memlens.core.files import binary_limit, check_input_file, open_input, read_text
+from memlens.core.optional import require
 from memlens.data.speech.graphemes import normalize_transcript
 
 SAMPLE_RATE = 16000
@@ -46,11 +47,7 @@ CACHE = "features.npz"
 
 
 def _need(module: str):
-    try:
-        return __import__(module)
-    except ImportError:
-        raise MemlensError(f"speech support needs the {module!r} package: pip install -e "
-                           "'.[speech]'") from None
+    return require(module)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from memlens.core.errors import MemlensError
+from memlens.core.optional import require
 from memlens.data.speech.graphemes import speakable
 
 VOICES: tuple[str, ...] = ("en-us+m1", "en-gb+f2", "en-gb-scotland+m3", "en-029+f1",
@@ -61,10 +62,9 @@ def sentences(text: str) -> list[str]:
 
 def _synthesise(job: tuple[str, str, str, int, int]) -> float:
     """espeak-ng -> wav (22.05 kHz) -> 16 kHz FLAC; returns the duration in seconds."""
-    import soundfile as sf
-
     from memlens.data.speech.corpus import SAMPLE_RATE, load_audio
 
+    sf = require("soundfile")
     text, out, voice, rate, pitch = job
     with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
         proc = subprocess.run([espeak_binary(), "-v", voice, "-s", str(rate), "-p", str(pitch),
