@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test lint bench docs
 
 install: $(VENV)/.installed
 
@@ -21,7 +21,13 @@ demo: install
 test: install
 	# the layers contract in pyproject.toml (docs/architecture.md): no import runs upward
 	$(BIN)/lint-imports
+	# the documentation site, strictly: no broken link, anchor or API reference (docs/)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet -d "$$(mktemp -d)"
 	$(BIN)/python -m pytest -q -ra
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks experiments notebooks
+
+docs: install
+	# serve the documentation site locally (http://127.0.0.1:8000)
+	$(BIN)/mkdocs serve
