@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,13 @@ def register(sub) -> None:
                    "groups:FILE | lexicon:FILE | freq:N | freq:E1,E2,... | words:FILE[,FILE]; "
                    "lexicon:FILE, upos or xpos followed by +groups:FILE applies tag groups to "
                    "those tags; a speech corpus: grapheme-type (the default)")
+    add_option(p, "tagset")
+    add_option(p, "contrasts", metavar="ptb|upos|A-B,C-D",
+               help="tag contrasts: relative memory and top-5 alignment of the direction "
+               "mean embedding of A minus that of B, on the gradient averaged over the words "
+               "of A and B, with intervals; a preset, ptb (NNS-NN, NNPS-NNP, VBD-VB, VBZ-VBP, "
+               "VBG-VB, VBN-VB, JJR-JJ, JJS-JJ, RBR-RB) or upos (NOUN-VERB, NOUN-ADJ, ...), or "
+               "pairs A-B,C-D of --classes names; writes OUT/contrasts.csv")
     p.add_argument("--direction", help="property direction: two classes A,B (mean embedding "
                    "of A minus that of B) or a saved .npy vector")
     p.add_argument("--direction-weighting", choices=["type", "token"], default="type",
@@ -215,13 +223,16 @@ def _token_classes(args: argparse.Namespace, inputs) -> tuple[list[str] | None, 
     from memlens.models.hf import SubwordCorpus
 
     if not args.classes:
+        if args.tagset is not None:
+            raise MemlensError("--tagset applies to --classes lexicon:FILE.conllu (give it)")
         return None, None
     if inputs.tokens is None:
         raise MemlensError("--classes needs a token corpus (this model reads vectors)")
     if isinstance(inputs.corpus, SubwordCorpus):
-        return inputs.corpus.classes(token_classes, args.classes, len(inputs.tokens), log=_log)
+        return inputs.corpus.classes(partial(token_classes, tagset=args.tagset), args.classes,
+                                     len(inputs.tokens), log=_log)
     return token_classes(args.classes, inputs.tokens, inputs.tags,
-                         inputs.loaded.encoder.vocab, log=_log)
+                         inputs.loaded.encoder.vocab, log=_log, tagset=args.tagset)
 
 
 def _speech_corpus(path: str) -> bool:
@@ -289,6 +300,7 @@ def _accumulate(args: argparse.Namespace, data: _Inputs, base: Path, device):
     return state_gradients(data.loaded.model, data.values, args.max_delay, site=data.site,
                            classes=data.classes, class_names=data.names, method=args.method,
                            context=args.context, direction_weighting=args.direction_weighting,
+                           contrasts=args.contrasts,
                            options=options,
                            engine=EngineSettings(target_mask=data.mask, warmup=args.warmup))
 
@@ -328,7 +340,8 @@ def _write(args: argparse.Namespace, out: Path, result, directions: dict, data: 
         directions = {k: (result.direction(*v) if isinstance(v, tuple) else v)
                       for k, v in directions.items()}
     settings = {"classes_spec": args.classes, "class_names": data.names or [],
-                "bootstrap": args.bootstrap, "direction": args.direction}
+                "bootstrap": args.bootstrap, "direction": args.direction,
+                "tagset": args.tagset}
     write_result(result, out, data.loaded.info, data.corpus_meta, settings, args.bootstrap,
                  directions)
 
@@ -348,4 +361,8 @@ def _print_summary(args: argparse.Namespace, out: Path, result, group) -> None:
         top = "n/a" if st.max_top1_share is None else f"{st.max_top1_share:.3g}"
         print(f"stability: Lyapunov estimate {lam} per step, top-1% share up to {top}: "
               + (f"UNSTABLE ({', '.join(st.flags)})" if st.flagged else "no warning"))
+    best = result.summary().get("contrast_best")
+    if best is not None:
+        print(f"tag contrasts: best remembered {best} (mean relative memory over delays 1..K "
+              f"{result.summary()[f'contrast_{best}_relmem_mean']:.3g}); see contrasts.csv")
     print(f"wrote {out}")

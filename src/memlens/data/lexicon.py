@@ -13,6 +13,11 @@ Lexicon lines (each word's possible POS tags) come in two formats, mixed freely:
 
 A word counts for every class among its tags. Repeated words merge their tags (first-seen
 order, no duplicates).
+
+A lexicon can also be built from a tagged corpus (:func:`lexicon_from_conllu`): each word of a
+CoNLL-U file maps to the set of tags (UPOS or XPOS) it is seen with, in first-seen order, the
+same ``{word: [tags]}`` that :func:`read_lexicon` returns, so the same rule applies (a word
+counts for every tag it was seen with). :func:`load_lexicon` reads either kind of file.
 """
 
 from __future__ import annotations
@@ -83,6 +88,81 @@ def read_lexicon(path: str | os.PathLike) -> dict[str, list[str]]:
     if not lexicon:
         raise MemlensError(f"lexicon file has no entries: {path}")
     return lexicon
+
+
+TAGSETS = ("xpos", "upos")  # the tag columns of a CoNLL-U lexicon (xpos: PTB tags, as the paper)
+
+
+def is_conllu(path: str | os.PathLike) -> bool:
+    """True when ``path`` names a CoNLL-U file: its name ends in ``.conllu``, or its first
+    line that is neither blank nor a ``#`` comment has the 10 tab-separated columns of a
+    CoNLL-U token line with a numeric ID (so a renamed treebank is not read as a lexicon)."""
+    if str(path).endswith(".conllu"):
+        return True
+    for line in read_text(path, "lexicon").splitlines():
+        if line.strip() and not line.startswith("#"):
+            cols = line.split("\t")
+            return len(cols) == 10 and cols[0].split("-")[0].split(".")[0].isdigit()
+    return False
+
+
+def lexicon_from_conllu(path: str | os.PathLike, tagset: str = "xpos", lowercase: bool = False
+                        ) -> dict[str, list[str]]:
+    """The lexicon of a tagged corpus: each word and the tags it is seen with.
+
+    The structure :func:`read_lexicon` returns, so the original's rule applies unchanged: a
+    word counts for every class among its tags (e.g. a word seen as NN and as VB is in both).
+    Words of the treebank (multiword-token lines and empty nodes skipped, as
+    :func:`memlens.data.conllu_reader.read_conllu`); a word only ever tagged ``_`` maps to []
+    (as ``word not in list``).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A CoNLL-U file (e.g. UD English EWT train).
+    tagset : {"xpos", "upos"}
+        The tag column: XPOS (PTB tags, as the paper's lexicon) or UPOS.
+    lowercase : bool
+        Key the words in lower case (for a lower-cased corpus such as Mikolov's PTB), merging
+        the tags of their spellings.
+
+    Returns
+    -------
+    dict of str to list of str
+        {word (FORM): [tags]}, tags in first-seen order, no repeats.
+    """
+    from memlens.data.conllu_reader import read_conllu
+    from memlens.data.vocab import EOS
+
+    if tagset not in TAGSETS:
+        raise MemlensError(f"unknown tag set {tagset!r}: choose xpos or upos")
+    tokens, tags = read_conllu(path)
+    lexicon: dict = {}  # word -> {tag: None}: first-seen order, linear time
+    for word, tag in zip(tokens, tags[tagset]):
+        if word == EOS:
+            continue
+        entry = lexicon.setdefault(word.lower() if lowercase else word, {})
+        if tag is not None:
+            entry[tag] = None
+    if not any(lexicon.values()):
+        raise MemlensError(f"{path}: no token has a {tagset.upper()} tag (every one is '_'): "
+                           f"no lexicon (try --tagset {'upos' if tagset == 'xpos' else 'xpos'})")
+    return {word: list(tags) for word, tags in lexicon.items()}
+
+
+def load_lexicon(path: str | os.PathLike, tagset: str | None = None, lowercase: bool = False
+                 ) -> dict[str, list[str]]:
+    """{word: [tags]} of a word -> possible-tags file (:func:`read_lexicon`) or of a CoNLL-U
+    file (:func:`is_conllu`; the tags seen per word, :func:`lexicon_from_conllu`, column
+    ``tagset``, default xpos). ``tagset`` and ``lowercase`` apply to a CoNLL-U file only
+    (given for a lexicon file: one line naming the problem)."""
+    if is_conllu(path):
+        return lexicon_from_conllu(path, tagset or "xpos", lowercase)
+    if tagset is not None or lowercase:
+        what = "--tagset" if tagset is not None else "lowercase"
+        raise MemlensError(f"{what} applies to a CoNLL-U file (lexicon:FILE.conllu); {path} is "
+                           "a word -> tags lexicon")
+    return read_lexicon(path)
 
 
 def check_lexicon_words(lexicon: dict[str, list[str]], known, path: str | os.PathLike

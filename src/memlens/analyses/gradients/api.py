@@ -7,6 +7,16 @@ classes, target mask and per-class interval delays (:func:`_prepare`), accumulat
 (:func:`memlens.analyses.gradients.engine.accumulate`, one shard per rank inside a
 torch.distributed process group, all-reduced by :func:`_reduce`) and build the
 :class:`GradientResult` (:func:`_result`).
+
+Inside an initialised ``torch.distributed`` process group (e.g. under ``torchrun``) every rank
+must make the same call: each accumulates one contiguous shard of the targets after
+``engine.warmup`` warm-up positions (default :func:`memlens.runtime.distributed.default_warmup`:
+max(1000, 4 max_delay)), and the sums are all-reduced, so every rank returns the same result;
+the checkpoint then names per-rank files (``NAME.rank<r>.pt``) and only rank 0 shows progress.
+``settings["world_size"]`` records the number of processes (1 without a process group) and
+``settings["warmup"]`` the warm-up (None for one process). ``stop_after`` then counts the
+positions of each rank (its warm-up included). ``options.distributed=False`` computes the whole
+stream in this process even inside a process group.
 """
 
 from __future__ import annotations
@@ -19,8 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from memlens.analyses.gradients import metrics, stability
+from memlens.analyses.gradients import metrics, spectrum, stability
 from memlens.analyses.gradients.classes import encode_memberships
+from memlens.analyses.gradients.contrasts import parse_contrasts, spec_text
 from memlens.analyses.gradients.engine import EngineSettings, Sums, Task, accumulate
 from memlens.analyses.gradients.normalize import Normalization, embedding_normalization
 from memlens.analyses.gradients.result import GradientResult
@@ -56,7 +67,8 @@ def state_gradients(model: nn.Module, inputs, max_delay: int, *, site: Site | No
                     classes: Sequence | None = None, class_names: Sequence[str] | None = None,
                     method: str = "auto", context: Context | str | int | None = None,
                     direction_weighting: str = "type", options: RunOptions | None = None,
-                    engine: EngineSettings | None = None) -> GradientResult:
+                    engine: EngineSettings | None = None,
+                    contrasts: str | Sequence | None = None) -> GradientResult:
     """Exact average state gradients d r_t / d x_{t-tau}, tau = 0..max_delay, of one stream.
 
     For every target t and delay tau (t - tau >= 0) the Jacobian of the site's values
@@ -64,47 +76,57 @@ def state_gradients(model: nn.Module, inputs, max_delay: int, *, site: Site | No
     averaged per delay and per class of the *source* position t - tau:
     Gbar(tau) = mean_t G_t(tau). Metrics use Gn(tau) = Gbar(tau) D with S = D D^T the input
     covariance (embedding table rows for token models, the stream's vectors otherwise).
+    Under ``torchrun`` every rank makes the same call, accumulates one shard of the targets
+    and gets the same all-reduced result.
 
-    model: anything the model protocol accepts (a memlens model, ``memlens.wrap(...)``);
-    inputs: one continuous stream from a zero state (ids, symbols, a Corpus, T x I vectors or
-    a :class:`~memlens.models.inputs.Stream`); site: :class:`~memlens.protocol.Site` (layer,
-    readout, units); default the top layer's memory readout (an LSTM's cell state, as the
-    paper; otherwise the layer's output) and all its units. classes: optional, one entry per
-    position: None, a class name, or a list of class names (the position then counts for
-    each); ``class_names`` fixes their order (default: sorted). method: "auto" (the layer's
-    declared tangent rule), "hand" or "generic" (torch.func.jvp on the layer's step).
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Anything the model protocol accepts (a memlens model, ``memlens.wrap(...)``).
+    inputs : sequence or Corpus or Stream or torch.Tensor or numpy.ndarray
+        One continuous stream from a zero state: ids, symbols, a Corpus, T x I vectors or a
+        :class:`~memlens.models.inputs.Stream`.
+    max_delay : int
+        K, the largest delay, 0 <= K < T (and inside the windows or segments of ``context``).
+    site : Site or None, optional
+        :class:`~memlens.protocol.Site` (layer, readout, units); None (default): the top
+        layer's memory readout (an LSTM's cell state, as the paper; otherwise its output).
+    classes : sequence or None, optional
+        One entry per position: None, a class name, or a list of class names (default None).
+    class_names : sequence of str or None, optional
+        The order of the classes (default None: sorted).
+    method : str, optional
+        "auto" (default: the layer's declared tangent rule), "hand" or "generic"
+        (``torch.func.jvp`` on the layer's step).
+    context : Context or str or int or None, optional
+        The context regime (:mod:`memlens.runtime.context`): "stream" (default: every pair,
+        the state carried), "segment:S" (pairs inside one S-position segment, state carried;
+        needs K < S), "sentence" (state restarted at every sentence start) or
+        ``"window:N[,stride=M][,targets=last]"`` (independent windows from the initial state).
+    direction_weighting : str, optional
+        How the class-mean embeddings behind ``result.direction(a, b)`` are averaged: "type"
+        (default: each distinct id among the class's positions once, as the original's
+        ``--avg_emb``) or "token" (every occurrence).
+    options : RunOptions or None, optional
+        device, dtype, bootstrap (resamples, default 200; blocks; seed), checkpoint (an
+        interrupt or ``stop_after`` saves and raises
+        :class:`~memlens.runtime.progress.Interrupted`), progress, distributed.
+    engine : EngineSettings or None, optional
+        Knobs of the streaming engine: chunk_size, flush_every, target_mask, on_chunk,
+        class_ci_delays, warmup (default: max(1000, 4 K)).
+    contrasts : str or sequence or None, optional
+        Tag contrasts A-B to report: a preset ("ptb", "upos"), pairs ``"A-B,C-D"`` among the
+        class names, or a sequence of them (:mod:`memlens.analyses.gradients.contrasts`).
 
-    context: the context regime (:mod:`memlens.runtime.context`; a
-    :class:`~memlens.runtime.context.Context` or its spelling). "stream" (default) averages
-    every pair (t, tau) of the stream with t - tau >= 0, the state carried; "segment:S" only
-    pairs with source and target in the same S-position segment, t // S == (t - tau) // S, the
-    state carried (the original implementation's pair set with ``num_steps`` = S; needs
-    max_delay < S); "sentence" restarts the state at every sentence start (after each
-    ``<eos>``, or the stream's ``sentences``) and keeps the pairs inside one sentence;
-    "window:N[,stride=M][,targets=last]" runs independent windows of N inputs, each from the
-    initial state, and keeps the pairs inside one window (targets: every position of the
-    window, or its last only). direction_weighting: how the class-mean embeddings behind
-    ``result.direction(a, b)`` are averaged: "type" (default, as the original's ``--avg_emb``:
-    each distinct vocabulary id among the class's positions once) or "token" (every
-    occurrence); for continuous inputs every position is its own type, so both agree.
+    Returns
+    -------
+    GradientResult
+        Means per delay and class, metrics, intervals; ``to_frame()``: a row per (delay, class).
 
-    options (:class:`~memlens.runtime.options.RunOptions`): device, dtype ("float32" or
-    "float64"), bootstrap (resamples, default 200; blocks; seed), checkpoint (path, every,
-    resume, keep, stop_after: an interrupt or ``stop_after`` saves and raises
-    :class:`~memlens.runtime.progress.Interrupted`), progress, distributed. engine
-    (:class:`EngineSettings`): chunk_size, flush_every, target_mask, on_chunk,
-    class_ci_delays, warmup. Returns a :class:`GradientResult`.
-
-    Inside an initialised ``torch.distributed`` process group (e.g. under ``torchrun``) every
-    rank must make the same call: each accumulates one contiguous shard of the targets after
-    ``engine.warmup`` warm-up positions (default :func:`memlens.runtime.distributed.
-    default_warmup`: max(1000, 4 max_delay)), and the sums are all-reduced, so every rank
-    returns the same result; the checkpoint then names per-rank files (``NAME.rank<r>.pt``)
-    and only rank 0 shows progress. ``settings["world_size"]`` records the number of
-    processes (1 without a process group) and ``settings["warmup"]`` the warm-up (None for one
-    process). ``stop_after`` then counts the positions of each rank (its warm-up included).
-    ``options.distributed=False`` computes the whole stream in this process even inside a
-    process group (e.g. on rank 0 of a training job while the other ranks do something else).
+    Raises
+    ------
+    MemlensError
+        One line naming a bad model, stream, site, delay, class, context or option.
     """
     enc = as_encoder(model)
     opts = as_options(options)
@@ -126,6 +148,7 @@ def state_gradients(model: nn.Module, inputs, max_delay: int, *, site: Site | No
     with distributed.agreed(group, "before the state-gradient accumulation"):
         prep = _prepare(enc, stream, site, int(max_delay), class_names, method,
                         (rows, segment), direction_weighting, opts, engine, group)
+        contrasts = _contrasts(contrasts, prep.names)  # bad pairs: one line, before it
     with distributed.agreed(group, "during the state-gradient accumulation"):
         sums = accumulate(enc, prep.values, prep.task, prep.memberships,
                           target_mask=prep.mask, checkpoint=prep.checkpoint,
@@ -134,7 +157,11 @@ def state_gradients(model: nn.Module, inputs, max_delay: int, *, site: Site | No
         _reduce(group, sums)
         if prep.checkpoint.path is not None and not opts.checkpoint.keep:
             Path(prep.checkpoint.path).unlink(missing_ok=True)
-    return _result(prep, sums, site, stream, direction_weighting, opts, group)
+    result = _result(prep, sums, site, stream, direction_weighting, opts, group, contrasts)
+    if prep.input_kind == "tokens":  # the vocabulary side of result.read_directions
+        result.words = spectrum.word_table(result, enc.vocab, prep.table, stream.values,
+                                           prep.positions, prep.memberships)
+    return result
 
 
 def check_delays(max_delay: int, segment: int | None, T: int) -> int | None:
@@ -315,8 +342,18 @@ def _ci_delays(wanted: Sequence[int] | None, max_delay: int, names: list[str], H
     return delays
 
 
+def _contrasts(contrasts, names: list[str]):
+    """``contrasts`` (None: none) as recorded in ``settings["contrasts"]``, once checked
+    against the class names (:func:`~memlens.analyses.gradients.contrasts.parse_contrasts`)."""
+    if contrasts is None:
+        return None
+    parse_contrasts(contrasts, names)
+    return spec_text(contrasts)
+
+
 def _result(prep: _Prepared, sums: Sums, site: Site, stream: Stream, weighting: str,
-            opts: RunOptions, group: distributed.Group | None) -> GradientResult:
+            opts: RunOptions, group: distributed.Group | None, contrasts=None
+            ) -> GradientResult:
     """The :class:`GradientResult`: sums, normalisation, class embeddings, probe, settings."""
     class_emb = probe = None
     names, task = prep.names, prep.task
@@ -335,6 +372,8 @@ def _result(prep: _Prepared, sums: Sums, site: Site, stream: Stream, weighting: 
                 "direction_weighting": weighting,
                 "world_size": 1 if group is None else group.world, "warmup": prep.warmup,
                 **prep.norm.settings()}  # input_rank, constant_inputs, ...
+    if contrasts is not None:  # the tag contrasts saved with the result
+        settings["contrasts"] = contrasts
     return stability.attach(GradientResult(  # the stability diagnostic; warns when flagged
         max_delay=task.max_delay, layer=site.layer, readout=site.readout, class_names=names,
         raw=sums, normalization=prep.norm, settings=settings, class_embeddings=class_emb,

@@ -7,7 +7,10 @@ Spec strings (the CLI's ``--classes``):
   group that lists its tag. The tag column (UPOS or XPOS) is the one the groups match best.
 * ``lexicon:FILE``: a word -> possible-tags file (plain ``word<TAB>tags`` or the original's
   ``word ['NN', 'VBN|JJ']`` / ``word not in list`` format, see :mod:`memlens.data.lexicon`); a
-  word counts for every class among its tags (as in the original).
+  word counts for every class among its tags (as in the original). A CoNLL-U FILE (named
+  ``*.conllu``, or with CoNLL-U token lines) gives the lexicon of the tags each word is seen
+  with in it (:func:`memlens.data.lexicon.lexicon_from_conllu`; column ``tagset``, the CLI's
+  ``--tagset``: xpos, the default, or upos), e.g. ``lexicon:en_ewt-ud-train.conllu``.
 * ``SOURCE+groups:FILE`` with SOURCE = ``lexicon:FILE``, ``upos`` or ``xpos``: the tag groups
   of FILE applied to the tags of SOURCE; a token belongs to every group that lists one of its
   (possible) tags, once per group. ``lexicon:ptb_words+pos.txt+groups:nouns_verbs.txt`` is the
@@ -27,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from memlens.core.errors import MemlensError
-from memlens.data import read_groups, read_lexicon, read_word_list
-from memlens.data.lexicon import check_lexicon_words
+from memlens.data import read_groups, read_word_list
+from memlens.data.lexicon import check_lexicon_words, is_conllu, load_lexicon
 from memlens.data.vocab import EOS, UNK
 
 KINDS = ("upos", "xpos", "groups", "lexicon", "freq", "words")
@@ -72,19 +75,25 @@ def _warn(msg: str, log: Callable[[str], None] | None) -> None:
 
 
 def token_classes(spec: str, tokens: Sequence[str], tags: dict[str, list] | None = None,
-                  vocab=None, log: Callable[[str], None] | None = None
-                  ) -> tuple[list[str], list[list[str]]]:
+                  vocab=None, log: Callable[[str], None] | None = None,
+                  tagset: str | None = None) -> tuple[list[str], list[list[str]]]:
     """Return (class names in order, classes of each token) for a spec string.
 
     ``tags`` are the corpus annotations (``Corpus.tags``); ``vocab`` (a memlens Vocab) is needed
     for ``freq``. Classes named by a file that never occur are kept (count zero) with a warning.
+    ``tagset``: the tag column of a CoNLL-U ``lexicon:FILE`` (None: xpos); refused for any
+    other spec.
     """
     base, groups_file = split_groups(spec)
     if groups_file is not None:
         # unused source tags are expected here (the groups report their own missing tags)
-        _, per_token = token_classes(base, tokens, tags, vocab, log=lambda _msg: None)
+        _, per_token = token_classes(base, tokens, tags, vocab, log=lambda _msg: None,
+                                     tagset=tagset)
         return _apply_groups(read_groups(groups_file), per_token, log)
     kind, arg = parse_spec(spec)
+    if tagset is not None and not (kind == "lexicon" and is_conllu(arg)):
+        raise MemlensError(f"--tagset applies to --classes lexicon:FILE.conllu (the tags seen "
+                           f"per word in a CoNLL-U file), not to --classes {spec}")
     tags = tags or {}
     if kind in ("upos", "xpos"):
         column = tags.get(kind)
@@ -106,7 +115,7 @@ def token_classes(spec: str, tokens: Sequence[str], tags: dict[str, list] | None
         return _apply_groups(groups, [[t] if t is not None else [] for t in tags[column_name]],
                              log)
     if kind == "lexicon":
-        lexicon = read_lexicon(arg)
+        lexicon = load_lexicon(arg, tagset)
         check_lexicon_words(lexicon, set(tokens) | set(getattr(vocab, "stoi", ())), arg)
         names = sorted({t for ts in lexicon.values() for t in ts})
         per_token = [list(lexicon.get(w, [])) for w in tokens]

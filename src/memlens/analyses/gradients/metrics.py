@@ -8,9 +8,12 @@
   sigma_1(tau).
 * Subspace alignment: |V_k^T dn| (norm of dn's projection on the top-k right singular vectors)
   and share_k = (sigma_1 + .. + sigma_k) / sum(sigma).
-* Block bootstrap of sum(sigma) per delay: resample the B contiguous target blocks with
-  replacement (:mod:`memlens.runtime.bootstrap`, "indices" draws), recompute the pooled mean,
-  normalise, SVD; report the standard error and a percentile interval.
+* Selectiveness (:func:`selectiveness`): effective rank exp(H(sigma / sum sigma)), sigma_1 /
+  sum(sigma) and the top-5 share of the spectrum.
+* Block bootstrap of sum(sigma) (and optionally of selectiveness) per delay: resample the B
+  contiguous target blocks with replacement (:mod:`memlens.runtime.bootstrap`, "indices"
+  draws), recompute the pooled mean, normalise, SVD; report the standard error and a
+  percentile interval.
 * Probe: multinomial logistic regression predicting a token's class from its embedding
   (held-out accuracy vs the majority baseline) and class-mean embeddings (over vocabulary
   types, each word once, as the original, or over token occurrences).
@@ -63,18 +66,52 @@ def alignment(gn: np.ndarray, dn: np.ndarray, k: int = 5) -> tuple[np.ndarray, n
     return proj, share
 
 
+SELECTIVENESS = ("eff_rank", "sv1_share", "sv5_share")
+
+
+def selectiveness(sigma: np.ndarray) -> np.ndarray:
+    """How concentrated a singular-value spectrum is: ``... x 3`` for ``... x m`` spectra.
+
+    With p_i = sigma_i / sum_j sigma_j (zero terms dropped from the entropy):
+
+    * ``eff_rank`` = exp(H(p)), H(p) = -sum_i p_i ln p_i: the effective number of
+      directions (1 when one direction carries all, m when all are equal);
+    * ``sv1_share`` = sigma_1 / sum(sigma);
+    * ``sv5_share`` = (sigma_1 + .. + sigma_5) / sum(sigma) (1 when m <= 5).
+
+    The verdicts use the effective rank: it is scale free (unchanged when the gradient is
+    multiplied by a constant, so it separates the shape of memory from its amount, sum(sigma))
+    and uses the whole spectrum, with no cut-off k; lower means more selective. NaN where the
+    spectrum is zero or not finite.
+    """
+    s = np.asarray(sigma, dtype=np.float64)
+    total = s.sum(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = s / total
+        logs = np.where(p > 0, np.log(np.where(p > 0, p, 1.0)), 0.0)
+        out = np.stack([np.exp(-(p * logs).sum(-1)), p[..., 0], p[..., :5].sum(-1)], axis=-1)
+    out[~(np.isfinite(total[..., 0]) & (total[..., 0] > 0))] = np.nan
+    return out
+
+
 def block_bootstrap(block_sums: np.ndarray, block_counts: np.ndarray, D: np.ndarray,
-                    resamples: int = 200, level: float = 0.95, seed: int = 0
-                    ) -> dict[str, np.ndarray]:
+                    resamples: int = 200, level: float = 0.95, seed: int = 0,
+                    stat=None) -> dict[str, np.ndarray]:
     """Bootstrap over contiguous blocks of sum(sigma(Gbar(tau) D)) for every delay.
 
     block_sums: B x S x H x E, block_counts: B x S, D: E x r. Returns {"se", "low", "high"} (each S;
     NaN where undefined, e.g. everywhere when ``resamples`` is 0 or there is one block).
+    ``stat`` (optional, e.g. :func:`selectiveness`) maps the resampled spectra (n x m) to
+    n x q further statistics, computed from the same draws: "stat_se", "stat_low",
+    "stat_high" (each S x q) are added.
     """
     B, S = block_counts.shape
     se, low, high = (np.full(S, np.nan) for _ in range(3))
+    q = stat(np.ones((1, 1))).shape[-1] if stat is not None else 0
+    extra = {f"stat_{k}": np.full((S, q), np.nan) for k in ("se", "low", "high")} \
+        if stat is not None else {}
     if B < 2 or resamples < 1:
-        return {"se": se, "low": low, "high": high}
+        return {"se": se, "low": low, "high": high, **extra}
     weights = block_weights(B, resamples, seed, draw="indices")                 # n x B
     Dt = torch.from_numpy(np.asarray(D, dtype=np.float64))
     for tau in range(S):
@@ -85,10 +122,18 @@ def block_bootstrap(block_sums: np.ndarray, block_counts: np.ndarray, D: np.ndar
             continue
         means = (weights[ok] @ flat) / tot[ok, None]
         gn = torch.from_numpy(means.reshape(ok.sum(), *block_sums.shape[2:])) @ Dt
-        sums = torch.linalg.svdvals(gn).sum(-1).numpy()
+        sv = torch.linalg.svdvals(gn)
+        sums = sv.sum(-1).numpy()
         se[tau] = sums.std(ddof=1) if sums.size > 1 else np.nan
         low[tau], high[tau] = percentile_interval(sums, level)
-    return {"se": se, "low": low, "high": high}
+        if stat is not None:
+            draws = stat(sv.numpy())
+            draws = draws[np.isfinite(draws).all(1)]
+            if len(draws) > 1:
+                extra["stat_se"][tau] = draws.std(0, ddof=1)
+                extra["stat_low"][tau], extra["stat_high"][tau] = percentile_interval(
+                    draws, level)
+    return {"se": se, "low": low, "high": high, **extra}
 
 
 WEIGHTINGS = ("type", "token")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from memlens.analyses.gradients import metrics
+from memlens.analyses.gradients import contrasts, metrics, spectrum
 from memlens.analyses.gradients.engine import Sums
 from memlens.analyses.gradients.normalize import Normalization
 from memlens.analyses.gradients.stability import Stability
@@ -49,6 +49,7 @@ class GradientResult(Result):
     corpus_meta: dict = field(default_factory=dict)
     directions: dict[str, np.ndarray] = field(default_factory=dict)
     stability: Stability | None = None  # the stability diagnostic (gradients.stability)
+    words: spectrum.WordTable | None = None  # vocabulary side of read_directions (token inputs)
     _boot: dict | None = field(default=None, repr=False)
     _rows: tuple | None = field(default=None, repr=False)
 
@@ -174,6 +175,88 @@ class GradientResult(Result):
                 for t in range(self.max_delay + 1)]
         return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
 
+    def contrasts(self, pairs="ptb", k: int = 5, resamples: int | None = None,
+                  level: float = 0.95, seed: int | None = None):
+        """Tag contrasts A-B as a tidy DataFrame, one row per (contrast, delay): relative
+        memory |Gn(tau) dn| / sigma_1(tau) and top-k alignment of d = mean embedding of A
+        minus that of B, on the gradient averaged over the words of A and B, with block
+        bootstrap intervals (:mod:`memlens.analyses.gradients.contrasts`).
+
+        Parameters
+        ----------
+        pairs : str or sequence
+            A preset ("ptb": NNS-NN, NNPS-NNP, VBD-VB, VBZ-VBP, VBG-VB, VBN-VB, JJR-JJ,
+            JJS-JJ, RBR-RB; "upos": NOUN-VERB, ...), pairs "A-B,C-D", or a list of "A-B"
+            strings and (A, B) pairs of class names.
+        k : int
+            Number of top right-singular vectors of the alignment.
+        resamples, level, seed
+            The bootstrap (None: the result's resamples and seed; 0 resamples: no
+            intervals).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns contrast, a, b, delay, count, relmem, relmem_se, relmem_low,
+            relmem_high, k, alignment, alignment_low, alignment_high, align1, share. Preset
+            pairs whose classes are missing are left out with one warning line.
+        """
+        import pandas as pd
+
+        from memlens.runtime.result import clean
+
+        rows, skipped = contrasts.contrast_rows(self, pairs, k, resamples, level, seed)
+        if skipped:
+            import warnings
+
+            from memlens.core.errors import TrustWarning
+
+            warnings.warn("contrasts left out: " + "; ".join(skipped), TrustWarning,
+                          stacklevel=2)
+        return pd.DataFrame(clean(rows))
+
+    # -- selectiveness and reading the directions (gradients.spectrum) ---------------------
+    def selectiveness(self, tau: int | None = None, cls: str | int | None = None,
+                      measure: str = "eff_rank"):
+        """How concentrated the spectrum of Gn(tau) is (:func:`metrics.selectiveness`).
+
+        Parameters
+        ----------
+        tau : int or None
+            The delay; None: every delay (an array of S).
+        cls : str or int or None
+            A class (None: all positions).
+        measure : str
+            "eff_rank" (exp of the entropy of sigma / sum(sigma); the verdicts' measure),
+            "sv1_share" or "sv5_share".
+
+        Returns
+        -------
+        float or numpy.ndarray
+            The measure (NaN where no pair was averaged).
+        """
+        return spectrum.selectiveness(self, tau, cls, measure)
+
+    def selectiveness_interval(self, cls: str | int | None = None, measure: str = "eff_rank",
+                               resamples: int | None = None, level: float = 0.95,
+                               seed: int | None = None) -> dict[str, np.ndarray]:
+        """{"se", "low", "high"} (each S) of a selectiveness measure from the result's block
+        bootstrap (classes: at ``raw.ci_delays`` only, NaN elsewhere)."""
+        return spectrum.interval(self, cls, measure, resamples, level, seed)
+
+    def read_directions(self, tau: int, k: int = 3, words: int = 10,
+                        cls: str | int | None = None) -> list[dict]:
+        """The vocabulary words at the poles of the top-k right-singular vectors of Gn(tau)
+        and the correlation of the projections with log frequency and each class
+        (:func:`memlens.analyses.gradients.spectrum.read_directions`)."""
+        return spectrum.read_directions(self, tau, k, words, cls)
+
+    def directions_frame(self, k: int = 3, words: int = 10):
+        """:meth:`read_directions` at every delay as a DataFrame, one row per (delay,
+        direction) (read back from result.json for a loaded result:
+        :func:`memlens.analyses.gradients.spectrum.saved_frame`)."""
+        return spectrum.directions_frame(self, k, words)
+
     # -- uncertainty -----------------------------------------------------------------------
     @property
     def seed(self) -> int:
@@ -189,7 +272,8 @@ class GradientResult(Result):
         key = (resamples, level, seed)
         if self._boot is None or self._boot.get("key") != key:
             out = metrics.block_bootstrap(self.raw.block_sums, self.raw.block_counts,
-                                          self.normalization.D, resamples, level, seed)
+                                          self.normalization.D, resamples, level, seed,
+                                          stat=metrics.selectiveness)  # stat_*: S x 3
             self._boot = {"key": key, **out}
         return {k: v for k, v in self._boot.items() if k != "key"}
 
@@ -203,9 +287,7 @@ class GradientResult(Result):
         if self.raw.class_block_sums is None or not self.raw.ci_delays:
             return {}
         delays = self.raw.ci_delays
-        counts = self.raw.class_block_counts[:, c][:, delays]
-        out = metrics.block_bootstrap(self.raw.class_block_sums[:, c], counts,
-                                      self.normalization.D, resamples, level, seed)
+        out = spectrum.class_boot(self, c, resamples, level, seed)  # cached, with selectiveness
         return {d: (out["se"][k], out["low"][k], out["high"][k]) for k, d in enumerate(delays)}
 
     # -- the result format -----------------------------------------------------------------
@@ -245,6 +327,8 @@ class GradientResult(Result):
             out["probe_accuracy"] = self.probe["accuracy"]
         if self.stability is not None:
             out.update(self.stability.headline())
+        out.update(contrasts.summary(self))  # settings["contrasts"]: mean relmem per pair
+        out.update(spectrum.summary(self))  # selectiveness, pole words of v_1
         return out
 
     def extra(self) -> dict:
@@ -256,6 +340,8 @@ class GradientResult(Result):
             out["stability"] = self.stability.to_dict()
             if self.stability.flagged:
                 out["stability_warning"] = self.stability.section()
+        out.update(contrasts.extra(self))  # the report section and the tidy rows
+        out.update(spectrum.extra(self))  # selectiveness and directions sections, tidy rows
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -280,7 +366,8 @@ class GradientResult(Result):
         from memlens.analyses.gradients.plots import write_plots
 
         boot = self.bootstrap(self.resamples) if self.resamples else None
-        return write_plots(self, out, boot)
+        return (write_plots(self, out, boot) + contrasts.figures(self, out)
+                + spectrum.figures(self, out))
 
     # -- tables ----------------------------------------------------------------------------
     def table(self, resamples: int = 200, directions: dict[str, np.ndarray] | None = None
@@ -305,6 +392,7 @@ class GradientResult(Result):
                        "sum_sv": _num(sv.sum()) if n else None}
                 for k in range(5):
                     row[f"sv_{k + 1}"] = _num(sv[k]) if n and k < sv.size else None
+                row.update(spectrum.cells(self, cls, tau, sv if n else None, resamples))
                 if cls is None and boot is not None:
                     row["se"] = _num(boot["se"][tau])
                     row["ci_low"] = _num(boot["low"][tau])
