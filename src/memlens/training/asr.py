@@ -25,7 +25,13 @@ from memlens.data.speech.graphemes import encode
 from memlens.models.asr import ASRModel, error_rates, load_asr, save_asr, transcribe
 from memlens.runtime.options import check_fields
 from memlens.runtime.progress import Interrupted, RunCheckpoint, fingerprint
-from memlens.training.lm import epoch_state, interrupted, load_progress, progress_path
+from memlens.training.lm import (
+    epoch_state,
+    flush_denormals,
+    interrupted,
+    load_progress,
+    progress_path,
+)
 
 
 @dataclass
@@ -159,9 +165,10 @@ def train_asr(cfg: ASRConfig, log=print) -> ASRModel:
         for epoch in range(first, cfg.epochs + 1):
             model.train()
             start = time.time()
-            total, n, stopped = _train_epoch(model, opt, ctc, tr_x, tr_y,
-                                             [batches[b] for b in rng.permutation(len(batches))],
-                                             cfg, elapsed, start)
+            with flush_denormals(torch.device("cpu")):  # the trainer runs on CPU
+                total, n, stopped = _train_epoch(
+                    model, opt, ctc, tr_x, tr_y,
+                    [batches[b] for b in rng.permutation(len(batches))], cfg, elapsed, start)
             seconds = time.time() - start
             elapsed += seconds
             rates = error_rates(te_text, transcribe(model, te_x))
