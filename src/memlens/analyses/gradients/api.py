@@ -21,6 +21,7 @@ stream in this process even inside a process group.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,7 +36,7 @@ from memlens.analyses.gradients.contrasts import parse_contrasts, spec_text
 from memlens.analyses.gradients.engine import EngineSettings, Sums, Task, accumulate
 from memlens.analyses.gradients.normalize import Normalization, embedding_normalization
 from memlens.analyses.gradients.result import GradientResult
-from memlens.core.errors import MemlensError
+from memlens.core.errors import MemlensError, TrustWarning
 from memlens.core.limits import check_memory
 from memlens.models.encoder import RecurrentEncoder, as_encoder
 from memlens.models.inputs import Stream, as_stream, sentence_starts
@@ -332,14 +333,32 @@ def _target_mask(target_mask, T: int) -> torch.Tensor | None:
 def _ci_delays(wanted: Sequence[int] | None, max_delay: int, names: list[str], H: int, E: int,
                blocks: int) -> list[int]:
     """The delays with per-class block sums: ``wanted`` (default :data:`DEFAULT_CI_DELAYS`
-    and K) within 0..K; none without classes or when they would need more than 1 GB."""
+    and K) within 0..K; none without classes.
+
+    The sums take ``blocks * H * (C + 1) * E * 8`` bytes per delay. Delays asked for by name
+    that do not fit in :data:`CI_MEMORY_LIMIT` are refused (one-line MemlensError); of the
+    default delays, the smallest that fit are kept and one :class:`TrustWarning` names the
+    delays left without per-class intervals."""
     if not names:
         return []
-    wanted = (*DEFAULT_CI_DELAYS, max_delay) if wanted is None else wanted
+    default = wanted is None
+    wanted = (*DEFAULT_CI_DELAYS, max_delay) if default else wanted
     delays = sorted({int(d) for d in wanted if 0 <= d <= max_delay})
-    if blocks * H * (len(names) + 1) * len(delays) * E * 8 > CI_MEMORY_LIMIT:
-        return []
-    return delays
+    per_delay = blocks * H * (len(names) + 1) * E * 8
+    fit = int(CI_MEMORY_LIMIT // per_delay) if per_delay else len(delays)
+    if fit >= len(delays):
+        return delays
+    need = f"{per_delay * len(delays) / 2**30:.1f} GiB"
+    hint = ("fewer classes, a smaller state (--units) or fewer bootstrap blocks keep more; "
+            f"limit {CI_MEMORY_LIMIT / 1e9:g} GB")
+    if not default:
+        raise MemlensError(f"per-class intervals at delays {delays} would need {need} of block "
+                           f"sums: {hint}")
+    kept, left = delays[:fit], delays[fit:]
+    warnings.warn(f"per-class intervals only at delays {kept or 'none'}, not at {left}: all "
+                  f"{len(delays)} would need {need} of block sums ({hint})", TrustWarning,
+                  stacklevel=3)
+    return kept
 
 
 def _contrasts(contrasts, names: list[str]):
