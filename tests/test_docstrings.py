@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib
 import inspect
 import logging
 import textwrap
@@ -30,24 +31,50 @@ _SKIP_PARAMS = {"self", "cls"}
 _NONE = {"None", "NoneType", None}
 
 
+# The result classes that entries of memlens.__all__ RETURN. They are not in memlens.__all__
+# (nobody imports them: a user gets one from state_gradients(...), memory_signature(...),
+# context_ablation(...) or load_result(...)), but their methods and properties are what a
+# user calls next, so they are public API too and docs/api.md documents them ("Results").
+# test_returned_results_are_listed keeps this list in step with the return annotations.
+RESULT_CLASSES = (
+    "memlens.analyses.gradients.result.GradientResult",  # state_gradients
+    "memlens.analyses.signatures.signature.Signature",  # memory_signature
+    "memlens.analyses.ablation.result.ContextAblationResult",  # context_ablation
+    "memlens.results.SavedResult",  # load_result
+)
+
+
+def _result_class(qualname: str):
+    module, _, name = qualname.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _class_members(qualname: str, cls):
+    """(qualified name, object, kind) of a class and the public methods and properties it
+    defines itself."""
+    yield qualname, cls, "class"
+    for attr, member in vars(cls).items():
+        if attr.startswith("_"):
+            continue
+        if isinstance(member, (staticmethod, classmethod)):
+            yield f"{qualname}.{attr}", member.__func__, "method"
+        elif isinstance(member, property):
+            yield f"{qualname}.{attr}", member, "property"
+        elif inspect.isfunction(member):
+            yield f"{qualname}.{attr}", member, "method"
+
+
 def _members():
     """(qualified name, object, kind) for every public object; kind: function, class, method,
     property."""
     for name in memlens.__all__:
         obj = getattr(memlens, name)
         if inspect.isclass(obj):
-            yield f"memlens.{name}", obj, "class"
-            for attr, member in vars(obj).items():
-                if attr.startswith("_"):
-                    continue
-                if isinstance(member, (staticmethod, classmethod)):
-                    yield f"memlens.{name}.{attr}", member.__func__, "method"
-                elif isinstance(member, property):
-                    yield f"memlens.{name}.{attr}", member, "property"
-                elif inspect.isfunction(member):
-                    yield f"memlens.{name}.{attr}", member, "method"
+            yield from _class_members(f"memlens.{name}", obj)
         else:
             yield f"memlens.{name}", obj, "function"
+    for qualname in RESULT_CLASSES:
+        yield from _class_members(qualname, _result_class(qualname))
 
 
 MEMBERS = list(_members())
@@ -152,7 +179,8 @@ def _check_class(qualname, cls, problems):
         return
     sections = _sections(doc)
     if dataclasses.is_dataclass(cls):
-        fields = [f.name for f in dataclasses.fields(cls) if f.init]
+        # private fields (GradientResult's caches _boot, _rows) are not API, as private methods
+        fields = [f.name for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")]
         documented = _documented(sections, ("parameters", "other parameters", "attributes"))
         for name in fields:
             item = documented.get(name)
@@ -187,6 +215,19 @@ def _problems(qualname, obj, kind) -> list[str]:
 def test_public_api_is_listed():
     names = [m[0] for m in MEMBERS]
     assert len(names) > 100 and "memlens.Result.to_frame" in names and "memlens.Site" in names
+
+
+def test_returned_results_are_listed():
+    from memlens.runtime.result import Result
+
+    returned = set()
+    for name in memlens.__all__:
+        obj = getattr(memlens, name)
+        if inspect.isfunction(obj):
+            ret = inspect.signature(obj, eval_str=True).return_annotation
+            if inspect.isclass(ret) and issubclass(ret, Result) and ret is not Result:
+                returned.add(f"{ret.__module__}.{ret.__qualname__}")
+    assert returned == set(RESULT_CLASSES)
 
 
 @pytest.mark.parametrize(("qualname", "obj", "kind"), MEMBERS, ids=[m[0] for m in MEMBERS])

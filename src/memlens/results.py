@@ -47,41 +47,131 @@ from memlens.runtime.result import (  # noqa: F401 (the public names of memlens.
 
 
 class SavedResult(Result):
-    """A result read back from its directory: any kind, from what its result.json declares."""
+    """A result read back from its directory: any kind, from what its result.json declares.
+
+    Returned by :func:`load_result`; ``to_frame()``, ``plot()`` and ``summary()`` give the
+    original result's table, plots and headline numbers, from the saved table, series and
+    sections (the analysis-specific methods of the original class are not available).
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The result directory.
+    data : dict
+        The checked content of its result.json.
+    images : dict of str to bytes
+        The PNG figures of the directory, file name -> content.
+
+    Attributes
+    ----------
+    kind : str
+        The saved result's kind ("gradients", "signatures", "ablation", ...).
+    """
 
     def __init__(self, path: Path, data: dict[str, Any], images: dict[str, bytes]):
         self.path, self.data, self.images = path, data, images
         self.kind = str(data["kind"])  # type: ignore[misc]
 
     def rows(self) -> list[dict[str, Any]]:
+        """The saved result table.
+
+        Returns
+        -------
+        list of dict
+            The ``table`` of result.json, one flat dict per row (empty when absent).
+        """
         return self.data.get("table") or []
 
     def series(self) -> list[dict[str, Any]]:
+        """The saved plot declarations.
+
+        Returns
+        -------
+        list of dict
+            The ``series`` of result.json (empty when absent).
+        """
         return self.data.get("series") or []
 
     def summary(self) -> dict[str, Any]:
+        """The saved headline numbers.
+
+        Returns
+        -------
+        dict
+            The ``summary`` of result.json (empty when absent).
+        """
         return self.data.get("summary") or {}
 
     def settings_info(self) -> dict[str, Any]:
+        """How the saved result was computed.
+
+        Returns
+        -------
+        dict
+            The ``settings`` of result.json (empty when absent).
+        """
         return self.data.get("settings") or {}
 
     def model_info(self) -> dict[str, Any]:
+        """The saved description of the model analysed.
+
+        Returns
+        -------
+        dict
+            The ``model`` of result.json (empty when absent).
+        """
         return self.data.get("model") or {}
 
     def corpus_info(self) -> dict[str, Any]:
+        """The saved description of the input analysed.
+
+        Returns
+        -------
+        dict
+            The ``corpus`` of result.json (empty when absent).
+        """
         return self.data.get("corpus") or {}
 
     def extra(self) -> dict[str, Any]:
+        """The further saved sections of result.json.
+
+        Returns
+        -------
+        dict
+            Every section of result.json that is not a standard key (e.g. probe, performance).
+        """
         return {k: v for k, v in self.data.items() if k not in STANDARD_KEYS}
 
     def verdict(self) -> dict[str, Any]:
+        """The saved verdict.
+
+        Returns
+        -------
+        dict
+            The ``verdict`` of result.json (empty when the result has none).
+        """
         return self.data.get("verdict") or {}
 
     @property
     def plots(self) -> list[dict[str, Any]]:
+        """The saved figures as listed in result.json: one ``{"file", "title", "caption"}``
+        per PNG (empty when none)."""
         return self.data.get("plots") or []
 
     def arrays(self) -> dict[str, np.ndarray]:
+        """The saved arrays, read from the directory's .npz file (never unpickled).
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            The arrays of ``arrays_file`` (default ``<kind>.npz``); empty when the result saved
+            none.
+
+        Raises
+        ------
+        MemlensError
+            A file that is not an .npz of plain arrays, or larger than the memory budget.
+        """
         name = self.data.get("arrays_file") or f"{self.kind}.npz"
         file = self.path / name
         if not (file.exists() or file.is_symlink()):

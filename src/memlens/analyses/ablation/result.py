@@ -54,6 +54,36 @@ class ContextAblationResult(Result):
 
     ``base_nll``: N unperturbed losses (nats); ``nll``: P x D x N losses under each
     perturbation and distance; ``positions``: the N target positions in the stream.
+
+    With l_t the unperturbed loss of target t and l_t(p, k) its loss when the context
+    farther than k tokens back is perturbed by p, the paired increase is
+    Delta(p, k) = mean_t [l_t(p, k) - l_t] (:attr:`increase`). As a
+    :class:`~memlens.runtime.result.Result`: ``to_frame()`` has one row per (perturbation,
+    distance), ``plot()`` draws the increase vs distance, ``save(dir)`` writes the standard
+    result directory (kind "ablation"). Made by :func:`memlens.context_ablation`.
+
+    Attributes
+    ----------
+    perturbations : list of str
+        The P perturbations of the far context (e.g. "shuffle", "replace", "drop").
+    distances : list of int
+        The D distances k: the tokens kept intact before each target.
+    base_nll : numpy.ndarray
+        N: the unperturbed loss l_t of each target (nats).
+    nll : numpy.ndarray
+        P x D x N: the loss l_t(p, k) of each target under each perturbation and distance
+        (nats).
+    positions : numpy.ndarray
+        N: the targets' positions in the stream.
+    settings : dict
+        How the result was computed: context, tolerance, blocks, bootstrap (resamples),
+        seed, ...
+    model_meta : dict
+        A description of the model analysed.
+    corpus_meta : dict
+        A description of the input analysed.
+    stats : dict
+        Performance statistics (e.g. token_steps_per_second), saved as ``performance``.
     """
 
     kind = "ablation"
@@ -72,15 +102,28 @@ class ContextAblationResult(Result):
     # -- numbers -----------------------------------------------------------------------------
     @property
     def base_loss(self) -> float:
+        """The mean unperturbed loss over the N targets, mean_t l_t (nats)."""
         return float(self.base_nll.mean())
 
     @property
     def increase(self) -> np.ndarray:
-        """P x D mean paired increase (nats)."""
+        """Delta(p, k) = mean_t [l_t(p, k) - l_t]: P x D mean paired increase (nats)."""
         return (self.nll - self.base_nll[None, None, :]).mean(-1)
 
     def intervals(self) -> tuple[np.ndarray, np.ndarray]:
-        """P x D low and high ends of the increase's block-bootstrap interval (nats)."""
+        """The block-bootstrap interval of each increase Delta(p, k).
+
+        The N paired differences are cut into ``settings["blocks"]`` contiguous blocks,
+        resampled ``settings["bootstrap"]`` times with the seed ``settings["bootstrap_seed"]``
+        (else ``settings["seed"]``); the same draws for every (p, k). Cached.
+
+        Returns
+        -------
+        low : numpy.ndarray
+            P x D lower ends of the 95% percentile intervals (nats; NaN: no intervals).
+        high : numpy.ndarray
+            P x D upper ends (nats).
+        """
         if not hasattr(self, "_intervals"):
             P, D, N = self.nll.shape
             diffs = (self.nll - self.base_nll[None, None, :]).reshape(P * D, N)
@@ -93,23 +136,47 @@ class ContextAblationResult(Result):
 
     @property
     def tolerance_nats(self) -> float:
+        """The tolerance of :meth:`effective_context` in nats: ``settings["tolerance"]``
+        (default 0.01) x :attr:`base_loss`."""
         return float(self.settings.get("tolerance", 0.01)) * self.base_loss
 
     def effective_context(self) -> dict[str, int | None]:
-        """Per perturbation: the smallest k from which every |Delta(k')| <= tolerance."""
+        """The effective context of each perturbation.
+
+        Returns
+        -------
+        dict of str to int or None
+            {perturbation: the smallest measured k such that |Delta(p, k')| <=
+            :attr:`tolerance_nats` for k' = k and every larger measured k'} (None: none).
+        """
         inc = self.increase
         return {p: effective_context(self.distances, inc[i], self.tolerance_nats)
                 for i, p in enumerate(self.perturbations)}
 
     def last_significant(self) -> dict[str, int | None]:
-        """Per perturbation: the largest k whose interval lies above 0 (None: none, or no
-        intervals)."""
+        """The farthest distance at which each perturbation still clearly hurts.
+
+        Returns
+        -------
+        dict of str to int or None
+            {perturbation: the largest measured k whose interval (:meth:`intervals`) lies
+            above 0} (None: none, or no intervals).
+        """
         lo, _ = self.intervals()
         return {p: max((k for k, low in zip(self.distances, lo[i]) if low > 0), default=None)
                 for i, p in enumerate(self.perturbations)}
 
     # -- the result format -------------------------------------------------------------------
     def rows(self) -> list[dict]:
+        """The result table, one row per (perturbation, distance).
+
+        Returns
+        -------
+        list of dict
+            perturbation, distance, loss_nats, loss_bits (mean l_t(p, k)), base_nats,
+            increase_nats (Delta(p, k)), increase_low, increase_high, increase_bits,
+            increase_percent (100 Delta / base loss; None when it is 0), targets (N).
+        """
         inc, (lo, hi) = self.increase, self.intervals()
         base, out = self.base_loss, []
         for i, p in enumerate(self.perturbations):
@@ -125,6 +192,14 @@ class ContextAblationResult(Result):
         return out
 
     def series(self) -> list[dict]:
+        """The plot declarations: the increase and the loss vs distance, per perturbation.
+
+        Returns
+        -------
+        list of dict
+            "increase" (increase_nats with its interval band) and "loss" (loss_bits), both
+            against distance on a log x axis, one curve per perturbation.
+        """
         L = self.settings.get("context")
         return [
             {"name": "increase", "title": "Loss increase when the context beyond k is perturbed",
@@ -143,6 +218,15 @@ class ContextAblationResult(Result):
         ]
 
     def summary(self) -> dict:
+        """The headline numbers.
+
+        Returns
+        -------
+        dict
+            targets, context, base_loss_nats, base_loss_bits, base_perplexity,
+            effective_context and last_significant_distance (per perturbation), tolerance,
+            tolerance_nats, the two definitions, and tokens_per_second when measured.
+        """
         eff = self.effective_context()
         return {"targets": int(self.nll.shape[-1]), "context": self.settings.get("context"),
                 "base_loss_nats": self.base_loss, "base_loss_bits": self.base_loss / LN2,
@@ -160,9 +244,23 @@ class ContextAblationResult(Result):
                    if self.stats.get("token_steps_per_second") else {})}
 
     def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays saved as ablation.npz.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            base_nll (N), nll (P x D x N), positions (N), distances (D), perturbations (P).
+        """
         return {"base_nll": self.base_nll, "nll": self.nll, "positions": self.positions,
                 "distances": np.asarray(self.distances),
                 "perturbations": np.asarray(self.perturbations, dtype=str)}
 
     def extra(self) -> dict:
+        """The further sections of result.json.
+
+        Returns
+        -------
+        dict
+            ``{"performance": stats}`` when performance was measured, else empty.
+        """
         return {"performance": dict(self.stats)} if self.stats else {}

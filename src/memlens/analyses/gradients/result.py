@@ -31,6 +31,49 @@ class GradientResult(Result):
     As a :class:`~memlens.runtime.result.Result`: ``to_frame()`` has one row per (delay, class)
     (see :meth:`table`), ``plot()`` draws the sum of singular values vs delay per class,
     ``save(dir)`` writes result.json, table.csv, gradients.npz and PNGs.
+
+    Shapes: S = K + 1 delays, H state units, E input dimensions, C classes, r the rank of the
+    input covariance (r = E at full rank). Gbar(tau) = mean_t d r_t / d x_{t-tau} (H x E) is
+    the unnormalised average (:meth:`mean`); Gn(tau) = Gbar(tau) D (H x r), with S = D D^T
+    the input covariance, is the normalised one every metric uses (:meth:`normalized_mean`).
+    Made by :func:`memlens.state_gradients`; not meant to be built by hand.
+
+    Attributes
+    ----------
+    max_delay : int
+        K, the largest delay.
+    layer : int
+        The layer analysed (0-based).
+    readout : str
+        The readout analysed (e.g. "c" for an LSTM's cell state, "h").
+    class_names : list of str
+        The C class names, in the order of the class axes (empty: no classes).
+    raw : Sums
+        The engine's float64 sums: ``sums`` (S x H x E), ``counts`` (S), per-class and
+        per-block sums and counts (:class:`~memlens.analyses.gradients.engine.Sums`).
+    normalization : Normalization
+        The input normalisation: ``mu`` (E), ``D`` (E x r), ``Z`` (r x E, Z D = I_r), its
+        condition number and rank (:class:`~memlens.analyses.gradients.normalize.Normalization`).
+    settings : dict
+        How the result was computed: max_delay, layer, readout, units, tokens, method, blocks,
+        bootstrap (resamples), seed, context, direction_weighting, ...
+    class_embeddings : numpy.ndarray or None
+        C x E class-mean embeddings behind :meth:`direction` (None: no classes).
+    probe : dict or None
+        Held-out accuracy of a logistic-regression probe predicting a token's class from its
+        embedding: accuracy, majority_baseline, train, test (None: fewer than two classes).
+    model_meta : dict
+        A description of the model analysed.
+    corpus_meta : dict
+        A description of the input analysed.
+    directions : dict of str to numpy.ndarray
+        Named property directions (E each, raw embedding space) whose relative memory and
+        alignment :meth:`rows` reports as ``relmem_<name>``, ``align1_<name>``, ...
+    stability : Stability or None
+        The stability diagnostic (per-delay gradient norms, flags and advice;
+        :class:`~memlens.analyses.gradients.stability.Stability`).
+    words : WordTable or None
+        The vocabulary side of :meth:`read_directions` (None: continuous inputs).
     """
 
     kind = "gradients"
@@ -56,14 +99,18 @@ class GradientResult(Result):
     # -- access ----------------------------------------------------------------------------
     @property
     def hidden_size(self) -> int:
+        """H, the number of state units analysed (the site's size)."""
         return self.raw.sums.shape[1]
 
     @property
     def emb_size(self) -> int:
+        """E, the input dimensions (embedding size, or the size of an input frame)."""
         return self.raw.sums.shape[2]
 
     @property
     def stats(self) -> dict:
+        """The engine's performance statistics (``raw.stats``: method, tokens processed,
+        seconds, tokens per second, ...), saved as the ``performance`` section."""
         return self.raw.stats
 
     def _cls(self, cls: str | int | None) -> int | None:
@@ -89,38 +136,145 @@ class GradientResult(Result):
         return int(tau)
 
     def count(self, tau: int, cls: str | int | None = None) -> int:
-        """Number of (t, tau) pairs averaged (source word of class ``cls`` if given)."""
+        """N(tau): the number of (t, tau) pairs averaged at one delay.
+
+        Parameters
+        ----------
+        tau : int
+            The delay, 0 <= tau <= K (:attr:`max_delay`).
+        cls : str or int or None, optional
+            A class name or index: the class of the source position t - tau (default None:
+            every pair).
+
+        Returns
+        -------
+        int
+            N(tau), or N_c(tau), the pairs whose source word t - tau is of class ``cls``.
+
+        Raises
+        ------
+        MemlensError
+            A delay out of range, or an unknown class.
+        """
         c, tau = self._cls(cls), self._tau(tau)
         return int(self.raw.counts[tau] if c is None else self.raw.class_counts[c, tau])
 
     def sum(self, tau: int, cls: str | int | None = None) -> np.ndarray:
+        """The sum of d r_t / d x_{t-tau} over the N(tau) pairs of one delay.
+
+        Parameters
+        ----------
+        tau : int
+            The delay, 0 <= tau <= K (:attr:`max_delay`).
+        cls : str or int or None, optional
+            A class name or index: the class of the source position t - tau (default None:
+            every pair).
+
+        Returns
+        -------
+        numpy.ndarray
+            H x E float64, unnormalised (a view of ``raw``: do not modify it); :meth:`mean`
+            = sum / :meth:`count`.
+        """
         c, tau = self._cls(cls), self._tau(tau)
         return self.raw.sums[tau] if c is None else self.raw.class_sums[c, tau]
 
     def mean(self, tau: int, cls: str | int | None = None) -> np.ndarray:
-        """Unnormalised average d s_t / d x_{t-tau}: H x E (NaN when the count is zero)."""
+        """Gbar(tau) = mean_t d r_t / d x_{t-tau}: the unnormalised average gradient.
+
+        Parameters
+        ----------
+        tau : int
+            The delay, 0 <= tau <= K (:attr:`max_delay`).
+        cls : str or int or None, optional
+            A class name or index: the class of the source position t - tau (default None:
+            every pair).
+
+        Returns
+        -------
+        numpy.ndarray
+            H x E: :meth:`sum` / :meth:`count` (all NaN when the count is zero).
+        """
         n = self.count(tau, cls)
         s = self.sum(tau, cls)
         return s / n if n else np.full_like(s, np.nan)
 
     def means(self, cls: str | int | None = None) -> np.ndarray:
-        """All delays at once: S x H x E."""
+        """Gbar(tau) for every delay at once.
+
+        Parameters
+        ----------
+        cls : str or int or None, optional
+            A class name or index: the class of the source position t - tau (default None:
+            every pair).
+
+        Returns
+        -------
+        numpy.ndarray
+            S x H x E: :meth:`mean` at tau = 0..K stacked (NaN at delays without pairs).
+        """
         return np.stack([self.mean(t, cls) for t in range(self.max_delay + 1)])
 
     def normalized_mean(self, tau: int, cls: str | int | None = None) -> np.ndarray:
-        """Gn(tau) = Gbar(tau) D: H x r (r = E at full rank)."""
+        """Gn(tau) = Gbar(tau) D: the gradient with respect to the normalised input.
+
+        Parameters
+        ----------
+        tau : int
+            The delay, 0 <= tau <= K (:attr:`max_delay`).
+        cls : str or int or None, optional
+            A class name or index: the class of the source position t - tau (default None:
+            every pair).
+
+        Returns
+        -------
+        numpy.ndarray
+            H x r (r = E at full rank); every metric is computed from it.
+        """
         return self.normalization.apply(self.mean(tau, cls))
 
     def singular_values(self, tau: int, cls: str | int | None = None,
                         normalized: bool = True) -> np.ndarray:
-        """All singular values (descending) of Gn(tau) (or of Gbar(tau))."""
+        """The singular values sigma_1 >= sigma_2 >= ... of Gn(tau) (or of Gbar(tau)).
+
+        Parameters
+        ----------
+        tau : int
+            The delay, 0 <= tau <= K (:attr:`max_delay`).
+        cls : str or int or None, optional
+            A class name or index: the class of the source position t - tau (default None:
+            every pair).
+        normalized : bool, optional
+            True (default): of Gn(tau) = Gbar(tau) D; False: of the raw Gbar(tau).
+
+        Returns
+        -------
+        numpy.ndarray
+            min(H, r) values, descending (min(H, E) raw); all NaN when the count is zero.
+            Their sum, sum(sigma), is the "amount" of memory of the input tau steps back.
+        """
         m = self.normalized_mean(tau, cls) if normalized else self.mean(tau, cls)
         if np.isnan(m).any():
             return np.full(min(m.shape), np.nan)
         return metrics.singular_values(m)
 
     def spectrum(self, cls: str | int | None = None, normalized: bool = True) -> np.ndarray:
-        """Singular values for every delay: S x min(H, r) (normalised; S x min(H, E) raw)."""
+        """The singular values of every delay (:meth:`singular_values` for tau = 0..K).
+
+        Parameters
+        ----------
+        cls : str or int or None, optional
+            A class name or index: the class of the source position t - tau (default None:
+            every pair).
+        normalized : bool, optional
+            True (default): of Gn(tau); False: of the raw Gbar(tau).
+
+        Returns
+        -------
+        numpy.ndarray
+            S x min(H, r) (S x min(H, E) raw), descending per row; NaN rows at delays
+            without pairs.
+        """
         m = self.means(cls)
         if normalized:
             m = self.normalization.apply(m)
@@ -129,7 +283,22 @@ class GradientResult(Result):
         return out
 
     def right_singular_vectors(self, tau: int, cls: str | int | None = None) -> np.ndarray:
-        """Rows of V^T of Gn(tau) (directions of normalised embedding space): r x r."""
+        """The right-singular vectors of Gn(tau) = U diag(sigma) V^T.
+
+        Parameters
+        ----------
+        tau : int
+            The delay, 0 <= tau <= K (:attr:`max_delay`).
+        cls : str or int or None, optional
+            A class name or index: the class of the source position t - tau (default None:
+            every pair).
+
+        Returns
+        -------
+        numpy.ndarray
+            r x r: the rows of V^T, strongest first, as directions of the normalised input
+            space (coordinates in the basis of Z).
+        """
         return metrics.right_singular_vectors(self.normalized_mean(tau, cls))
 
     # -- properties of directions ----------------------------------------------------------
@@ -150,8 +319,29 @@ class GradientResult(Result):
             raise MemlensError(str(exc)) from None
 
     def direction(self, a: str | int, b: str | int) -> np.ndarray:
-        """Difference of class-mean embeddings a - b (raw embedding space, E); the means are
-        over vocabulary types or token occurrences, ``settings["direction_weighting"]``."""
+        """The property direction d = mean embedding of class a - that of class b.
+
+        The means are over vocabulary types or token occurrences, as
+        ``settings["direction_weighting"]`` says ("type" or "token").
+
+        Parameters
+        ----------
+        a : str or int
+            The first class (name or index).
+        b : str or int
+            The second class (name or index).
+
+        Returns
+        -------
+        numpy.ndarray
+            E numbers in the raw embedding space (pass it to :meth:`relative_memory` or
+            :meth:`alignment`).
+
+        Raises
+        ------
+        MemlensError
+            No classes, an unknown class, or a class that never occurs.
+        """
         if self.class_embeddings is None:
             raise MemlensError("class-mean embeddings are not available (no classes)")
         d = self.class_embeddings[self._cls(a)] - self.class_embeddings[self._cls(b)]
@@ -161,14 +351,65 @@ class GradientResult(Result):
 
     def relative_memory(self, direction: np.ndarray, cls: str | int | None = None
                         ) -> np.ndarray:
-        """|Gn(tau) dn| / sigma_1(tau) for every delay (S,)."""
+        """How much of the strongest memory a property direction keeps, per delay.
+
+        relmem(tau) = |Gn(tau) dn| / sigma_1(tau), in [0, 1]: 1 when dn is the most
+        remembered input direction at that delay, 0 when it is forgotten entirely.
+
+        Parameters
+        ----------
+        direction : numpy.ndarray
+            A direction d of the raw input space (E finite numbers, e.g. :meth:`direction`);
+            it is normalised to dn = Z d / |Z d| (r).
+        cls : str or int or None, optional
+            A class name or index: the class of the source position t - tau (default None:
+            every pair).
+
+        Returns
+        -------
+        numpy.ndarray
+            S values (NaN where sigma_1 = 0 or no pair was averaged).
+
+        Raises
+        ------
+        MemlensError
+            A direction of the wrong size, not finite, or zero within the span of the inputs.
+        """
         dn = self._unit(direction)
         return np.array([metrics.relative_memory(self.normalized_mean(t, cls), dn)
                          for t in range(self.max_delay + 1)])
 
     def alignment(self, direction: np.ndarray, k: int = 5, cls: str | int | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
-        """(|V_k^T dn|, share of the sigma sum in the top k) for every delay: S x k each."""
+        """How well the top right-singular vectors of Gn(tau) cover a property direction.
+
+        For j = 1..k: |V_j^T dn|, the norm of the projection of dn on the top j
+        right-singular vectors (1: dn lies in their span), and (sigma_1 + ... + sigma_j) /
+        sum(sigma), the share of the singular-value sum they carry.
+
+        Parameters
+        ----------
+        direction : numpy.ndarray
+            A direction d of the raw input space (E finite numbers, e.g. :meth:`direction`);
+            it is normalised to dn = Z d / |Z d| (r).
+        k : int, optional
+            The number of top singular vectors (default 5; at most r are used).
+        cls : str or int or None, optional
+            A class name or index: the class of the source position t - tau (default None:
+            every pair).
+
+        Returns
+        -------
+        projections : numpy.ndarray
+            S x min(k, r): |V_j^T dn| per delay and j.
+        shares : numpy.ndarray
+            S x min(k, r): the share of sum(sigma) in the top j per delay.
+
+        Raises
+        ------
+        MemlensError
+            A bad direction or k.
+        """
         dn = self._unit(direction)
         k = check_int(k, "k", 1, 1 << 16)
         rows = [metrics.alignment(self.normalized_mean(t, cls), dn, k)
@@ -190,9 +431,12 @@ class GradientResult(Result):
             strings and (A, B) pairs of class names.
         k : int
             Number of top right-singular vectors of the alignment.
-        resamples, level, seed
-            The bootstrap (None: the result's resamples and seed; 0 resamples: no
-            intervals).
+        resamples : int or None
+            Bootstrap resamples (None: the result's, :attr:`resamples`; 0: no intervals).
+        level : float
+            The interval level, in (0, 1).
+        seed : int or None
+            The bootstrap seed (None: the run's, :attr:`seed`).
 
         Returns
         -------
@@ -240,21 +484,84 @@ class GradientResult(Result):
     def selectiveness_interval(self, cls: str | int | None = None, measure: str = "eff_rank",
                                resamples: int | None = None, level: float = 0.95,
                                seed: int | None = None) -> dict[str, np.ndarray]:
-        """{"se", "low", "high"} (each S) of a selectiveness measure from the result's block
-        bootstrap (classes: at ``raw.ci_delays`` only, NaN elsewhere)."""
+        """The block-bootstrap interval of a selectiveness measure at every delay.
+
+        Parameters
+        ----------
+        cls : str or int or None, optional
+            A class name or index: the class of the source position t - tau (default None:
+            every pair).
+        measure : str, optional
+            "eff_rank" (default), "sv1_share" or "sv5_share" (:meth:`selectiveness`).
+        resamples : int or None, optional
+            Bootstrap resamples (default None: the result's, :attr:`resamples`).
+        level : float, optional
+            The interval level, in (0, 1) (default 0.95).
+        seed : int or None, optional
+            The bootstrap seed (default None: the run's, :attr:`seed`).
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            "se", "low", "high", S values each; for a class only at the delays that kept
+            per-block class sums (``raw.ci_delays``), NaN elsewhere.
+        """
         return spectrum.interval(self, cls, measure, resamples, level, seed)
 
     def read_directions(self, tau: int, k: int = 3, words: int = 10,
                         cls: str | int | None = None) -> list[dict]:
-        """The vocabulary words at the poles of the top-k right-singular vectors of Gn(tau)
-        and the correlation of the projections with log frequency and each class
-        (:func:`memlens.analyses.gradients.spectrum.read_directions`)."""
+        """What the top right-singular vectors of Gn(tau) encode, read in the vocabulary.
+
+        Every word's normalised embedding is projected on v_i (i = 1..k); the words at the
+        two poles are listed, and the projections are correlated with log frequency and with
+        each class (:func:`memlens.analyses.gradients.spectrum.read_directions`).
+
+        Parameters
+        ----------
+        tau : int
+            The delay, 0 <= tau <= K (:attr:`max_delay`).
+        k : int, optional
+            The number of top directions (default 3).
+        words : int, optional
+            The words listed at each pole (default 10).
+        cls : str or int or None, optional
+            A class name or index: the class of the source position t - tau (default None:
+            every pair).
+
+        Returns
+        -------
+        list of dict
+            One per direction: delay, direction (i), sigma, sigma_share (sigma_i / sum
+            sigma), positive and negative (lists of (word, projection, count), strongest
+            first), corr_log_freq (Pearson r with log(1 + count)), corr_class ({class: r}),
+            freq_source.
+
+        Raises
+        ------
+        MemlensError
+            Continuous inputs (no vocabulary), or k beyond the kept vectors.
+        """
         return spectrum.read_directions(self, tau, k, words, cls)
 
     def directions_frame(self, k: int = 3, words: int = 10):
-        """:meth:`read_directions` at every delay as a DataFrame, one row per (delay,
-        direction) (read back from result.json for a loaded result:
-        :func:`memlens.analyses.gradients.spectrum.saved_frame`)."""
+        """:meth:`read_directions` at every delay as a DataFrame.
+
+        A loaded result reads the same table back from result.json
+        (:func:`memlens.analyses.gradients.spectrum.saved_frame`).
+
+        Parameters
+        ----------
+        k : int, optional
+            The number of top directions per delay (default 3).
+        words : int, optional
+            The words listed at each pole (default 10).
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per (delay, direction): delay, direction, sigma, sigma_share, positive,
+            negative (words joined by spaces), corr_log_freq, corr_<class>.
+        """
         return spectrum.directions_frame(self, k, words)
 
     # -- uncertainty -----------------------------------------------------------------------
@@ -265,8 +572,29 @@ class GradientResult(Result):
 
     def bootstrap(self, resamples: int = 200, level: float = 0.95, seed: int | None = None
                   ) -> dict[str, np.ndarray]:
-        """Block-bootstrap standard error and interval of the overall sum(sigma) per delay
-        (``seed`` None: the run's, :attr:`seed`)."""
+        """Block-bootstrap standard error and interval of sum(sigma(Gn(tau))) per delay.
+
+        The targets are cut into contiguous blocks (``settings["blocks"]``); each resample
+        draws blocks with replacement and recomputes Gn(tau) from their sums. Cached for the
+        last (resamples, level, seed).
+
+        Parameters
+        ----------
+        resamples : int, optional
+            Bootstrap resamples, 0..2**20 (default 200; 0: no interval).
+        level : float, optional
+            The interval level, in (0, 1) (default 0.95).
+        seed : int or None, optional
+            The bootstrap seed (default None: the run's, :attr:`seed`).
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            "se", "low", "high" (S each) of the overall sum(sigma), and "stat_se",
+            "stat_low", "stat_high" (S x 3) of the selectiveness measures eff_rank,
+            sv1_share, sv5_share from the same draws; NaN where undefined (everywhere for 0
+            resamples or one block).
+        """
         resamples, level, seed = _boot_args(resamples, level, self.seed if seed is None
                                             else seed)
         key = (resamples, level, seed)
@@ -279,8 +607,25 @@ class GradientResult(Result):
 
     def class_bootstrap(self, cls: str | int, resamples: int = 200, level: float = 0.95,
                         seed: int | None = None) -> dict[int, tuple[float, float, float]]:
-        """{delay: (se, low, high)} of sum(sigma) for one class at the delays that kept
-        per-block class sums (``raw.ci_delays``); empty when none were kept."""
+        """Block-bootstrap standard error and interval of sum(sigma) for one class.
+
+        Parameters
+        ----------
+        cls : str or int
+            The class (name or index).
+        resamples : int, optional
+            Bootstrap resamples, 0..2**20 (default 200; 0: no interval).
+        level : float, optional
+            The interval level, in (0, 1) (default 0.95).
+        seed : int or None, optional
+            The bootstrap seed (default None: the run's, :attr:`seed`).
+
+        Returns
+        -------
+        dict of int to tuple of float
+            {delay: (se, low, high)} at the delays that kept per-block class sums
+            (``raw.ci_delays``); empty when none were kept.
+        """
         resamples, level, seed = _boot_args(resamples, level, self.seed if seed is None
                                             else seed)
         c = self._cls(cls)
@@ -298,13 +643,28 @@ class GradientResult(Result):
         return int(self.settings.get("bootstrap", 200))
 
     def rows(self) -> list[dict]:
-        """The table with the result's bootstrap setting and property directions (cached)."""
+        """The result table: :meth:`table` with the result's bootstrap setting and
+        :attr:`directions` (cached).
+
+        Returns
+        -------
+        list of dict
+            One flat dict per (delay, class) row (see :meth:`table`).
+        """
         key = (self.resamples, tuple(self.directions))
         if self._rows is None or self._rows[0] != key:
             self._rows = (key, self.table(self.resamples, self.directions))
         return self._rows[1]
 
     def series(self) -> list[dict]:
+        """The plot declaration: sum of singular values vs delay, one curve per class.
+
+        Returns
+        -------
+        list of dict
+            One declaration ("memory": ``sum_sv`` against ``delay`` grouped by ``class``,
+            band ``ci_low`` to ``ci_high``, log y axis).
+        """
         return [{"name": "memory", "title": "Sum of singular values by delay and class",
                  "x": "delay", "y": "sum_sv", "group": ["class"], "low": "ci_low",
                  "high": "ci_high", "xlabel": "delay tau",
@@ -313,6 +673,16 @@ class GradientResult(Result):
                             "back (larger = remembered more); band: 95% block bootstrap."}]
 
     def summary(self) -> dict:
+        """The headline numbers.
+
+        Returns
+        -------
+        dict
+            condition_number_Z, pairs_at_delay_0, input_rank, input_dims,
+            input_normalization; ``sum_sv_tau<tau>`` and ``sum_sv_tau<tau>_se`` at delays 0,
+            1, 5, 10 and K; probe_accuracy (with classes); the stability headline; the mean
+            relative memory per tag contrast; the effective rank and pole words of v_1.
+        """
         spec = self.spectrum(None)
         boot = self.bootstrap(self.resamples) if self.resamples else None
         norm = self.normalization
@@ -332,6 +702,15 @@ class GradientResult(Result):
         return out
 
     def extra(self) -> dict:
+        """The further sections of result.json.
+
+        Returns
+        -------
+        dict
+            probe, performance (:attr:`stats`), normalization, and when they apply the
+            normalisation and stability warnings, stability, the tag contrasts and the
+            selectiveness and directions sections with their tidy rows.
+        """
         out = {"probe": self.probe, "performance": self.stats,
                "normalization": self.normalization.to_dict()}
         if not self.normalization.full_rank:  # a warning box in the report
@@ -345,6 +724,16 @@ class GradientResult(Result):
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays saved as gradients.npz.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            mean (S x H x E float32, Gbar), counts (S), singular_values (S x min(H, r)),
+            sum_sv_se, sum_sv_ci_low, sum_sv_ci_high (S), D (E x r), Z (r x E), mu (E),
+            classes (C); with classes also class_mean (C x S x H x E float32), class_counts
+            (C x S), class_singular_values (C x S x min(H, r)), class_embeddings (C x E).
+        """
         boot = self.bootstrap(self.resamples) if self.resamples else None
         nan = np.full(self.max_delay + 1, np.nan)
         out = {"mean": self.means().astype(np.float32), "counts": self.raw.counts,
@@ -363,6 +752,18 @@ class GradientResult(Result):
         return out
 
     def figures(self, out) -> list[dict]:
+        """Write the result's PNG figures: memory vs delay, spectra, contrasts, selectiveness.
+
+        Parameters
+        ----------
+        out : pathlib.Path
+            The (existing) directory to write into.
+
+        Returns
+        -------
+        list of dict
+            One ``{"file", "title", "caption"}`` per PNG written.
+        """
         from memlens.analyses.gradients.plots import write_plots
 
         boot = self.bootstrap(self.resamples) if self.resamples else None
@@ -372,7 +773,30 @@ class GradientResult(Result):
     # -- tables ----------------------------------------------------------------------------
     def table(self, resamples: int = 200, directions: dict[str, np.ndarray] | None = None
               ) -> list[dict]:
-        """One flat dict per (delay, class) row (class "all" is the overall average)."""
+        """The result table, one flat dict per (delay, class).
+
+        Parameters
+        ----------
+        resamples : int, optional
+            Bootstrap resamples of the intervals (default 200; 0: none).
+        directions : dict of str to numpy.ndarray or None, optional
+            Named property directions (E each, raw input space) to report (default None).
+
+        Returns
+        -------
+        list of dict
+            Rows for class "all" (every pair) and then each class, delays 0..K: delay, class,
+            count, sum_sv (sum(sigma(Gn(tau)))), sv_1..sv_5, eff_rank, sv1_share and
+            sv5_share (each with _low and _high), se, ci_low, ci_high (None where not
+            computed), the stability columns when diagnosed, input_rank below full rank, and
+            per direction relmem_<name>, align1_<name>, align5_<name> and share5; None where
+            no pair was averaged.
+
+        Raises
+        ------
+        MemlensError
+            Bad resamples or directions.
+        """
         resamples, _, _ = _boot_args(resamples, 0.5, 0)
         if directions is not None and not isinstance(directions, dict):
             raise MemlensError(f"directions must be a dict of name -> direction, got "

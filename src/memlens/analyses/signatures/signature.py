@@ -57,6 +57,62 @@ class Signature(Result):
     As a :class:`~memlens.runtime.result.Result`: ``to_frame()`` has one row per lag,
     ``plot()`` draws accuracy (or ``plot(series="bits")``) vs lag, ``save(dir)`` writes the
     standard result directory (kind "signatures").
+
+    Shapes: K + 1 lags k = 0..K, C symbols; the formulas are in the module docstring
+    (:mod:`memlens.analyses.signatures.signature`). Made by :func:`memlens.memory_signature`.
+
+    Attributes
+    ----------
+    accuracy : numpy.ndarray
+        K + 1: held-out accuracy of decoding x_{t-k} from s_t.
+    acc_low : numpy.ndarray
+        K + 1: lower end of the 95% block-bootstrap interval of the accuracy (NaN: none).
+    acc_high : numpy.ndarray
+        K + 1: upper end of that interval.
+    bits : numpy.ndarray
+        K + 1: max(0, H(X) - CE_k), a lower bound on I(s_t; x_{t-k}) in bits.
+    bits_low : numpy.ndarray
+        K + 1: lower end of the 95% interval of the bits.
+    bits_high : numpy.ndarray
+        K + 1: upper end of that interval.
+    bits_fraction : numpy.ndarray
+        K + 1: bits / H(X) (0 where H(X) = 0).
+    cross_entropy : numpy.ndarray
+        K + 1: CE_k, the held-out cross-entropy of the decoder (bits).
+    entropy : numpy.ndarray
+        K + 1: H(X), the entropy (bits) of the symbol prior on the training states.
+    majority : numpy.ndarray
+        K + 1: held-out accuracy of always answering the most frequent training symbol.
+    prior : numpy.ndarray
+        K + 1: sum_c p_train(c) p_heldout(c), the accuracy of guessing from the prior.
+    recall : numpy.ndarray
+        (K + 1) x C: the fraction of held-out positions with x_{t-k} = c decoded as c (NaN
+        where c never occurs).
+    support : numpy.ndarray
+        (K + 1) x C int: the held-out positions with x_{t-k} = c.
+    symbols : list of str
+        The C symbol names (the columns of ``recall``).
+    n_train : int
+        The number of training states.
+    n_heldout : int
+        The number of held-out states.
+    decoder : str
+        The decoder ("linear", ...).
+    epochs : int
+        The epochs the decoder trained for.
+    info : dict
+        What was analysed (model, layer, readout, units, ...), merged into :attr:`settings`.
+    temperature : numpy.ndarray or None
+        K + 1: the decoder's calibration temperature per lag (None: not calibrated).
+    saturation : float or None
+        The share of held-out state values with |h| > 0.99 (None: unbounded states or
+        n-gram windows).
+    saturated_units : float or None
+        The share of units with |h| > 0.99 at more than half of the held-out positions.
+    model_meta : dict
+        A description of the model analysed.
+    corpus_meta : dict
+        A description of the input analysed.
     """
 
     kind = "signatures"
@@ -93,7 +149,23 @@ class Signature(Result):
         return len(self.accuracy) - 1
 
     def memory_span(self, margin: float = 0.05) -> int:
-        """Last lag whose accuracy exceeds majority + margin (-1 if none)."""
+        """The memory span: the last lag whose accuracy beats the majority baseline.
+
+        Parameters
+        ----------
+        margin : float, optional
+            How far above ``majority`` the accuracy must be (default 0.05).
+
+        Returns
+        -------
+        int
+            The largest k with accuracy_k > majority_k + margin (-1 if none).
+
+        Raises
+        ------
+        MemlensError
+            A margin that is not a finite number.
+        """
         if isinstance(margin, bool) or not isinstance(margin, (int, float, np.floating)) \
                 or not math.isfinite(margin):
             raise MemlensError(f"margin must be a finite number, got {shown(margin)}")
@@ -103,19 +175,47 @@ class Signature(Result):
     # -- the result format -----------------------------------------------------------------
     @property
     def settings(self) -> dict:
+        """How the signature was computed: :attr:`info` plus max_delay, decoder, epochs,
+        train_states and heldout_states."""
         return {**self.info, "max_delay": self.max_delay, "decoder": self.decoder,
                 "epochs": self.epochs, "train_states": self.n_train,
                 "heldout_states": self.n_heldout}
 
     def rows(self) -> list[dict]:
+        """The result table, one row per lag.
+
+        Returns
+        -------
+        list of dict
+            One flat dict per lag k = 0..K: model, role, layer, readout, units, lag,
+            accuracy, ci_low, ci_high, bits, bits_ci_low, bits_ci_high, bits_fraction,
+            cross_entropy_bits, temperature, entropy_bits, majority, prior, the control
+            columns (None here), saturation, saturated_units, decoder, train_states,
+            heldout_states (:mod:`memlens.analyses.signatures.table`).
+        """
         return signature_rows(self, str(self.info.get("model", "model")), "model",
                               self.info.get("layer"), str(self.info.get("readout", "")),
                               str(self.info.get("units", "all")))
 
     def series(self) -> list[dict]:
+        """The plot declarations: accuracy vs lag and bits vs lag, with their intervals.
+
+        Returns
+        -------
+        list of dict
+            The declarations of :data:`~memlens.analyses.signatures.table.SERIES`.
+        """
         return SERIES
 
     def summary(self) -> dict:
+        """The headline numbers.
+
+        Returns
+        -------
+        dict
+            memory_span (:meth:`memory_span`), accuracy_lag0, bits_lag0, saturation,
+            saturated_units and memory_span_definition.
+        """
         return {"memory_span": self.memory_span(), "accuracy_lag0": float(self.accuracy[0]),
                 "bits_lag0": float(self.bits[0]), "saturation": self.saturation,
                 "saturated_units": self.saturated_units,
@@ -128,8 +228,18 @@ class Signature(Result):
         return self.saturation is not None and self.saturation > SATURATED_SHARE
 
     def saturation_message(self, what: str | None = None) -> str | None:
-        """The one-line warning about saturated states (None when not :attr:`saturated`),
-        prefixed with ``what`` (e.g. the model and site) when given."""
+        """The one-line warning about saturated states.
+
+        Parameters
+        ----------
+        what : str or None, optional
+            A prefix naming what was analysed, e.g. the model and site (default None).
+
+        Returns
+        -------
+        str or None
+            The warning, None when not :attr:`saturated`.
+        """
         if not self.saturated:
             return None
         prefix = f"{what}: " if what else ""
@@ -139,6 +249,13 @@ class Signature(Result):
                 "may be analysed outside its training regime")
 
     def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays saved as recall.npz.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            recall_0 ((K + 1) x C, :attr:`recall`), support_0 ((K + 1) x C) and symbols (C).
+        """
         return {"recall_0": self.recall, "support_0": self.support,
                 "symbols": np.array(self.symbols, dtype=str)}
 
