@@ -27,8 +27,8 @@ from memlens.core.errors import MemlensError
 from memlens.runtime.options import OPTIONS, check_option
 
 # options of the runtime schema that this command takes, validated before anything is loaded
-SCHEMA_OPTIONS = ("max_delay", "warmup", "checkpoint_every", "blocks", "bootstrap", "dtype",
-                  "device")
+SCHEMA_OPTIONS = ("max_delay", "warmup", "columns", "checkpoint_every", "blocks", "bootstrap",
+                  "dtype", "device")
 
 
 def register(sub) -> None:
@@ -72,6 +72,10 @@ def register(sub) -> None:
                help="under torchrun: positions each process runs before its shard start, "
                "accumulating nothing (default max(1000, 4 K); the single-process result is "
                "recovered as W grows)")
+    add_option(p, "columns", metavar="C",
+               help="input columns whose tangents one pass over the stream carries: a model "
+               "too large for all E at once is run in ceil(E / C) passes with the same result "
+               "(default: all when they fit in a quarter of the memory, else the most that fit)")
     p.add_argument("--out", required=True, help="result directory")
     add_option(p, "resume")
     add_overwrite(p)
@@ -302,7 +306,8 @@ def _accumulate(args: argparse.Namespace, data: _Inputs, base: Path, device):
                            context=args.context, direction_weighting=args.direction_weighting,
                            contrasts=args.contrasts,
                            options=options,
-                           engine=EngineSettings(target_mask=data.mask, warmup=args.warmup))
+                           engine=EngineSettings(target_mask=data.mask, warmup=args.warmup,
+                                                 columns=args.columns))
 
 
 def _finish(args: argparse.Namespace, out: Path, result, directions: dict, data: _Inputs,

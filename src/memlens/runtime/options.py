@@ -228,6 +228,9 @@ OPTIONS: Mapping[str, Option] = _declare(
     Option("warmup", int, 0, MAX_POSITIONS, optional=True,
            help="under torchrun: positions each process reads before its shard (default "
                 "max(1000, 4 K))"),
+    Option("columns", int, 1, MAX_WIDTH, optional=True,
+           help="input columns whose tangents one pass over the stream carries (default: all "
+                "when they fit in a quarter of the memory, else the most that fit)"),
     Option("max_tokens", int, 1, MAX_POSITIONS, optional=True,
            help="use only the first N tokens"),
     Option("chunk_size", int, 1, MAX_COUNT, default=256, help="positions per chunk"),

@@ -37,7 +37,7 @@ from memlens.analyses.gradients.engine import EngineSettings, Sums, Task, accumu
 from memlens.analyses.gradients.normalize import Normalization, embedding_normalization
 from memlens.analyses.gradients.result import GradientResult
 from memlens.core.errors import MemlensError, TrustWarning
-from memlens.core.limits import check_memory
+from memlens.core.limits import check_memory, memory_budget
 from memlens.models.encoder import RecurrentEncoder, as_encoder
 from memlens.models.inputs import Stream, as_stream, sentence_starts
 from memlens.protocol import Site
@@ -282,12 +282,13 @@ def _prepare(enc: RecurrentEncoder, stream: Stream, site: Site, max_delay: int,
                                                                         group.rank))
         checkpoint = replace(checkpoint, keep=True)  # deleted after the all-reduce
         progress = progress and group.rank == 0
+    columns = _column_width(enc, site.layer, max_delay, dtype, engine.columns)
     task = Task(max_delay=max_delay, layer=site.layer, readout=site.readout, units=site.units,
                 n_classes=len(names), method=method, dtype=dtype, device=opts.device_for(enc),
                 blocks=blocks, flush_every=int(engine.flush_every),
                 chunk_size=int(engine.chunk_size), ci_delays=tuple(ci_delays),
                 segment=segment, shard=shard, warmup=warmup or 0, starts=starts,
-                reset=rows.reset)
+                reset=rows.reset, columns=columns)
     return _Prepared(task, table, norm, positions, memberships, names, mask, checkpoint,
                      progress, warmup, enc.input_kind, values, str(rows.context))
 
@@ -359,6 +360,36 @@ def _ci_delays(wanted: Sequence[int] | None, max_delay: int, names: list[str], H
                   f"{len(delays)} would need {need} of block sums ({hint})", TrustWarning,
                   stacklevel=3)
     return kept
+
+
+def _column_width(enc: RecurrentEncoder, layer: int, max_delay: int, dtype: torch.dtype,
+                  wanted: int | None) -> int | None:
+    """Input columns per pass over the stream (None: all E in one pass).
+
+    The tangents of one input column take about (K + 1) x (state values of layers 0..layer)
+    x 4 x itemsize bytes (the tangents, the step's product buffer and the jvp's batched
+    copies). ``wanted`` None: all E columns when they fit in a quarter of
+    :func:`~memlens.core.limits.memory_budget`, else the most that fit (at least 1)."""
+    E = enc.input_size
+    values = sum(_state_values(enc.layers[k]) for k in range(layer + 1))
+    per_column = (max_delay + 1) * values * 4 * dtype.itemsize
+    if wanted is None:
+        budget = memory_budget() / 4
+        width = E if per_column * E <= budget else max(1, int(budget // per_column))
+    else:
+        width = min(int(wanted), E)
+    check_memory(per_column * width, f"the tangents of {width} input column(s) per pass "
+                 "(fewer with columns= / --columns)")
+    return None if width >= E else width
+
+
+def _state_values(layer) -> int:
+    """Values of one layer's state (batch 1): the leaves of ``init_state(1)``."""
+    from torch.utils import _pytree as pytree
+
+    with torch.no_grad():
+        leaves = pytree.tree_flatten(layer.init_state(1))[0]
+    return sum(int(leaf[0].numel()) for leaf in leaves if isinstance(leaf, torch.Tensor))
 
 
 def _contrasts(contrasts, names: list[str]):

@@ -46,6 +46,14 @@ Units (``units`` of the site, other than "all"): the readout tangent (R x S*E) i
 unit set's linear map P (D x R, e.g. a selection of rows or the factor space A h), so the sums are
 those of d (P r_t) / d x_{t-tau}.
 
+Column passes (``Task.columns`` = c < E, for models whose tangents of all E input columns do
+not fit in memory): the stream is run ceil(E / c) times, pass p carrying the tangents of input
+columns lo_p .. lo_p + c - 1 only (lo_p = min(p c, E - c): every pass is c wide, the last one
+overlapping the one before) and adding the columns p c .. min((p+1) c, E) - 1 of the sums; the
+accumulators keep all E columns. Each column's gradient is the one of the single pass (every
+column's tangent is independent of the others'); pair counts are taken in pass 0 and the
+per-pair norms add up as squares over the passes. The checkpoint records the pass.
+
 Norms (the stability diagnostic, :mod:`memlens.analyses.gradients.stability`): for every counted
 pair the Frobenius norm ||G_t(tau)||_F of the raw readout tangent (one
 ``torch.linalg.vector_norm`` over H and E of the H x S x E tangent per step, S values) is kept in
@@ -105,7 +113,9 @@ class EngineSettings:
     ``class_ci_delays``: delays at which per-class block sums are kept for class-wise
     bootstrap intervals (None: 0, 1, 2, 5, 10, 20 and K; skipped above 1 GB); ``warmup``:
     inside a torch.distributed process group, positions each rank runs before its shard
-    (None: :func:`memlens.runtime.distributed.default_warmup`).
+    (None: :func:`memlens.runtime.distributed.default_warmup`); ``columns``: input columns
+    whose tangents one pass over the stream carries (None: all E when their tangents fit in a
+    quarter of the memory budget, else the most that fit; see "Column passes" above).
     """
 
     chunk_size: int = 256
@@ -114,6 +124,7 @@ class EngineSettings:
     on_chunk: Callable[[int], None] | None = None
     class_ci_delays: Sequence[int] | None = None
     warmup: int | None = None
+    columns: int | None = None
 
     def check(self) -> None:
         """Refuse bad values with a one-line :class:`MemlensError` (``state_gradients`` calls
@@ -122,6 +133,9 @@ class EngineSettings:
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise MemlensError(f"{name} must be positive, got {value!r}")
+        if self.columns is not None and (not _is_int(self.columns) or self.columns < 1):
+            raise MemlensError(f"columns must be a positive integer or None, got "
+                               f"{self.columns!r}")
         if self.warmup is not None and (not _is_int(self.warmup) or self.warmup < 0):
             raise MemlensError(f"warmup must be a non-negative integer, got {self.warmup!r}")
         if self.on_chunk is not None and not callable(self.on_chunk):
@@ -145,7 +159,8 @@ class Task:
     (:class:`~memlens.runtime.context.Layout`): only pairs inside one segment count, the
     tangents are cut there and, with ``reset``, the primal state restarts from each layer's
     initial state (windows, sentences); ``segment``: S of ``segment:S`` (its starts are in
-    ``starts``), recorded in the settings and the checkpoint's fingerprint.
+    ``starts``), recorded in the settings and the checkpoint's fingerprint. ``columns``: input
+    columns per pass (None: all E in one pass; module docstring).
     """
 
     max_delay: int
@@ -165,6 +180,7 @@ class Task:
     warmup: int = 0
     starts: Tensor | None = None
     reset: bool = False
+    columns: int | None = None
 
 
 @dataclass
@@ -212,12 +228,12 @@ def accumulate(encoder: RecurrentEncoder, ids: Tensor, task: Task,
     checkpoint = checkpoint or Checkpointing()
     acc = _Accumulator(encoder, ids, task, memberships, target_mask)
     ck = _open_checkpoint(acc, encoder, checkpoint)
-    start_pos, started = acc.pos, time.perf_counter()
-    _run_chunks(acc, ck, stop_point(acc.pos, acc.stop, checkpoint.stop_after), progress,
+    start_pos, started = acc.vpos, time.perf_counter()
+    _run_chunks(acc, ck, stop_point(acc.vpos, acc.vstop, checkpoint.stop_after), progress,
                 on_chunk)
     elapsed = time.perf_counter() - started  # (interrupted: _run_chunks raised)
-    ck.finish(checkpoint.keep, acc.payload() if acc.pos > start_pos else None)
-    return acc.sums(acc.pos - start_pos, elapsed)
+    ck.finish(checkpoint.keep, acc.payload() if acc.vpos > start_pos else None)
+    return acc.sums(acc.vpos - start_pos, elapsed)
 
 
 def _open_checkpoint(acc: _Accumulator, encoder: RecurrentEncoder,
@@ -232,23 +248,28 @@ def _open_checkpoint(acc: _Accumulator, encoder: RecurrentEncoder,
 
 def _run_chunks(acc: _Accumulator, ck: RunCheckpoint, end: int, progress: bool,
                 on_chunk: Callable[[int], None] | None) -> None:
-    """Advance ``acc`` chunk by chunk up to ``end`` (earlier after SIGINT / SIGTERM while a
-    checkpoint is kept), with the progress bar and the periodic saves."""
+    """Advance ``acc`` chunk by chunk up to the virtual position ``end`` (:attr:`vpos`;
+    earlier after SIGINT / SIGTERM while a checkpoint is kept), with the progress bar and the
+    periodic saves; a finished column pass starts the next one."""
     size = acc.task.chunk_size
     with interrupt_guard(ck.enabled) as guard, torch.no_grad(), progress_bar(
-            acc.stop - acc.first, progress, "state gradients", unit="tok",
-            initial=acc.pos - acc.first) as bar:
-        while acc.pos < end and not guard.requested:
-            a = acc.pos
-            acc.chunk(a, min(end, (a // size + 1) * size), guard)
-            bar.update(acc.pos - a)
+            acc.vstop - acc.first, progress, "state gradients", unit="tok",
+            initial=acc.vpos - acc.first) as bar:
+        while acc.vpos < end and not guard.requested:
+            if acc.pos >= acc.stop:
+                acc.next_pass()
+            a, v = acc.pos, acc.vpos
+            acc.chunk(a, min(acc.stop, a + end - v, (a // size + 1) * size), guard)
+            bar.update(acc.vpos - v)
             if on_chunk is not None:
                 on_chunk(acc.pos)
-            if acc.pos < acc.stop and not guard.requested and ck.due():
+            if acc.vpos < acc.vstop and not guard.requested and ck.due():
                 ck.save(acc.payload())
-        if acc.pos < acc.stop:  # interrupted, or stop_after reached: answered in the guard
+        if acc.vpos < acc.vstop:  # interrupted, or stop_after reached: answered in the guard
+            where = (f" of column pass {acc.pass_ + 1}/{acc.passes}" if acc.passes > 1
+                     else "")
             raise ck.stop(acc.payload(), acc.pos, acc.T, unit="tokens",
-                          head=f"interrupted at token {acc.pos}/{acc.T}")
+                          head=f"interrupted at token {acc.pos}/{acc.T}{where}")
 
 
 # -- the accumulator -----------------------------------------------------------------------------
@@ -297,7 +318,9 @@ class _Accumulator:
             self.starts = torch.as_tensor(task.starts, dtype=torch.bool).reshape(-1)
             first = torch.where(self.starts, torch.arange(T), torch.zeros(T, dtype=torch.long))
             self.seg_start = torch.cummax(first, 0).values
-        self.props = [make_propagator(encoder.layers[k], self.S, self.E, k == 0, task.dtype,
+        self.cw = self.E if task.columns is None else max(1, min(self.E, int(task.columns)))
+        self.passes, self.pass_ = -(-self.E // self.cw), 0
+        self.props = [make_propagator(encoder.layers[k], self.S, self.cw, k == 0, task.dtype,
                                       task.device, task.method) for k in range(task.layer + 1)]
         layer = encoder.layers[task.layer]
         self.project = unit_projection(layer, task.readout, task.units, task.dtype, task.device)
@@ -309,6 +332,7 @@ class _Accumulator:
                           if self.C else [])
         self._allocate()
         self.pos = self.first
+        self._columns()
 
     def _allocate(self) -> None:
         """Zero accumulators: H x (C+1)*S x E (compute dtype ``st``, float64 ``master``; the
@@ -349,6 +373,8 @@ class _Accumulator:
             out["reset"] = bool(t.reset)
         if t.shard is not None:
             out["shard"] = (self.start, self.stop, self.first)
+        if self.passes > 1:
+            out["columns"] = self.cw
         return out
 
     def fingerprint(self, encoder: RecurrentEncoder) -> str:
@@ -358,9 +384,12 @@ class _Accumulator:
 
     def payload(self) -> dict:
         """Position, states, tangents and accumulators (tensors; None where unused)."""
-        return {"position": self.pos, "states": [list(p.state) for p in self.props],
-                "tangents": [list(p.tangents) for p in self.props],
-                **{name: getattr(self, name) for name in ACCUMULATORS}}
+        out = {"position": self.pos, "states": [list(p.state) for p in self.props],
+               "tangents": [list(p.tangents) for p in self.props],
+               **{name: getattr(self, name) for name in ACCUMULATORS}}
+        if self.passes > 1:
+            out["column_pass"] = self.pass_
+        return out
 
     def restore(self, saved: dict, path: Any) -> None:
         """Continue from a checked :meth:`payload` (same shapes and dtypes)."""
@@ -369,6 +398,14 @@ class _Accumulator:
             raise MemlensError(f"checkpoint {path} is damaged or was edited (position {pos!r} "
                                f"outside {self.first}..{self.stop}): delete it or run without "
                                "--resume")
+        if self.passes > 1:
+            done = saved.get("column_pass")
+            if not _is_int(done) or not 0 <= done < self.passes:
+                raise MemlensError(f"checkpoint {path} is damaged or was edited (column pass "
+                                   f"{done!r} outside 0..{self.passes - 1}): delete it or run "
+                                   "without --resume")
+            self.pass_ = int(done)
+            self._columns()
         for p, state, tans in zip(self.props, saved["states"], saved["tangents"]):
             p.state = tuple(state)
             p.tangents = list(tans)
@@ -376,6 +413,35 @@ class _Accumulator:
             if getattr(self, name) is not None:
                 getattr(self, name).copy_(saved[name])
         self.pos = int(pos)
+
+    # -- column passes -----------------------------------------------------------------------
+    @property
+    def vpos(self) -> int:
+        """The position counted over all column passes (pass p's position t: p * span + t)."""
+        return self.pass_ * (self.stop - self.first) + self.pos
+
+    @property
+    def vstop(self) -> int:
+        """Where the last column pass ends, in :attr:`vpos` units."""
+        return (self.passes - 1) * (self.stop - self.first) + self.stop
+
+    def _columns(self) -> None:
+        """Point the propagators at the input columns of pass ``pass_`` (restarting them);
+        ``cols``: the accumulator columns it adds, ``off``: where they begin in its tangents."""
+        if self.passes == 1:
+            self.cols, self.off = slice(None), 0
+            return
+        lo = min(self.pass_ * self.cw, self.E - self.cw)
+        self.cols = slice(self.pass_ * self.cw, min(self.E, (self.pass_ + 1) * self.cw))
+        self.off = self.cols.start - lo
+        for p in self.props:
+            p.set_columns(lo)
+
+    def next_pass(self) -> None:
+        """Start the next column pass from the stream's first position."""
+        self.pass_ += 1
+        self.pos = self.first
+        self._columns()
 
     # -- one chunk ---------------------------------------------------------------------------
     def _block(self, t: int) -> int:
@@ -391,7 +457,10 @@ class _Accumulator:
             done = a + k + 1
             if guard.requested:
                 break
-        self._count(c, done - a)
+        if self.pass_ == 0:
+            self._count(c, done - a)
+        if self.norms is not None and done > a:
+            self._keep_norms(c, done - a)
         self.pos = done
 
     def _plan(self, a: int, b: int) -> _Chunk:
@@ -430,11 +499,17 @@ class _Accumulator:
             x, dx = p.output, p.output_tangent()
         if c.sel[k]:
             R = self._readout()
+            if self.off:
+                R = R[:, :, self.off:]
             if self.nbuf is not None:
                 torch.linalg.vector_norm(R, dim=(0, 2), out=self.nbuf[k])
-            self.st.index_add_(1, c.idx0_d[k], R)
+            if self.passes == 1:
+                self.st.index_add_(1, c.idx0_d[k], R)
+            else:
+                self.st[:, :, self.cols].index_add_(1, c.idx0_d[k], R)
             for ix in c.idx_x_d:
-                self.st_x.index_add_(1, ix[k], R)
+                (self.st_x if self.passes == 1 else self.st_x[:, :, self.cols]).index_add_(
+                    1, ix[k], R)
         if (t + 1) % task.flush_every == 0 or t + 1 == self.stop or \
                 self._block(t + 1) != self._block(t):
             self.flush(t)
@@ -444,7 +519,7 @@ class _Accumulator:
         R = self.props[self.task.layer].readout(self.task.readout)
         if self.project is not None:
             R = self.project @ R
-        return R.view(self.H, self.S, self.E)
+        return R.view(self.H, self.S, self.cw)
 
     def flush(self, t: int) -> None:
         """Move the short-term sums of targets up to t into the float64 masters."""
@@ -475,8 +550,6 @@ class _Accumulator:
             for ix in (c.idx0, *c.idx_x):
                 self.cblock_counts.view(-1).index_add_(
                     0, (blk.unsqueeze(1) * ((self.C + 1) * S) + ix[:n])[lv], ones)
-        if self.norms is not None and n:
-            self._keep_norms(c, n)
 
     def _keep_norms(self, c: _Chunk, n: int) -> None:
         """The norms of the first n targets' counted pairs, slot order -> delay order, into
@@ -487,7 +560,11 @@ class _Accumulator:
             return
         vals = self.nbuf[lo:n].to("cpu", torch.float32)
         vals = torch.where(c.live[lo:n], vals, torch.zeros((), dtype=torch.float32))
-        self.norms[a + lo - self.start:a + n - self.start].scatter_(1, c.delays[lo:n], vals)
+        rows = self.norms[a + lo - self.start:a + n - self.start]
+        if self.passes == 1:
+            rows.scatter_(1, c.delays[lo:n], vals)
+        else:  # squares, added over the passes (the square root in :meth:`sums`)
+            rows.scatter_add_(1, c.delays[lo:n], vals * vals)
 
     # -- the result --------------------------------------------------------------------------
     def sums(self, processed: int, elapsed: float) -> Sums:
@@ -499,10 +576,12 @@ class _Accumulator:
             cls = cls + self.master_x.view(H, nbk, S, E)[:, :C]
         cnt = self.counts.view(nbk, S)
         macs = sum(p.macs_per_step() for p in self.props)
+        steps = processed  # stream positions: over all column passes, the steps / passes
+        processed = processed / self.passes if self.passes > 1 else processed
         stats = {"tokens_processed": processed, "seconds": elapsed,
                  "tokens_per_second": processed / elapsed if elapsed > 0 else float("nan"),
-                 "macs_per_token": macs, "macs_per_second": macs * processed / elapsed
-                 if elapsed > 0 else float("nan"),
+                 "macs_per_token": macs * self.passes, "macs_per_second": macs * steps / elapsed
+                 if elapsed > 0 else float("nan"), "column_passes": self.passes,
                  "nominal_flops_per_token": 2 * 4 * H * H * self.task.max_delay * E,
                  "warmup_tokens": self.start - self.first,
                  "dtype": str(self.task.dtype).replace("torch.", ""),
@@ -511,7 +590,8 @@ class _Accumulator:
         norms = None
         if self.norms is not None:
             norms = np.zeros((self.T, S), dtype=np.float32)
-            norms[self.start:self.stop] = self.norms.numpy()
+            norms[self.start:self.stop] = (self.norms.sqrt() if self.passes > 1
+                                           else self.norms).numpy()
         return Sums(sums=m.sum(1).permute(1, 0, 2).cpu().numpy(), counts=cnt.sum(0).numpy(),
                     class_sums=cls.permute(1, 2, 0, 3).cpu().numpy(),
                     class_counts=(cnt[:C] + self.counts_x.view(nbk, S)[:C]).numpy(),

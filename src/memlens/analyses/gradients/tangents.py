@@ -76,6 +76,7 @@ class LayerPropagator:
         self.I = layer.input_size
         self.S, self.E = slots, block
         self.N = slots * block
+        self.lo = 0  # first input column of the tangents (:meth:`set_columns`)
         self.generic = False
         self.state_names = layer.state_names
         H, N = self.H, self.N
@@ -118,6 +119,15 @@ class LayerPropagator:
     def reset_state(self) -> None:
         """Restart the primal state from the layer's initial state (zeros)."""
         self.state = tuple(torch.zeros_like(v) for v in self.state)
+
+    def set_columns(self, lo: int) -> None:
+        """Carry the tangents of input columns lo..lo+E-1 (layer 0; a pass of a column-chunked
+        run): a new source's block is those columns of the folded input matrix. The state and
+        tangents restart (a pass runs the stream from its start)."""
+        self.lo = int(lo)
+        self.reset_state()
+        for tan in self.tangents:
+            tan.zero_()
 
     @property
     def output(self) -> Tensor:
@@ -184,7 +194,7 @@ class LayerPropagator:
         P = self.P
         if self.first:
             torch.mm(self.ABh, dh, out=P)
-            self._slot(P, slot).copy_(self.ABx)
+            self._slot(P, slot).copy_(self.ABx[:, self.lo:self.lo + self.E])
             self._slot(dc, slot).zero_()
         else:
             self._slot(dc, slot).zero_()
@@ -216,7 +226,7 @@ class LayerPropagator:
         P = self.P
         if self.first:
             torch.mm(self.Fh, dh, out=P)
-            self._slot(P, slot).copy_(self.Fx)
+            self._slot(P, slot).copy_(self.Fx[:, self.lo:self.lo + self.E])
             self._slot(dh, slot).zero_()
         else:
             self._slot(dh, slot).zero_()
@@ -242,7 +252,7 @@ class LayerPropagator:
         P = self.P
         if self.first:
             torch.mm(self.Fh, dh, out=P)
-            self._slot(P, slot).copy_(self.Fx)
+            self._slot(P, slot).copy_(self.Fx[:, self.lo:self.lo + self.E])
         else:
             self._slot(dh, slot).zero_()
             torch.mm(self.Fx, dx, out=P)
@@ -307,6 +317,7 @@ class GenericPropagator:
         self.initial = [leaf.clone() for leaf in self.state]
         self.tangents = [torch.zeros(self.N, *leaf.shape[1:], dtype=dtype, device=device)
                          for leaf in leaves]
+        self.lo = 0
         self.eye = torch.eye(block, self.I, dtype=dtype, device=device)
         self.H = layer.hidden_size
         self.linear = {n: r.linear for n, r in layer.readout_specs().items()}
@@ -315,6 +326,18 @@ class GenericPropagator:
     def reset_state(self) -> None:
         """Restart the primal state from the layer's ``init_state``."""
         self.state = [leaf.clone() for leaf in self.initial]
+
+    def set_columns(self, lo: int) -> None:
+        """Carry the tangents of input columns lo..lo+E-1 (see
+        :meth:`LayerPropagator.set_columns`): the new source's input tangent is those rows of
+        the identity."""
+        self.lo = int(lo)
+        eye = torch.eye(self.I, dtype=self.eye.dtype, device=self.eye.device)
+        self.eye = eye[self.lo:self.lo + self.E].contiguous()
+        self.reset_state()
+        self._cache = {}
+        for tan in self.tangents:
+            tan.zero_()
 
     def _unflatten(self, leaves):
         return pytree.tree_unflatten(list(leaves), self.spec)
