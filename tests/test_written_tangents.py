@@ -32,7 +32,25 @@ def rwkv(dtype, rescale_every=1):
     return model.to(dtype).eval()
 
 
-BUILD = {"rwkv": rwkv}
+def xlstm(dtype, weight_mode="single"):
+    torch.manual_seed(0)
+    cfg = transformers.xLSTMConfig(
+        vocab_size=V, hidden_size=8, num_hidden_layers=3, num_heads=2, qk_dim_factor=0.5,
+        v_dim_factor=1.0, ffn_proj_factor=1.0, ffn_round_up_to_multiple_of=8, chunk_size=64,
+        weight_mode=weight_mode)
+    model = transformers.xLSTMForCausalLM(cfg)
+    with torch.no_grad():  # gates away from their init, so the stabiliser m moves
+        for b in model.backbone.blocks:
+            lay = b.mlstm_layer
+            for name in ("igate_preact", "fgate_preact", "ifgate_preact"):
+                if hasattr(lay, name):
+                    getattr(lay, name).bias.normal_(1, 2)
+    return model.to(dtype).eval()
+
+
+# (weight_mode="fused" is not built: transformers 5.23's xLSTM init fails for it, a shape
+# error in _init_weights of ifgate_preact)
+BUILD = {"rwkv": rwkv, "xlstm": xlstm}
 
 
 def rel_err(a, b):
