@@ -185,6 +185,7 @@ def _load_hf(spec: str, vocab, device, unit) -> LoadedModel:
         encoder.set_tokenizer(None)  # the user's symbols, as given
     info = describe(encoder, spec)
     info["arch"] = f"hf-{encoder.model_type}"
+    info["blocks"] = [lay.kind for lay in encoder.layers]  # e.g. mamba2, attention (hybrids)
     info["weights_dtype"] = encoder.weights_dtype  # as stored; analysed in float32 or float64
     encoder = encoder.to(device).eval()
     return LoadedModel(encoder, encoder, "word", info, {})

@@ -182,6 +182,21 @@ class Layout:
         return out
 
 
+def check_model_regime(context: Context, model: object | None) -> None:
+    """Refuse a regime that carries the state across the whole stream (``stream``,
+    ``segment:S``) for a model with layers whose state grows with the context (attention
+    blocks of a hybrid: ``layer.context_grows``): one-line MemlensError naming the layers.
+    Every analysis that takes ``context=`` calls it right after parsing the regime."""
+    grows = [i for i, lay in enumerate(getattr(model, "layers", None) or ())
+             if getattr(lay, "context_grows", False)]
+    if not grows or context.resets:
+        return
+    name = getattr(model, "model_type", None) or type(model).__name__
+    raise MemlensError(f"{name} has attention blocks (layers {', '.join(map(str, grows))}): "
+                       f"its context grows without bound in the {context.kind} regime; use "
+                       "--context window:N (e.g. window:256) or sentence (context= in the API)")
+
+
 def layout(context: Context, length: int, sentence_starts: np.ndarray | None = None,
            what: str = "the stream") -> Layout:
     """The :class:`Layout` of ``context`` over a stream of ``length`` positions.
@@ -220,4 +235,4 @@ def layout(context: Context, length: int, sentence_starts: np.ndarray | None = N
     return Layout(context, rows, starts, True, targets)
 
 
-__all__ = ["KINDS", "Context", "Layout", "layout"]
+__all__ = ["KINDS", "Context", "Layout", "check_model_regime", "layout"]

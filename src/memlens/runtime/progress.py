@@ -344,6 +344,19 @@ def _describe(leaf: Any) -> tuple:
     return (type(leaf).__name__,)
 
 
+def _grown(got: Any, fresh: Any) -> bool:
+    """Whether ``got`` is ``fresh`` grown along dimension 1: a tensor that starts empty there
+    (an attention block's key/value cache, B x 0 x ...; its tangents N x 0 x ...) holds the
+    positions read since the last reset, any number of them; every other dimension and the
+    dtype must match."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(got, torch.Tensor) or not isinstance(fresh, torch.Tensor):
+        return False
+    return (fresh.dim() >= 2 and fresh.shape[1] == 0 and got.dim() == fresh.dim()
+            and got.dtype == fresh.dtype and got.shape[0] == fresh.shape[0]
+            and got.shape[2:] == fresh.shape[2:])
+
+
 def _check_npz(path: Path) -> None:
     """Refuse an .npz whose members declare more bytes than they hold (before loading)."""
     size = path.stat().st_size
@@ -530,7 +543,7 @@ class RunCheckpoint:
             extra = sorted(set(got) ^ set(want))
             raise self._bad(f"entry {extra[0]!r} missing or unexpected")
         for name, leaf in want.items():
-            if _describe(got[name]) != _describe(leaf):
+            if _describe(got[name]) != _describe(leaf) and not _grown(got[name], leaf):
                 raise self._bad(f"{name} is {_describe(got[name])}, expected {_describe(leaf)}")
 
 

@@ -42,7 +42,7 @@ from memlens.models.encoder import RecurrentEncoder, as_encoder
 from memlens.models.inputs import Stream, as_stream, sentence_starts
 from memlens.protocol import Site
 from memlens.runtime import distributed
-from memlens.runtime.context import Context, Layout, layout
+from memlens.runtime.context import Context, Layout, check_model_regime, layout
 from memlens.runtime.options import MAX_POSITIONS, Checkpointing, RunOptions, as_options
 
 #: the readout role read when the site names none: the layer's memory (LSTM: the cell state)
@@ -137,6 +137,7 @@ def state_gradients(model: nn.Module, inputs, max_delay: int, *, site: Site | No
     site = resolve_site(enc, site)
     stream = as_stream(enc, inputs, "inputs", classes)
     regime = Context.parse(context)
+    check_model_regime(regime, enc)
     rows = layout(regime, len(stream), sentence_starts(enc, stream)
                   if regime.kind == "sentence" else None)
     check_delays(max_delay, None, len(stream))

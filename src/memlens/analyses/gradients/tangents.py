@@ -324,8 +324,13 @@ class GenericPropagator:
         self._cache: dict[str, Tensor] = {}
 
     def reset_state(self) -> None:
-        """Restart the primal state from the layer's ``init_state``."""
+        """Restart the primal state from the layer's ``init_state`` (tangents zero, in the
+        initial shapes: a state that grows, an attention block's key/value cache, restarts
+        empty)."""
         self.state = [leaf.clone() for leaf in self.initial]
+        self.tangents = [t if t.shape[1:] == s.shape[1:] else
+                         t.new_zeros(self.N, *s.shape[1:])
+                         for t, s in zip(self.tangents, self.state)]
 
     def set_columns(self, lo: int) -> None:
         """Carry the tangents of input columns lo..lo+E-1 (see
@@ -378,8 +383,8 @@ class GenericPropagator:
     def step(self, x: Tensor, dx: Tensor | None, slot: int) -> None:
         """Advance primal state and all tangents by one step (see LayerPropagator.step)."""
         self._cache = {}
-        for tan in self.tangents:
-            tan.view(self.S, self.E, -1)[slot].zero_()
+        for tan in self.tangents:  # shape-preserving view: a leaf may hold no values yet
+            tan.view(self.S, self.E, *tan.shape[1:])[slot].zero_()
         if self.first:
             tx = torch.zeros(self.S, self.E, self.I, dtype=x.dtype, device=x.device)
             tx[slot] = self.eye

@@ -40,7 +40,7 @@ from memlens.models.encoder import as_encoder
 from memlens.models.inputs import Stream, as_stream
 from memlens.models.states import extract_states
 from memlens.protocol import Site
-from memlens.runtime.context import Context
+from memlens.runtime.context import Context, check_model_regime
 from memlens.runtime.options import Bootstrap, RunOptions, as_options
 
 
@@ -124,6 +124,7 @@ def memory_signature(model: nn.Module, train_inputs, heldout_inputs, max_delay: 
     decoder = choose_decoder(decoder, sym.size)
     work = _working_copy(encoder, opts)
     regime = Context.parse(context)
+    check_model_regime(regime, encoder)
     if regime.kind == "stream":
         tr_x = extract_states(work, train.values, [site])[site]
         he_x = extract_states(work, held.values, [site])[site]

@@ -61,7 +61,7 @@ from memlens.models.ngram import KneserNeyLM, window_states
 from memlens.models.window_lm import WindowLM
 from memlens.protocol import Site
 from memlens.runtime import distributed
-from memlens.runtime.context import Context, Layout
+from memlens.runtime.context import Context, Layout, check_model_regime
 from memlens.runtime.html import span_text
 from memlens.runtime.progress import Interrupted
 
@@ -194,6 +194,7 @@ class Scorer:
         self.cfg, self.inputs, self.result = cfg, inputs, result
         self.checkpoint, self.log = checkpoint, log
         self.regime = Context.parse(cfg.context)
+        check_model_regime(self.regime, inputs.loaded.encoder)
         self.rows: list[Layout] = []       # train, held-out layouts (not under stream)
         self.targets: list[tuple[np.ndarray, np.ndarray]] = []
         if self.regime.kind != "stream":

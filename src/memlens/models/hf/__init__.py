@@ -1,11 +1,14 @@
 """Today's recurrent language models from Hugging Face transformers: Mamba, FalconMamba, Mamba-2,
-RWKV and xLSTM.
+RWKV and xLSTM, and the hybrids Bamba, Jamba, LFM2 and Qwen3-Next (recurrent, short-convolution or
+gated DeltaNet blocks with attention).
 
 Modules: :mod:`.registry` (the family registry, ``register_family``), :mod:`.common`
 (:func:`load_hf`, :func:`from_hf`, the tokenizer's symbols), :mod:`.block` (the block layer
 and head every family shares), :mod:`.corpus` (corpora in the model's own tokens), and one
-module per family (:mod:`.mamba` with FalconMamba, :mod:`.mamba2`, :mod:`.rwkv`, :mod:`.xlstm`)
-with its registry line below.
+module per family (:mod:`.mamba` with FalconMamba, :mod:`.mamba2`, :mod:`.rwkv`, :mod:`.xlstm`,
+the hybrids :mod:`.bamba`, :mod:`.jamba`, :mod:`.lfm2`, :mod:`.qwen3_next` with their shared
+attention block in
+:mod:`.hybrid`) with its registry line below.
 
 :func:`from_hf` turns a ``MambaForCausalLM``, ``RwkvForCausalLM`` or ``xLSTMForCausalLM`` (or a
 directory / name that ``from_pretrained`` resolves) into a :class:`RecurrentEncoder`:
@@ -31,7 +34,16 @@ directory / name that ``from_pretrained`` resolves) into a :class:`RecurrentEnco
           time-mix and channel-mix, hidden size each)
   xLSTM   ``C`` (heads x d_qk x d_v matrix memory), ``n`` (heads x d_qk normaliser),
           ``m`` (heads: the stabiliser)
+  Bamba   Mamba-2 blocks as Mamba2; attention blocks ``hidden`` only
+  Jamba   Mamba blocks as Mamba; attention blocks ``hidden`` only
+  LFM2    short-convolution blocks ``conv`` (hidden x (conv_L_cache - 1)); attention
+          blocks ``hidden`` only
+  Qwen3N  gated DeltaNet blocks ``memory`` (value heads x d_k x d_v matrix state; units
+          ``head:H``), ``conv``; gated attention blocks ``hidden`` only
   ======  ==========================================================================
+
+  An attention block's state is the key/value cache of the positions since the last reset
+  (not a readout): hybrids are analysed in ``window:N`` or ``sentence`` (:mod:`.hybrid`).
 
 * **head** (context ablation only): the final norm and the LM head (and xLSTM's logit soft cap).
 * **vocabulary**: the tokenizer's tokens, shown decoded (``tokenizer.decode([id])``; the raw
@@ -46,9 +58,13 @@ that inference form, as its own forward in eval mode does.
 """
 
 
+from memlens.models.hf.bamba import BambaAttentionLayer, BambaFamily, BambaMambaLayer
 from memlens.models.hf.block import HFBlockLayer, HFHead, HFState
 from memlens.models.hf.common import from_hf, hf_symbols, load_hf
 from memlens.models.hf.corpus import SubwordCorpus, tokenize_corpus
+from memlens.models.hf.hybrid import AttentionLayer
+from memlens.models.hf.jamba import JambaAttentionLayer, JambaFamily, JambaMambaLayer
+from memlens.models.hf.lfm2 import Lfm2AttentionLayer, Lfm2ConvLayer, Lfm2Family
 from memlens.models.hf.mamba import (
     FalconMambaFamily,
     FalconMambaLayer,
@@ -56,6 +72,11 @@ from memlens.models.hf.mamba import (
     MambaLayer,
 )
 from memlens.models.hf.mamba2 import Mamba2Family, Mamba2Layer
+from memlens.models.hf.qwen3_next import (
+    GatedDeltaNetLayer,
+    Qwen3NextAttentionLayer,
+    Qwen3NextFamily,
+)
 from memlens.models.hf.registry import (
     FAMILIES,
     HFFamily,
@@ -73,9 +94,16 @@ register_family("falcon_mamba", FalconMambaFamily())
 register_family("mamba2", Mamba2Family())
 register_family("rwkv", RwkvFamily())
 register_family("xlstm", XLSTMFamily())
+register_family("bamba", BambaFamily())  # hybrids: window:N or sentence only (.hybrid)
+register_family("jamba", JambaFamily())
+register_family("lfm2", Lfm2Family())
+register_family("qwen3_next", Qwen3NextFamily())  # gated DeltaNet + gated attention
 
-__all__ = ["FAMILIES", "FalconMambaFamily", "FalconMambaLayer", "HFBlockLayer", "HFFamily",
-           "HFHead", "HFState", "Mamba2Family", "Mamba2Layer", "MambaFamily", "MambaLayer",
-           "RwkvFamily", "RwkvLayer", "SubwordCorpus", "XLSTMFamily", "XLSTMLayer", "family_of",
-           "from_hf", "hf_symbols", "load_hf", "register_family", "supported_text",
-           "tokenize_corpus", "unregister_family"]
+__all__ = ["AttentionLayer", "BambaAttentionLayer", "BambaFamily", "BambaMambaLayer", "FAMILIES",
+           "FalconMambaFamily", "FalconMambaLayer", "GatedDeltaNetLayer", "HFBlockLayer",
+           "HFFamily", "HFHead", "HFState", "JambaAttentionLayer", "JambaFamily",
+           "JambaMambaLayer", "Lfm2AttentionLayer", "Lfm2ConvLayer", "Lfm2Family", "Mamba2Family",
+           "Mamba2Layer", "MambaFamily", "MambaLayer", "Qwen3NextAttentionLayer",
+           "Qwen3NextFamily", "RwkvFamily", "RwkvLayer", "SubwordCorpus", "XLSTMFamily",
+           "XLSTMLayer", "family_of", "from_hf", "hf_symbols", "load_hf", "register_family",
+           "supported_text", "tokenize_corpus", "unregister_family"]

@@ -7,7 +7,7 @@ is the same block with RMS norms on dt, B and C: :class:`FalconMambaLayer`, same
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -35,20 +35,33 @@ class MambaLayer(HFBlockLayer):
 
     kind = "mamba"
     tangent_rule = TangentRule.WRITTEN  # jvp_step below
+    # the block's mixer and pre-norm attributes (a hybrid's decoder layer names them otherwise)
+    mixer_attr: ClassVar[str] = "mixer"
+    norm_attr: ClassVar[str] = "norm"
 
     def __init__(self, block: nn.Module, config: Any, index: int):
         super().__init__(block, config.hidden_size, index)
-        mix = block.mixer
-        self.eps = float(block.norm.variance_epsilon)
+        mix = self.mixer
+        self.eps = float(self.norm.variance_epsilon)
         self.act = _activation(config.hidden_act)
         self.rank, self.n = int(mix.time_step_rank), int(mix.ssm_state_size)
         di, k = int(mix.intermediate_size), int(mix.conv_kernel_size)
         self.components = {"hidden": (self.hidden_size,), "ssm": (di, self.n),
                            "conv": (di, k - 1)}
 
+    @property
+    def mixer(self) -> nn.Module:
+        """The block's Mamba mixer (``block.<mixer_attr>``)."""
+        return getattr(self.block, self.mixer_attr)
+
+    @property
+    def norm(self) -> nn.Module:
+        """The block's RMSNorm before the mixer (``block.<norm_attr>``)."""
+        return getattr(self.block, self.norm_attr)
+
     def step(self, x: Tensor, state: HFState) -> HFState:
-        mix = self.block.mixer
-        xz = F.linear(_rms(x, None, self.eps) * self.block.norm.weight, mix.in_proj.weight,
+        mix = self.mixer
+        xz = F.linear(_rms(x, None, self.eps) * self.norm.weight, mix.in_proj.weight,
                       mix.in_proj.bias)
         u, z = xz.chunk(2, dim=-1)
         window = torch.cat([state["conv"], u.unsqueeze(-1)], -1)  # B x Di x K
@@ -90,8 +103,8 @@ class MambaLayer(HFBlockLayer):
         with dc = act'(pre) (conv taps . [dconv, du]), ddt = sigmoid(.) dt_proj(d dt_r), and the
         RMSNorm derivative d(x r) = r dx - r^3 x mean(x dx). Equal to ``torch.func.jvp`` of
         ``step`` (tests/test_hf.py)."""
-        mix = self.block.mixer
-        w_norm = self.block.norm.weight
+        mix = self.mixer
+        w_norm = self.norm.weight
         r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         xn = x * r * w_norm
         dxn = (dx * r - x * r.pow(3) * (dx * x).mean(-1, keepdim=True)) * w_norm
@@ -156,7 +169,7 @@ class FalconMambaLayer(MambaLayer):
     kind = "falcon_mamba"
 
     def _eps(self) -> float:
-        return float(self.block.mixer.b_layernorm.eps)
+        return float(self.mixer.b_layernorm.eps)
 
     def _select(self, dt: Tensor, b: Tensor, cc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         # the mixer's weightless norms, in the input's dtype (its own forward rounds them to

@@ -34,11 +34,14 @@ class Mamba2Layer(HFBlockLayer):
     kind = "mamba2"
     unit_families: ClassVar[tuple[str, ...]] = ("head", "heads")
     unit_owner: ClassVar[str] = "a Mamba-2 block"
+    # the block's mixer and pre-norm attributes (a hybrid's decoder layer names them otherwise)
+    mixer_attr: ClassVar[str] = "mixer"
+    norm_attr: ClassVar[str] = "norm"
 
     def __init__(self, block: nn.Module, config: Any, index: int):
         super().__init__(block, config.hidden_size, index)
-        mix = block.mixer
-        self.eps = float(block.norm.variance_epsilon)
+        mix = self.mixer
+        self.eps = float(self.norm.variance_epsilon)
         self.act = _activation(config.hidden_act)
         self.heads, self.head_dim = int(mix.num_heads), int(mix.head_dim)
         self.groups, self.n = int(mix.n_groups), int(mix.ssm_state_size)
@@ -48,6 +51,16 @@ class Mamba2Layer(HFBlockLayer):
                            "ssm": (self.heads, self.head_dim, self.n),
                            "conv": (self.conv_dim, k - 1)}
 
+    @property
+    def mixer(self) -> nn.Module:
+        """The block's Mamba-2 mixer (``block.<mixer_attr>``)."""
+        return getattr(self.block, self.mixer_attr)
+
+    @property
+    def norm(self) -> nn.Module:
+        """The block's RMSNorm before the mixer (``block.<norm_attr>``)."""
+        return getattr(self.block, self.norm_attr)
+
     def _per_head(self, v: Tensor) -> Tensor:
         """B x (groups * n) -> B x heads x n (each group's values for its heads)."""
         v = v.view(v.shape[0], self.groups, self.n)
@@ -56,7 +69,7 @@ class Mamba2Layer(HFBlockLayer):
     def _gated_norm(self, y: Tensor, z: Tensor) -> Tensor:
         """The mixer's ``MambaRMSNormGated`` (weight, eps, group size read from it) in the
         input's dtype (its own forward rounds to float32, which equals this in float32)."""
-        norm = self.block.mixer.norm
+        norm = self.mixer.norm
         g = y * F.silu(z)
         size = int(norm.group_size)
         g = _rms(g.view(*g.shape[:-1], g.shape[-1] // size, size), None,
@@ -64,8 +77,8 @@ class Mamba2Layer(HFBlockLayer):
         return norm.weight * g.view(*y.shape)
 
     def step(self, x: Tensor, state: HFState) -> HFState:
-        mix = self.block.mixer
-        proj = F.linear(_rms(x, self.block.norm.weight, self.eps), mix.in_proj.weight,
+        mix = self.mixer
+        proj = F.linear(_rms(x, self.norm.weight, self.eps), mix.in_proj.weight,
                         mix.in_proj.bias)
         z, u, dt = proj.split([self.inner, self.conv_dim, self.heads], dim=-1)
         window = torch.cat([state["conv"], u.unsqueeze(-1)], -1)  # B x conv_dim x K
