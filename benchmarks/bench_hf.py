@@ -52,6 +52,12 @@ def build(family: str, width: int, layers: int, vocab: int, seed: int = 0):
         cfg = transformers.MambaConfig(vocab_size=vocab, hidden_size=width, state_size=16,
                                        num_hidden_layers=layers, expand=2, conv_kernel=4)
         return transformers.MambaForCausalLM(cfg).eval()
+    if family == "mamba2":
+        cfg = transformers.Mamba2Config(vocab_size=vocab, hidden_size=width, state_size=16,
+                                        num_hidden_layers=layers, expand=2, conv_kernel=4,
+                                        num_heads=max(1, 2 * width // 16), head_dim=16,
+                                        n_groups=1, chunk_size=64)
+        return transformers.Mamba2ForCausalLM(cfg).eval()
     if family == "rwkv":
         cfg = transformers.RwkvConfig(vocab_size=vocab, hidden_size=width,
                                       num_hidden_layers=layers, context_length=1024,
@@ -63,7 +69,8 @@ def build(family: str, width: int, layers: int, vocab: int, seed: int = 0):
 
 
 def top_blocks(model, family: str):
-    return {"mamba": lambda: model.backbone.layers, "rwkv": lambda: model.rwkv.blocks,
+    return {"mamba": lambda: model.backbone.layers, "mamba2": lambda: model.backbone.layers,
+            "rwkv": lambda: model.rwkv.blocks,
             "xlstm": lambda: model.backbone.blocks}[family]()
 
 
@@ -202,7 +209,7 @@ def timed(fn):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--family", default="mamba", choices=["mamba", "rwkv", "xlstm"])
+    ap.add_argument("--family", default="mamba", choices=["mamba", "mamba2", "rwkv", "xlstm"])
     ap.add_argument("--width", type=int, default=64, help="hidden size of the comparison")
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--vocab", type=int, default=500)

@@ -50,7 +50,23 @@ def xlstm(dtype, weight_mode="single"):
 
 # (weight_mode="fused" is not built: transformers 5.23's xLSTM init fails for it, a shape
 # error in _init_weights of ifgate_preact)
-BUILD = {"rwkv": rwkv, "xlstm": xlstm}
+def mamba2(dtype):
+    torch.manual_seed(0)
+    cfg = transformers.Mamba2Config(vocab_size=V, hidden_size=16, state_size=4,
+                                    num_hidden_layers=3, expand=2, conv_kernel=3, num_heads=8,
+                                    head_dim=4, n_groups=2, chunk_size=4,
+                                    time_step_limit=(0.0, 2.0))
+    model = transformers.Mamba2ForCausalLM(cfg)
+    with torch.no_grad():  # off the init: decays, skips, gated norm
+        for b in model.backbone.layers:
+            b.mixer.A_log.normal_(0, 1)
+            b.mixer.dt_bias.normal_(0, 1)
+            b.mixer.D.normal_(0, 1)
+            b.mixer.norm.weight.normal_(1, 0.3)
+    return model.to(dtype).eval()
+
+
+BUILD = {"rwkv": rwkv, "xlstm": xlstm, "mamba2": mamba2}
 
 
 def rel_err(a, b):

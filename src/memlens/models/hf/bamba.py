@@ -17,6 +17,7 @@ from memlens.models.hf.block import HFBlockLayer, HFHead, HFState
 from memlens.models.hf.hybrid import AttentionLayer, feed_forward
 from memlens.models.hf.mamba2 import Mamba2Layer
 from memlens.models.hf.registry import HFFamily
+from memlens.protocol import TangentRule
 
 
 class BambaMambaLayer(Mamba2Layer):
@@ -26,6 +27,7 @@ class BambaMambaLayer(Mamba2Layer):
     ``feed_forward``."""
 
     kind = "mamba2"
+    tangent_rule = TangentRule.GENERIC  # Mamba2Layer.jvp_step does not cover the MLP
     mixer_attr = "mamba"
     norm_attr = "input_layernorm"
 

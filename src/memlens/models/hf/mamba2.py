@@ -3,7 +3,8 @@
 the multi-head SSM state) and ``conv`` (conv_dim x (conv_kernel - 1): the last inputs of the
 causal convolution over [x, B, C]; HF's cache keeps one more, unused, column). Per head: the
 unit sets ``head:H`` of the ``ssm`` readout (head H's head_dim x d_state values) and the
-split ``heads`` (one set per head). Tangents: the generic ``torch.func.jvp`` path."""
+split ``heads`` (one set per head). Tangents: the written-out :meth:`Mamba2Layer.jvp_step`
+(``method="generic"`` for ``torch.func.jvp``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from memlens.core.errors import MemlensError
-from memlens.models.hf.block import HFBlockLayer, HFHead, HFState, _activation, _rms
+from memlens.models.hf.block import (
+    HFBlockLayer,
+    HFHead,
+    HFState,
+    _activation,
+    _rms,
+    _value_and_slope,
+)
 from memlens.models.hf.registry import HFFamily
 from memlens.protocol.units import UnitSet
 
@@ -97,6 +105,78 @@ class Mamba2Layer(HFBlockLayer):
         y = self._gated_norm(y.reshape(-1, self.inner), z)
         out = F.linear(y, mix.out_proj.weight, mix.out_proj.bias)
         return {"hidden": x + out, "ssm": ssm, "conv": window[..., 1:]}
+
+    # -- the written-out derivative (TangentRule.WRITTEN) ------------------------------------
+    def _gated_norm_jvp(self, y: Tensor, dy: Tensor, z: Tensor, dz: Tensor
+                        ) -> tuple[Tensor, Tensor]:
+        """:meth:`_gated_norm` and its derivative: g = y silu(z), dg = dy silu(z) + y silu'(z)
+        dz, then per group d(g r) = r dg - r^3 g mean(g dg), times the weight."""
+        norm = self.mixer.norm
+        gate, slope = _value_and_slope(F.silu, z)
+        g, dg = y * gate, dy * gate + y * slope * dz
+        size, eps = int(norm.group_size), float(norm.variance_epsilon)
+        gv, dgv = (t.view(*t.shape[:-1], t.shape[-1] // size, size) for t in (g, dg))
+        r = torch.rsqrt(gv.pow(2).mean(-1, keepdim=True) + eps)
+        out = (gv * r).view(*y.shape)
+        dout = (dgv * r - gv * r.pow(3) * (gv * dgv).mean(-1, keepdim=True)).view(*dy.shape)
+        return norm.weight * out, norm.weight * dout
+
+    def jvp_step(self, x: Tensor, state: HFState, dx: Tensor, dstate: HFState
+                 ) -> tuple[HFState, HFState]:
+        """``step`` at one point (x: 1 x H, state batch 1) and its forward-mode derivative for
+        N tangents at once (dx: N x H, dstate: N x ...), the primal computed once:
+
+            dssm' = E dssm + ddt (a E ssm + B xs) + dt (dB xs + B dxs),  E = exp(a dt)
+            dy = sum_n (dssm' C + ssm' dC) + D dxs;  ddt = sigmoid(dt_raw) d dt_raw inside the
+            clamp (0 where it clips);  dc = act'(pre) (conv taps . [dconv, du]);
+
+        the RMSNorm and the gated group norm written out. Equal to ``torch.func.jvp`` of
+        ``step`` (tests/test_written_tangents.py)."""
+        mix = self.mixer
+        w_norm = self.norm.weight
+        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        xn = x * r * w_norm
+        dxn = (dx * r - x * r.pow(3) * (dx * x).mean(-1, keepdim=True)) * w_norm
+        sizes = [self.inner, self.conv_dim, self.heads]
+        z, u, dt_in = F.linear(xn, mix.in_proj.weight, mix.in_proj.bias).split(sizes, dim=-1)
+        dz, du, ddt_in = F.linear(dxn, mix.in_proj.weight).split(sizes, dim=-1)
+        taps = mix.conv1d.weight[:, 0, :]
+        window = torch.cat([state["conv"], u.unsqueeze(-1)], -1)
+        dwindow = torch.cat([dstate["conv"], du.unsqueeze(-1)], -1)
+        pre = (window * taps).sum(-1)
+        if mix.conv1d.bias is not None:
+            pre = pre + mix.conv1d.bias
+        c, act_slope = _value_and_slope(self.act, pre)
+        dc = (dwindow * taps).sum(-1) * act_slope
+        cuts = [self.inner, self.groups * self.n, self.groups * self.n]
+        xs, b, cc = c.split(cuts, dim=-1)
+        dxs, db, dcc = dc.split(cuts, dim=-1)
+        xs, dxs = xs.view(-1, self.heads, self.head_dim), dxs.view(-1, self.heads, self.head_dim)
+        b, db, cc, dcc = (self._per_head(t) for t in (b, db, cc, dcc))   # . x heads x n
+        lo, hi = mix.time_step_limit
+        raw = dt_in + mix.dt_bias
+        sp = F.softplus(raw)
+        dt = torch.clamp(sp, min=lo, max=hi)
+        ddt = ddt_in * torch.sigmoid(raw) * ((sp >= lo) & (sp <= hi)).to(sp.dtype)
+        a = -torch.exp(mix.A_log)
+        decay = torch.exp(a * dt)                                           # 1 x heads
+        drive = dt[..., None] * b                                          # 1 x heads x n
+        ssm = decay[..., None, None] * state["ssm"] + drive[:, :, None, :] * xs.unsqueeze(-1)
+        dssm = dstate["ssm"] * decay[..., None, None]
+        dssm.add_((ddt * a * decay)[..., None, None] * state["ssm"])
+        dssm.add_((ddt[..., None] * b)[:, :, None, :] * xs.unsqueeze(-1))
+        dssm.add_((dt[..., None] * db)[:, :, None, :] * xs.unsqueeze(-1))
+        dssm.add_(drive[:, :, None, :] * dxs.unsqueeze(-1))
+        y = (ssm * cc[:, :, None, :]).sum(-1) + xs * mix.D[:, None]
+        dy = ((dssm * cc[:, :, None, :]).sum(-1) + (ssm * dcc[:, :, None, :]).sum(-1)
+              + dxs * mix.D[:, None])
+        yn, dyn = self._gated_norm_jvp(y.reshape(-1, self.inner), dy.reshape(-1, self.inner),
+                                       z, dz)
+        out = F.linear(yn, mix.out_proj.weight, mix.out_proj.bias)
+        new = {"hidden": x + out, "ssm": ssm, "conv": window[..., 1:]}
+        tangent = {"hidden": dx + F.linear(dyn, mix.out_proj.weight), "ssm": dssm,
+                   "conv": dwindow[..., 1:]}
+        return new, tangent
 
     # -- per-head unit sets of the ssm readout -------------------------------------------
     def unit_sets(self, readout: str | None = None) -> Mapping[str, str]:
