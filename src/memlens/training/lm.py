@@ -250,6 +250,7 @@ def _vocab_and_ids(cfg: TrainConfig, train_c: Corpus, valid_c: Corpus | None, lo
                            f"and <eos> (--min-freq {cfg.min_freq}): at least {MIN_SYMBOLS} are "
                            "needed for a meaningful language model")
     train_ids = vocab.encode(train_tokens)
+    log(f"training tokens: {train_ids.numel()} of {len(train_c.tokens)}")
     if train_ids.numel() < 2 * cfg.batch:
         raise MemlensError(f"training corpus has {train_ids.numel()} tokens: too short for "
                            f"batch size {cfg.batch}")
