@@ -107,6 +107,10 @@ class RecurrentEncoder(nn.Module):
         self.set_head(head)
         self.tokenizer = None
         self.model_type = None
+        # optional fast path: own_forward(ids T x B, layers) -> {layer: T x B x H} block
+        # outputs of sequences from the initial state by the wrapped model's own forward
+        # (Hugging Face families: memlens.models.hf.own_forward); None: step by step
+        self.own_forward = None
 
     def set_tokenizer(self, tokenizer: object | None) -> None:
         """Attach the model's own tokenizer.

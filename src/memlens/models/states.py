@@ -48,6 +48,7 @@ from memlens.models.encoder import RecurrentEncoder
 from memlens.protocol import Site, UnitSet, parse_unit_indices
 
 MEMMAP_BYTES = 256 * 2**20
+OWN_FORWARD_TOKENS = 4096  # tokens per call of a model's own forward (extract_segment_states)
 
 __all__ = ["MEMMAP_BYTES", "IndexStates", "Site", "View", "allocate", "check_view",
            "expand_units", "extract_segment_states", "extract_states", "parse_unit_indices",
@@ -171,6 +172,18 @@ def extract_states(encoder: RecurrentEncoder, ids: torch.Tensor | np.ndarray,
     return out
 
 
+def own_forward(encoder: RecurrentEncoder, needed: set[tuple[int, str]]):
+    """The encoder's ``own_forward`` (block outputs through the wrapped model's own forward,
+    :mod:`memlens.models.hf.own_forward`) when it can give every (layer, readout) of
+    ``needed``: token inputs, block outputs only; None otherwise (step by step)."""
+    own = getattr(encoder, "own_forward", None)
+    if own is None or encoder.input_kind != "tokens":
+        return None
+    if any(name != encoder.layers[i].output_readout for i, name in needed):
+        return None
+    return own
+
+
 @torch.no_grad()
 def extract_segment_states(encoder: RecurrentEncoder, values: torch.Tensor | np.ndarray,
                            starts: np.ndarray, views: Sequence[Site], batch: int = 256,
@@ -195,22 +208,33 @@ def extract_segment_states(encoder: RecurrentEncoder, values: torch.Tensor | np.
     first = np.unique(np.concatenate([[0], first])).astype(np.int64)
     lengths = np.diff(np.concatenate([first, [n]]))
     order = np.argsort(-lengths, kind="stable")
-    needed = {(v.layer, v.readout) for v in views}
+    needed = {(encoder.resolve_layer(v.layer), v.readout) for v in views}
     selectors = {v: unit_set(encoder, v) for v in views}
     out = {v: allocate(n, selectors[v].size, memmap_bytes) for v in views}
+    own = own_forward(encoder, needed)
     was_training = encoder.training
     encoder.eval()
     try:
-        for lo in range(0, len(order), batch):
-            group = order[lo:lo + batch]
-            width = int(lengths[group[0]])
+        lo = 0
+        while lo < len(order):
+            width = int(lengths[order[lo]])
+            # the model's own forward holds whole-sequence intermediates (e.g. Mamba's
+            # B x T x d_inner x d_state scan inputs): at most OWN_FORWARD_TOKENS per call
+            size = batch if own is None else max(1, min(batch, OWN_FORWARD_TOKENS // width))
+            group = order[lo:lo + size]
+            lo += size
             rows = first[group][None, :] + np.arange(width)[:, None]   # width x B
             valid = np.arange(width)[:, None] < lengths[group][None, :]
             x = x_all[torch.from_numpy(np.where(valid, rows, 0))].to(ref.device)
-            seqs, _ = encoder.states(x, encoder.init_state(len(group), ref.device),
-                                     readouts=needed)
+            if own is not None:
+                blocks = own(x, [layer for layer, _ in needed])
+                seqs = {(layer, name): blocks[layer] for layer, name in needed}
+            else:
+                seqs, _ = encoder.states(x, encoder.init_state(len(group), ref.device),
+                                         readouts=needed)
             for v in views:
-                vals = selectors[v](seqs[(v.layer, v.readout)]).float().cpu().numpy()
+                key = (encoder.resolve_layer(v.layer), v.readout)
+                vals = selectors[v](seqs[key]).float().cpu().numpy()
                 out[v][rows[valid]] = vals[valid]
     finally:
         encoder.train(was_training)

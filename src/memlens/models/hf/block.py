@@ -84,6 +84,12 @@ class HFBlockLayer(RecurrentLayer):
     def init_state(self, batch: int, device=None, dtype=None) -> HFState:
         return self._zeros(batch, device, dtype)
 
+    def own_output(self, output: Tensor) -> Tensor:
+        """This layer's ``hidden`` from the block module's own forward output (B x T x H; see
+        :mod:`.own_forward`): the output itself, unless the model transforms it between
+        blocks (RWKV's rescaling)."""
+        return output
+
     def forward(self, x: Tensor, state: HFState | None = None) -> tuple[Tensor, HFState]:
         seqs, state = self.sequence_states(x, state, (self.output_readout,))
         return seqs[self.output_readout], state

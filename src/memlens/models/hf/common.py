@@ -27,6 +27,7 @@ from memlens.models.hf.files import (
     resolve_hf_spec,
     stored_dtype,
 )
+from memlens.models.hf.own_forward import OwnForward
 from memlens.models.hf.registry import FAMILIES, family_of, model_type_of, unsupported
 
 
@@ -122,7 +123,8 @@ def from_hf(model_or_dir: nn.Module | str | os.PathLike, tokenizer: Any = None,
         raise MemlensError(f"from_hf() needs a transformers model or a directory, got "
                            f"{type(model_or_dir).__name__}")
     model.eval()
-    _, layers, head = family_of(model).parts(model)
+    family = family_of(model)
+    backbone, layers, head = family.parts(model)
     emb = model.get_input_embeddings()
     if not isinstance(emb, nn.Embedding):
         raise MemlensError(f"the model's input embeddings are a {type(emb).__name__}, not an "
@@ -134,6 +136,8 @@ def from_hf(model_or_dir: nn.Module | str | os.PathLike, tokenizer: Any = None,
     enc.set_tokenizer(tokenizer)
     enc.model_type = model_type_of(model)
     enc.weights_dtype = stored
+    if family.own_forward:
+        enc.own_forward = OwnForward(backbone, layers)
     loaded = isinstance(model_or_dir, nn.Module)  # a float64 model stays float64
     if "float16" in stored or (stored != "float32" and not loaded):
         how = "upcast in place" if loaded else "read as float32"

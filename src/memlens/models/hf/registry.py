@@ -26,10 +26,14 @@ class HFFamily:
 
     Subclasses set ``causal_lm`` (the causal-LM class name, e.g. "MambaForCausalLM") and
     ``backbone_attr`` (the base model's attribute in the causal LM), and define
-    :meth:`layers` (one :class:`HFBlockLayer` per block) and :meth:`head`.
+    :meth:`layers` (one :class:`HFBlockLayer` per block) and :meth:`head`. ``own_forward``:
+    whether the block outputs of sequences from the initial state may be read through the
+    model's own forward (:mod:`.own_forward`; False where a block's hooked output is not the
+    adapter's ``hidden``).
     """
 
     causal_lm: str = ""
+    own_forward: bool = True
     backbone_attr: str = "backbone"
     model_type: str = ""  # set by register_family
 

@@ -88,6 +88,13 @@ class RwkvLayer(HFBlockLayer):
         return {"hidden": x, "numerator": num2, "denominator": den2, "max": p2,
                 "att_shift": a, "ffn_shift": b}
 
+    def own_output(self, output: Tensor) -> Tensor:
+        """The block's output as the next block sees it: halved after every
+        ``rescale_every``-th block in the inference form (RwkvModel.forward)."""
+        if self.every > 0 and (self.index + 1) % self.every == 0 and self._rescaled():
+            return output / 2
+        return output
+
 
     # -- the written-out derivative (TangentRule.WRITTEN) ------------------------------------
     @staticmethod
