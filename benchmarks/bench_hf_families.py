@@ -56,6 +56,15 @@ def configs() -> dict:
             vocab_size=V, hidden_size=H, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2, intermediate_size=48, conv_L_cache=3,
             layer_types=["conv", "full_attention", "conv"])),
+        "lfm2_moe": ("Lfm2MoeForCausalLM", lambda: t.Lfm2MoeConfig(
+            vocab_size=V, hidden_size=H, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, intermediate_size=48, moe_intermediate_size=16,
+            num_experts=4, num_experts_per_tok=2, num_dense_layers=1, conv_L_cache=3,
+            layer_types=["conv", "full_attention", "conv", "full_attention"])),
+        "recurrent_gemma": ("RecurrentGemmaForCausalLM", lambda: t.RecurrentGemmaConfig(
+            vocab_size=V, hidden_size=H, num_hidden_layers=3, intermediate_size=96,
+            num_attention_heads=4, num_key_value_heads=2, attention_window_size=16,
+            conv1d_width=3, block_types=["recurrent", "attention"])),
         "qwen3_next": ("Qwen3NextForCausalLM", lambda: t.Qwen3NextConfig(
             vocab_size=V, hidden_size=H, num_hidden_layers=4,
             layer_types=["linear_attention"] * 3 + ["full_attention"], num_attention_heads=4,
@@ -63,6 +72,47 @@ def configs() -> dict:
             linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8,
             num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
             shared_expert_intermediate_size=16, decoder_sparse_step=2, mlp_only_layers=[])),
+        "kimi_linear": ("KimiLinearForCausalLM", lambda: t.KimiLinearConfig(
+            vocab_size=V, hidden_size=H, num_hidden_layers=4,
+            layer_types=["linear_attention"] * 2 + ["full_attention", "linear_attention"],
+            mlp_layer_types=["dense", "sparse", "dense", "sparse"], num_attention_heads=4,
+            num_key_value_heads=4, intermediate_size=48, moe_intermediate_size=16,
+            num_experts=4, num_experts_per_token=2, num_shared_experts=1, kv_lora_rank=16,
+            qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=8, linear_head_dim=8,
+            linear_num_heads=4, linear_conv_kernel_dim=4, pad_token_id=0, bos_token_id=1,
+            eos_token_id=2)),
+        "granitemoehybrid": ("GraniteMoeHybridForCausalLM", lambda: t.GraniteMoeHybridConfig(
+            vocab_size=V, hidden_size=H, num_hidden_layers=3,
+            layer_types=["mamba", "attention", "mamba"], num_attention_heads=4,
+            num_key_value_heads=2, intermediate_size=16, shared_intermediate_size=24,
+            num_local_experts=4, num_experts_per_tok=2, mamba_n_heads=8, mamba_d_head=8,
+            mamba_n_groups=2, mamba_d_state=4, mamba_d_conv=3, mamba_expand=2,
+            mamba_chunk_size=16, position_embedding_type="rope", embedding_multiplier=3.0,
+            logits_scaling=2.5, residual_multiplier=0.6, attention_multiplier=0.3)),
+        "nemotron_h": ("NemotronHForCausalLM", lambda: t.NemotronHConfig(
+            vocab_size=V, hidden_size=H, layers_block_type=["mamba", "attention", "mlp", "moe"],
+            num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=48,
+            mamba_num_heads=8, mamba_head_dim=8, n_groups=2, ssm_state_size=4, conv_kernel=3,
+            chunk_size=16, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+            moe_shared_expert_intermediate_size=16, n_group=1, topk_group=1)),
+        "qwen3_5_text": ("Qwen3_5ForCausalLM", lambda: t.Qwen3_5TextConfig(
+            vocab_size=V, hidden_size=H, num_hidden_layers=4,
+            layer_types=["linear_attention"] * 3 + ["full_attention"], num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, intermediate_size=48, linear_num_key_heads=2,
+            linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8)),
+        "qwen3_5_moe_text": ("Qwen3_5MoeForCausalLM", lambda: t.Qwen3_5MoeTextConfig(
+            vocab_size=V, hidden_size=H, num_hidden_layers=4,
+            layer_types=["linear_attention"] * 3 + ["full_attention"], num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, linear_num_key_heads=2,
+            linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8,
+            num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+            shared_expert_intermediate_size=16)),
+        "olmo_hybrid": ("OlmoHybridForCausalLM", lambda: t.OlmoHybridConfig(
+            vocab_size=V, hidden_size=H, num_hidden_layers=4,
+            layer_types=["linear_attention"] * 3 + ["full_attention"], num_attention_heads=4,
+            num_key_value_heads=2, intermediate_size=48, linear_num_key_heads=2,
+            linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8,
+            pad_token_id=None, eos_token_id=None)),
     }
     return {k: v for k, v in out.items() if hasattr(t, v[0])}
 
@@ -78,6 +128,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--grad-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", nargs="*", default=None, help="these model types only")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     transformers.utils.logging.set_verbosity_error()
@@ -85,7 +136,7 @@ def main() -> None:
           f"{args.tokens} tokens, gradients K={K} over {args.grad_tokens} tokens")
     print("family        params  forward tok/s  states tok/s  gradients tok/s  tangents  regime")
     for name, (cls, cfg) in configs().items():
-        if name in FAMILIES:
+        if name in FAMILIES and (not args.only or name in args.only):
             measure(name, cls, cfg, args)
 
 

@@ -40,6 +40,18 @@ directory / name that ``from_pretrained`` resolves) into a :class:`RecurrentEnco
           blocks ``hidden`` only
   Qwen3N  gated DeltaNet blocks ``memory`` (value heads x d_k x d_v matrix state; units
           ``head:H``), ``conv``; gated attention blocks ``hidden`` only
+  Qwen35  text models (``qwen3_5_text``, ``qwen3_5_moe_text``): as Qwen3N (:mod:`.qwen3_5`,
+          :mod:`.qwen3_5_moe`)
+  OLMoH   OLMo-Hybrid: gated DeltaNet blocks as Qwen3N; post-norm attention blocks
+          ``hidden`` only (:mod:`.olmo_hybrid`)
+  Kimi    Kimi Linear: Kimi Delta Attention blocks as Qwen3N (per-channel decay); MLA
+          blocks ``hidden`` only (:mod:`.kimi_linear`)
+  L2MoE   LFM2-MoE: as LFM2, the feed-forward a mixture of experts (:mod:`.lfm2_moe`)
+  RGemma  RecurrentGemma: RG-LRU blocks ``lru`` (lru_width), ``conv``; local attention
+          blocks ``hidden`` only (:mod:`.recurrent_gemma`)
+  GrnH    Granite-4.0 hybrid: as Bamba, with its multipliers (:mod:`.granitemoehybrid`)
+  NemH    Nemotron-H: Mamba-2 blocks as Mamba2; attention, MLP and expert blocks ``hidden``
+          only (:mod:`.nemotron_h`)
   ======  ==========================================================================
 
   An attention block's state is the key/value cache of the positions since the last reset
@@ -62,9 +74,12 @@ from memlens.models.hf.bamba import BambaAttentionLayer, BambaFamily, BambaMamba
 from memlens.models.hf.block import HFBlockLayer, HFHead, HFState
 from memlens.models.hf.common import from_hf, hf_symbols, load_hf
 from memlens.models.hf.corpus import SubwordCorpus, tokenize_corpus
+from memlens.models.hf.granitemoehybrid import GraniteMoeHybridFamily
 from memlens.models.hf.hybrid import AttentionLayer
 from memlens.models.hf.jamba import JambaAttentionLayer, JambaFamily, JambaMambaLayer
+from memlens.models.hf.kimi_linear import KimiLinearFamily
 from memlens.models.hf.lfm2 import Lfm2AttentionLayer, Lfm2ConvLayer, Lfm2Family
+from memlens.models.hf.lfm2_moe import Lfm2MoeFamily
 from memlens.models.hf.mamba import (
     FalconMambaFamily,
     FalconMambaLayer,
@@ -72,11 +87,16 @@ from memlens.models.hf.mamba import (
     MambaLayer,
 )
 from memlens.models.hf.mamba2 import Mamba2Family, Mamba2Layer
+from memlens.models.hf.nemotron_h import NemotronHFamily
+from memlens.models.hf.olmo_hybrid import OlmoHybridFamily
+from memlens.models.hf.qwen3_5 import Qwen3_5Family
+from memlens.models.hf.qwen3_5_moe import Qwen3_5MoeFamily
 from memlens.models.hf.qwen3_next import (
     GatedDeltaNetLayer,
     Qwen3NextAttentionLayer,
     Qwen3NextFamily,
 )
+from memlens.models.hf.recurrent_gemma import RecurrentGemmaFamily
 from memlens.models.hf.registry import (
     FAMILIES,
     HFFamily,
@@ -97,13 +117,23 @@ register_family("xlstm", XLSTMFamily())
 register_family("bamba", BambaFamily())  # hybrids: window:N or sentence only (.hybrid)
 register_family("jamba", JambaFamily())
 register_family("lfm2", Lfm2Family())
+register_family("granitemoehybrid", GraniteMoeHybridFamily())  # Bamba-like, multipliers
+register_family("nemotron_h", NemotronHFamily())  # single-mixer blocks M / * / - / E
+register_family("lfm2_moe", Lfm2MoeFamily())  # LFM2 with experts (.lfm2_moe)
+register_family("recurrent_gemma", RecurrentGemmaFamily())  # RG-LRU + local attention
 register_family("qwen3_next", Qwen3NextFamily())  # gated DeltaNet + gated attention
+register_family("qwen3_5_text", Qwen3_5Family())  # Qwen3.5 text (Qwen3_5ForCausalLM)
+register_family("qwen3_5_moe_text", Qwen3_5MoeFamily())  # Qwen3.5-MoE text
+register_family("olmo_hybrid", OlmoHybridFamily())
+register_family("kimi_linear", KimiLinearFamily())  # Kimi Delta Attention + MLA
 
 __all__ = ["AttentionLayer", "BambaAttentionLayer", "BambaFamily", "BambaMambaLayer", "FAMILIES",
-           "FalconMambaFamily", "FalconMambaLayer", "GatedDeltaNetLayer", "HFBlockLayer",
-           "HFFamily", "HFHead", "HFState", "JambaAttentionLayer", "JambaFamily",
-           "JambaMambaLayer", "Lfm2AttentionLayer", "Lfm2ConvLayer", "Lfm2Family", "Mamba2Family",
-           "Mamba2Layer", "MambaFamily", "MambaLayer", "Qwen3NextAttentionLayer",
-           "Qwen3NextFamily", "RwkvFamily", "RwkvLayer", "SubwordCorpus", "XLSTMFamily",
-           "XLSTMLayer", "family_of", "from_hf", "hf_symbols", "load_hf", "register_family",
-           "supported_text", "tokenize_corpus", "unregister_family"]
+           "FalconMambaFamily", "FalconMambaLayer", "GatedDeltaNetLayer", "GraniteMoeHybridFamily",
+           "HFBlockLayer", "HFFamily", "HFHead", "HFState", "JambaAttentionLayer", "JambaFamily",
+           "JambaMambaLayer", "KimiLinearFamily",
+           "Lfm2AttentionLayer", "Lfm2ConvLayer", "Lfm2Family", "Lfm2MoeFamily",
+           "Mamba2Family", "Mamba2Layer", "MambaFamily", "MambaLayer", "NemotronHFamily",
+           "Qwen3NextAttentionLayer",
+           "Qwen3NextFamily", "RecurrentGemmaFamily", "RwkvFamily", "RwkvLayer", "SubwordCorpus",
+           "XLSTMFamily", "XLSTMLayer", "family_of", "from_hf", "hf_symbols", "load_hf",
+           "register_family", "supported_text", "tokenize_corpus", "unregister_family"]

@@ -126,8 +126,15 @@ class AttentionLayer(HFBlockLayer):
         return q.squeeze(2), k.squeeze(2)
 
     def step(self, x: Tensor, state: HFState) -> HFState:
-        attn, b = self.attention, x.shape[0]
         xn = _rms(x, getattr(self.block, self.norm_attr).weight, self.eps)
+        out, keys, values = self.attend(xn, state)
+        return {"hidden": feed_forward(self.block, x + out, self.ff_norm_attr, self.ff_attr),
+                "key": keys, "value": values}
+
+    def attend(self, xn: Tensor, state: HFState) -> tuple[Tensor, Tensor, Tensor]:
+        """The attention alone on the normalised input xn (B x H): (output projection of the
+        attention, keys', values') (class docstring; the block adds the residual and FF)."""
+        attn, b = self.attention, xn.shape[0]
         q = attn.q_proj(xn).view(b, self.heads, self.head_dim)
         k = attn.k_proj(xn).view(b, self.kv_heads, self.head_dim)
         v = attn.v_proj(xn).view(b, self.kv_heads, self.head_dim)
@@ -137,9 +144,7 @@ class AttentionLayer(HFBlockLayer):
         qg = q.view(b, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
         w = torch.softmax(torch.einsum("bkgd,btkd->bkgt", qg, keys) * self.scaling, -1)
         a = torch.einsum("bkgt,btkd->bkgd", w, values).reshape(b, -1)
-        h = x + getattr(attn, self.out_attr)(a)
-        return {"hidden": feed_forward(self.block, h, self.ff_norm_attr, self.ff_attr),
-                "key": keys, "value": values}
+        return getattr(attn, self.out_attr)(a), keys, values
 
 
 def attention_layers(layers) -> list[int]:

@@ -85,10 +85,19 @@ class Mamba2Layer(HFBlockLayer):
         return norm.weight * g.view(*y.shape)
 
     def step(self, x: Tensor, state: HFState) -> HFState:
+        out, ssm, conv = self.mix(_rms(x, self.norm.weight, self.eps), state)
+        return {"hidden": x + out, "ssm": ssm, "conv": conv}
+
+    def _project(self, xn: Tensor) -> Tensor:
+        """The mixer's ``in_proj`` of the normalised input (a family with multipliers on the
+        projection scales here)."""
+        return F.linear(xn, self.mixer.in_proj.weight, self.mixer.in_proj.bias)
+
+    def mix(self, xn: Tensor, state: HFState) -> tuple[Tensor, Tensor, Tensor]:
+        """The mixer alone on the normalised input xn (B x H): (out_proj output, ssm', conv')
+        (class docstring; a hybrid block adds the residual and its other sub-blocks)."""
         mix = self.mixer
-        proj = F.linear(_rms(x, self.norm.weight, self.eps), mix.in_proj.weight,
-                        mix.in_proj.bias)
-        z, u, dt = proj.split([self.inner, self.conv_dim, self.heads], dim=-1)
+        z, u, dt = self._project(xn).split([self.inner, self.conv_dim, self.heads], dim=-1)
         window = torch.cat([state["conv"], u.unsqueeze(-1)], -1)  # B x conv_dim x K
         c = (window * mix.conv1d.weight[:, 0, :]).sum(-1)
         if mix.conv1d.bias is not None:
@@ -104,7 +113,7 @@ class Mamba2Layer(HFBlockLayer):
         y = (ssm * self._per_head(cc)[:, :, None, :]).sum(-1) + xs * mix.D[:, None]
         y = self._gated_norm(y.reshape(-1, self.inner), z)
         out = F.linear(y, mix.out_proj.weight, mix.out_proj.bias)
-        return {"hidden": x + out, "ssm": ssm, "conv": window[..., 1:]}
+        return out, ssm, window[..., 1:]
 
     # -- the written-out derivative (TangentRule.WRITTEN) ------------------------------------
     def _gated_norm_jvp(self, y: Tensor, dy: Tensor, z: Tensor, dz: Tensor
