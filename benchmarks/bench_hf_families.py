@@ -89,6 +89,14 @@ def configs() -> dict:
             mamba_n_groups=2, mamba_d_state=4, mamba_d_conv=3, mamba_expand=2,
             mamba_chunk_size=16, position_embedding_type="rope", embedding_multiplier=3.0,
             logits_scaling=2.5, residual_multiplier=0.6, attention_multiplier=0.3)),
+        "falcon_h1": ("FalconH1ForCausalLM", lambda: t.FalconH1Config(
+            vocab_size=V, hidden_size=H, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, intermediate_size=48, mamba_d_ssm=64, mamba_n_heads=8,
+            mamba_d_head=8, mamba_n_groups=2, mamba_d_state=4, mamba_d_conv=3,
+            mamba_chunk_size=16, mamba_rms_norm=True, embedding_multiplier=2.0,
+            lm_head_multiplier=0.7, key_multiplier=0.6, attention_in_multiplier=1.3,
+            attention_out_multiplier=0.8, ssm_in_multiplier=1.2, ssm_out_multiplier=0.7,
+            ssm_multipliers=[0.9, 1.1, 0.8, 1.25, 0.6], mlp_multipliers=[1.3, 0.7])),
         "nemotron_h": ("NemotronHForCausalLM", lambda: t.NemotronHConfig(
             vocab_size=V, hidden_size=H, layers_block_type=["mamba", "attention", "mlp", "moe"],
             num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=48,
@@ -113,6 +121,11 @@ def configs() -> dict:
             num_key_value_heads=2, intermediate_size=48, linear_num_key_heads=2,
             linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8,
             pad_token_id=None, eos_token_id=None)),
+        "minimax": ("MiniMaxForCausalLM", lambda: t.MiniMaxConfig(
+            vocab_size=V, hidden_size=H, num_hidden_layers=4,
+            layer_types=["linear_attention", "full_attention"] + ["linear_attention"] * 2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=16,
+            num_local_experts=4, num_experts_per_tok=2, block_size=16)),
     }
     return {k: v for k, v in out.items() if hasattr(t, v[0])}
 

@@ -46,12 +46,16 @@ directory / name that ``from_pretrained`` resolves) into a :class:`RecurrentEnco
           ``hidden`` only (:mod:`.olmo_hybrid`)
   Kimi    Kimi Linear: Kimi Delta Attention blocks as Qwen3N (per-channel decay); MLA
           blocks ``hidden`` only (:mod:`.kimi_linear`)
+  MiniM   MiniMax: lightning attention blocks ``memory`` (heads x d x d; units ``head:H``);
+          attention blocks ``hidden`` only (:mod:`.minimax`)
   L2MoE   LFM2-MoE: as LFM2, the feed-forward a mixture of experts (:mod:`.lfm2_moe`)
   RGemma  RecurrentGemma: RG-LRU blocks ``lru`` (lru_width), ``conv``; local attention
           blocks ``hidden`` only (:mod:`.recurrent_gemma`)
   GrnH    Granite-4.0 hybrid: as Bamba, with its multipliers (:mod:`.granitemoehybrid`)
   NemH    Nemotron-H: Mamba-2 blocks as Mamba2; attention, MLP and expert blocks ``hidden``
           only (:mod:`.nemotron_h`)
+  FalH1   Falcon-H1: Mamba-2 mixer and attention in every block, Mamba2's readouts, the
+          key/value cache state; its multipliers (:mod:`.falcon_h1`)
   ======  ==========================================================================
 
   An attention block's state is the key/value cache of the positions since the last reset
@@ -74,6 +78,7 @@ from memlens.models.hf.bamba import BambaAttentionLayer, BambaFamily, BambaMamba
 from memlens.models.hf.block import HFBlockLayer, HFHead, HFState
 from memlens.models.hf.common import from_hf, hf_symbols, load_hf
 from memlens.models.hf.corpus import SubwordCorpus, tokenize_corpus
+from memlens.models.hf.falcon_h1 import FalconH1Family
 from memlens.models.hf.granitemoehybrid import GraniteMoeHybridFamily
 from memlens.models.hf.hybrid import AttentionLayer
 from memlens.models.hf.jamba import JambaAttentionLayer, JambaFamily, JambaMambaLayer
@@ -87,6 +92,7 @@ from memlens.models.hf.mamba import (
     MambaLayer,
 )
 from memlens.models.hf.mamba2 import Mamba2Family, Mamba2Layer
+from memlens.models.hf.minimax import MiniMaxFamily
 from memlens.models.hf.nemotron_h import NemotronHFamily
 from memlens.models.hf.olmo_hybrid import OlmoHybridFamily
 from memlens.models.hf.qwen3_5 import Qwen3_5Family
@@ -118,6 +124,7 @@ register_family("bamba", BambaFamily())  # hybrids: window:N or sentence only (.
 register_family("jamba", JambaFamily())
 register_family("lfm2", Lfm2Family())
 register_family("granitemoehybrid", GraniteMoeHybridFamily())  # Bamba-like, multipliers
+register_family("falcon_h1", FalconH1Family())  # Mamba-2 + attention in parallel, muP
 register_family("nemotron_h", NemotronHFamily())  # single-mixer blocks M / * / - / E
 register_family("lfm2_moe", Lfm2MoeFamily())  # LFM2 with experts (.lfm2_moe)
 register_family("recurrent_gemma", RecurrentGemmaFamily())  # RG-LRU + local attention
@@ -126,13 +133,16 @@ register_family("qwen3_5_text", Qwen3_5Family())  # Qwen3.5 text (Qwen3_5ForCaus
 register_family("qwen3_5_moe_text", Qwen3_5MoeFamily())  # Qwen3.5-MoE text
 register_family("olmo_hybrid", OlmoHybridFamily())
 register_family("kimi_linear", KimiLinearFamily())  # Kimi Delta Attention + MLA
+register_family("minimax", MiniMaxFamily())  # lightning attention + attention
 
 __all__ = ["AttentionLayer", "BambaAttentionLayer", "BambaFamily", "BambaMambaLayer", "FAMILIES",
-           "FalconMambaFamily", "FalconMambaLayer", "GatedDeltaNetLayer", "GraniteMoeHybridFamily",
+           "FalconH1Family", "FalconMambaFamily", "FalconMambaLayer", "GatedDeltaNetLayer",
+           "GraniteMoeHybridFamily",
            "HFBlockLayer", "HFFamily", "HFHead", "HFState", "JambaAttentionLayer", "JambaFamily",
            "JambaMambaLayer", "KimiLinearFamily",
            "Lfm2AttentionLayer", "Lfm2ConvLayer", "Lfm2Family", "Lfm2MoeFamily",
-           "Mamba2Family", "Mamba2Layer", "MambaFamily", "MambaLayer", "NemotronHFamily",
+           "Mamba2Family", "Mamba2Layer", "MambaFamily", "MambaLayer", "MiniMaxFamily",
+           "NemotronHFamily",
            "Qwen3NextAttentionLayer",
            "Qwen3NextFamily", "RecurrentGemmaFamily", "RwkvFamily", "RwkvLayer", "SubwordCorpus",
            "XLSTMFamily", "XLSTMLayer", "family_of", "from_hf", "hf_symbols", "load_hf",
